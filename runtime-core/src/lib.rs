@@ -1,0 +1,2 @@
+//! berth-runtime-core: turns an OCI runtime spec and a root filesystem into a running,
+//! isolated process. No tokio, no gRPC, no CRI types.

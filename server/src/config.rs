@@ -1,0 +1,330 @@
+//! berthd's configuration: a TOML file whose every key has a built-in default, so
+//! `berthd` with no arguments runs on a fresh machine.
+//!
+//! Unknown keys are an error rather than silently ignored: a misspelt key is the
+//! most common way an operator's setting fails to take effect.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the default configuration file lives when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Durable state: images, content, snapshots, pod and container records.
+    pub root_dir: PathBuf,
+    /// Volatile state that must not survive a reboot: pinned namespaces, monitor state.
+    pub state_dir: PathBuf,
+    /// The gRPC endpoint kubelet, crictl and grpcurl talk to.
+    pub grpc: GrpcConfig,
+    /// Logging of the daemon itself.
+    pub log: LogConfig,
+    /// Which cgroup driver kubelet must use with this runtime (RuntimeConfig RPC).
+    pub cgroup_driver: CgroupDriver,
+    /// Pod networking through CNI plugins.
+    pub cni: CniConfig,
+}
+
+/// The gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Path of the Unix socket serving RuntimeService and ImageService.
+    pub socket: PathBuf,
+    /// Permission bits of the socket (octal in the file, e.g. 0o660).
+    pub socket_mode: u32,
+}
+
+/// Log output of berthd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter directive: `info`, `debug`, `berth_server=debug,info`, ...
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Cgroup driver, as kubelet names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Cgroups are managed as plain directories (`/kubepods/burstable/pod<uid>`).
+    Cgroupfs,
+    /// Cgroups follow systemd's slice naming and are managed through systemd.
+    Systemd,
+}
+
+/// CNI configuration discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory searched for the first `.conflist` / `.conf` / `.json` network config.
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for plugin binaries.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// When `conf_dir` holds no config, use Berth's built-in bridge network
+    /// (bridge + host-local IPAM + portmap) so pods get an IP out of the box.
+    pub builtin_default: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root_dir: PathBuf::from("/var/lib/berth"),
+            state_dir: PathBuf::from("/run/berth"),
+            grpc: GrpcConfig::default(),
+            log: LogConfig::default(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cni: CniConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/berth/berth.sock"),
+            socket_mode: 0o660,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            plugin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            builtin_default: true,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// A value is syntactically right but unusable.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path`, or the built-in defaults when `path` is `None` and the default
+    /// file does not exist.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !default.exists() {
+                    return Ok(Self::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path, message },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            // toml's messages span several lines with a source excerpt; keep them on one.
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, p) in [
+            ("root_dir", &self.root_dir),
+            ("state_dir", &self.state_dir),
+            ("grpc.socket", &self.grpc.socket),
+            ("cni.conf_dir", &self.cni.conf_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be an absolute path, got {:?}",
+                    p.display().to_string()
+                )));
+            }
+        }
+        if self.grpc.socket_mode > 0o777 {
+            return Err(ConfigError::Invalid(format!(
+                "grpc.socket_mode {:o} is not a permission mode (0 to 0o777)",
+                self.grpc.socket_mode
+            )));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "log.level must not be empty".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The default configuration as an annotated TOML document (`berthd config default`).
+    pub fn default_toml() -> String {
+        let d = Self::default();
+        let plugin_dirs = d
+            .cni
+            .plugin_dirs
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"# berthd configuration. Every key is optional; shown here with its default.
+
+# Durable state: images, content, snapshots, pod and container records.
+root_dir = "{root}"
+# Volatile state (tmpfs): pinned namespaces, monitor state.
+state_dir = "{state}"
+# Cgroup driver kubelet must use with this runtime: "cgroupfs" or "systemd".
+cgroup_driver = "cgroupfs"
+
+[grpc]
+# Unix socket serving runtime.v1 RuntimeService and ImageService.
+socket = "{socket}"
+# Permission bits of the socket.
+socket_mode = 0o{mode:o}
+
+[log]
+# tracing filter: "info", "debug", "berth_server=debug,info", ...
+level = "{level}"
+# "text" or "json".
+format = "text"
+
+[cni]
+# The first .conflist/.conf/.json file here (in lexical order) is the pod network.
+conf_dir = "{conf_dir}"
+# Plugin binaries are looked up in these directories, in order.
+plugin_dirs = [{plugin_dirs}]
+# With no config in conf_dir, use a built-in bridge network (bridge, host-local, portmap).
+builtin_default = {builtin}
+"#,
+            root = d.root_dir.display(),
+            state = d.state_dir.display(),
+            socket = d.grpc.socket.display(),
+            mode = d.grpc.socket_mode,
+            level = d.log.level,
+            conf_dir = d.cni.conf_dir.display(),
+            builtin = d.cni.builtin_default,
+        )
+    }
+
+    /// Directory of the image store (content, snapshots); what `ImageFsInfo` reports on.
+    pub fn image_store_dir(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_round_trips_to_defaults() {
+        let parsed = Config::parse(&Config::default_toml()).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("").expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::parse("root_dri = \"/x\"\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("root_dri"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_rejected() {
+        let err = Config::parse("[grpc]\nsockett = \"/x\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("sockett"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_rejected() {
+        let err = Config::parse("state_dir = \"run/berth\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::parse("[grpc]\nsocket = \"/tmp/b.sock\"\n").expect("parses");
+        assert_eq!(c.grpc.socket, PathBuf::from("/tmp/b.sock"));
+        assert_eq!(c.grpc.socket_mode, 0o660);
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
+    fn cgroup_driver_values() {
+        let c = Config::parse("cgroup_driver = \"systemd\"\n").expect("parses");
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert!(Config::parse("cgroup_driver = \"cgroupv1\"\n").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_naming_it() {
+        let err = Config::load(Some(Path::new("/nonexistent/berth.toml"))).expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/berth.toml"), "{err}");
+    }
+}

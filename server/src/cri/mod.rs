@@ -1,0 +1,64 @@
+//! The CRI edge: RuntimeService and ImageService handlers. They validate and translate
+//! requests, call into the daemon's subsystems, and map errors to gRPC codes.
+
+mod image;
+mod runtime;
+pub mod trace;
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+
+/// Runtime name reported by `Version`.
+pub const RUNTIME_NAME: &str = "berth";
+/// The CRI API version this runtime speaks.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// kubelet requires `VersionResponse.version` to be exactly this.
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct Shared {
+    /// The daemon's configuration.
+    pub config: Config,
+    /// Pod CIDRs from kubelet's `UpdateRuntimeConfig`, used by the built-in network.
+    pub pod_cidrs: RwLock<Vec<String>>,
+}
+
+/// Implements both CRI services over the daemon's shared state.
+#[derive(Debug, Clone)]
+pub struct CriService {
+    shared: Arc<Shared>,
+}
+
+impl CriService {
+    /// A service over `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                pod_cidrs: RwLock::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn pod_cidrs(&self) -> Vec<String> {
+        self.shared
+            .pod_cidrs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Nanoseconds since the Unix epoch, as CRI timestamps are.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,251 @@
+//! RuntimeService handlers.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use berth_proto::v1::runtime_service_server::RuntimeService;
+use berth_proto::v1::{
+    CgroupDriver as ProtoCgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition,
+    RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
+    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse,
+    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+};
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME};
+use crate::cni;
+use crate::config::{CgroupDriver, Config};
+use crate::error::Error;
+
+/// Condition type kubelet requires to be true before it syncs any pod.
+pub const RUNTIME_READY: &str = "RuntimeReady";
+/// Condition type kubelet requires to be true before it runs non-hostNetwork pods.
+pub const NETWORK_READY: &str = "NetworkReady";
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(
+        &self,
+        _request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(VersionResponse {
+            version: KUBELET_API_VERSION.to_owned(),
+            runtime_name: RUNTIME_NAME.to_owned(),
+            runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
+            runtime_api_version: RUNTIME_API_VERSION.to_owned(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let verbose = request.into_inner().verbose;
+        let config = self.config();
+        let pod_cidrs = self.pod_cidrs();
+
+        let runtime = match state_dirs_problem(config) {
+            None => condition(RUNTIME_READY, true, "", String::new()),
+            Some(why) => condition(RUNTIME_READY, false, "StateDirUnusable", why),
+        };
+        let network = cni::check_ready(&config.cni, &pod_cidrs);
+        let network_condition = match &network {
+            Ok(_) => condition(NETWORK_READY, true, "", String::new()),
+            Err(why) => condition(
+                NETWORK_READY,
+                false,
+                "NetworkPluginNotReady",
+                why.to_string(),
+            ),
+        };
+
+        let mut info = HashMap::new();
+        if verbose {
+            info.insert("config".to_owned(), verbose_config(config).to_string());
+            info.insert(
+                "versions".to_owned(),
+                json!({
+                    "berth": env!("CARGO_PKG_VERSION"),
+                    "criApi": berth_proto::CRI_API_VERSION,
+                })
+                .to_string(),
+            );
+            let cni_info = match &network {
+                Ok(n) => json!({
+                    "ready": true,
+                    "network": n.name,
+                    "source": n.source.to_string(),
+                    "plugins": n.plugin_types,
+                    "podCIDRs": pod_cidrs,
+                }),
+                Err(why) => {
+                    json!({ "ready": false, "error": why.to_string(), "podCIDRs": pod_cidrs })
+                }
+            };
+            info.insert("cni".to_owned(), cni_info.to_string());
+        }
+
+        Ok(Response::new(StatusResponse {
+            status: Some(RuntimeStatus {
+                conditions: vec![runtime, network_condition],
+            }),
+            info,
+            // Only the native handler so far; the features it lacks are advertised as false
+            // so that clients (and critest) skip what Berth cannot do yet.
+            runtime_handlers: vec![RuntimeHandler {
+                name: String::new(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: false,
+                user_namespaces_host_network: false,
+            }),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        // Always set explicitly: an empty `linux` block means SYSTEMD (enum value 0) to
+        // kubelet, which would silently switch its driver.
+        let driver = match self.config().cgroup_driver {
+            CgroupDriver::Cgroupfs => ProtoCgroupDriver::Cgroupfs,
+            CgroupDriver::Systemd => ProtoCgroupDriver::Systemd,
+        };
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: driver.into(),
+            }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        let cidrs = parse_pod_cidrs(&pod_cidr)?;
+        let mut current = self
+            .shared
+            .pod_cidrs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current != cidrs {
+            tracing::info!(pod_cidrs = ?cidrs, "pod CIDR updated by kubelet");
+            *current = cidrs;
+        }
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: String) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
+/// Why the runtime cannot keep state, or `None` when both state dirs are usable.
+fn state_dirs_problem(config: &Config) -> Option<String> {
+    for (what, dir) in [
+        ("root_dir", &config.root_dir),
+        ("state_dir", &config.state_dir),
+    ] {
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Some(format!("{what} {} is not a directory", dir.display()));
+            }
+            Ok(_) => {
+                if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+                    return Some(format!("{what} {} is not writable: {e}", dir.display()));
+                }
+            }
+            Err(e) => return Some(format!("{what} {} is unusable: {e}", dir.display())),
+        }
+    }
+    None
+}
+
+/// The config as `Status(verbose).info["config"]`, with the camelCase keys clients
+/// know from containerd (critest reads `stateDir`).
+fn verbose_config(config: &Config) -> serde_json::Value {
+    json!({
+        "rootDir": config.root_dir,
+        "stateDir": config.state_dir,
+        "socket": config.grpc.socket,
+        "cgroupDriver": config.cgroup_driver,
+        "cni": {
+            "confDir": config.cni.conf_dir,
+            "pluginDirs": config.cni.plugin_dirs,
+            "builtinDefault": config.cni.builtin_default,
+        },
+    })
+}
+
+/// Parses kubelet's pod CIDR: empty, or one or more comma-separated `ip/prefix`.
+fn parse_pod_cidrs(s: &str) -> Result<Vec<String>, Error> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let invalid = || {
+                Error::InvalidArgument(format!(
+                    "runtime_config.network_config.pod_cidr: {c:?} is not a CIDR like 10.244.0.0/24"
+                ))
+            };
+            let (ip, prefix) = c.split_once('/').ok_or_else(invalid)?;
+            let ip: IpAddr = ip.parse().map_err(|_| invalid())?;
+            let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if prefix > max {
+                return Err(invalid());
+            }
+            Ok(c.to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidrs_parse() {
+        assert!(parse_pod_cidrs("").expect("empty is fine").is_empty());
+        assert_eq!(
+            parse_pod_cidrs("10.244.1.0/24, fd00::/64").expect("dual stack"),
+            ["10.244.1.0/24", "fd00::/64"]
+        );
+        for bad in ["10.0.0.0", "10.0.0.0/33", "x/24", "fd00::/129"] {
+            let e = parse_pod_cidrs(bad).expect_err(bad);
+            assert!(e.to_string().contains("pod_cidr"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unusable_state_dir_is_named() {
+        let mut c = Config::default();
+        let d = tempfile::tempdir().expect("tempdir");
+        c.root_dir = d.path().to_path_buf();
+        c.state_dir = d.path().join("missing");
+        let why = state_dirs_problem(&c).expect("missing dir is a problem");
+        assert!(
+            why.contains("state_dir") && why.contains("missing"),
+            "{why}"
+        );
+        c.state_dir = d.path().to_path_buf();
+        assert_eq!(state_dirs_problem(&c), None);
+    }
+}

@@ -1,0 +1,328 @@
+//! Daemon start-up and shutdown: state directories, the single-instance lock, the Unix
+//! socket, the gRPC server with reflection, and graceful stop on SIGTERM/SIGINT.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::v1::image_service_server::ImageServiceServer;
+use berth_proto::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::CriService;
+use crate::cri::trace::RpcTraceLayer;
+
+/// Largest request berthd decodes; kubelet's CRI client uses the same limit.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long in-flight RPCs may run after a stop signal before berthd exits anyway
+/// (long-lived streams such as GetContainerEvents never finish on their own).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A start-up failure, each naming the path or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A state directory cannot be created or written.
+    #[error("{what} {path} is unusable: {source}")]
+    StateDir {
+        /// `root_dir`, `state_dir`, ...
+        what: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Another berthd holds the state dir.
+    #[error("another berthd{pid} is already using state dir {state_dir}")]
+    AlreadyRunning {
+        /// The state dir.
+        state_dir: PathBuf,
+        /// " (pid N)" when known.
+        pid: String,
+    },
+    /// A live process serves the socket path.
+    #[error(
+        "socket {0} is in use by another live server (is another berthd running?); refusing to replace it"
+    )]
+    SocketInUse(PathBuf),
+    /// Something that is not a socket sits at the socket path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The socket cannot be created.
+    #[error("cannot listen on socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// gRPC reflection could not be set up (a build defect).
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Held for the daemon's lifetime: proves this process owns the state dir.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: File,
+}
+
+/// Creates the state directories and checks that they are writable.
+pub fn prepare_dirs(config: &Config) -> Result<(), StartError> {
+    for (what, dir) in [
+        ("root_dir", config.root_dir.clone()),
+        ("state_dir", config.state_dir.clone()),
+        ("image store", config.image_store_dir()),
+    ] {
+        create_private_dir(&dir)
+            .and_then(|()| probe_writable(&dir))
+            .map_err(|source| StartError::StateDir {
+                what,
+                path: dir,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)?;
+    if !fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    Ok(())
+}
+
+fn probe_writable(dir: &Path) -> io::Result<()> {
+    // access(2) alone lies on read-only mounts for root; create and remove a file.
+    let probe = dir.join(".berthd-write-probe");
+    File::create(&probe)?;
+    fs::remove_file(&probe)
+}
+
+/// Takes the single-instance lock in the state dir and records our pid in it.
+pub fn lock_instance(config: &Config) -> Result<InstanceLock, StartError> {
+    let path = config.state_dir.join("berthd.lock");
+    let dir_error = |source| StartError::StateDir {
+        what: "state_dir",
+        path: config.state_dir.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(StartError::AlreadyRunning {
+                state_dir: config.state_dir.clone(),
+                pid: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(dir_error(e)),
+    }
+    file.set_len(0).map_err(dir_error)?;
+    file.rewind().map_err(dir_error)?;
+    writeln!(file, "{}", std::process::id()).map_err(dir_error)?;
+    Ok(InstanceLock { _file: file })
+}
+
+/// Binds the gRPC socket: creates its directory, replaces a stale socket file, refuses
+/// to steal one a live server answers on, and applies the configured mode.
+pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    let socket_error = |source| StartError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .map_err(socket_error)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if StdUnixStream::connect(path).is_ok() {
+                return Err(StartError::SocketInUse(path.to_path_buf()));
+            }
+            tracing::info!(socket = %path.display(), "replacing stale socket");
+            fs::remove_file(path).map_err(socket_error)?;
+        }
+        Ok(_) => return Err(StartError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(socket_error(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(socket_error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(socket_error)?;
+    Ok(listener)
+}
+
+/// Runs berthd until SIGTERM or SIGINT, then stops accepting, lets in-flight RPCs
+/// finish (up to a grace period) and removes the socket.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    prepare_dirs(&config)?;
+    let _lock = lock_instance(&config)?;
+    let listener = bind_socket(&config.grpc.socket, config.grpc.socket_mode)?;
+    let socket = config.grpc.socket.clone();
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let cri = CriService::new(config);
+    let runtime =
+        RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
+        .layer(RpcTraceLayer)
+        .add_service(runtime)
+        .add_service(image)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        });
+
+    tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving");
+    tokio::spawn(async move {
+        let signal = wait_for_stop_signal().await;
+        tracing::info!(%signal, "stopping: no new connections, finishing in-flight RPCs");
+        let _ = stop_tx.send(true);
+    });
+
+    let mut grace = stop_rx;
+    let result = tokio::select! {
+        r = server => r.map_err(|e| StartError::Serve(e.to_string())),
+        () = async {
+            let _ = grace.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "in-flight RPCs did not finish in time; exiting");
+            Ok(())
+        }
+    };
+    if let Err(e) = fs::remove_file(&socket) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(socket = %socket.display(), error = %e, "could not remove socket");
+        }
+    }
+    tracing::info!("berthd stopped");
+    result
+}
+
+async fn wait_for_stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (exit) still stops us.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.root_dir = dir.join("root");
+        c.state_dir = dir.join("state");
+        c.grpc.socket = dir.join("s/berth.sock");
+        c
+    }
+
+    #[test]
+    fn second_instance_on_the_same_state_dir_is_refused_with_the_pid() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = config_in(d.path());
+        prepare_dirs(&c).expect("dirs");
+        let _first = lock_instance(&c).expect("first lock");
+        let err = lock_instance(&c).expect_err("second lock must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("already using state dir"), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn state_dir_that_is_a_file_is_named() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = config_in(d.path());
+        std::fs::write(d.path().join("file"), "x").expect("write");
+        c.state_dir = d.path().join("file");
+        let err = prepare_dirs(&c).expect_err("must fail");
+        assert!(err.to_string().starts_with("state_dir "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_live_one_is_not_stolen() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("x.sock");
+        // A stale socket: bound, then the listener is gone.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let live = bind_socket(&path, 0o660).expect("stale socket is replaced");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let err = bind_socket(&path, 0o660).expect_err("live socket must not be stolen");
+        assert!(matches!(err, StartError::SocketInUse(_)), "{err}");
+        drop(live);
+    }
+
+    #[test]
+    fn regular_file_at_socket_path_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("x.sock");
+        std::fs::write(&path, "data").expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let err = rt
+            .block_on(async { bind_socket(&path, 0o660) })
+            .expect_err("must fail");
+        assert!(matches!(err, StartError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("untouched"), "data");
+    }
+}

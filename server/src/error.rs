@@ -1,0 +1,98 @@
+//! Berth's error type at the gRPC edge: one conversion to `tonic::Status`, so handlers
+//! use `?` and the status code of every failure is chosen here, in one place.
+
+use tonic::Status;
+
+/// A failure a CRI handler reports to its client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with an existing object.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state where the request can run.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The host failed us (I/O, a syscall); `context` says what Berth was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What Berth was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug or an unexpected state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An I/O error with what Berth was doing when it happened.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidArgument(_) => Status::invalid_argument(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Status::not_found(msg)
+            }
+            Error::Io { .. } | Error::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// Result of a handler step.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn codes_are_chosen_by_kind() {
+        let cases = [
+            (Error::InvalidArgument("x".into()), Code::InvalidArgument),
+            (Error::NotFound("x".into()), Code::NotFound),
+            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                Error::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (Error::Internal("x".into()), Code::Internal),
+            (
+                Error::io("reading x", std::io::Error::other("boom")),
+                Code::Internal,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+
+    #[test]
+    fn io_message_keeps_context() {
+        let s = Status::from(Error::io(
+            "reading /x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+        assert!(s.message().starts_with("reading /x: "), "{}", s.message());
+    }
+}

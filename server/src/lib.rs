@@ -1,0 +1,9 @@
+//! berthd, the Berth CRI daemon, as a library: the binary in `main.rs` is a thin CLI
+//! over these modules, and unit tests reach them directly.
+
+pub mod cni;
+pub mod config;
+pub mod cri;
+pub mod daemon;
+pub mod error;
+pub mod fsinfo;

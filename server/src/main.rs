@@ -1,0 +1,126 @@
+//! `berthd`: the Berth container runtime daemon (CRI runtime.v1 over a Unix socket).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_server::config::{Config, LogFormat};
+use berth_server::daemon;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "Berth: a Kubernetes container runtime (CRI runtime.v1)"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, /etc/berth/config.toml is read if it
+    /// exists, else the built-in defaults apply.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override `grpc.socket`.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Override `root_dir` (durable state).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Override `state_dir` (volatile state).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Override `log.level` (a tracing filter such as `debug`).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Override `log.format`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration file.
+    Default,
+    /// Print the effective configuration (file plus command-line overrides).
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line an operator can act on, never a backtrace.
+            eprintln!("berthd: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Config {
+        command: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", Config::default_toml());
+        return Ok(());
+    }
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(p) = cli.socket {
+        config.grpc.socket = p;
+    }
+    if let Some(p) = cli.root {
+        config.root_dir = p;
+    }
+    if let Some(p) = cli.state {
+        config.state_dir = p;
+    }
+    if let Some(l) = cli.log_level {
+        config.log.level = l;
+    }
+    if let Some(f) = cli.log_format {
+        config.log.format = f;
+    }
+    // Overrides go through the same checks as the file.
+    let config = Config::parse(&toml::to_string(&config)?)?;
+
+    if let Some(Command::Config {
+        command: ConfigCommand::Show,
+    }) = cli.command
+    {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
+
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()?;
+    runtime.block_on(daemon::run(config))?;
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log.level)
+        .map_err(|e| anyhow::anyhow!("invalid log.level {:?}: {e}", config.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log.format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+    Ok(())
+}
