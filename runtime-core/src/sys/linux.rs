@@ -1,0 +1,211 @@
+//! The real implementation of [`Syscall`] over nix, caps and libc.
+
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use nix::sys::stat::{Mode, SFlag};
+
+use super::{CapSet, CloneFlags, Errno, MntFlags, MsFlags, Rlimit, Syscall};
+
+/// Calls the Linux kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+fn caps_err(_e: &caps::errors::CapsError) -> Errno {
+    // caps reports only a message; capset/prctl fail with EPERM when raising a
+    // capability the process does not hold, which is the only failure we can cause.
+    Errno::EPERM
+}
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+
+    fn chdir(&self, path: &Path) -> Result<(), Errno> {
+        nix::unistd::chdir(path)
+    }
+
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn setdomainname(&self, name: &str) -> Result<(), Errno> {
+        // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call.
+        let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> Result<(), Errno> {
+        nix::sched::setns(fd, nstype)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        nix::sched::unshare(flags)
+    }
+
+    fn set_id(&self, uid: u32, gid: u32) -> Result<(), Errno> {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        let uid = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresgid(gid, gid, gid)?;
+        nix::unistd::setresuid(uid, uid, uid)
+    }
+
+    fn setgroups(&self, gids: &[u32]) -> Result<(), Errno> {
+        // SAFETY: the pointer and length describe the `gids` slice; gid_t is u32.
+        let rc = unsafe { libc::setgroups(gids.len(), gids.as_ptr()) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn set_capability(&self, set: CapSet, value: &caps::CapsHashSet) -> Result<(), Errno> {
+        match set {
+            CapSet::Bounding => {
+                for cap in caps::all() {
+                    if !value.contains(&cap) {
+                        // Capabilities unknown to this kernel report EINVAL: nothing to drop.
+                        match caps::drop(None, caps::CapSet::Bounding, cap) {
+                            Ok(()) => {}
+                            Err(e) => {
+                                if caps::runtime::procfs_all_supported(None)
+                                    .map(|s| s.contains(&cap))
+                                    .unwrap_or(true)
+                                {
+                                    return Err(caps_err(&e));
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            CapSet::Ambient => {
+                caps::clear(None, caps::CapSet::Ambient).map_err(|e| caps_err(&e))?;
+                for cap in value {
+                    caps::raise(None, caps::CapSet::Ambient, *cap).map_err(|e| caps_err(&e))?;
+                }
+                Ok(())
+            }
+            CapSet::Effective => {
+                caps::set(None, caps::CapSet::Effective, value).map_err(|e| caps_err(&e))
+            }
+            CapSet::Inheritable => {
+                caps::set(None, caps::CapSet::Inheritable, value).map_err(|e| caps_err(&e))
+            }
+            CapSet::Permitted => {
+                caps::set(None, caps::CapSet::Permitted, value).map_err(|e| caps_err(&e))
+            }
+        }
+    }
+
+    fn set_keep_caps(&self, keep: bool) -> Result<(), Errno> {
+        nix::sys::prctl::set_keepcaps(keep)
+    }
+
+    fn set_no_new_privs(&self) -> Result<(), Errno> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn set_pdeathsig(&self, signal: i32) -> Result<(), Errno> {
+        let sig = nix::sys::signal::Signal::try_from(signal)?;
+        nix::sys::prctl::set_pdeathsig(sig)
+    }
+
+    fn set_rlimit(&self, rlimit: Rlimit) -> Result<(), Errno> {
+        let lim = libc::rlimit {
+            rlim_cur: rlimit.soft,
+            rlim_max: rlimit.hard,
+        };
+        // SAFETY: `lim` is a valid rlimit living across the call; the resource number
+        // comes from the spec and the kernel rejects unknown ones with EINVAL.
+        let rc = unsafe { libc::setrlimit(rlimit.resource, &lim) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn mknod(
+        &self,
+        path: &Path,
+        kind: u32,
+        perm: u32,
+        major: u64,
+        minor: u64,
+    ) -> Result<(), Errno> {
+        let kind = SFlag::from_bits_truncate(kind);
+        let perm = Mode::from_bits_truncate(perm);
+        nix::sys::stat::mknod(path, kind, perm, nix::sys::stat::makedev(major, minor))
+    }
+
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> Result<(), Errno> {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    }
+
+    fn symlink(&self, original: &Path, link: &Path) -> Result<(), Errno> {
+        nix::unistd::symlinkat(original, nix::fcntl::AT_FDCWD, link)
+    }
+
+    fn set_sysctl(&self, key: &str, value: &str) -> Result<(), Errno> {
+        if key.contains("..") || key.contains('/') && key.contains('.') {
+            return Err(Errno::EINVAL);
+        }
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value.as_bytes())
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+
+    fn umask(&self, mask: u32) {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 0x1;
+        const AT_RECURSIVE: libc::c_uint = 0x8000;
+        let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: `path` is a NUL-terminated string and `attr` a correctly laid out
+        // `struct mount_attr`; both outlive the call and its size is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+}

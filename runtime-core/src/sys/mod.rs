@@ -1,0 +1,87 @@
+//! Every raw system call runtime-core makes while building a container goes through the
+//! [`Syscall`] trait, so the mount / pivot_root / capability sequence can be unit-tested
+//! with [`fake::RecordingSyscall`] without root, and the real work lives in [`linux`].
+
+pub mod fake;
+pub mod linux;
+
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+pub use nix::errno::Errno;
+pub use nix::mount::{MntFlags, MsFlags};
+pub use nix::sched::CloneFlags;
+
+/// Which capability set a call applies to (mirrors the five OCI sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum CapSet {
+    Bounding,
+    Effective,
+    Inheritable,
+    Permitted,
+    Ambient,
+}
+
+/// A resource limit to set with `setrlimit` (raw `RLIMIT_*` number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The system calls used to set up a container process.
+///
+/// Every method returns the raw errno on failure; callers attach the step name.
+pub trait Syscall {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    /// umount2(2).
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
+    /// pivot_root(2).
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
+    /// chdir(2).
+    fn chdir(&self, path: &Path) -> Result<(), Errno>;
+    /// sethostname(2).
+    fn sethostname(&self, name: &str) -> Result<(), Errno>;
+    /// setdomainname(2).
+    fn setdomainname(&self, name: &str) -> Result<(), Errno>;
+    /// setns(2) with an open namespace file.
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> Result<(), Errno>;
+    /// unshare(2).
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
+    /// setresgid + setresuid (all three ids) in that order.
+    fn set_id(&self, uid: u32, gid: u32) -> Result<(), Errno>;
+    /// setgroups(2).
+    fn setgroups(&self, gids: &[u32]) -> Result<(), Errno>;
+    /// Replace one capability set (for `Bounding`, drop every capability not listed).
+    fn set_capability(&self, set: CapSet, caps: &caps::CapsHashSet) -> Result<(), Errno>;
+    /// prctl(PR_SET_KEEPCAPS).
+    fn set_keep_caps(&self, keep: bool) -> Result<(), Errno>;
+    /// prctl(PR_SET_NO_NEW_PRIVS, 1).
+    fn set_no_new_privs(&self) -> Result<(), Errno>;
+    /// prctl(PR_SET_PDEATHSIG).
+    fn set_pdeathsig(&self, signal: i32) -> Result<(), Errno>;
+    /// setrlimit(2).
+    fn set_rlimit(&self, rlimit: Rlimit) -> Result<(), Errno>;
+    /// mknod(2) of a device node (`kind` is `S_IFCHR`, `S_IFBLK` or `S_IFIFO`).
+    fn mknod(&self, path: &Path, kind: u32, perm: u32, major: u64, minor: u64)
+    -> Result<(), Errno>;
+    /// chown(2) without following symlinks.
+    fn lchown(&self, path: &Path, uid: u32, gid: u32) -> Result<(), Errno>;
+    /// symlink(2).
+    fn symlink(&self, original: &Path, link: &Path) -> Result<(), Errno>;
+    /// Write `value` to `/proc/sys/<key with dots as slashes>`.
+    fn set_sysctl(&self, key: &str, value: &str) -> Result<(), Errno>;
+    /// umask(2); returns nothing since umask cannot fail.
+    fn umask(&self, mask: u32);
+    /// mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): make a mount tree read-only.
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
+}
