@@ -15,13 +15,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::CriService;
-use crate::cri::trace::RpcTraceLayer;
+use crate::cri::trace::{InFlight, RpcTraceLayer};
 
 /// Largest request berthd decodes; kubelet's CRI client uses the same limit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long in-flight RPCs may run after a stop signal before berthd exits anyway
 /// (long-lived streams such as GetContainerEvents never finish on their own).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Once no handler runs, how long responses get to reach their clients before berthd
+/// exits without waiting for clients to close idle connections.
+const RESPONSE_FLUSH: Duration = Duration::from_millis(200);
 
 /// A start-up failure, each naming the path or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +133,9 @@ pub fn lock_instance(config: &Config) -> Result<InstanceLock, StartError> {
         .truncate(false)
         .open(&path)
         .map_err(dir_error)?;
-    match file.try_lock() {
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
@@ -145,7 +148,7 @@ pub fn lock_instance(config: &Config) -> Result<InstanceLock, StartError> {
                 },
             });
         }
-        Err(fs::TryLockError::Error(e)) => return Err(dir_error(e)),
+        Err(e) => return Err(dir_error(e.into())),
     }
     file.set_len(0).map_err(dir_error)?;
     file.rewind().map_err(dir_error)?;
@@ -207,8 +210,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let in_flight = std::sync::Arc::new(InFlight::default());
     let server = tonic::transport::Server::builder()
-        .layer(RpcTraceLayer)
+        .layer(RpcTraceLayer::new(std::sync::Arc::clone(&in_flight)))
         .add_service(runtime)
         .add_service(image)
         .add_service(reflection_v1)
@@ -227,21 +231,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let _ = stop_tx.send(true);
     });
 
-    let mut grace = stop_rx;
+    // After the stop signal tonic stops accepting and drains connections; we exit as
+    // soon as the handlers in flight are done, without waiting on clients that keep
+    // idle connections open, and after the grace period in any case.
+    let mut stopping = stop_rx;
     let result = tokio::select! {
         r = server => r.map_err(|e| StartError::Serve(e.to_string())),
         () = async {
-            let _ = grace.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "in-flight RPCs did not finish in time; exiting");
-            Ok(())
-        }
+            let _ = stopping.wait_for(|stop| *stop).await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait_idle()).await.is_err() {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    in_flight = in_flight.count(),
+                    "in-flight RPCs did not finish in time; exiting"
+                );
+            }
+            tokio::time::sleep(RESPONSE_FLUSH).await;
+        } => Ok(()),
     };
-    if let Err(e) = fs::remove_file(&socket) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(socket = %socket.display(), error = %e, "could not remove socket");
-        }
+    if let Err(e) = fs::remove_file(&socket)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %socket.display(), error = %e, "could not remove socket");
     }
     tracing::info!("berthd stopped");
     result
@@ -267,9 +278,11 @@ mod tests {
     use super::*;
 
     fn config_in(dir: &Path) -> Config {
-        let mut c = Config::default();
-        c.root_dir = dir.join("root");
-        c.state_dir = dir.join("state");
+        let mut c = Config {
+            root_dir: dir.join("root"),
+            state_dir: dir.join("state"),
+            ..Config::default()
+        };
         c.grpc.socket = dir.join("s/berth.sock");
         c
     }

@@ -112,7 +112,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&config.log.level)
+    // A bare level ("debug") is about Berth itself: the HTTP/2 stack's frame-by-frame
+    // debug output would drown it, so dependencies stay at info unless named.
+    let level = config.log.level.trim();
+    let directive = if level.contains(['=', ',']) {
+        level.to_owned()
+    } else {
+        format!("{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info")
+    };
+    let filter = EnvFilter::try_new(&directive)
         .map_err(|e| anyhow::anyhow!("invalid log.level {:?}: {e}", config.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

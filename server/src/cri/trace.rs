@@ -1,25 +1,83 @@
 //! One tracing span per RPC, with the method, the gRPC status and the duration.
 //!
 //! Successful calls are logged at `debug` (kubelet polls List*/Status every second);
-//! failures at `info` with their code and message.
+//! failures at `info` with their code and message. The layer also counts the RPCs in
+//! flight, so that shutdown can wait for exactly those and not for idle connections.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+/// Counts RPCs whose handler has not returned yet.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// RPCs currently being handled.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no RPC is being handled.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Decrements the in-flight count when the handler's future ends, however it ends.
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(in_flight))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// Wraps a service so that every request gets an `rpc` span and a completion event.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcTraceLayer;
+#[derive(Debug, Clone, Default)]
+pub struct RpcTraceLayer {
+    in_flight: Arc<InFlight>,
+}
+
+impl RpcTraceLayer {
+    /// A layer counting into `in_flight`.
+    pub fn new(in_flight: Arc<InFlight>) -> Self {
+        Self { in_flight }
+    }
+}
 
 impl<S> Layer<S> for RpcTraceLayer {
     type Service = RpcTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcTrace { inner }
+        RpcTrace {
+            inner,
+            in_flight: Arc::clone(&self.in_flight),
+        }
     }
 }
 
@@ -27,6 +85,7 @@ impl<S> Layer<S> for RpcTraceLayer {
 #[derive(Debug, Clone)]
 pub struct RpcTrace<S> {
     inner: S,
+    in_flight: Arc<InFlight>,
 }
 
 impl<S, B, RB> Service<http::Request<B>> for RpcTrace<S>
@@ -47,10 +106,12 @@ where
         let method = request.uri().path().to_owned();
         let span = tracing::info_span!("rpc", method = %method);
         let start = Instant::now();
+        let guard = InFlightGuard::new(&self.in_flight);
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
                 let result = future.await;
+                drop(guard);
                 let ms = start.elapsed().as_secs_f64() * 1000.0;
                 match &result {
                     Ok(response) => {
@@ -118,6 +179,25 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%é"), "%é");
+    }
+
+    #[tokio::test]
+    async fn in_flight_counts_until_the_guard_drops() {
+        let in_flight = Arc::new(InFlight::default());
+        let guard = InFlightGuard::new(&in_flight);
+        assert_eq!(in_flight.count(), 1);
+        let waiter = tokio::spawn({
+            let in_flight = Arc::clone(&in_flight);
+            async move { in_flight.wait_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(guard);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("idle is signalled")
+            .expect("task");
+        assert_eq!(in_flight.count(), 0);
     }
 
     #[test]

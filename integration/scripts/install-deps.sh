@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs what building and testing Berth needs, when it is missing:
+#   - Debian packages (CNI plugins, registry, busybox, libseccomp, ...);
+#   - Go-based clients from the Go module proxy: crictl and critest (cri-tools),
+#     grpcurl; built once into a cache directory and reused;
+#   - cargo-nextest.
+# Idempotent and quiet when everything is present. Source it or run it; it prints
+# the tools directory to add to PATH as its last line when run.
+# With --runtime it installs only the Debian packages berthd needs on a node.
+set -euo pipefail
+
+CRI_TOOLS_VERSION=v1.37.0
+GRPCURL_VERSION=v1.9.4   # v1.9.3 ignores -unix and dials TCP
+NEXTEST_VERSION=0.9.143
+: "${BERTH_TOOLS_DIR:=/var/cache/berth/tools}"
+TOOLS_BIN="$BERTH_TOOLS_DIR/bin"
+mkdir -p "$TOOLS_BIN"
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------------
+# What berthd itself needs on a node.
+RUNTIME_PACKAGES=(
+  containernetworking-plugins   # bridge, host-local, portmap, loopback
+  iproute2 iptables util-linux  # CNI's iptables rules, ip netns, unshare
+  ca-certificates
+)
+# What building and testing needs on top.
+TEST_PACKAGES=(
+  docker-registry               # the local registry tests pull from
+  busybox-static                # test rootfs and images
+  libseccomp-dev pkg-config     # seccomp filters (runtime-core)
+  git
+)
+APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")
+if [ "${1:-}" != "--runtime" ]; then APT_PACKAGES+=("${TEST_PACKAGES[@]}"); fi
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing packages ${missing[*]}; run as root to install them"; exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--runtime" ]; then
+  if [ "${BASH_SOURCE[0]}" = "$0" ]; then exit 0; else return 0; fi
+fi
+
+# --- toolchains ------------------------------------------------------------------
+for t in cargo go; do
+  command -v "$t" >/dev/null || { log "$t is required (Rust via rustup, Go >= 1.26)"; exit 1; }
+done
+
+# --- Go tools (versioned stamps so a version bump rebuilds) ---------------------
+stamp_ok() { [ -x "$TOOLS_BIN/$1" ] && [ "$(cat "$TOOLS_BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
+stamp() { echo "$2" > "$TOOLS_BIN/.$1.version"; }
+LDF="-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRI_TOOLS_VERSION#v}"
+
+if ! stamp_ok crictl "$CRI_TOOLS_VERSION"; then
+  log "building crictl $CRI_TOOLS_VERSION"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "$LDF" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+  stamp crictl "$CRI_TOOLS_VERSION"
+fi
+if ! stamp_ok critest "$CRI_TOOLS_VERSION"; then
+  log "building critest $CRI_TOOLS_VERSION"
+  dir=$(go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  src=$(mktemp -d)
+  cp -r "$dir"/. "$src"; chmod -R u+w "$src"   # the module cache is read-only
+  (cd "$src" && CGO_ENABLED=0 go test -c -trimpath -ldflags "$LDF" -o "$TOOLS_BIN/critest" ./cmd/critest)
+  rm -rf "$src"
+  stamp critest "$CRI_TOOLS_VERSION"
+fi
+if ! stamp_ok ginkgo "$CRI_TOOLS_VERSION"; then
+  # critest --parallel execs the ginkgo CLI; use the version cri-tools pins.
+  moddir=$(go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  gv=$(awk '$1 == "github.com/onsi/ginkgo/v2" { print $2; exit }' "$moddir/go.mod")
+  log "building ginkgo $gv"
+  GOBIN="$TOOLS_BIN" go install "github.com/onsi/ginkgo/v2/ginkgo@$gv"
+  stamp ginkgo "$CRI_TOOLS_VERSION"
+fi
+if ! stamp_ok grpcurl "$GRPCURL_VERSION"; then
+  log "building grpcurl $GRPCURL_VERSION"
+  GOBIN="$TOOLS_BIN" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  stamp grpcurl "$GRPCURL_VERSION"
+fi
+
+# --- cargo-nextest ---------------------------------------------------------------
+if ! stamp_ok cargo-nextest "$NEXTEST_VERSION"; then
+  log "building cargo-nextest $NEXTEST_VERSION (once; a few minutes)"
+  cargo install --locked --quiet --root "$BERTH_TOOLS_DIR" cargo-nextest --version "$NEXTEST_VERSION"
+  stamp cargo-nextest "$NEXTEST_VERSION"
+fi
+
+export PATH="$TOOLS_BIN:$PATH"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then echo "$TOOLS_BIN"; fi

@@ -1,0 +1,275 @@
+//! Starts a real `berthd` as a child process with a temporary socket and temporary
+//! root/state directories, waits until it answers, and stops it on drop.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::client::CriClient;
+
+/// How long berthd may take to answer `Version` after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long berthd may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Knobs for a test daemon. The defaults give a daemon that uses the host's CNI
+/// directories and temporary everything else.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Extra TOML appended to the generated config (top-level keys must come first,
+    /// so prefer whole `[section]`s here).
+    pub extra_config: String,
+    /// Extra top-level keys (e.g. `cgroup_driver = "systemd"`).
+    pub top_level_config: String,
+    /// `log.level` of the daemon.
+    pub log_level: String,
+    /// `log.format` of the daemon: `text` or `json`.
+    pub log_format: String,
+    /// Replaces the `[cni]` section when set.
+    pub cni_section: Option<String>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            extra_config: String::new(),
+            top_level_config: String::new(),
+            log_level: "debug".to_owned(),
+            log_format: "text".to_owned(),
+            cni_section: None,
+        }
+    }
+}
+
+/// A running berthd owned by a test.
+#[derive(Debug)]
+pub struct TestDaemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// The gRPC socket.
+    pub socket: PathBuf,
+    /// `root_dir` of this daemon.
+    pub root_dir: PathBuf,
+    /// `state_dir` of this daemon.
+    pub state_dir: PathBuf,
+    /// The config file it was started with.
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl TestDaemon {
+    /// The berthd binary under test: `$BERTHD_BIN`, else the one cargo built next to
+    /// this test executable (`target/<profile>/berthd`).
+    pub fn binary() -> anyhow::Result<PathBuf> {
+        if let Some(p) = std::env::var_os("BERTHD_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe().context("locating the test executable")?;
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .context("test executable has no target directory")?;
+        let bin = profile_dir.join("berthd");
+        if !bin.exists() {
+            bail!(
+                "berthd binary not found at {}; build it first (`cargo build -p berth-server`) or set BERTHD_BIN",
+                bin.display()
+            );
+        }
+        Ok(bin)
+    }
+
+    /// Starts a daemon with default options.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(DaemonOptions::default()).await
+    }
+
+    /// Starts a daemon and waits until it answers `Version`.
+    pub async fn start_with(options: DaemonOptions) -> anyhow::Result<Self> {
+        // Short paths: a Unix socket path must fit in 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir_in("/tmp")
+            .context("creating the daemon's temp dir")?;
+        let socket = dir.path().join("berth.sock");
+        let root_dir = dir.path().join("root");
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("config.toml");
+        let log_path = dir.path().join("berthd.log");
+
+        let cni = options.cni_section.clone().unwrap_or_default();
+        let config = format!(
+            "{top}\nroot_dir = {root:?}\nstate_dir = {state:?}\n\n[grpc]\nsocket = {socket:?}\n\n[log]\nlevel = {level:?}\nformat = {format:?}\n\n{cni}\n{extra}\n",
+            top = options.top_level_config,
+            format = options.log_format,
+            root = root_dir.display().to_string(),
+            state = state_dir.display().to_string(),
+            socket = socket.display().to_string(),
+            level = options.log_level,
+            extra = options.extra_config,
+        );
+        fs::write(&config_path, config).context("writing the daemon config")?;
+
+        let mut daemon = Self {
+            child: None,
+            dir,
+            socket,
+            root_dir,
+            state_dir,
+            config_path,
+            log_path,
+        };
+        daemon.spawn()?;
+        daemon.wait_ready().await?;
+        Ok(daemon)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .context("opening the daemon log")?;
+        let child = Command::new(Self::binary()?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning berthd")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts the daemon again with the same config and state (after [`Self::kill`] or
+    /// [`Self::stop`]), as an operator restarting berthd would.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("berthd exited during start-up ({status}):\n{}", self.log());
+            }
+            if let Ok(mut client) = CriClient::connect(&self.socket).await {
+                let version = client
+                    .runtime
+                    .version(berth_proto::v1::VersionRequest::default())
+                    .await;
+                if version.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "berthd did not answer Version within {READY_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `unix://<socket>`, as crictl and critest take it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A new CRI client connected to this daemon.
+    pub async fn client(&self) -> anyhow::Result<CriClient> {
+        CriClient::connect(&self.socket).await
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The temp dir holding everything this daemon uses.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let pid = self.pid().context("berthd is not running")?;
+        let pid = i32::try_from(pid).context("pid out of range")?;
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling berthd");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after a timeout). Returns the status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("berthd is not running");
+        };
+        if child.try_wait()?.is_none() {
+            let pid = i32::try_from(child.id()).context("pid out of range")?;
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("berthd ignored SIGTERM for {STOP_TIMEOUT:?} and was killed ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would, and reaps the process.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("berthd is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(e) = self.stop()
+        {
+            eprintln!("test daemon: {e}");
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- berthd log ({}) ----\n{}---- end of berthd log ----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! berthd as a process: start-up, the RPCs that work from day one, bad input, and
+//! shutdown. Each test starts its own daemon with temporary directories.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use berth_integration::{DaemonOptions, TestDaemon};
+use berth_proto::v1::{
+    CgroupDriver, ImageFsInfoRequest, NetworkConfig, RuntimeConfig, RuntimeConfigRequest,
+    StatusRequest, UpdateRuntimeConfigRequest, VersionRequest,
+};
+use tonic::Code;
+
+fn berthd() -> std::process::Command {
+    std::process::Command::new(TestDaemon::binary().expect("berthd binary"))
+}
+
+#[tokio::test]
+async fn version_reports_berth_and_the_kubelet_api_version() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let v = c
+        .runtime
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .expect("Version")
+        .into_inner();
+    assert_eq!(v.version, "0.1.0", "kubelet rejects anything else");
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(v.runtime_api_version, "v1");
+}
+
+#[tokio::test]
+async fn runtime_config_sets_cgroupfs_explicitly() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let r = c
+        .runtime
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig")
+        .into_inner();
+    let linux = r.linux.expect("linux block must be present");
+    assert_eq!(linux.cgroup_driver, i32::from(CgroupDriver::Cgroupfs));
+}
+
+#[tokio::test]
+async fn runtime_config_follows_the_configured_driver() {
+    let d = TestDaemon::start_with(DaemonOptions {
+        top_level_config: "cgroup_driver = \"systemd\"".into(),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let r = c
+        .runtime
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig")
+        .into_inner();
+    assert_eq!(
+        r.linux.expect("linux").cgroup_driver,
+        i32::from(CgroupDriver::Systemd)
+    );
+}
+
+#[tokio::test]
+async fn status_reports_both_conditions_ready_with_plugins_installed() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    for p in ["bridge", "portmap"] {
+        let path = plugins.path().join(p);
+        std::fs::write(&path, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let conf = tempfile::tempdir().expect("tempdir");
+    let d = TestDaemon::start_with(DaemonOptions {
+        cni_section: Some(format!(
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+            conf.path().display().to_string(),
+            plugins.path().display().to_string()
+        )),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let s = c
+        .runtime
+        .status(StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let conditions = s.status.expect("status").conditions;
+    let get = |t: &str| conditions.iter().find(|c| c.r#type == t).cloned();
+    let runtime = get("RuntimeReady").expect("RuntimeReady present");
+    let network = get("NetworkReady").expect("NetworkReady present");
+    assert!(runtime.status, "{runtime:?}");
+    assert!(network.status, "{network:?}");
+
+    let config: serde_json::Value =
+        serde_json::from_str(s.info.get("config").expect("verbose config")).expect("json");
+    assert_eq!(config["stateDir"], d.state_dir.display().to_string());
+    let cni: serde_json::Value =
+        serde_json::from_str(s.info.get("cni").expect("verbose cni")).expect("json");
+    assert_eq!(cni["source"], "built-in default");
+    assert!(s.info.contains_key("versions"));
+    assert!(
+        s.runtime_handlers.iter().any(|h| h.name.is_empty()),
+        "the default handler is listed"
+    );
+
+    // Not verbose: no info map.
+    let s = c
+        .runtime
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(s.info.is_empty());
+}
+
+#[tokio::test]
+async fn network_not_ready_names_the_missing_plugin() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let d = TestDaemon::start_with(DaemonOptions {
+        cni_section: Some(format!(
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+            empty.path().display().to_string(),
+            empty.path().display().to_string()
+        )),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let s = c
+        .runtime
+        .status(StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
+    let network = s
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    assert!(!network.status);
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(
+        network.message.contains("\"bridge\""),
+        "{}",
+        network.message
+    );
+}
+
+#[tokio::test]
+async fn runtime_not_ready_when_the_state_dir_disappears() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    // Replace the root dir with a file behind the daemon's back.
+    std::fs::rename(&d.root_dir, d.dir().join("moved")).expect("move root dir");
+    std::fs::write(&d.root_dir, "not a dir").expect("write");
+    let s = c
+        .runtime
+        .status(StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
+    let runtime = s
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady");
+    assert!(!runtime.status);
+    assert!(runtime.message.contains("root_dir"), "{}", runtime.message);
+}
+
+#[tokio::test]
+async fn image_fs_info_reports_real_usage_of_the_image_store() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let before = c
+        .image
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo")
+        .into_inner();
+    assert_eq!(before.image_filesystems.len(), 1, "kubelet needs an entry");
+    let fs = &before.image_filesystems[0];
+    assert!(fs.timestamp > 0);
+    let mountpoint = &fs.fs_id.as_ref().expect("fs_id").mountpoint;
+    assert!(d.root_dir.starts_with(mountpoint), "{mountpoint}");
+    let used_before = fs.used_bytes.as_ref().expect("used").value;
+    let inodes_before = fs.inodes_used.as_ref().expect("inodes").value;
+
+    // Put 1 MiB into the store: usage grows by at least that and one inode.
+    std::fs::write(d.root_dir.join("images/blob"), vec![1u8; 1 << 20]).expect("write");
+    let after = c
+        .image
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo")
+        .into_inner();
+    let fs = &after.image_filesystems[0];
+    assert!(fs.used_bytes.as_ref().expect("used").value >= used_before + (1 << 20));
+    assert_eq!(
+        fs.inodes_used.as_ref().expect("inodes").value,
+        inodes_before + 1
+    );
+}
+
+#[tokio::test]
+async fn update_runtime_config_feeds_the_builtin_network() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let update = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: cidr.to_owned(),
+            }),
+        }),
+    };
+    c.runtime
+        .update_runtime_config(update("10.244.3.0/24"))
+        .await
+        .expect("UpdateRuntimeConfig");
+    let s = c
+        .runtime
+        .status(StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let cni: serde_json::Value = serde_json::from_str(&s.info["cni"]).expect("json");
+    assert_eq!(cni["podCIDRs"], serde_json::json!(["10.244.3.0/24"]));
+
+    let err = c
+        .runtime
+        .update_runtime_config(update("10.244.3.0"))
+        .await
+        .expect_err("a CIDR without prefix is invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_so() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let err = c
+        .runtime
+        .checkpoint_container(berth_proto::v1::CheckpointContainerRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn socket_is_not_world_accessible() {
+    let d = TestDaemon::start().await.expect("start");
+    let mode = std::fs::metadata(&d.socket)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_removes_the_socket() {
+    let mut d = TestDaemon::start().await.expect("start");
+    let status = d.stop().expect("stop");
+    assert!(status.success(), "{status}");
+    assert!(!d.socket.exists(), "socket removed on shutdown");
+    assert!(d.log().contains("berthd stopped"), "{}", d.log());
+}
+
+#[tokio::test]
+async fn restart_after_a_crash_replaces_the_stale_socket() {
+    let mut d = TestDaemon::start().await.expect("start");
+    d.kill().expect("SIGKILL");
+    assert!(d.socket.exists(), "a crash leaves the socket file behind");
+    d.restart().await.expect("restart over a stale socket");
+    assert!(d.log().contains("replacing stale socket"));
+}
+
+#[tokio::test]
+async fn a_second_daemon_does_not_steal_a_live_socket() {
+    let d = TestDaemon::start().await.expect("start");
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = berthd()
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--root")
+        .arg(other.path().join("r"))
+        .arg("--state")
+        .arg(other.path().join("s"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another live server"), "{err}");
+    // The first daemon still serves.
+    let mut c = d.client().await.expect("client");
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .expect("first daemon still answers");
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let d = TestDaemon::start().await.expect("start");
+    let out = berthd()
+        .arg("--config")
+        .arg(&d.config_path)
+        .arg("--socket")
+        .arg(d.dir().join("other.sock"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already using state dir"), "{err}");
+}
+
+/// Bad input at start-up: one clear line naming the problem, exit 1, no backtrace.
+#[test]
+fn bad_start_up_input_gives_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[grpc]\nsocket_path = \"/x\"\n").expect("write");
+    let file_as_dir = dir.path().join("file");
+    std::fs::write(&file_as_dir, "x").expect("write");
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (
+            vec!["--config".into(), unknown.clone().into()],
+            "socket_path",
+        ),
+        (
+            vec!["--config".into(), dir.path().join("missing.toml").into()],
+            "cannot read config file",
+        ),
+        (
+            vec![
+                "--root".into(),
+                file_as_dir.join("root").into(),
+                "--state".into(),
+                dir.path().join("s").into(),
+                "--socket".into(),
+                dir.path().join("b.sock").into(),
+            ],
+            "root_dir",
+        ),
+        (
+            vec![
+                "--root".into(),
+                dir.path().join("r").into(),
+                "--state".into(),
+                dir.path().join("s").into(),
+                "--socket".into(),
+                file_as_dir.join("sub/b.sock").into(),
+            ],
+            "cannot listen on socket",
+        ),
+        (vec!["--state".into(), "relative/dir".into()], "state_dir"),
+        (vec!["--log-level".into(), "[[[".into()], "log.level"),
+    ];
+    for (args, expect) in cases {
+        let out = berthd().args(&args).output().expect("run berthd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected {expect:?} in {err}"
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn config_default_prints_a_loadable_file() {
+    let out = berthd().args(["config", "default"]).output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        text.contains("socket = \"/run/berth/berth.sock\""),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).expect("write");
+    let shown = berthd()
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "show"])
+        .output()
+        .expect("run");
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("root_dir = \"/var/lib/berth\""), "{shown}");
+}
+
+#[test]
+fn version_flag() {
+    let out = berthd().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("berthd {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn failed_rpcs_are_logged_with_method_code_and_duration() {
+    let d = TestDaemon::start().await.expect("start");
+    let mut c = d.client().await.expect("client");
+    let _ = c
+        .runtime
+        .checkpoint_container(berth_proto::v1::CheckpointContainerRequest::default())
+        .await;
+    let line = wait_for_log_line(&d, |l| {
+        l.contains("rpc failed") && l.contains("CheckpointContainer")
+    })
+    .await;
+    assert!(line.contains("Unimplemented"), "{line}");
+    assert!(line.contains("duration_ms"), "{line}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_rpc_span() {
+    let d = TestDaemon::start_with(DaemonOptions {
+        log_format: "json".into(),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let _ = c
+        .runtime
+        .checkpoint_container(berth_proto::v1::CheckpointContainerRequest::default())
+        .await;
+    let line = wait_for_log_line(&d, |l| l.contains("rpc failed")).await;
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(
+        v["span"]["method"],
+        "/runtime.v1.RuntimeService/CheckpointContainer"
+    );
+    assert!(v["fields"]["duration_ms"].is_number(), "{v}");
+    for l in d.log().lines() {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
+
+async fn wait_for_log_line(d: &TestDaemon, want: impl Fn(&str) -> bool) -> String {
+    for _ in 0..100 {
+        if let Some(l) = d.log().lines().find(|l| want(l)) {
+            return l.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no matching log line in:\n{}", d.log());
+}
+
+#[test]
+fn deploy_config_is_the_default_config() {
+    let deployed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.toml"),
+    )
+    .expect("deploy/config.toml");
+    let out = berthd().args(["config", "default"]).output().expect("run");
+    assert_eq!(
+        deployed,
+        String::from_utf8_lossy(&out.stdout),
+        "deploy/config.toml drifted: regenerate it with `berthd config default > deploy/config.toml`"
+    );
+}
