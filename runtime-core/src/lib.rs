@@ -1,5 +1,9 @@
 //! berth-runtime-core: turns an OCI runtime spec and a root filesystem into a running,
 //! isolated process. No tokio, no gRPC, no CRI types.
 
+pub mod cgroups;
+pub mod channel;
+pub mod process;
 pub mod rootfs;
+pub mod security;
 pub mod sys;

@@ -1,0 +1,805 @@
+//! Creating the container's processes.
+//!
+//! ```text
+//! caller (single-threaded)          stage-1 (fork)                     init (clone, CLONE_PARENT)
+//!  fork ───────────────────────────▶ wait Proceed
+//!  join cgroup(stage-1), Proceed ──▶ setns(joined namespaces)
+//!                                    unshare(USER) → WriteIdMappings
+//!  write uid_map/gid_map, Proceed ─▶ unshare(other new namespaces)
+//!                                    clone ─────────────────────────▶ mounts, pivot_root, /dev,
+//!  ◀─────────────────────────────── InitPid(pid), exit                masked/ro paths, hostname,
+//!                                                                      rlimits, user, caps, nnp,
+//!  ◀──────────────────────────────────────────────────────────────── Ready (or Failed{step,errno})
+//!                                                                      wait for start, seccomp, execve
+//! ```
+//!
+//! Every message travels on a SOCK_SEQPACKET socketpair; a child that dies without a
+//! word is seen as end-of-file, so the caller never hangs. The caller must be
+//! single-threaded (berth-runtime, berth-monitor): forking a threaded process is unsafe.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::channel::{self, Channel, ChildError, Message};
+use crate::rootfs::{self, RootfsPlan};
+use crate::security;
+use crate::sys::{CloneFlags, Errno, Rlimit, Syscall, linux::LinuxSyscall};
+
+/// How long the caller waits for any single message from the children.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Failures creating the container process.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The child reported a failure.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// Talking to the child failed.
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    /// The child exited without reporting.
+    #[error("container set-up process exited without reporting ({0})")]
+    ChildVanished(String),
+    /// A namespace file to join could not be opened.
+    #[error("open {kind} namespace {path}: {source}")]
+    OpenNamespace {
+        kind: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// fork failed.
+    #[error("fork: {0}")]
+    Fork(#[source] Errno),
+    /// Writing the uid/gid mappings failed.
+    #[error("write {what} for pid {pid}: {source}")]
+    IdMapping {
+        what: &'static str,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Joining the cgroup failed.
+    #[error("join cgroup: {0}")]
+    Cgroup(String),
+    /// The spec lacks something required.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// Unexpected message order.
+    #[error("unexpected message from child: {0:?}")]
+    Protocol(Message),
+}
+
+/// What to do once the init process is ready.
+#[derive(Debug)]
+pub enum StartMode {
+    /// Block until a reader opens `exec.fifo` in this directory (create/start split).
+    WaitFifo(OwnedFd),
+    /// Exec right after reporting Ready (exec into a container, `run`).
+    Immediately,
+}
+
+/// The standard streams for the container process.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Descriptors for 0, 1 and 2; `None` keeps the caller's.
+    pub fds: Option<[OwnedFd; 3]>,
+    /// A connected unix socket: a new pty's master is sent over it (`--console-socket`).
+    pub console_socket: Option<OwnedFd>,
+}
+
+/// Everything needed to spawn an init (or an exec'd process).
+#[derive(Debug)]
+pub struct SpawnConfig<'a> {
+    /// The spec (its `process` is what runs).
+    pub spec: &'a Spec,
+    /// Absolute rootfs path (unused when `exec_in` is set).
+    pub rootfs: PathBuf,
+    /// When set, this is an exec into the container whose init has this pid: join all
+    /// its namespaces instead of creating any, and do no rootfs work.
+    pub exec_in: Option<i32>,
+    /// Start behaviour.
+    pub start: StartMode,
+    /// Streams.
+    pub stdio: Stdio,
+    /// Extra fds to pass through (3.. 3+n).
+    pub preserve_fds: u32,
+}
+
+/// A namespace to enter: create a new one or join an existing one.
+#[derive(Debug)]
+enum NsAction {
+    New(CloneFlags),
+    Join(CloneFlags, OwnedFd),
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// Order in which namespaces are joined: user first (it grants the rights to join the
+/// others), mount last (it changes the filesystem view used to open nothing else).
+fn join_rank(f: CloneFlags) -> u8 {
+    match f {
+        CloneFlags::CLONE_NEWUSER => 0,
+        CloneFlags::CLONE_NEWNS => 9,
+        _ => 5,
+    }
+}
+
+fn open_ns(kind: &str, path: &Path) -> Result<OwnedFd, ProcessError> {
+    fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| ProcessError::OpenNamespace {
+            kind: kind.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn plan_namespaces(cfg: &SpawnConfig<'_>) -> Result<Vec<NsAction>, ProcessError> {
+    let mut out = Vec::new();
+    if let Some(pid) = cfg.exec_in {
+        // Join every namespace of the running init that differs from ours.
+        for (name, flag) in [
+            ("user", CloneFlags::CLONE_NEWUSER),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let theirs = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+            let ours = PathBuf::from(format!("/proc/self/ns/{name}"));
+            let same = match (fs::metadata(&theirs), fs::metadata(&ours)) {
+                (Ok(a), Ok(b)) => {
+                    use std::os::unix::fs::MetadataExt;
+                    a.ino() == b.ino() && a.dev() == b.dev()
+                }
+                _ => false,
+            };
+            if !same {
+                out.push(NsAction::Join(flag, open_ns(name, &theirs)?));
+            }
+        }
+        return Ok(out);
+    }
+    let namespaces = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in namespaces {
+        let flag = ns_flag(ns.typ());
+        match ns.path() {
+            Some(p) if !p.as_os_str().is_empty() => {
+                out.push(NsAction::Join(flag, open_ns(&ns.typ().to_string(), p)?));
+            }
+            _ => out.push(NsAction::New(flag)),
+        }
+    }
+    out.sort_by_key(|a| match a {
+        NsAction::Join(f, _) => join_rank(*f),
+        NsAction::New(_) => 10,
+    });
+    Ok(out)
+}
+
+/// The process that was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Pid of the container process in the caller's pid namespace. It is a child of
+    /// the caller (CLONE_PARENT), so the caller can wait for it.
+    pub pid: i32,
+}
+
+/// Spawn the container init (or an exec'd process) and wait until it is Ready.
+/// `join_cgroup` is called with the stage-1 pid before any namespace is created, so
+/// every process of the container is born inside its cgroup.
+///
+/// Must be called from a single-threaded process.
+pub fn spawn(
+    cfg: SpawnConfig<'_>,
+    join_cgroup: &mut dyn FnMut(i32) -> Result<(), String>,
+) -> Result<Spawned, ProcessError> {
+    if cfg.spec.process().is_none() {
+        return Err(ProcessError::InvalidSpec("no process".into()));
+    }
+    let namespaces = plan_namespaces(&cfg)?;
+    let (parent, child) = channel::pair()?;
+    // SAFETY: the caller is single-threaded (documented contract), so the child gets a
+    // consistent copy of memory; it only runs set-up code and then exits or execs.
+    let fork = unsafe { nix::unistd::fork() }.map_err(ProcessError::Fork)?;
+    match fork {
+        nix::unistd::ForkResult::Child => {
+            drop(parent);
+            let code = match stage1(&cfg, namespaces, &child) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = child.send(&Message::Failed(e));
+                    1
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the parent's
+            // destructors or atexit handlers twice.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child: stage1_pid } => {
+            drop(child);
+            drop(namespaces);
+            parent_side(&cfg, &parent, stage1_pid, join_cgroup)
+        }
+    }
+}
+
+fn parent_side(
+    cfg: &SpawnConfig<'_>,
+    chan: &Channel,
+    stage1: Pid,
+    join_cgroup: &mut dyn FnMut(i32) -> Result<(), String>,
+) -> Result<Spawned, ProcessError> {
+    let mut init_pid: Option<i32> = None;
+    let result = (|| {
+        join_cgroup(stage1.as_raw()).map_err(ProcessError::Cgroup)?;
+        chan.send(&Message::Proceed)?;
+        loop {
+            match chan.recv(CHILD_TIMEOUT)? {
+                Some(Message::WriteIdMappings) => {
+                    write_id_mappings(cfg.spec, stage1.as_raw())?;
+                    chan.send(&Message::Proceed)?;
+                }
+                Some(Message::InitPid(pid)) => {
+                    init_pid = Some(pid);
+                    let _ = waitpid(stage1, None);
+                }
+                Some(Message::Ready) => {
+                    return init_pid
+                        .map(|pid| Spawned { pid })
+                        .ok_or(ProcessError::Protocol(Message::Ready));
+                }
+                Some(Message::Failed(e)) => return Err(ProcessError::Child(e)),
+                Some(other) => return Err(ProcessError::Protocol(other)),
+                None => {
+                    let status = match init_pid {
+                        Some(pid) => waitpid(Pid::from_raw(pid), None),
+                        None => waitpid(stage1, None),
+                    };
+                    return Err(ProcessError::ChildVanished(format!("{status:?}")));
+                }
+            }
+        }
+    })();
+    if result.is_err() {
+        // Leave nothing behind: kill and reap whatever was created.
+        for pid in [Some(stage1.as_raw()), init_pid].into_iter().flatten() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+    result
+}
+
+fn write_id_mappings(spec: &Spec, pid: i32) -> Result<(), ProcessError> {
+    let linux = spec.linux().as_ref();
+    let fmt = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.map(|m| {
+            m.iter()
+                .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+                .collect::<String>()
+        })
+        .unwrap_or_default()
+    };
+    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
+    for (what, text) in [("gid_map", gid), ("uid_map", uid)] {
+        if text.is_empty() {
+            continue;
+        }
+        fs::write(format!("/proc/{pid}/{what}"), text)
+            .map_err(|source| ProcessError::IdMapping { what, pid, source })?;
+    }
+    Ok(())
+}
+
+fn child_err(step: &str, errno: i32, message: impl Into<String>) -> ChildError {
+    ChildError {
+        step: step.to_string(),
+        errno,
+        message: message.into(),
+    }
+}
+
+fn expect_proceed(chan: &Channel) -> Result<(), ChildError> {
+    match chan.recv(CHILD_TIMEOUT) {
+        Ok(Some(Message::Proceed)) => Ok(()),
+        other => Err(child_err(
+            "wait for parent",
+            libc::EPROTO,
+            format!("{other:?}"),
+        )),
+    }
+}
+
+fn stage1(
+    cfg: &SpawnConfig<'_>,
+    namespaces: Vec<NsAction>,
+    chan: &Channel,
+) -> Result<(), ChildError> {
+    let sys = LinuxSyscall;
+    // If the caller dies mid-way, so does set-up.
+    let _ = sys.set_pdeathsig(libc::SIGKILL);
+    expect_proceed(chan)?;
+    let mut new_flags = CloneFlags::empty();
+    let mut new_user = false;
+    for ns in &namespaces {
+        match ns {
+            NsAction::Join(flag, fd) => sys
+                .setns(fd.as_fd(), *flag)
+                .map_err(|e| child_err("setns", e as i32, format!("{flag:?}")))?,
+            NsAction::New(CloneFlags::CLONE_NEWUSER) => new_user = true,
+            NsAction::New(flag) => new_flags |= *flag,
+        }
+    }
+    drop(namespaces);
+    if new_user {
+        sys.unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| child_err("unshare user namespace", e as i32, ""))?;
+        chan.send(&Message::WriteIdMappings)
+            .map_err(|e| child_err("request id mappings", libc::EPIPE, e.to_string()))?;
+        expect_proceed(chan)?;
+        sys.set_id(0, 0)
+            .map_err(|e| child_err("become root in user namespace", e as i32, ""))?;
+    }
+    if !new_flags.is_empty() {
+        sys.unshare(new_flags)
+            .map_err(|e| child_err("unshare", e as i32, format!("{new_flags:?}")))?;
+    }
+    // SAFETY: a raw fork-like clone (no new stack): the child continues on a copy of
+    // this single-threaded process. CLONE_PARENT makes the init a child of the caller
+    // so the caller can wait for it; SIGCHLD is its exit signal.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_ulong::try_from(libc::CLONE_PARENT | libc::SIGCHLD).unwrap_or(0),
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match rc {
+        -1 => Err(child_err("clone init", Errno::last_raw(), "")),
+        0 => {
+            let res = init(cfg, chan, new_user, new_flags);
+            let err = match res {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = chan.send(&Message::Failed(err.clone()));
+            // Past Ready the parent may be gone: say it on stderr too.
+            eprintln!("berth init: {err}");
+            // SAFETY: ends this child without unwinding into the caller's frames.
+            unsafe { libc::_exit(127) }
+        }
+        pid => {
+            let pid = i32::try_from(pid).unwrap_or(-1);
+            chan.send(&Message::InitPid(pid))
+                .map_err(|e| child_err("report init pid", libc::EPIPE, e.to_string()))
+        }
+    }
+}
+
+/// Resolve the executable like execvp would, but inside the container, so "not found"
+/// is reported at create time.
+fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, ChildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if arg0.contains('/') {
+        return if is_exec(Path::new(arg0)) {
+            Ok(PathBuf::from(arg0))
+        } else {
+            Err(child_err(
+                "find executable",
+                libc::ENOENT,
+                format!("{arg0}: no such executable file"),
+            ))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| {
+            child_err(
+                "find executable",
+                libc::ENOENT,
+                format!("{arg0}: executable file not found in $PATH"),
+            )
+        })
+}
+
+fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<u32> {
+    use oci_spec::runtime::PosixRlimitType as T;
+    let r = match t {
+        T::RlimitCpu => libc::RLIMIT_CPU,
+        T::RlimitFsize => libc::RLIMIT_FSIZE,
+        T::RlimitData => libc::RLIMIT_DATA,
+        T::RlimitStack => libc::RLIMIT_STACK,
+        T::RlimitCore => libc::RLIMIT_CORE,
+        T::RlimitRss => libc::RLIMIT_RSS,
+        T::RlimitNproc => libc::RLIMIT_NPROC,
+        T::RlimitNofile => libc::RLIMIT_NOFILE,
+        T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        T::RlimitAs => libc::RLIMIT_AS,
+        T::RlimitLocks => libc::RLIMIT_LOCKS,
+        T::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        T::RlimitNice => libc::RLIMIT_NICE,
+        T::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        T::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    Some(r)
+}
+
+/// Raise oom_score_adj to the spec's value, never below our own (lowering needs
+/// CAP_SYS_RESOURCE, which hosts like ours do not grant even to root).
+fn set_oom_score_adj(wanted: i32) -> Result<(), ChildError> {
+    let current: i32 = fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let value = wanted.max(current);
+    if value == current {
+        return Ok(());
+    }
+    fs::write("/proc/self/oom_score_adj", value.to_string()).map_err(|e| {
+        child_err(
+            "set oom_score_adj",
+            e.raw_os_error().unwrap_or(libc::EIO),
+            value.to_string(),
+        )
+    })
+}
+
+fn dup_stdio(stdio: &Stdio) -> Result<(), ChildError> {
+    if let Some(fds) = &stdio.fds {
+        for (i, fd) in fds.iter().enumerate() {
+            let target = i32::try_from(i).unwrap_or(0);
+            // SAFETY: dup2 onto 0..2 of this (child) process; `fd` is open.
+            let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+            Errno::result(rc)
+                .map_err(|e| child_err("set up stdio", e as i32, format!("fd {target}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Open a pty inside the container, make it our controlling terminal and stdio, and
+/// send the master to the console socket.
+fn setup_console(socket: BorrowedFd<'_>) -> Result<(), ChildError> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| child_err("open pty master", e as i32, ""))?;
+    nix::pty::grantpt(&master).map_err(|e| child_err("grantpt", e as i32, ""))?;
+    nix::pty::unlockpt(&master).map_err(|e| child_err("unlockpt", e as i32, ""))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| child_err("ptsname", e as i32, ""))?;
+    let slave = nix::fcntl::open(
+        Path::new(&name),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| child_err("open pty slave", e as i32, name.clone()))?;
+    nix::unistd::setsid().map_err(|e| child_err("setsid", e as i32, ""))?;
+    // SAFETY: TIOCSCTTY on an open terminal fd with argument 0.
+    let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(rc).map_err(|e| child_err("set controlling terminal", e as i32, ""))?;
+    for target in 0..3 {
+        // SAFETY: dup2 of an open fd onto 0..2 of this child.
+        let rc = unsafe { libc::dup2(slave.as_raw_fd(), target) };
+        Errno::result(rc).map_err(|e| child_err("dup pty slave", e as i32, ""))?;
+    }
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"console")];
+    nix::sys::socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| child_err("send pty master to console socket", e as i32, ""))?;
+    Ok(())
+}
+
+/// Mark every fd from `from` on close-on-exec.
+fn cloexec_from(from: u32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; it cannot
+    // invalidate a descriptor this process is still using.
+    let _ = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 4u32) };
+}
+
+enum Never {}
+
+fn init(
+    cfg: &SpawnConfig<'_>,
+    chan: &Channel,
+    new_user: bool,
+    new_flags: CloneFlags,
+) -> Result<Never, ChildError> {
+    let sys = LinuxSyscall;
+    let spec = cfg.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| child_err("spec", libc::EINVAL, "no process"))?;
+    let args = process.args().clone().unwrap_or_default();
+    let arg0 = args
+        .first()
+        .ok_or_else(|| child_err("spec", libc::EINVAL, "process.args is empty"))?
+        .clone();
+    let env = process.env().clone().unwrap_or_default();
+
+    dup_stdio(&cfg.stdio)?;
+    if let Some(adj) = process.oom_score_adj() {
+        set_oom_score_adj(adj)?;
+    }
+
+    if cfg.exec_in.is_none() {
+        if !new_flags.contains(CloneFlags::CLONE_NEWNS) {
+            return Err(child_err(
+                "rootfs",
+                libc::EINVAL,
+                "the spec needs a new mount namespace",
+            ));
+        }
+        let plan = RootfsPlan {
+            spec,
+            rootfs: &cfg.rootfs,
+            cgroups: rootfs::host_cgroup_hierarchies(),
+            in_user_ns: new_user,
+        };
+        let to_child = |e: rootfs::RootfsError| child_err("rootfs", e.errno(), e.to_string());
+        rootfs::prepare_rootfs(&sys, &plan).map_err(to_child)?;
+        rootfs::pivot_into(&sys, spec, &cfg.rootfs).map_err(to_child)?;
+        if new_flags.contains(CloneFlags::CLONE_NEWUTS) {
+            rootfs::set_names(&sys, spec).map_err(to_child)?;
+        }
+        rootfs::finish_rootfs(&sys, spec, Path::new("/")).map_err(to_child)?;
+    }
+
+    if let Some(sock) = &cfg.stdio.console_socket {
+        setup_console(sock.as_fd())?;
+    } else if process.terminal() == Some(true)
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+    {
+        // No console socket: use the terminal we were given (interactive `run`).
+        let _ = nix::unistd::setsid();
+        // SAFETY: TIOCSCTTY on fd 0, which is a terminal; failure is harmless.
+        let _ = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+
+    for rl in process.rlimits().as_deref().unwrap_or(&[]) {
+        if let Some(resource) = rlimit_resource(rl.typ()) {
+            sys.set_rlimit(Rlimit {
+                resource,
+                soft: rl.soft(),
+                hard: rl.hard(),
+            })
+            .map_err(|e| child_err("setrlimit", e as i32, format!("{:?}", rl.typ())))?;
+        }
+    }
+
+    let cwd = process.cwd();
+    sys.chdir(cwd)
+        .map_err(|e| child_err("chdir", e as i32, cwd.display().to_string()))?;
+    let exe = find_executable(&arg0, &env)?;
+
+    let seccomp = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .map(security::build_seccomp)
+        .transpose()
+        .map_err(|e| child_err("build seccomp filter", e.errno(), e.to_string()))?;
+    let nnp = process.no_new_privileges() == Some(true);
+    let caps = process.capabilities().clone();
+
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+    if !nnp && let Some(f) = &seccomp {
+        f.load()
+            .map_err(|e| child_err("load seccomp filter", libc::EPERM, e.to_string()))?;
+    }
+    if let Some(c) = &caps {
+        security::apply_bounding(&sys, c)
+            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
+    }
+    let user = process.user();
+    let mut groups: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
+    groups.retain(|g| *g != user.gid());
+    groups.insert(0, user.gid());
+    if !(new_user
+        && spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.gid_mappings().as_ref())
+            .is_none())
+    {
+        sys.setgroups(&groups)
+            .map_err(|e| child_err("setgroups", e as i32, format!("{groups:?}")))?;
+    }
+    sys.set_keep_caps(true)
+        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
+    sys.set_id(user.uid(), user.gid()).map_err(|e| {
+        child_err(
+            "set uid/gid",
+            e as i32,
+            format!("{}:{}", user.uid(), user.gid()),
+        )
+    })?;
+    sys.set_keep_caps(false)
+        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
+    if let Some(mask) = user.umask() {
+        sys.umask(mask);
+    }
+    if let Some(c) = &caps {
+        security::apply_capabilities(&sys, c)
+            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
+    }
+    if nnp {
+        sys.set_no_new_privs()
+            .map_err(|e| child_err("no_new_privs", e as i32, ""))?;
+    }
+
+    let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
+        .map_err(|_| child_err("exec", libc::EINVAL, "NUL in path"))?;
+    let c_args: Vec<CString> = args
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let c_env: Vec<CString> = env
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+
+    cloexec_from(3 + cfg.preserve_fds);
+    chan.send(&Message::Ready)
+        .map_err(|e| child_err("report ready", libc::EPIPE, e.to_string()))?;
+
+    if let StartMode::WaitFifo(dir) = &cfg.start {
+        // Blocks until `start` opens the fifo for reading.
+        let fifo = nix::fcntl::openat(
+            dir.as_fd(),
+            "exec.fifo",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| child_err("open exec fifo", e as i32, ""))?;
+        nix::unistd::write(&fifo, b"0").map_err(|e| child_err("write exec fifo", e as i32, ""))?;
+    }
+    if nnp && let Some(f) = &seccomp {
+        f.load()
+            .map_err(|e| child_err("load seccomp filter", libc::EPERM, e.to_string()))?;
+    }
+    let err = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
+    Err(child_err("exec", err as i32, exe.display().to_string()))
+}
+
+/// Wrap a raw fd number owned by the caller (for the CLI's inherited descriptors).
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else.
+pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executable_lookup_uses_the_spec_path_and_reports_enoent() {
+        let err = find_executable(
+            "definitely-not-a-command-xyz",
+            &["PATH=/bin:/usr/bin".into()],
+        )
+        .unwrap_err();
+        assert_eq!(err.errno, libc::ENOENT);
+        assert_eq!(err.step, "find executable");
+        assert_eq!(
+            find_executable("sh", &["PATH=/nonexistent:/bin".into()]).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+    }
+
+    #[test]
+    fn namespaces_with_paths_are_joined_user_first_mount_last() {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        let mk = |t, p: Option<&str>| {
+            let mut n = oci_spec::runtime::LinuxNamespace::default();
+            n.set_typ(t);
+            n.set_path(p.map(PathBuf::from));
+            n
+        };
+        linux.set_namespaces(Some(vec![
+            mk(LinuxNamespaceType::Mount, Some("/proc/self/ns/mnt")),
+            mk(LinuxNamespaceType::Network, Some("/proc/self/ns/net")),
+            mk(LinuxNamespaceType::Pid, None),
+            mk(LinuxNamespaceType::User, Some("/proc/self/ns/user")),
+        ]));
+        spec.set_linux(Some(linux));
+        let cfg = SpawnConfig {
+            spec: &spec,
+            rootfs: PathBuf::from("/"),
+            exec_in: None,
+            start: StartMode::Immediately,
+            stdio: Stdio::default(),
+            preserve_fds: 0,
+        };
+        let plan = plan_namespaces(&cfg).unwrap();
+        let kinds: Vec<String> = plan
+            .iter()
+            .map(|a| match a {
+                NsAction::Join(f, _) => format!("join {f:?}"),
+                NsAction::New(f) => format!("new {f:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "join CloneFlags(CLONE_NEWUSER)",
+                "join CloneFlags(CLONE_NEWNET)",
+                "join CloneFlags(CLONE_NEWNS)",
+                "new CloneFlags(CLONE_NEWPID)"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_namespace_path_is_a_typed_error() {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        let mut n = oci_spec::runtime::LinuxNamespace::default();
+        n.set_typ(LinuxNamespaceType::Network);
+        n.set_path(Some("/nonexistent/ns/net".into()));
+        linux.set_namespaces(Some(vec![n]));
+        spec.set_linux(Some(linux));
+        let cfg = SpawnConfig {
+            spec: &spec,
+            rootfs: PathBuf::from("/"),
+            exec_in: None,
+            start: StartMode::Immediately,
+            stdio: Stdio::default(),
+            preserve_fds: 0,
+        };
+        let err = plan_namespaces(&cfg).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ns/net"), "{err}");
+    }
+}
