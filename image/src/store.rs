@@ -1,0 +1,1321 @@
+//! The image store: content-addressed blobs, image records, and one unpacked
+//! snapshot directory per layer chain id, shared between images.
+//!
+//! Layout under the root directory:
+//!
+//! ```text
+//! blobs/sha256/<hex>        manifests, configs and layer blobs, verified
+//! ingest/                   downloads in progress (cleared at open)
+//! snapshots/<chain hex>/fs  an unpacked layer, usable as an overlay lower dir
+//! snapshots/tmp-*           unpacks in progress (cleared at open)
+//! images/<id hex>.json      image records, written atomically
+//! ```
+//!
+//! A pull writes blobs, then snapshots, then the image record last, so an
+//! interrupted pull never leaves a visible half image; its leftovers are temporary
+//! files removed at the next open, or unreferenced snapshots removed by [`ImageStore::gc`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::io::AsyncWriteExt as _;
+use tracing::{debug, info, warn};
+
+use crate::distribution::{Auth, HttpClients, RegistryError, Session};
+use crate::hosts::{HostsError, RegistryHosts};
+use crate::locks::KeyedLocks;
+use crate::oci::{
+    self, ConfigFile, Descriptor, ImageConfig, ManifestError, ManifestKind, Platform,
+};
+use crate::reference::{Digest, Reference, ReferenceError};
+use crate::unpack::{self, UnpackError};
+
+/// Largest manifest or config document accepted.
+const CONFIG_LIMIT: u64 = 16 << 20;
+
+/// How the store reaches registries.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `certs.d`-style registry host configuration.
+    pub hosts: RegistryHosts,
+    /// A pull that receives nothing for this long is cancelled.
+    pub stall_timeout: Duration,
+    /// Layers downloaded at the same time per pull.
+    pub max_concurrent_downloads: usize,
+    /// The platform picked from image indexes.
+    pub platform: Platform,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            hosts: RegistryHosts::default(),
+            stall_timeout: Duration::from_secs(60),
+            max_concurrent_downloads: 3,
+            platform: oci::host_platform(),
+        }
+    }
+}
+
+/// Coarse classes of failure, for mapping onto gRPC codes in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    PermissionDenied,
+    DeadlineExceeded,
+    Internal,
+}
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Hosts(#[from] HostsError),
+    #[error("image {reference} not found; tried: {}", tried.join("; "))]
+    NotFound {
+        reference: String,
+        tried: Vec<String>,
+    },
+    #[error("pulling {reference}: no registry reachable; tried: {}", tried.join("; "))]
+    Unavailable {
+        reference: String,
+        tried: Vec<String>,
+    },
+    #[error("pulling {reference}: access denied; tried: {}", tried.join("; "))]
+    Unauthorized {
+        reference: String,
+        tried: Vec<String>,
+    },
+    #[error("pulling {reference}: {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("pulling {reference}: {what} has digest {actual}, expected {expected}; discarded")]
+    DigestMismatch {
+        reference: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "pulling {reference}: {what} is {actual} bytes, the manifest says {expected}; discarded"
+    )]
+    SizeMismatch {
+        reference: String,
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("pulling {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("pulling {reference}: the index has no manifest for {platform} (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("pulling {reference}: bad image config {digest}: {detail}")]
+    Config {
+        reference: String,
+        digest: Digest,
+        detail: String,
+    },
+    #[error("unpacking layer {digest}: {source}")]
+    Unpack {
+        digest: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image record {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// The class of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Reference(_) => ErrorKind::InvalidArgument,
+            Self::NotFound { .. } | Self::NoPlatform { .. } => ErrorKind::NotFound,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Unauthorized { .. } => ErrorKind::PermissionDenied,
+            Self::Registry { source, .. } => match source {
+                RegistryError::Unreachable { .. } | RegistryError::Stalled { .. } => {
+                    ErrorKind::Unavailable
+                }
+                RegistryError::NotFound { .. } => ErrorKind::NotFound,
+                RegistryError::Unauthorized { .. } => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Internal,
+            },
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { what, path, source }
+}
+
+/// One layer of a stored image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layer {
+    /// The (compressed) blob's digest.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// The uncompressed tar's digest.
+    pub diff_id: Digest,
+    /// The snapshot this layer (with its parents) is unpacked as.
+    pub chain_id: Digest,
+}
+
+/// A stored image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Image {
+    /// The image id: the config's digest.
+    pub id: Digest,
+    /// `name:tag` references, normalised.
+    pub repo_tags: Vec<String>,
+    /// `name@sha256:...` of the manifest (or index) pulled.
+    pub repo_digests: Vec<String>,
+    /// Bytes of the compressed layers, config and manifest.
+    pub size: u64,
+    /// How containers from this image run by default.
+    pub config: ImageConfig,
+    /// The platform manifest's digest.
+    pub manifest_digest: Digest,
+    /// Every manifest and index blob this image needs (kept by GC).
+    pub manifest_blobs: Vec<Digest>,
+    /// Bottom layer first.
+    pub layers: Vec<Layer>,
+    /// The config's `created` timestamp, if any.
+    #[serde(default)]
+    pub created: Option<String>,
+}
+
+impl Image {
+    /// The uid from the image's USER if numeric (CRI `Image.uid`).
+    pub fn uid(&self) -> Option<i64> {
+        self.config.uid_or_username().0
+    }
+
+    /// The user name from the image's USER if not numeric (CRI `Image.username`).
+    pub fn username(&self) -> String {
+        self.config.uid_or_username().1
+    }
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub snapshots: usize,
+    pub blobs: usize,
+}
+
+/// Disk usage of the store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+}
+
+/// The image store. Cheap to clone; all clones share state.
+#[derive(Clone, Debug)]
+pub struct ImageStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    options: StoreOptions,
+    http: HttpClients,
+    images: RwLock<HashMap<Digest, Image>>,
+    /// Serialises changes to image records.
+    write: tokio::sync::Mutex<()>,
+    locks: KeyedLocks,
+    /// Pulls hold it shared; GC takes it exclusively so that it never removes a
+    /// snapshot a pull in progress is about to reference.
+    gc: tokio::sync::RwLock<()>,
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store at `root`: removes leftovers of
+    /// interrupted pulls and loads the image records.
+    pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, StoreError> {
+        let root = root.into();
+        for dir in ["blobs/sha256", "ingest", "snapshots", "images"] {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        }
+        clear_dir(&root.join("ingest"))?;
+        let snapshots = root.join("snapshots");
+        for entry in std::fs::read_dir(&snapshots).map_err(io_err("listing", &snapshots))? {
+            let entry = entry.map_err(io_err("listing", &snapshots))?;
+            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+                remove_path(&entry.path())?;
+            }
+        }
+        let mut images = HashMap::new();
+        let dir = root.join("images");
+        for entry in std::fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let path = entry.map_err(io_err("listing", &dir))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                // A temp file of an interrupted record write.
+                remove_path(&path)?;
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io_err("reading", &path))?;
+            let image: Image = match serde_json::from_slice(&bytes) {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "skipping corrupt image record");
+                    continue;
+                }
+            };
+            let missing = image
+                .layers
+                .iter()
+                .any(|l| !snapshot_fs(&root, &l.chain_id).is_dir());
+            if missing {
+                warn!(image = %image.id, "image record refers to a missing snapshot; dropping it");
+                remove_path(&path)?;
+                continue;
+            }
+            images.insert(image.id.clone(), image);
+        }
+        info!(root = %root.display(), images = images.len(), "image store opened");
+        let http = HttpClients::new(options.stall_timeout);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                options,
+                http,
+                images: RwLock::new(images),
+                write: tokio::sync::Mutex::new(()),
+                locks: KeyedLocks::default(),
+                gc: tokio::sync::RwLock::new(()),
+            }),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Every stored image.
+    pub fn list(&self) -> Vec<Image> {
+        let mut v: Vec<Image> = self.read_images().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The image named by `ref_or_id`: an image id (`sha256:<hex>` or bare hex), a
+    /// tag reference or a digest reference. `Ok(None)` if it is not stored; an error
+    /// only for a malformed reference.
+    pub fn status(&self, ref_or_id: &str) -> Result<Option<Image>, StoreError> {
+        let images = self.read_images();
+        if let Some(id) = as_image_id(ref_or_id) {
+            if let Some(i) = images.get(&id) {
+                return Ok(Some(i.clone()));
+            }
+            if ref_or_id.starts_with("sha256:") {
+                return Ok(None);
+            }
+        }
+        let r = Reference::parse(ref_or_id)?;
+        let found = match (r.digest(), r.repo_tag()) {
+            (Some(d), _) => {
+                let want = r.repo_digest(d);
+                images.values().find(|i| i.repo_digests.contains(&want))
+            }
+            (None, Some(tag)) => images.values().find(|i| i.repo_tags.contains(&tag)),
+            (None, None) => None,
+        };
+        Ok(found.cloned())
+    }
+
+    /// The overlay lower directories of `image`, top layer first.
+    pub fn snapshot_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| snapshot_fs(&self.inner.root, &l.chain_id))
+            .collect()
+    }
+
+    /// The image's raw configuration document (for verbose status).
+    pub fn config_json(&self, image: &Image) -> Result<serde_json::Value, StoreError> {
+        let path = blob_path(&self.inner.root, &image.id);
+        let bytes = std::fs::read(&path).map_err(io_err("reading", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Removes the image named by `ref_or_id` with all its tags, as containerd does
+    /// (critest expects removing by one tag to remove the others). Returns the removed
+    /// image, or `None` if there was none (not an error). Unreferenced snapshots and
+    /// blobs are then collected.
+    pub async fn remove(&self, ref_or_id: &str) -> Result<Option<Image>, StoreError> {
+        let removed = {
+            let _w = self.inner.write.lock().await;
+            let Some(image) = self.status(ref_or_id)? else {
+                return Ok(None);
+            };
+            self.delete_record(&image.id).await?;
+            image
+        };
+        info!(image = %removed.id, tags = ?removed.repo_tags, "image removed");
+        if let Ok(_gc) = self.inner.gc.try_write() {
+            self.collect().await?;
+        }
+        Ok(Some(removed))
+    }
+
+    /// Removes one tag from its image; the image itself goes when it has no names
+    /// left. Returns whether the tag existed.
+    pub async fn untag(&self, reference: &str) -> Result<bool, StoreError> {
+        let r = Reference::parse(reference)?;
+        let Some(tag) = r.repo_tag() else {
+            return Ok(false);
+        };
+        let _w = self.inner.write.lock().await;
+        let Some(mut image) = self
+            .read_images()
+            .values()
+            .find(|i| i.repo_tags.contains(&tag))
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        image.repo_tags.retain(|t| t != &tag);
+        if image.repo_tags.is_empty() && image.repo_digests.is_empty() {
+            self.delete_record(&image.id).await?;
+        } else {
+            self.write_record(image).await?;
+        }
+        Ok(true)
+    }
+
+    /// Removes snapshots and blobs no image refers to.
+    pub async fn gc(&self) -> Result<GcReport, StoreError> {
+        let _gc = self.inner.gc.write().await;
+        self.collect().await
+    }
+
+    /// Disk usage of everything under the root.
+    pub async fn fs_usage(&self) -> Result<FsUsage, StoreError> {
+        let root = self.inner.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut usage = FsUsage::default();
+            walk_usage(&root, &mut usage)?;
+            Ok(usage)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Pulls `reference` (tag or digest) and returns the stored image. Concurrent
+    /// pulls of the same reference, layer or blob share the work; dropping the
+    /// returned future cancels the pull and leaves no half image.
+    pub async fn pull(&self, reference: &str, auth: &Auth) -> Result<Image, StoreError> {
+        let r = Reference::parse(reference)?;
+        let started = Instant::now();
+        let _one_pull = self.inner.locks.lock(format!("ref:{r}")).await;
+        let _no_gc = self.inner.gc.read().await;
+        let (session, top) = self.resolve(&r, auth).await?;
+        let session = Arc::new(session);
+        let name = r.to_string();
+        let top_digest = Digest::of(&top.bytes);
+        if let Some(want) = r.digest()
+            && want != &top_digest
+        {
+            return Err(StoreError::DigestMismatch {
+                reference: name,
+                what: "manifest".into(),
+                expected: want.clone(),
+                actual: top_digest,
+            });
+        }
+        let mut manifest_blobs = vec![top_digest.clone()];
+        self.put_blob(&top_digest, &top.bytes).await?;
+        let parsed = oci::parse_manifest(&top.media_type, &top.bytes).map_err(|source| {
+            StoreError::Manifest {
+                reference: name.clone(),
+                source,
+            }
+        })?;
+        let (manifest_digest, manifest) = match parsed {
+            ManifestKind::Manifest(m) => (top_digest.clone(), m),
+            ManifestKind::Index(index) => {
+                let platform = &self.inner.options.platform;
+                let Some(desc) = oci::select_platform(&index, platform) else {
+                    let available = index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(StoreError::NoPlatform {
+                        reference: name,
+                        platform: format!("{}/{}", platform.os, platform.architecture),
+                        available,
+                    });
+                };
+                let fetched = session
+                    .manifest(desc.digest.as_str())
+                    .await
+                    .map_err(|source| StoreError::Registry {
+                        reference: name.clone(),
+                        source,
+                    })?;
+                let actual = Digest::of(&fetched.bytes);
+                if actual != desc.digest {
+                    return Err(StoreError::DigestMismatch {
+                        reference: name,
+                        what: "platform manifest".into(),
+                        expected: desc.digest.clone(),
+                        actual,
+                    });
+                }
+                self.put_blob(&actual, &fetched.bytes).await?;
+                manifest_blobs.push(actual.clone());
+                match oci::parse_manifest(&fetched.media_type, &fetched.bytes) {
+                    Ok(ManifestKind::Manifest(m)) => (actual, m),
+                    Ok(ManifestKind::Index(_)) => {
+                        return Err(StoreError::Manifest {
+                            reference: name,
+                            source: ManifestError {
+                                media_type: fetched.media_type,
+                                detail: "nested index".into(),
+                            },
+                        });
+                    }
+                    Err(source) => {
+                        return Err(StoreError::Manifest {
+                            reference: name,
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        let config_bytes = self.fetch_config(&session, &manifest.config, &name).await?;
+        let config: ConfigFile =
+            serde_json::from_slice(&config_bytes).map_err(|e| StoreError::Config {
+                reference: name.clone(),
+                digest: manifest.config.digest.clone(),
+                detail: e.to_string(),
+            })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(StoreError::Config {
+                reference: name,
+                digest: manifest.config.digest.clone(),
+                detail: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            });
+        }
+        let chain = oci::chain_ids(&config.rootfs.diff_ids);
+        let layers: Vec<Layer> = manifest
+            .layers
+            .iter()
+            .zip(config.rootfs.diff_ids.iter().zip(chain))
+            .map(|(d, (diff_id, chain_id))| Layer {
+                digest: d.digest.clone(),
+                media_type: d.media_type.clone(),
+                size: d.size,
+                diff_id: diff_id.clone(),
+                chain_id,
+            })
+            .collect();
+        let downloaded = self.fetch_layers(&session, &layers, &name).await?;
+        // Make the unpacked files durable before the record that makes them visible.
+        self.sync_fs().await?;
+        let size = layers.iter().map(|l| l.size).sum::<u64>()
+            + manifest.config.size
+            + top.bytes.len() as u64;
+        let image = Image {
+            id: manifest.config.digest.clone(),
+            repo_tags: r.repo_tag().into_iter().collect(),
+            repo_digests: vec![r.repo_digest(&top_digest)],
+            size,
+            config: config.config.clone().unwrap_or_default(),
+            manifest_digest,
+            manifest_blobs,
+            layers,
+            created: config.created.clone(),
+        };
+        let image = self.commit(image).await?;
+        info!(
+            reference = %name,
+            image = %image.id,
+            endpoint = session.endpoint().name(),
+            layers = image.layers.len(),
+            downloaded_bytes = downloaded,
+            elapsed_ms = millis(started),
+            "image pulled"
+        );
+        Ok(image)
+    }
+
+    /// Finds the first endpoint that has the manifest.
+    async fn resolve(
+        &self,
+        r: &Reference,
+        auth: &Auth,
+    ) -> Result<(Session, crate::distribution::FetchedManifest), StoreError> {
+        let endpoints = self.inner.options.hosts.endpoints(r.domain())?;
+        let mut tried = Vec::new();
+        let mut not_found = false;
+        let mut denied = false;
+        for ep in endpoints {
+            if !ep.capabilities.pull || (r.digest().is_none() && !ep.capabilities.resolve) {
+                continue;
+            }
+            let name = ep.name().to_owned();
+            let session =
+                match Session::new(&self.inner.http, ep, r.domain(), r.path(), auth.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tried.push(e.to_string());
+                        continue;
+                    }
+                };
+            match session.manifest(r.object()).await {
+                Ok(m) => {
+                    debug!(reference = %r, endpoint = %name, "manifest resolved");
+                    return Ok((session, m));
+                }
+                Err(e) => {
+                    warn!(reference = %r, endpoint = %name, error = %e, "endpoint failed, trying the next");
+                    not_found |= e.is_not_found();
+                    denied |= matches!(e, RegistryError::Unauthorized { .. });
+                    tried.push(e.to_string());
+                }
+            }
+        }
+        let reference = r.to_string();
+        if tried.is_empty() {
+            tried.push("no endpoint with pull/resolve capability configured".into());
+        }
+        Err(if not_found {
+            StoreError::NotFound { reference, tried }
+        } else if denied {
+            StoreError::Unauthorized { reference, tried }
+        } else {
+            StoreError::Unavailable { reference, tried }
+        })
+    }
+
+    async fn fetch_config(
+        &self,
+        session: &Session,
+        desc: &Descriptor,
+        name: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = blob_path(&self.inner.root, &desc.digest);
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            return Ok(bytes);
+        }
+        if desc.size > CONFIG_LIMIT {
+            return Err(StoreError::Config {
+                reference: name.to_owned(),
+                digest: desc.digest.clone(),
+                detail: format!("{} bytes is too large", desc.size),
+            });
+        }
+        let bytes = session
+            .small_blob(desc.digest.as_str(), CONFIG_LIMIT)
+            .await
+            .map_err(|source| StoreError::Registry {
+                reference: name.to_owned(),
+                source,
+            })?;
+        let actual = Digest::of(&bytes);
+        if actual != desc.digest {
+            return Err(StoreError::DigestMismatch {
+                reference: name.to_owned(),
+                what: "image config".into(),
+                expected: desc.digest.clone(),
+                actual,
+            });
+        }
+        self.put_blob(&actual, &bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Downloads and unpacks every layer not yet unpacked, in parallel. Returns the
+    /// bytes downloaded.
+    async fn fetch_layers(
+        &self,
+        session: &Arc<Session>,
+        layers: &[Layer],
+        name: &str,
+    ) -> Result<u64, StoreError> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.inner.options.max_concurrent_downloads.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let store = self.clone();
+            let session = session.clone();
+            let layer = layer.clone();
+            let permits = permits.clone();
+            let name = name.to_owned();
+            tasks.spawn(async move {
+                store
+                    .ensure_layer(&session, &layer, &permits, &name)
+                    .await
+                    .map(|n| (i, n))
+            });
+        }
+        let total = layers.len();
+        let mut done = 0;
+        let mut downloaded = 0;
+        // Dropping `tasks` on an early return aborts the other layers.
+        while let Some(joined) = tasks.join_next().await {
+            let (i, bytes) = joined.map_err(|e| StoreError::Task(e.to_string()))??;
+            done += 1;
+            downloaded += bytes;
+            info!(reference = %name, layer = i, done, total, downloaded_bytes = downloaded, "layer ready");
+        }
+        Ok(downloaded)
+    }
+
+    /// Makes sure `layer` is unpacked as its chain id's snapshot. Returns the bytes
+    /// downloaded for it (0 if already present).
+    async fn ensure_layer(
+        &self,
+        session: &Session,
+        layer: &Layer,
+        permits: &tokio::sync::Semaphore,
+        name: &str,
+    ) -> Result<u64, StoreError> {
+        let root = &self.inner.root;
+        let snap = snapshot_dir(root, &layer.chain_id);
+        if snap.is_dir() {
+            return Ok(0);
+        }
+        let _unpack = self
+            .inner
+            .locks
+            .lock(format!("snap:{}", layer.chain_id))
+            .await;
+        if snap.is_dir() {
+            return Ok(0);
+        }
+        let blob = blob_path(root, &layer.digest);
+        let mut downloaded = 0;
+        if !blob.is_file() {
+            let _slot = permits
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+            let _fetch = self
+                .inner
+                .locks
+                .lock(format!("blob:{}", layer.digest))
+                .await;
+            if !blob.is_file() {
+                downloaded = self.download_blob(session, layer, name).await?;
+            }
+        }
+        let snapshots = root.join("snapshots");
+        let layer = layer.clone();
+        tokio::task::spawn_blocking(move || unpack_snapshot(&snapshots, &blob, &layer))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(downloaded)
+    }
+
+    /// Streams a layer blob into `ingest/`, verifying size and digest, then moves it
+    /// into `blobs/`. On any failure (or cancellation) the partial file is removed.
+    async fn download_blob(
+        &self,
+        session: &Session,
+        layer: &Layer,
+        name: &str,
+    ) -> Result<u64, StoreError> {
+        let ingest = self.inner.root.join("ingest");
+        let tmp = tempfile::Builder::new()
+            .prefix(layer.digest.hex())
+            .tempfile_in(&ingest)
+            .map_err(io_err("creating a download file in", &ingest))?;
+        let std_file = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
+        let mut file = tokio::fs::File::from_std(std_file);
+        let registry_err = |source| StoreError::Registry {
+            reference: name.to_owned(),
+            source,
+        };
+        let mut stream = session
+            .blob(layer.digest.as_str())
+            .await
+            .map_err(registry_err)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut received: u64 = 0;
+        let started = Instant::now();
+        let what = format!("layer {}", layer.digest);
+        while let Some(chunk) = stream.chunk().await.map_err(registry_err)? {
+            let chunk = chunk.as_ref();
+            received += chunk.len() as u64;
+            if received > layer.size {
+                return Err(StoreError::SizeMismatch {
+                    reference: name.to_owned(),
+                    what,
+                    expected: layer.size,
+                    actual: received,
+                });
+            }
+            hasher.update(chunk);
+            file.write_all(chunk)
+                .await
+                .map_err(io_err("writing", tmp.path()))?;
+        }
+        if received != layer.size {
+            return Err(StoreError::SizeMismatch {
+                reference: name.to_owned(),
+                what,
+                expected: layer.size,
+                actual: received,
+            });
+        }
+        let actual = Digest::from_sha256(hasher.finalize().into());
+        if actual != layer.digest {
+            return Err(StoreError::DigestMismatch {
+                reference: name.to_owned(),
+                what,
+                expected: layer.digest.clone(),
+                actual,
+            });
+        }
+        file.flush().await.map_err(io_err("writing", tmp.path()))?;
+        file.sync_all()
+            .await
+            .map_err(io_err("syncing", tmp.path()))?;
+        drop(file);
+        let dest = blob_path(&self.inner.root, &layer.digest);
+        tokio::task::spawn_blocking(move || {
+            tmp.persist(&dest).map_err(|e| StoreError::Io {
+                what: "storing blob",
+                path: dest.clone(),
+                source: e.error,
+            })?;
+            sync_parent(&dest)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        debug!(
+            layer = %layer.digest,
+            bytes = received,
+            elapsed_ms = millis(started),
+            endpoint = stream.endpoint(),
+            "layer downloaded"
+        );
+        Ok(received)
+    }
+
+    async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = blob_path(&self.inner.root, digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn sync_fs(&self) -> Result<(), StoreError> {
+        let snapshots = self.inner.root.join("snapshots");
+        tokio::task::spawn_blocking(move || {
+            let dir = std::fs::File::open(&snapshots).map_err(io_err("opening", &snapshots))?;
+            rustix::fs::syncfs(&dir).map_err(|e| StoreError::Io {
+                what: "syncing the filesystem of",
+                path: snapshots.clone(),
+                source: e.into(),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Records a pulled image: merges names into an existing record of the same id
+    /// and moves a tag away from the image that had it before.
+    async fn commit(&self, mut image: Image) -> Result<Image, StoreError> {
+        let _w = self.inner.write.lock().await;
+        let existing = self.read_images().get(&image.id).cloned();
+        if let Some(old) = existing {
+            let mut tags = old.repo_tags.clone();
+            for t in image.repo_tags.drain(..) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            let mut digests = old.repo_digests.clone();
+            for d in image.repo_digests.drain(..) {
+                if !digests.contains(&d) {
+                    digests.push(d);
+                }
+            }
+            let mut blobs = old.manifest_blobs.clone();
+            for b in image.manifest_blobs.drain(..) {
+                if !blobs.contains(&b) {
+                    blobs.push(b);
+                }
+            }
+            image.repo_tags = tags;
+            image.repo_digests = digests;
+            image.manifest_blobs = blobs;
+        }
+        // A tag names one image: take it from any other image.
+        let others: Vec<Image> = self
+            .read_images()
+            .values()
+            .filter(|i| i.id != image.id && i.repo_tags.iter().any(|t| image.repo_tags.contains(t)))
+            .cloned()
+            .collect();
+        for mut other in others {
+            other.repo_tags.retain(|t| !image.repo_tags.contains(t));
+            if other.repo_tags.is_empty() && other.repo_digests.is_empty() {
+                self.delete_record(&other.id).await?;
+            } else {
+                self.write_record(other).await?;
+            }
+        }
+        self.write_record(image.clone()).await?;
+        Ok(image)
+    }
+
+    async fn write_record(&self, image: Image) -> Result<(), StoreError> {
+        let path = self.record_path(&image.id);
+        let bytes = serde_json::to_vec_pretty(&image).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.write_images().insert(image.id.clone(), image);
+        Ok(())
+    }
+
+    async fn delete_record(&self, id: &Digest) -> Result<(), StoreError> {
+        let path = self.record_path(id);
+        tokio::task::spawn_blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &path)(e)),
+            }
+            sync_parent(&path)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.write_images().remove(id);
+        Ok(())
+    }
+
+    /// GC proper; the caller holds the GC lock exclusively.
+    async fn collect(&self) -> Result<GcReport, StoreError> {
+        let (chains, blobs): (HashSet<String>, HashSet<String>) = {
+            let images = self.read_images();
+            let chains = images
+                .values()
+                .flat_map(|i| i.layers.iter().map(|l| l.chain_id.hex().to_owned()))
+                .collect();
+            let blobs = images
+                .values()
+                .flat_map(|i| {
+                    i.layers
+                        .iter()
+                        .map(|l| l.digest.hex().to_owned())
+                        .chain(i.manifest_blobs.iter().map(|d| d.hex().to_owned()))
+                        .chain(std::iter::once(i.id.hex().to_owned()))
+                })
+                .collect();
+            (chains, blobs)
+        };
+        let root = self.inner.root.clone();
+        let report = tokio::task::spawn_blocking(move || -> Result<GcReport, StoreError> {
+            let mut report = GcReport::default();
+            let snapshots = root.join("snapshots");
+            for entry in std::fs::read_dir(&snapshots).map_err(io_err("listing", &snapshots))? {
+                let entry = entry.map_err(io_err("listing", &snapshots))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("tmp-") || chains.contains(&name) {
+                    continue;
+                }
+                // Rename first so a crash mid-delete never leaves a partial snapshot
+                // under a valid chain id.
+                let doomed = snapshots.join(format!("tmp-gc-{name}"));
+                std::fs::rename(entry.path(), &doomed)
+                    .map_err(io_err("renaming", &entry.path()))?;
+                remove_path(&doomed)?;
+                report.snapshots += 1;
+            }
+            let blob_dir = root.join("blobs/sha256");
+            for entry in std::fs::read_dir(&blob_dir).map_err(io_err("listing", &blob_dir))? {
+                let entry = entry.map_err(io_err("listing", &blob_dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !blobs.contains(&name) {
+                    remove_path(&entry.path())?;
+                    report.blobs += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        if report != GcReport::default() {
+            info!(
+                snapshots = report.snapshots,
+                blobs = report.blobs,
+                "image store garbage collected"
+            );
+        }
+        Ok(report)
+    }
+
+    fn record_path(&self, id: &Digest) -> PathBuf {
+        self.inner
+            .root
+            .join("images")
+            .join(format!("{}.json", id.hex()))
+    }
+
+    fn read_images(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Digest, Image>> {
+        self.inner.images.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_images(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Digest, Image>> {
+        self.inner.images.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `sha256:<hex>` or a bare 64-hex id.
+fn as_image_id(s: &str) -> Option<Digest> {
+    if let Ok(d) = Digest::parse(s) {
+        return Some(d);
+    }
+    if s.len() == 64 {
+        return Digest::parse(&format!("sha256:{s}")).ok();
+    }
+    None
+}
+
+fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
+    root.join("blobs/sha256").join(digest.hex())
+}
+
+fn snapshot_dir(root: &Path, chain_id: &Digest) -> PathBuf {
+    root.join("snapshots").join(chain_id.hex())
+}
+
+fn snapshot_fs(root: &Path, chain_id: &Digest) -> PathBuf {
+    snapshot_dir(root, chain_id).join("fs")
+}
+
+/// Unpacks `blob` into a temporary directory and renames it into place as the
+/// layer's snapshot. Runs on a blocking thread.
+fn unpack_snapshot(snapshots: &Path, blob: &Path, layer: &Layer) -> Result<(), StoreError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("tmp-")
+        .tempdir_in(snapshots)
+        .map_err(io_err("creating an unpack directory in", snapshots))?;
+    let fs = tmp.path().join("fs");
+    std::fs::create_dir(&fs).map_err(io_err("creating", &fs))?;
+    // Lower dirs' roots must be traversable by container users.
+    set_mode(tmp.path(), 0o700)?;
+    set_mode(&fs, 0o755)?;
+    let started = Instant::now();
+    let bytes =
+        unpack::unpack_layer(blob, &fs, &layer.diff_id).map_err(|source| StoreError::Unpack {
+            digest: layer.digest.clone(),
+            source,
+        })?;
+    let dest = snapshots.join(layer.chain_id.hex());
+    let kept = tmp.keep();
+    match std::fs::rename(&kept, &dest) {
+        Ok(()) => {}
+        Err(_) if dest.is_dir() => {
+            // Someone else unpacked the same chain id meanwhile; theirs is as good.
+            remove_path(&kept)?;
+        }
+        Err(e) => {
+            let _ = remove_path(&kept);
+            return Err(io_err("moving snapshot into place at", &dest)(e));
+        }
+    }
+    debug!(
+        layer = %layer.digest,
+        chain_id = %layer.chain_id,
+        bytes,
+        elapsed_ms = millis(started),
+        "layer unpacked"
+    );
+    Ok(())
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .map_err(io_err("writing", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("syncing", tmp.path()))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        what: "renaming into place",
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    sync_parent(path)
+}
+
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+fn remove_path(path: &Path) -> Result<(), StoreError> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.map_err(io_err("removing", path))
+}
+
+fn clear_dir(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        remove_path(&entry.map_err(io_err("listing", dir))?.path())?;
+    }
+    Ok(())
+}
+
+fn walk_usage(path: &Path, usage: &mut FsUsage) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            // Removed while we walked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("measuring", &p)(e)),
+        };
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        usage.inodes_used += 1;
+        usage.used_bytes += meta.blocks() * 512;
+        if meta.is_dir() {
+            let entries = match std::fs::read_dir(&p) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("listing", &p)(e)),
+            };
+            for entry in entries {
+                stack.push(entry.map_err(io_err("listing", &p))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> ImageStore {
+        ImageStore::open(dir, StoreOptions::default()).unwrap()
+    }
+
+    fn d(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn image(id: char, tags: &[&str], chain: char) -> Image {
+        Image {
+            id: d(id),
+            repo_tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            repo_digests: vec![format!("docker.io/library/x@{}", d('f'))],
+            size: 1,
+            config: ImageConfig::default(),
+            manifest_digest: d('f'),
+            manifest_blobs: vec![d('f')],
+            layers: vec![Layer {
+                digest: d('e'),
+                media_type: String::new(),
+                size: 1,
+                diff_id: d(chain),
+                chain_id: d(chain),
+            }],
+            created: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_lookups_by_id_tag_digest_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        std::fs::create_dir_all(snapshot_fs(tmp.path(), &d('c'))).unwrap();
+        s.commit(image('a', &["docker.io/library/x:1"], 'c'))
+            .await
+            .unwrap();
+        drop(s);
+        let s = store(tmp.path());
+        let by_tag = s.status("x:1").unwrap().unwrap();
+        let by_id = s.status(d('a').as_str()).unwrap().unwrap();
+        let by_bare_id = s.status(d('a').hex()).unwrap().unwrap();
+        let by_digest = s.status(&format!("x@{}", d('f'))).unwrap().unwrap();
+        assert_eq!(by_tag, by_id);
+        assert_eq!(by_id, by_bare_id);
+        assert_eq!(by_id, by_digest);
+        assert!(s.status("x:2").unwrap().is_none());
+        assert!(s.status(d('b').as_str()).unwrap().is_none());
+        assert!(s.status("Bad Ref").is_err());
+        assert_eq!(
+            s.snapshot_dirs(&by_id),
+            vec![tmp.path().join("snapshots").join(d('c').hex()).join("fs")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_snapshot_is_missing_is_dropped_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        std::fs::create_dir_all(snapshot_fs(tmp.path(), &d('c'))).unwrap();
+        s.commit(image('a', &["docker.io/library/x:1"], 'c'))
+            .await
+            .unwrap();
+        drop(s);
+        std::fs::remove_dir_all(snapshot_dir(tmp.path(), &d('c'))).unwrap();
+        std::fs::create_dir_all(tmp.path().join("snapshots/tmp-half")).unwrap();
+        std::fs::write(tmp.path().join("ingest/partial"), "x").unwrap();
+        let s = store(tmp.path());
+        assert!(s.list().is_empty());
+        assert!(!tmp.path().join("snapshots/tmp-half").exists());
+        assert!(!tmp.path().join("ingest/partial").exists());
+    }
+
+    #[tokio::test]
+    async fn retagging_moves_the_tag_and_removal_collects_unshared_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        for c in ['c', 'd'] {
+            std::fs::create_dir_all(snapshot_fs(tmp.path(), &d(c))).unwrap();
+        }
+        s.commit(image(
+            'a',
+            &["docker.io/library/x:1", "docker.io/library/x:2"],
+            'c',
+        ))
+        .await
+        .unwrap();
+        s.commit(image('b', &["docker.io/library/x:2"], 'd'))
+            .await
+            .unwrap();
+        assert_eq!(s.status("x:2").unwrap().unwrap().id, d('b'));
+        assert_eq!(
+            s.status("x:1").unwrap().unwrap().repo_tags,
+            ["docker.io/library/x:1"]
+        );
+        // Removing by tag removes the whole image, as containerd does.
+        let removed = s.remove("x:1").await.unwrap().unwrap();
+        assert_eq!(removed.id, d('a'));
+        assert!(s.status(d('a').as_str()).unwrap().is_none());
+        assert!(!snapshot_dir(tmp.path(), &d('c')).exists());
+        assert!(snapshot_dir(tmp.path(), &d('d')).exists());
+        // Unknown images are not an error.
+        assert!(s.remove(d('9').as_str()).await.unwrap().is_none());
+        assert!(s.untag("x:2").await.unwrap());
+        // Image b still has its repo digest, so it stays.
+        assert!(s.status(d('b').as_str()).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn fs_usage_counts_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let before = s.fs_usage().await.unwrap();
+        std::fs::write(tmp.path().join("blobs/sha256/x"), vec![1u8; 10000]).unwrap();
+        let after = s.fs_usage().await.unwrap();
+        assert_eq!(after.inodes_used, before.inodes_used + 1);
+        assert!(after.used_bytes >= before.used_bytes + 8192);
+    }
+
+    #[tokio::test]
+    async fn pulling_from_an_unreachable_loopback_registry_is_unavailable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = ImageStore::open(
+            tmp.path(),
+            StoreOptions {
+                hosts: RegistryHosts::new(None),
+                stall_timeout: Duration::from_secs(5),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        // Port 1 on loopback: nothing listens there.
+        let err = s
+            .pull("127.0.0.1:1/app:1", &Auth::anonymous())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:1/v2"), "{err}");
+        let err = s.pull("Bad:Ref", &Auth::anonymous()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("Bad:Ref"));
+    }
+}
