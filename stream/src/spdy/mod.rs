@@ -6,3 +6,6 @@ pub mod compress;
 pub mod frame;
 
 pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError, HeaderBlock};
+pub mod session;
+
+pub use session::{ClosedSignal, Session, SessionConfig, SpdyStream, StreamReader, StreamWriter};
