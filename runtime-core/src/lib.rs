@@ -3,7 +3,11 @@
 
 pub mod cgroups;
 pub mod channel;
+pub mod container;
 pub mod process;
 pub mod rootfs;
 pub mod security;
 pub mod sys;
+
+pub use container::{Container, ContainerError, CreateOptions, State, Status};
+pub use process::Stdio;

@@ -393,9 +393,11 @@ fn stage1(
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            let _ = chan.send(&Message::Failed(err.clone()));
-            // Past Ready the parent may be gone: say it on stderr too.
-            eprintln!("berth init: {err}");
+            let sent = chan.send(&Message::Failed(err.clone())).is_ok();
+            // Past Ready nobody reads the channel any more: say it on stderr instead.
+            if !sent || READY_SENT.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("berth init: {err}");
+            }
             // SAFETY: ends this child without unwinding into the caller's frames.
             unsafe { libc::_exit(127) }
         }
@@ -546,6 +548,9 @@ fn cloexec_from(from: u32) {
 
 enum Never {}
 
+/// Set in the init once Ready is sent (the parent stops listening after that).
+static READY_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init(
     cfg: &SpawnConfig<'_>,
     chan: &Channel,
@@ -690,6 +695,7 @@ fn init(
     cloexec_from(3 + cfg.preserve_fds);
     chan.send(&Message::Ready)
         .map_err(|e| child_err("report ready", libc::EPIPE, e.to_string()))?;
+    READY_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
 
     if let StartMode::WaitFifo(dir) = &cfg.start {
         // Blocks until `start` opens the fifo for reading.

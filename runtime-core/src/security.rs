@@ -66,9 +66,10 @@ pub fn apply_bounding(sys: &dyn Syscall, c: &LinuxCapabilities) -> Result<(), Se
 pub fn apply_capabilities(sys: &dyn Syscall, c: &LinuxCapabilities) -> Result<(), SecurityError> {
     let empty = Capabilities::new();
     for (set, caps) in [
-        (CapSet::Permitted, c.permitted()),
+        // capset needs effective ⊆ permitted at every step: shrink effective first.
         (CapSet::Inheritable, c.inheritable()),
         (CapSet::Effective, c.effective()),
+        (CapSet::Permitted, c.permitted()),
         (CapSet::Ambient, c.ambient()),
     ] {
         let v = to_caps(caps.as_ref().unwrap_or(&empty))?;
@@ -193,7 +194,7 @@ mod tests {
             }
         );
         assert_eq!(
-            calls[3],
+            calls[2],
             Call::SetCapability {
                 set: CapSet::Effective,
                 caps: vec!["CAP_KILL".into()]

@@ -1,1 +1,396 @@
-fn main() {}
+//! berth-runtime: the OCI runtime command line (runc's verbs) over berth-runtime-core.
+//!
+//! ```text
+//! mkdir -p bundle/rootfs && (cd bundle && berth-runtime spec)   # then fill rootfs
+//! berth-runtime run --bundle bundle demo
+//! ```
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use berth_runtime_core::container::{CGROUP_ROOT, wait_exit_code};
+use berth_runtime_core::{Container, CreateOptions, Stdio};
+use clap::{Parser, Subcommand};
+use oci_spec::runtime::{Process, Spec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-runtime",
+    version,
+    about = "OCI runtime (runc-compatible verbs)"
+)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/berth-runtime")]
+    root: PathBuf,
+    /// Accepted for runc compatibility (log to stderr).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "log-format", global = true)]
+    log_format: Option<String>,
+    /// Accepted for runc compatibility (cgroupfs is always used).
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// Bundle directory (with config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the init pid here.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Unix socket to receive the pty master (terminal containers).
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Pass this many extra fds (from 3) to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    id: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write a default config.json for a bundle with a rootfs/ directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Accepted for runc compatibility.
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Create a container; its process waits for `start`.
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Print the container's state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to the container.
+    Kill {
+        id: String,
+        signal: Option<String>,
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container.
+    Delete {
+        id: String,
+        /// Kill it first if it is still running.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create and start a container and wait for it (unless --detach).
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Run a process in a running container.
+    Exec {
+        /// JSON file with an OCI `process`.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Extra environment variables (KEY=VALUE).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// uid[:gid]
+        #[arg(short, long)]
+        user: Option<String>,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List containers.
+    List,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = (&cli.log, &cli.log_format, cli.systemd_cgroup, cli.debug);
+    match run(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("berth-runtime: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_signal(s: Option<&str>) -> Res<i32> {
+    let Some(s) = s else { return Ok(libc::SIGTERM) };
+    if let Ok(n) = s.parse::<i32>() {
+        return Ok(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    let sig: nix::sys::signal::Signal =
+        name.parse().map_err(|_| format!("unknown signal {s:?}"))?;
+    Ok(sig as i32)
+}
+
+fn default_spec() -> Spec {
+    let mut spec = Spec::default();
+    spec.set_hostname(Some("berth".into()));
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+        p.set_args(Some(vec!["sh".into()]));
+    }
+    if let Some(r) = spec.root_mut() {
+        r.set_path("rootfs".into());
+        r.set_readonly(Some(true));
+    }
+    spec
+}
+
+fn connect_console(path: Option<&Path>) -> Res<Option<OwnedFd>> {
+    Ok(match path {
+        Some(p) => Some(
+            UnixStream::connect(p)
+                .map_err(|e| format!("connect console socket {}: {e}", p.display()))?
+                .into(),
+        ),
+        None => None,
+    })
+}
+
+fn load_bundle(bundle: &Path) -> Res<(PathBuf, Spec)> {
+    let bundle =
+        std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
+    let cfg = bundle.join("config.json");
+    let spec = Spec::load(&cfg).map_err(|e| format!("load {}: {e}", cfg.display()))?;
+    Ok((bundle, spec))
+}
+
+fn do_create(root: &Path, a: &CreateArgs) -> Res<Container> {
+    let (bundle, spec) = load_bundle(&a.bundle)?;
+    let stdio = Stdio {
+        fds: None,
+        console_socket: connect_console(a.console_socket.as_deref())?,
+    };
+    let c = Container::create(CreateOptions {
+        id: a.id.clone(),
+        root: root.to_path_buf(),
+        bundle,
+        spec,
+        stdio,
+        preserve_fds: a.preserve_fds,
+        cgroup_root: PathBuf::from(CGROUP_ROOT),
+    })?;
+    if let Some(p) = &a.pid_file {
+        std::fs::write(p, c.pid().to_string())
+            .map_err(|e| format!("write pid file {}: {e}", p.display()))?;
+    }
+    Ok(c)
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// While we wait for the container, signals sent to us go to its init.
+fn forward_signals_to(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installing a handler that only calls the async-signal-safe kill(2).
+        unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn run(cli: Cli) -> Res<i32> {
+    let root = cli.root;
+    match cli.cmd {
+        Cmd::Spec { bundle, .. } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(format!("{} already exists", path.display()).into());
+            }
+            default_spec()
+                .save(&path)
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+            Ok(0)
+        }
+        Cmd::Create(a) => {
+            do_create(&root, &a)?;
+            Ok(0)
+        }
+        Cmd::Start { id } => {
+            Container::load(&root, &id)?.start()?;
+            Ok(0)
+        }
+        Cmd::State { id } => {
+            let c = Container::load(&root, &id)?;
+            println!("{}", serde_json::to_string_pretty(&c.oci_state())?);
+            Ok(0)
+        }
+        Cmd::Kill { id, signal, all } => {
+            Container::load(&root, &id)?.kill(parse_signal(signal.as_deref())?, all)?;
+            Ok(0)
+        }
+        Cmd::Delete { id, force } => {
+            match Container::load(&root, &id) {
+                Ok(c) => c.delete(force)?,
+                // runc: deleting a missing container with --force succeeds.
+                Err(berth_runtime_core::ContainerError::NotFound(_)) if force => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(0)
+        }
+        Cmd::Run { create, detach } => {
+            let mut c = do_create(&root, &create)?;
+            if detach {
+                c.start()?;
+                return Ok(0);
+            }
+            forward_signals_to(c.pid());
+            if let Err(e) = c.start() {
+                let _ = c.delete(true);
+                return Err(e.into());
+            }
+            let code = wait_exit_code(c.pid())?;
+            let c = Container::load(&root, &create.id)?;
+            c.delete(true)?;
+            Ok(code)
+        }
+        Cmd::Exec {
+            process,
+            tty,
+            console_socket,
+            pid_file,
+            detach,
+            cwd,
+            env,
+            user,
+            id,
+            command,
+        } => {
+            let c = Container::load(&root, &id)?;
+            let spec_path = c.state().bundle.join("config.json");
+            let spec =
+                Spec::load(&spec_path).map_err(|e| format!("load {}: {e}", spec_path.display()))?;
+            let mut p: Process = match &process {
+                Some(path) => {
+                    let data =
+                        std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+                    serde_json::from_slice(&data)
+                        .map_err(|e| format!("parse {}: {e}", path.display()))?
+                }
+                None => {
+                    if command.is_empty() {
+                        return Err("exec needs a command or --process".into());
+                    }
+                    let mut p = spec.process().clone().unwrap_or_default();
+                    p.set_args(Some(command));
+                    p.set_terminal(Some(tty));
+                    p
+                }
+            };
+            if let Some(cwd) = cwd {
+                p.set_cwd(cwd);
+            }
+            if !env.is_empty() {
+                let mut e = p.env().clone().unwrap_or_default();
+                e.extend(env);
+                p.set_env(Some(e));
+            }
+            if let Some(u) = user {
+                let mut parts = u.splitn(2, ':');
+                let uid: u32 = parts
+                    .next()
+                    .unwrap_or("0")
+                    .parse()
+                    .map_err(|_| format!("bad --user {u:?}"))?;
+                let gid: u32 = parts
+                    .next()
+                    .unwrap_or("0")
+                    .parse()
+                    .map_err(|_| format!("bad --user {u:?}"))?;
+                let mut usr = p.user().clone();
+                usr.set_uid(uid);
+                usr.set_gid(gid);
+                p.set_user(usr);
+            }
+            let stdio = Stdio {
+                fds: None,
+                console_socket: connect_console(console_socket.as_deref())?,
+            };
+            let spawned = c.exec(&spec, p, stdio)?;
+            if let Some(path) = pid_file {
+                std::fs::write(&path, spawned.pid.to_string())
+                    .map_err(|e| format!("write pid file {}: {e}", path.display()))?;
+            }
+            if detach {
+                return Ok(0);
+            }
+            forward_signals_to(spawned.pid);
+            Ok(wait_exit_code(spawned.pid)?)
+        }
+        Cmd::List => {
+            println!("{:<24} {:<8} {:<10} BUNDLE", "ID", "PID", "STATUS");
+            for id in Container::list(&root)? {
+                if let Ok(c) = Container::load(&root, &id) {
+                    println!(
+                        "{:<24} {:<8} {:<10} {}",
+                        id,
+                        c.pid(),
+                        c.status(),
+                        c.state().bundle.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! The container lifecycle, runc-style: create → start → kill → state → delete, plus
+//! exec into a running container. State is a JSON file under `<root>/<id>/`.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{Process, Spec};
+
+use crate::cgroups::{Cgroup, CgroupError, Stats};
+use crate::process::{self, ProcessError, SpawnConfig, Spawned, StartMode, Stdio};
+
+/// Where cgroup hierarchies are mounted on the host.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Lifecycle failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container id {0:?}: use letters, digits, '_', '-' and '.'")]
+    InvalidId(String),
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container {id} is {status}; {action} needs it {wanted}")]
+    WrongState {
+        id: String,
+        status: Status,
+        action: &'static str,
+        wanted: &'static str,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path}: {source}")]
+    StateFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("start: container init did not take the start signal within {0:?}")]
+    StartTimeout(Duration),
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: Errno },
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |source| ContainerError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// OCI status of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What is persisted in `<root>/<id>/state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub id: String,
+    pub status: Status,
+    /// Init pid in the host pid namespace (0 before creation finished).
+    pub pid: i32,
+    /// Start time of the init (field 22 of /proc/pid/stat), to detect pid reuse.
+    pub pid_start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// Seconds since the epoch when created.
+    pub created: u64,
+    pub cgroup: Option<Cgroup>,
+    /// Exit code when known (the caller waited for the init and recorded it).
+    pub exit_code: Option<i32>,
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+/// Options for [`Container::create`].
+#[derive(Debug)]
+pub struct CreateOptions {
+    /// Container id.
+    pub id: String,
+    /// State root (like runc's `--root`).
+    pub root: PathBuf,
+    /// Bundle directory (relative `root.path` is resolved against it).
+    pub bundle: PathBuf,
+    /// The spec.
+    pub spec: Spec,
+    /// Standard streams / console socket.
+    pub stdio: Stdio,
+    /// Extra fds passed through (3..3+n).
+    pub preserve_fds: u32,
+    /// Cgroup hierarchy root (normally [`CGROUP_ROOT`]).
+    pub cgroup_root: PathBuf,
+}
+
+/// A container known to the state root.
+#[derive(Debug)]
+pub struct Container {
+    dir: PathBuf,
+    state: State,
+}
+
+/// Ids become directory names: keep them boring.
+pub fn validate_id(id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidId(id.to_string()))
+    }
+}
+
+/// Start time (clock ticks since boot) of `pid`, and whether it is a zombie.
+fn proc_start_time(pid: i32) -> Option<(u64, bool)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first() == Some(&"Z") || fields.first() == Some(&"X");
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, zombie))
+}
+
+fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
+    let path = dir.join("state.json");
+    let tmp = dir.join(".state.json.tmp");
+    let data = serde_json::to_vec_pretty(state).map_err(|source| ContainerError::StateFile {
+        path: path.clone(),
+        source,
+    })?;
+    let mut f = fs::File::create(&tmp).map_err(io_err("write state", &tmp))?;
+    f.write_all(&data)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("write state", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename state", &path))
+}
+
+impl Container {
+    /// Create the container: state dir, cgroup, namespaces, rootfs; the init waits for
+    /// [`Container::start`]. Must be called from a single-threaded process. On failure
+    /// nothing is left behind (processes, cgroup, state dir).
+    pub fn create(opts: CreateOptions) -> Result<Container, ContainerError> {
+        validate_id(&opts.id)?;
+        let dir = opts.root.join(&opts.id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&opts.root)
+            .map_err(io_err("create state root", &opts.root))?;
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::AlreadyExists(opts.id));
+            }
+            Err(e) => return Err(io_err("create state dir", &dir)(e)),
+        }
+        let res = Self::create_in(&dir, opts);
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        res
+    }
+
+    fn create_in(dir: &Path, opts: CreateOptions) -> Result<Container, ContainerError> {
+        let spec = &opts.spec;
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| ContainerError::InvalidSpec("no root".into()))?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            opts.bundle.join(root.path())
+        };
+        let rootfs = fs::canonicalize(&rootfs).map_err(io_err("rootfs", &rootfs))?;
+        let mut state = State {
+            id: opts.id.clone(),
+            status: Status::Creating,
+            pid: 0,
+            pid_start_time: 0,
+            bundle: opts.bundle.clone(),
+            rootfs: rootfs.clone(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cgroup: None,
+            exit_code: None,
+            annotations: spec.annotations().clone().unwrap_or_default(),
+        };
+        let linux = spec.linux().as_ref();
+        let cg_path = linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup = Cgroup::new(&opts.cgroup_root, &cg_path, &opts.id)?;
+        state.cgroup = Some(cgroup.clone());
+        write_state(dir, &state)?;
+
+        let fifo = dir.join("exec.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+            |errno| ContainerError::Sys {
+                what: "mkfifo exec.fifo",
+                errno,
+            },
+        )?;
+        let dir_fd: OwnedFd = fs::File::open(dir)
+            .map_err(io_err("open state dir", dir))?
+            .into();
+
+        cgroup.create()?;
+        let spawned = (|| {
+            if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
+                cgroup.apply(r)?;
+            }
+            let cfg = SpawnConfig {
+                spec,
+                rootfs,
+                exec_in: None,
+                start: StartMode::WaitFifo(dir_fd),
+                stdio: opts.stdio,
+                preserve_fds: opts.preserve_fds,
+            };
+            let mut join = |pid: i32| cgroup.add_pid(pid).map_err(|e| e.to_string());
+            Ok::<Spawned, ContainerError>(process::spawn(cfg, &mut join)?)
+        })();
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        state.pid = spawned.pid;
+        state.pid_start_time = proc_start_time(spawned.pid).map_or(0, |(t, _)| t);
+        state.status = Status::Created;
+        write_state(dir, &state)?;
+        Ok(Container {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// Load a container from the state root.
+    pub fn load(root: &Path, id: &str) -> Result<Container, ContainerError> {
+        validate_id(id)?;
+        let dir = root.join(id);
+        let path = dir.join("state.json");
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ContainerError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(io_err("read state", &path)(e)),
+        };
+        let state: State = serde_json::from_slice(&data)
+            .map_err(|source| ContainerError::StateFile { path, source })?;
+        let mut c = Container { dir, state };
+        c.refresh();
+        Ok(c)
+    }
+
+    /// Ids of every container under `root`.
+    pub fn list(root: &Path) -> Result<Vec<String>, ContainerError> {
+        let mut ids = Vec::new();
+        let rd = match fs::read_dir(root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(io_err("list state root", root)(e)),
+        };
+        for e in rd.flatten() {
+            if e.path().join("state.json").exists() {
+                ids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Recompute the status from the kernel (the init may have died meanwhile).
+    fn refresh(&mut self) {
+        if self.state.status == Status::Creating || self.state.pid <= 0 {
+            return;
+        }
+        let alive = match proc_start_time(self.state.pid) {
+            Some((start, zombie)) => start == self.state.pid_start_time && !zombie,
+            None => false,
+        };
+        self.state.status = if !alive {
+            Status::Stopped
+        } else if self.dir.join("exec.fifo").exists() {
+            Status::Created
+        } else {
+            Status::Running
+        };
+    }
+
+    /// The persisted state, refreshed.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Status {
+        self.state.status
+    }
+
+    /// Init pid.
+    pub fn pid(&self) -> i32 {
+        self.state.pid
+    }
+
+    /// The container's cgroup.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.state.cgroup.as_ref()
+    }
+
+    /// The OCI runtime state document (what `runc state` prints).
+    pub fn oci_state(&self) -> serde_json::Value {
+        let pid = if self.state.status == Status::Stopped {
+            0
+        } else {
+            self.state.pid
+        };
+        serde_json::json!({
+            "ociVersion": "1.2.0",
+            "id": self.state.id,
+            "status": self.state.status,
+            "pid": pid,
+            "bundle": self.state.bundle,
+            "rootfs": self.state.rootfs,
+            "created": self.state.created,
+            "annotations": self.state.annotations,
+        })
+    }
+
+    /// Let the init exec the user process.
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        self.require(Status::Created, "start", "created")?;
+        let fifo_path = self.dir.join("exec.fifo");
+        let fifo = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo_path)
+            .map_err(io_err("open exec fifo", &fifo_path))?;
+        let timeout = Duration::from_secs(10);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pfd = [nix::poll::PollFd::new(
+                fifo.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16));
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&fifo, &mut b) {
+                Ok(1) => break,
+                Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                Err(errno) => {
+                    return Err(ContainerError::Sys {
+                        what: "read exec fifo",
+                        errno,
+                    });
+                }
+            }
+            self.refresh();
+            if self.state.status == Status::Stopped {
+                return Err(ContainerError::WrongState {
+                    id: self.state.id.clone(),
+                    status: Status::Stopped,
+                    action: "start",
+                    wanted: "created",
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(ContainerError::StartTimeout(timeout));
+            }
+        }
+        let _ = fs::remove_file(&fifo_path);
+        self.state.status = Status::Running;
+        write_state(&self.dir, &self.state)
+    }
+
+    fn require(
+        &self,
+        status: Status,
+        action: &'static str,
+        wanted: &'static str,
+    ) -> Result<(), ContainerError> {
+        if self.state.status == status {
+            Ok(())
+        } else {
+            Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                status: self.state.status,
+                action,
+                wanted,
+            })
+        }
+    }
+
+    /// Send `signal` to the init, or with `all` to every process of the container.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<(), ContainerError> {
+        if all && let Some(cg) = &self.state.cgroup {
+            return Ok(cg.kill_all(signal)?);
+        }
+        if self.state.status == Status::Stopped {
+            return Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                status: Status::Stopped,
+                action: "kill",
+                wanted: "created or running",
+            });
+        }
+        let sig = Signal::try_from(signal).map_err(|errno| ContainerError::Sys {
+            what: "signal number",
+            errno,
+        })?;
+        nix::sys::signal::kill(Pid::from_raw(self.state.pid), sig).map_err(|errno| {
+            ContainerError::Sys {
+                what: "kill",
+                errno,
+            }
+        })
+    }
+
+    /// Record the init's exit code (for callers that waited for it).
+    pub fn record_exit(&mut self, code: i32) -> Result<(), ContainerError> {
+        self.state.exit_code = Some(code);
+        self.state.status = Status::Stopped;
+        write_state(&self.dir, &self.state)
+    }
+
+    /// Cgroup stats.
+    pub fn stats(&self) -> Result<Stats, ContainerError> {
+        match &self.state.cgroup {
+            Some(cg) => Ok(cg.stats()?),
+            None => Ok(Stats::default()),
+        }
+    }
+
+    /// Update resources of the live container.
+    pub fn update(&self, r: &oci_spec::runtime::LinuxResources) -> Result<(), ContainerError> {
+        match &self.state.cgroup {
+            Some(cg) => Ok(cg.apply(r)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Freeze or thaw all processes.
+    pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
+        match &self.state.cgroup {
+            Some(cg) => Ok(cg.set_frozen(paused)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Remove the container. A running/created one needs `force` (everything is then
+    /// SIGKILLed and waited for).
+    pub fn delete(mut self, force: bool) -> Result<(), ContainerError> {
+        self.refresh();
+        if self.state.status != Status::Stopped {
+            if !force {
+                return Err(ContainerError::WrongState {
+                    id: self.state.id.clone(),
+                    status: self.state.status,
+                    action: "delete",
+                    wanted: "stopped (or --force)",
+                });
+            }
+            let _ = self.kill(libc::SIGKILL, true);
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+        }
+        // Wait for the processes to be gone (reaping the init if it is our child).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(self.state.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            self.refresh();
+            let procs_left = self
+                .state
+                .cgroup
+                .as_ref()
+                .and_then(|c| c.procs().ok())
+                .is_some_and(|p| !p.is_empty());
+            if (self.state.status == Status::Stopped && !procs_left) || Instant::now() > deadline {
+                break;
+            }
+            if procs_left && force {
+                let _ = self.kill(libc::SIGKILL, true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(cg) = &self.state.cgroup {
+            cg.remove()?;
+        }
+        fs::remove_dir_all(&self.dir).map_err(io_err("remove state dir", &self.dir))
+    }
+
+    /// Run `process` inside the running container: join its namespaces and cgroup,
+    /// apply the process's user, capabilities, no_new_privs and seccomp, then exec.
+    /// Returns the pid (a child of the caller, which should wait for it). Must be
+    /// called from a single-threaded process.
+    pub fn exec(
+        &self,
+        spec: &Spec,
+        process: Process,
+        stdio: Stdio,
+    ) -> Result<Spawned, ContainerError> {
+        if self.state.status != Status::Running && self.state.status != Status::Created {
+            return Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                status: self.state.status,
+                action: "exec",
+                wanted: "running",
+            });
+        }
+        let mut spec = spec.clone();
+        spec.set_process(Some(process));
+        let cfg = SpawnConfig {
+            spec: &spec,
+            rootfs: self.state.rootfs.clone(),
+            exec_in: Some(self.state.pid),
+            start: StartMode::Immediately,
+            stdio,
+            preserve_fds: 0,
+        };
+        let cg = self.state.cgroup.clone();
+        let mut join = |pid: i32| match &cg {
+            Some(cg) => cg.add_pid(pid).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        Ok(process::spawn(cfg, &mut join)?)
+    }
+}
+
+/// Wait for a child process and turn its status into a shell-style exit code
+/// (128 + signal for a killed process).
+pub fn wait_exit_code(pid: i32) -> Result<i32, ContainerError> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(errno) => {
+                return Err(ContainerError::Sys {
+                    what: "waitpid",
+                    errno,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_the_state_root_are_rejected() {
+        for bad in ["", ".", "..", "a/b", "../x", "a b"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["abc", "a-b_c.1", "0123456789abcdef"] {
+            validate_id(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn proc_stat_parsing_survives_odd_command_names() {
+        let me = std::process::id();
+        let (start, zombie) = proc_start_time(i32::try_from(me).unwrap()).unwrap();
+        assert!(start > 0);
+        assert!(!zombie);
+        assert!(proc_start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn state_round_trips_and_missing_container_is_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c1");
+        fs::create_dir_all(&dir).unwrap();
+        let st = State {
+            id: "c1".into(),
+            status: Status::Created,
+            pid: i32::MAX,
+            pid_start_time: 1,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: 1,
+            cgroup: None,
+            exit_code: None,
+            annotations: Default::default(),
+        };
+        write_state(&dir, &st).unwrap();
+        // The pid does not exist: the loaded status is refreshed to stopped.
+        let c = Container::load(tmp.path(), "c1").unwrap();
+        assert_eq!(c.status(), Status::Stopped);
+        assert_eq!(c.oci_state()["pid"], 0);
+        assert!(matches!(
+            Container::load(tmp.path(), "nope"),
+            Err(ContainerError::NotFound(_))
+        ));
+        assert_eq!(Container::list(tmp.path()).unwrap(), vec!["c1".to_string()]);
+        c.delete(false).unwrap();
+        assert!(!dir.exists());
+    }
+}
