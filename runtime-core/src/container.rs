@@ -246,6 +246,10 @@ impl Container {
                 errno,
             },
         )?;
+        // Writable by all (like runc's 0622): the init may have switched to an
+        // unprivileged user by the time it opens the fifo. Only `start` reads it.
+        fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(io_err("chmod exec.fifo", &fifo))?;
         let dir_fd: OwnedFd = fs::File::open(dir)
             .map_err(io_err("open state dir", dir))?
             .into();

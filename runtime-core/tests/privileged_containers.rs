@@ -1,0 +1,478 @@
+//! Real containers from a busybox rootfs, driven through the `berth-runtime` binary
+//! (a single-threaded process, as the library requires). Needs root, cgroup v1 or v2,
+//! and Debian's busybox-static at /bin/busybox.
+//!
+//! Every test cleans up with a Drop guard (`berth-runtime delete --force`, which kills
+//! the processes and removes the cgroup) and temp dirs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_berth-runtime");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A bundle with a busybox rootfs and a state root, all in one temp dir; deletes its
+/// container (if any) on drop.
+struct Bundle {
+    tmp: tempfile::TempDir,
+    id: String,
+    cgroup: String,
+}
+
+impl Bundle {
+    fn new() -> Bundle {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rootfs = tmp.path().join("bundle/rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (busybox-static)");
+        let list = Command::new(bin.join("busybox"))
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.contains('/') {
+                // Hard links, not symlinks: masking an applet must not mask busybox.
+                fs::hard_link(bin.join("busybox"), bin.join(applet)).unwrap();
+            }
+        }
+        for d in ["proc", "sys", "dev", "etc", "tmp"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let b = Bundle {
+            tmp,
+            id: format!("t{pid}-{n}"),
+            cgroup: format!("/berth-test-{pid}-{n}"),
+        };
+        let out = b.cli(&["spec", "--bundle", b.bundle().to_str().unwrap()]);
+        assert!(out.status.success(), "spec: {out:?}");
+        b.edit_spec(|s| {
+            s["process"]["terminal"] = json!(false);
+            s["hostname"] = json!("berth-test");
+            s["linux"]["cgroupsPath"] = json!(b.cgroup.clone());
+        });
+        b
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.tmp.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn edit_spec(&self, f: impl FnOnce(&mut Value)) {
+        let path = self.bundle().join("config.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        f(&mut v);
+        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    fn args(&self, args: &[&str]) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.edit_spec(|s| s["process"]["args"] = json!(args));
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(RUNTIME)
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run berth-runtime")
+    }
+
+    /// `berth-runtime run` in the foreground: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.args(args);
+        let out = Command::new(RUNTIME)
+            .arg("--root")
+            .arg(self.root())
+            .args(["run", "--bundle", self.bundle().to_str().unwrap(), &self.id])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run berth-runtime");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// create (stdout/stderr to files) + start.
+    fn start_detached(&self, args: &[&str]) {
+        self.args(args);
+        let out_file = fs::File::create(self.tmp.path().join("out")).unwrap();
+        let err_file = fs::File::create(self.tmp.path().join("err")).unwrap();
+        let st = Command::new(RUNTIME)
+            .arg("--root")
+            .arg(self.root())
+            .args([
+                "create",
+                "--bundle",
+                self.bundle().to_str().unwrap(),
+                &self.id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(out_file)
+            .stderr(err_file)
+            .status()
+            .unwrap();
+        assert!(st.success(), "create failed: {}", self.output().1);
+        let out = self.cli(&["start", &self.id]);
+        assert!(out.status.success(), "start: {out:?}");
+    }
+
+    /// What a detached container wrote: (stdout, stderr).
+    fn output(&self) -> (String, String) {
+        (
+            fs::read_to_string(self.tmp.path().join("out")).unwrap_or_default(),
+            fs::read_to_string(self.tmp.path().join("err")).unwrap_or_default(),
+        )
+    }
+
+    fn state(&self) -> Value {
+        let out = self.cli(&["state", &self.id]);
+        assert!(out.status.success(), "state: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_stopped(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.state()["status"] != "stopped" {
+            assert!(
+                Instant::now() < deadline,
+                "container still {} after {timeout:?}",
+                self.state()["status"]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn cgroup_file(&self, controller: &str, file: &str) -> String {
+        let p = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(self.cgroup.trim_start_matches('/'))
+            .join(file);
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = self.cli(&["delete", "--force", &self.id]);
+        // If delete could not run, still remove the cgroup directories we asked for.
+        for c in [
+            "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "hugetlb", "freezer",
+            "systemd",
+        ] {
+            let _ = fs::remove_dir(
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(self.cgroup.trim_start_matches('/')),
+            );
+        }
+    }
+}
+
+#[test]
+fn container_is_pid_1_and_sees_no_host_processes() {
+    let b = Bundle::new();
+    let (code, out, err) = b.run(&["sh", "-c", "echo pid=$$; ls /proc | grep -c '^[0-9]'"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("pid=1"));
+    // sh, ls and grep at most: no host process is visible.
+    let n: u32 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(n <= 3, "container sees {n} processes");
+    // The container and its state are gone after run.
+    assert!(!b.root().join(&b.id).exists());
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(b.cgroup.trim_start_matches('/'))
+            .exists()
+    );
+}
+
+#[test]
+fn host_sees_the_container_and_can_kill_it() {
+    let b = Bundle::new();
+    b.start_detached(&["sleep", "1000"]);
+    let st = b.state();
+    assert_eq!(st["status"], "running");
+    let pid = st["pid"].as_i64().unwrap();
+    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with("sleep\0"), "{cmdline:?}");
+    let out = b.cli(&["kill", &b.id, "KILL"]);
+    assert!(out.status.success(), "{out:?}");
+    b.wait_stopped(Duration::from_secs(10));
+    assert_eq!(b.state()["pid"], 0);
+    let out = b.cli(&["delete", &b.id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!b.root().join(&b.id).exists());
+}
+
+#[test]
+fn created_container_waits_for_start() {
+    let b = Bundle::new();
+    b.args(&["sh", "-c", "echo started"]);
+    let out_file = fs::File::create(b.tmp.path().join("out")).unwrap();
+    let st = Command::new(RUNTIME)
+        .arg("--root")
+        .arg(b.root())
+        .args(["create", "--bundle", b.bundle().to_str().unwrap(), &b.id])
+        .stdout(out_file)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(b.state()["status"], "created");
+    assert_eq!(b.output().0, "", "the process ran before start");
+    assert!(b.cli(&["start", &b.id]).status.success());
+    b.wait_stopped(Duration::from_secs(10));
+    assert_eq!(b.output().0, "started\n");
+}
+
+#[test]
+fn hostname_is_isolated() {
+    let b = Bundle::new();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (code, out, err) = b.run(&["hostname"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "berth-test");
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host
+    );
+}
+
+#[test]
+fn new_network_namespace_has_only_loopback() {
+    let b = Bundle::new();
+    let (code, out, err) = b.run(&["ip", "-o", "link"]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .collect();
+    assert_eq!(names, ["lo"], "{out}");
+}
+
+#[test]
+fn read_only_rootfs_refuses_writes() {
+    let b = Bundle::new();
+    let (code, _out, err) = b.run(&["touch", "/newfile"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!b.bundle().join("rootfs/newfile").exists());
+}
+
+#[test]
+fn masked_proc_files_read_empty() {
+    let host_timer_list = fs::read("/proc/timer_list").unwrap();
+    assert!(!host_timer_list.is_empty());
+    let b = Bundle::new();
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        "for f in /proc/kcore /proc/keys /proc/timer_list; do [ -e $f ] && echo $f $(wc -c < $f); done",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/proc/timer_list 0"), "{out}");
+    for line in out.lines() {
+        assert!(line.ends_with(" 0"), "not masked: {line}");
+    }
+}
+
+#[test]
+fn effective_capabilities_match_the_spec() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        let caps = json!(["CAP_KILL", "CAP_NET_RAW"]);
+        s["process"]["capabilities"] = json!({
+            "bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": []
+        });
+    });
+    let (code, out, err) = b.run(&["grep", "-E", "^Cap(Eff|Bnd|Prm)", "/proc/self/status"]);
+    assert_eq!(code, 0, "{err}");
+    let want = format!("{:016x}", (1u64 << 5) | (1u64 << 13));
+    for set in ["CapEff", "CapBnd", "CapPrm"] {
+        let line = out.lines().find(|l| l.starts_with(set)).unwrap();
+        assert_eq!(line.split_whitespace().nth(1), Some(want.as_str()), "{out}");
+    }
+}
+
+#[test]
+fn seccomp_rule_blocks_a_syscall_with_eperm() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let (code, _out, err) = b.run(&["mkdir", "/blocked"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(!b.bundle().join("rootfs/blocked").exists());
+    // Without the rule the same command works.
+    b.edit_spec(|s| s["linux"]["seccomp"] = Value::Null);
+    let (code, _out, err) = b.run(&["mkdir", "/allowed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(b.bundle().join("rootfs/allowed").is_dir());
+}
+
+#[test]
+fn memory_limit_oom_kills_and_the_oom_is_reported() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["linux"]["resources"] = json!({"memory": {"limit": 83886080, "swap": 83886080}});
+    });
+    b.start_detached(&[
+        "sh",
+        "-c",
+        "yes | tr \\\\n x | head -c 200m | grep n; echo rc=$?",
+    ]);
+    b.wait_stopped(Duration::from_secs(60));
+    let (out, err) = b.output();
+    assert!(out.contains("rc=137"), "stdout {out:?} stderr {err:?}");
+    let oom = b.cgroup_file("memory", "memory.oom_control");
+    let kills: u64 = oom
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kills >= 1, "{oom}");
+    // The library reports it too.
+    let c = berth_runtime_core::Container::load(&b.root(), &b.id).unwrap();
+    assert!(c.stats().unwrap().oom_kills >= 1);
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes").trim(),
+        "83886080"
+    );
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let b = Bundle::new();
+    b.edit_spec(|s| s["linux"]["resources"] = json!({"pids": {"limit": 10}}));
+    b.start_detached(&[
+        "sh",
+        "-c",
+        "for i in $(seq 1 40); do sleep 2 & done; wait; echo done",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let current: u64 = b
+        .cgroup_file("pids", "pids.current")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 10, "pids.current = {current}");
+    b.wait_stopped(Duration::from_secs(30));
+    let (out, err) = b.output();
+    assert!(
+        err.contains("fork"),
+        "no fork failure reported: stdout {out:?} stderr {err:?}"
+    );
+    let events = b.cgroup_file("pids", "pids.events");
+    let max: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(max > 0, "{events}");
+}
+
+#[test]
+fn user_group_and_umask_apply() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["process"]["user"] =
+            json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20], "umask": 63});
+    });
+    let (code, out, err) = b.run(&["sh", "-c", "id; umask"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("uid=1000 gid=1001 groups="), "{out}");
+    let groups = out.lines().next().unwrap().split("groups=").nth(1).unwrap();
+    let mut g: Vec<&str> = groups.split(',').collect();
+    g.sort();
+    assert_eq!(g, ["10", "1001", "20"], "{out}");
+    assert_eq!(out.lines().nth(1), Some("0077"));
+}
+
+#[test]
+fn exec_joins_the_running_container() {
+    let b = Bundle::new();
+    b.start_detached(&["sleep", "1000"]);
+    let pid = b.state()["pid"].as_i64().unwrap();
+    let init_ns = |ns: &str| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    let out = b.cli(&[
+        "exec",
+        &b.id,
+        "sh",
+        "-c",
+        "for n in pid net mnt; do readlink /proc/self/ns/$n; done; hostname; echo $$; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], init_ns("pid").to_str().unwrap());
+    assert_eq!(lines[1], init_ns("net").to_str().unwrap());
+    assert_eq!(lines[2], init_ns("mnt").to_str().unwrap());
+    assert_eq!(lines[3], "berth-test");
+    assert_ne!(lines[4], "1");
+    // The exec'd process is in the container's cgroup: inside the container's cgroup
+    // namespace that cgroup is "/" (anything else would show as a relative "/..").
+    let out = b.cli(&["exec", &b.id, "cat", "/proc/self/cgroup"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.ends_with(":memory:/")), "{text}");
+    // And the host sees it there while it runs.
+    let st = Command::new(RUNTIME)
+        .arg("--root")
+        .arg(b.root())
+        .args(["exec", "--detach", &b.id, "sleep", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let procs = b.cgroup_file("memory", "cgroup.procs");
+    assert_eq!(procs.lines().count(), 2, "init + exec'd sleep: {procs}");
+}
+
+#[test]
+fn failed_create_reports_the_step_and_leaves_nothing_behind() {
+    let b = Bundle::new();
+    b.args(&["/no/such/binary"]);
+    let out = b.cli(&["create", "--bundle", b.bundle().to_str().unwrap(), &b.id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("find executable") && err.contains("errno 2"),
+        "{err}"
+    );
+    assert!(!b.root().join(&b.id).exists(), "state dir left behind");
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(b.cgroup.trim_start_matches('/'))
+            .exists(),
+        "cgroup left behind"
+    );
+}
