@@ -476,3 +476,126 @@ fn failed_create_reports_the_step_and_leaves_nothing_behind() {
         "cgroup left behind"
     );
 }
+
+#[test]
+fn user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    b.start_detached(&["sleep", "1000"]);
+    let pid = b.state()["pid"].as_i64().unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some("200000"),
+        "{uid_line}"
+    );
+    let out = b.cli(&["exec", &b.id, "sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("0"));
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "200000", "65536"]);
+}
+
+#[test]
+fn joining_another_containers_network_namespace_by_path() {
+    let a = Bundle::new();
+    a.start_detached(&["sleep", "1000"]);
+    let a_pid = a.state()["pid"].as_i64().unwrap();
+    let a_net = fs::read_link(format!("/proc/{a_pid}/ns/net")).unwrap();
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        for ns in s["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = json!(format!("/proc/{a_pid}/ns/net"));
+            }
+        }
+    });
+    let (code, out, err) = b.run(&["readlink", "/proc/self/ns/net"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), a_net.to_str().unwrap());
+}
+
+#[test]
+fn cpu_quota_holds_a_busy_loop_near_five_percent() {
+    let b = Bundle::new();
+    b.edit_spec(|s| s["linux"]["resources"] = json!({"cpu": {"quota": 5000, "period": 100000}}));
+    b.start_detached(&["sh", "-c", "yes > /dev/null"]);
+    let usage = || -> u64 {
+        b.cgroup_file("cpuacct", "cpuacct.usage")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (u0, t0) = (usage(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (u1, t1) = (usage(), Instant::now());
+    let share = (u1 - u0) as f64 / (t1 - t0).as_nanos() as f64;
+    // Unlimited, `yes` takes a whole core; the quota allows 5 % (generous bound for noise).
+    assert!(share > 0.01 && share < 0.15, "cpu share {share:.3}");
+    assert_eq!(b.cgroup_file("cpu", "cpu.cfs_quota_us").trim(), "5000");
+}
+
+#[test]
+fn console_socket_receives_the_pty_master() {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    let b = Bundle::new();
+    b.edit_spec(|s| s["process"]["terminal"] = json!(true));
+    b.args(&["sh", "-c", "tty; echo on-a-terminal"]);
+    let sock = b.tmp.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let out = b.cli(&[
+        "create",
+        "--bundle",
+        b.bundle().to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &b.id,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&conn),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("no fd received");
+    // SAFETY: the fd was just received and is owned by nobody else.
+    let mut master = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    assert!(b.cli(&["start", &b.id]).status.success());
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 256];
+    // Reading the master ends with EIO once the container closed the slave.
+    while let Ok(n) = master.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("on-a-terminal\r\n"), "{text}");
+}

@@ -1,0 +1,106 @@
+//! The cgroup API against the host's real hierarchies (v1 on the CI host): create,
+//! add a process, apply and update resources, stats, freeze/thaw, kill-all, remove.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_runtime_core::cgroups::{Cgroup, Version};
+
+/// Removes the cgroup (after killing what is left) even when the test fails.
+struct Guard(Cgroup);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.set_frozen(false);
+        let _ = self.0.kill_all(libc::SIGKILL);
+        let _ = self.0.remove();
+    }
+}
+
+fn unique_path() -> String {
+    format!("/berth-test-cg-{}", std::process::id())
+}
+
+fn read(cg: &Cgroup, controller: &str, file: &str) -> String {
+    let dir = match cg.version {
+        Version::V1 => Path::new("/sys/fs/cgroup").join(controller),
+        Version::V2 => Path::new("/sys/fs/cgroup").to_path_buf(),
+    };
+    std::fs::read_to_string(dir.join(cg.path.strip_prefix("/").unwrap()).join(file)).unwrap()
+}
+
+fn proc_state(pid: u32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s[s.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+#[test]
+fn cgroup_lifecycle_on_the_host() {
+    let cg = Cgroup::new(Path::new("/sys/fs/cgroup"), &unique_path(), "x").unwrap();
+    let guard = Guard(cg.clone());
+    cg.create().unwrap();
+    let resources = serde_json::from_str(
+        r#"{"memory": {"limit": 67108864}, "pids": {"limit": 5}, "cpu": {"shares": 256}}"#,
+    )
+    .unwrap();
+    cg.apply(&resources).unwrap();
+    assert_eq!(read(&cg, "pids", "pids.max").trim(), "5");
+
+    // The exec after joining allocates pages that are charged to our cgroup.
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.3; exec sleep 100"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    cg.add_pid(i32::try_from(pid).unwrap()).unwrap();
+    assert_eq!(cg.procs().unwrap(), vec![i32::try_from(pid).unwrap()]);
+
+    // Live update.
+    let update =
+        serde_json::from_str(r#"{"memory": {"limit": 134217728}, "pids": {"limit": 0}}"#).unwrap();
+    cg.apply(&update).unwrap();
+    assert_eq!(
+        read(&cg, "memory", "memory.limit_in_bytes").trim(),
+        "134217728"
+    );
+    assert_eq!(read(&cg, "pids", "pids.max").trim(), "max");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = cg.stats().unwrap();
+        if s.memory_usage > 0 && s.cpu_usage_ns > 0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no usage accounted: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(stats.pids, 1);
+    assert!(stats.memory_working_set <= stats.memory_usage);
+
+    // Freeze: the task stops being schedulable; thaw: it is back to sleeping.
+    cg.set_frozen(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read(&cg, "freezer", "freezer.state").trim() != "FROZEN" {
+        assert!(Instant::now() < deadline, "never froze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cg.set_frozen(false).unwrap();
+    assert_eq!(read(&cg, "freezer", "freezer.state").trim(), "THAWED");
+    assert_eq!(proc_state(pid), 'S');
+
+    // Kill-all reaches the task; the cgroup can then be removed.
+    cg.kill_all(libc::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    cg.remove().unwrap();
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(unique_path().trim_start_matches('/'))
+            .exists()
+    );
+    drop(guard);
+}
