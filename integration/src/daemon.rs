@@ -101,7 +101,10 @@ impl TestDaemon {
         let config_path = dir.path().join("config.toml");
         let log_path = dir.path().join("berthd.log");
 
-        let cni = options.cni_section.clone().unwrap_or_default();
+        let cni = match &options.cni_section {
+            Some(section) => section.clone(),
+            None => test_network(dir.path())?,
+        };
         let config = format!(
             "{top}\nroot_dir = {root:?}\nstate_dir = {state:?}\n\n[grpc]\nsocket = {socket:?}\n\n[log]\nlevel = {level:?}\nformat = {format:?}\n\n{cni}\n{extra}\n",
             top = options.top_level_config,
@@ -257,12 +260,112 @@ impl TestDaemon {
     }
 }
 
+/// Name, bridge and subnet of the network test daemons use, distinct from the
+/// built-in one so tests never touch a real berthd's pods on the same host.
+pub const TEST_NETWORK: &str = "berth-test";
+/// The test network's bridge device.
+pub const TEST_BRIDGE: &str = "berthtest0";
+/// The test network's pod subnet.
+pub const TEST_SUBNET: &str = "10.89.0.0/24";
+
+/// Writes the test network's conflist into `dir/cni` and returns the `[cni]` section
+/// pointing at it (with the host's plugin directories).
+fn test_network(dir: &Path) -> anyhow::Result<String> {
+    let conf_dir = dir.join("cni");
+    fs::create_dir_all(&conf_dir)?;
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": TEST_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": TEST_BRIDGE,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "ranges": [[{ "subnet": TEST_SUBNET }]]
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } }
+        ]
+    });
+    fs::write(
+        conf_dir.join("10-berth-test.conflist"),
+        conflist.to_string(),
+    )?;
+    Ok(format!(
+        "[cni]\nconf_dir = {:?}\nbuiltin_default = false\n",
+        conf_dir.display().to_string()
+    ))
+}
+
+/// Deletes the test bridge and the test network's IPAM state when no pod uses them.
+fn remove_test_network() {
+    let members = Command::new("ip")
+        .args(["-o", "link", "show", "master", TEST_BRIDGE])
+        .output();
+    if let Ok(out) = members
+        && out.status.success()
+        && out.stdout.is_empty()
+    {
+        let _ = Command::new("ip")
+            .args(["link", "del", TEST_BRIDGE])
+            .status();
+    }
+    let ipam = Path::new("/var/lib/cni/networks").join(TEST_NETWORK);
+    let leases = fs::read_dir(&ipam)
+        .map(|e| {
+            e.filter_map(Result::ok).any(|e| {
+                e.file_name().to_string_lossy().contains('.')
+                    && !e
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("last_reserved_ip")
+            })
+        })
+        .unwrap_or(false);
+    if !leases {
+        let _ = fs::remove_dir_all(&ipam);
+    }
+}
+
+/// Detaches every mount below `dir`, deepest first: the test's safety net so that a
+/// failed test never leaves mounts (pinned namespaces, /dev/shm, rootfs) behind.
+pub fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut targets: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for t in targets {
+        let Ok(c) = std::ffi::CString::new(t.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if self.child.is_some()
             && let Err(e) = self.stop()
         {
             eprintln!("test daemon: {e}");
+        }
+        unmount_below(self.dir.path());
+        // A daemon that attached pods to the test network leaves its bridge and
+        // IPAM directory behind like any CNI user; remove them once unused.
+        if self.root_dir.join("cni/results").exists() {
+            remove_test_network();
         }
         if std::thread::panicking() {
             eprintln!(

@@ -65,6 +65,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The state on disk could not be loaded.
+    #[error("recovering state: {0}")]
+    Recover(String),
     /// gRPC reflection could not be set up (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -205,6 +208,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let cri = CriService::new(config);
+    cri.recover()
+        .await
+        .map_err(|e| StartError::Recover(e.to_string()))?;
     let runtime =
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);

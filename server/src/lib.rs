@@ -7,3 +7,5 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod fsinfo;
+pub mod pod;
+pub mod store;

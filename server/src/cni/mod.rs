@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+pub mod exec;
+
 use crate::config::CniConfig;
 
 /// Name of the built-in network and its bridge device.

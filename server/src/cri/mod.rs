@@ -8,6 +8,7 @@ pub mod trace;
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::pod::PodManager;
 
 /// Runtime name reported by `Version`.
 pub const RUNTIME_NAME: &str = "berth";
@@ -22,7 +23,9 @@ pub struct Shared {
     /// The daemon's configuration.
     pub config: Config,
     /// Pod CIDRs from kubelet's `UpdateRuntimeConfig`, used by the built-in network.
-    pub pod_cidrs: RwLock<Vec<String>>,
+    pub pod_cidrs: Arc<RwLock<Vec<String>>>,
+    /// Pod sandboxes.
+    pub pods: PodManager,
 }
 
 /// Implements both CRI services over the daemon's shared state.
@@ -34,12 +37,19 @@ pub struct CriService {
 impl CriService {
     /// A service over `config`.
     pub fn new(config: Config) -> Self {
+        let pod_cidrs = Arc::new(RwLock::new(Vec::new()));
         Self {
             shared: Arc::new(Shared {
+                pods: PodManager::new(config.clone(), Arc::clone(&pod_cidrs)),
                 config,
-                pod_cidrs: RwLock::new(Vec::new()),
+                pod_cidrs,
             }),
         }
+    }
+
+    /// Rebuilds in-memory state from disk; run once before serving.
+    pub async fn recover(&self) -> crate::error::Result<()> {
+        self.shared.pods.recover().await
     }
 
     fn config(&self) -> &Config {

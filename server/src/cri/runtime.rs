@@ -5,15 +5,18 @@ use std::net::IpAddr;
 
 use berth_proto::v1::runtime_service_server::RuntimeService;
 use berth_proto::v1::{
-    CgroupDriver as ProtoCgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition,
-    RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
-    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse,
-    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    CgroupDriver as ProtoCgroupDriver, LinuxRuntimeConfiguration, ListPodSandboxRequest,
+    ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
+    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
+    VersionRequest, VersionResponse,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME};
+use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, now_nanos};
 use crate::cni;
 use crate::config::{CgroupDriver, Config};
 use crate::error::Error;
@@ -34,6 +37,68 @@ impl RuntimeService for CriService {
             runtime_name: RUNTIME_NAME.to_owned(),
             runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
             runtime_api_version: RUNTIME_API_VERSION.to_owned(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Error::InvalidArgument("config is required".into()))?;
+        let pod_sandbox_id = self.shared.pods.run(config, req.runtime_handler).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.shared
+            .pods
+            .stop(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.shared
+            .pods
+            .remove(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        let sb = self.shared.pods.get(&req.pod_sandbox_id)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            info.insert("info".to_owned(), sb.verbose_info().to_string());
+        }
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(sb.status()),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        Ok(Response::new(ListPodSandboxResponse {
+            items: self.shared.pods.list(filter.as_ref()),
         }))
     }
 

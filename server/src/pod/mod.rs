@@ -1,0 +1,830 @@
+//! Pod sandboxes: the namespaces, network and files a pod's containers share.
+//!
+//! A sandbox is created in steps, each undone if a later one fails: a durable record
+//! marked `creating`, pinned net/IPC/UTS namespaces with the pod's sysctls and hostname,
+//! the pod's /dev/shm, resolv.conf and hostname files, CNI ADD, /etc/hosts, and finally
+//! the record marked `ready`. A `creating` record found at start-up (berthd died
+//! mid-way) is torn down, so a half-created pod is never visible.
+
+pub mod files;
+pub mod namespaces;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_proto::v1::{
+    NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxMetadata, PodSandboxState, PodSandboxStatus,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::cni::exec::{Attachment, CniRunner, result_ips};
+use crate::cni::{self, NetworkConfig};
+use crate::config::{CgroupDriver, Config};
+use crate::cri::now_nanos;
+use crate::error::{Error, Result};
+use crate::store;
+use namespaces::{NamespaceError, NamespaceSet, PinnedNamespaces};
+
+/// The runtime handler berthd runs pods with when the request names none.
+pub const DEFAULT_HANDLER: &str = "";
+/// Names accepted for the native handler.
+const NATIVE_HANDLERS: [&str; 2] = ["", "berth"];
+const RECORD_VERSION: u32 = 1;
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Being set up; never shown to clients.
+    Creating,
+    /// Namespaces and network are up.
+    Ready,
+    /// Stopped: network torn down, namespaces released.
+    NotReady,
+}
+
+/// The mutable part of a sandbox, persisted in its record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxState {
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// Pod IPs from CNI, first one primary.
+    pub ips: Vec<String>,
+    /// Pinned namespaces.
+    pub pins: PinnedNamespaces,
+    /// The pod's /dev/shm tmpfs, when it has its own.
+    pub shm: Option<PathBuf>,
+    /// The CNI network the pod is attached to.
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    version: u32,
+    id: String,
+    created_at: i64,
+    runtime_handler: String,
+    cgroup_parent: String,
+    state: SandboxState,
+}
+
+/// One pod sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// 64-hex id.
+    pub id: String,
+    /// The config kubelet created it with, verbatim.
+    pub config: PodSandboxConfig,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// Runtime handler name as requested.
+    pub runtime_handler: String,
+    /// Cgroup parent (validated against the driver).
+    pub cgroup_parent: String,
+    state: Mutex<SandboxState>,
+    /// Serialises stop and remove of this sandbox.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Sandbox {
+    /// A copy of the current state.
+    pub fn state(&self) -> SandboxState {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_state(&self, s: SandboxState) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+    }
+
+    fn metadata(&self) -> PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    fn cri_state(&self) -> PodSandboxState {
+        match self.state().phase {
+            Phase::Ready => PodSandboxState::SandboxReady,
+            Phase::Creating | Phase::NotReady => PodSandboxState::SandboxNotready,
+        }
+    }
+
+    /// The namespace options the pod was created with (defaults: all POD).
+    pub fn namespace_options(&self) -> NamespaceOption {
+        namespace_options(&self.config)
+    }
+
+    /// `ListPodSandbox` entry.
+    pub fn to_cri(&self) -> PodSandbox {
+        PodSandbox {
+            id: self.id.clone(),
+            metadata: Some(self.metadata()),
+            state: self.cri_state().into(),
+            created_at: self.created_at,
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            runtime_handler: self.runtime_handler.clone(),
+        }
+    }
+
+    /// `PodSandboxStatus` body.
+    pub fn status(&self) -> PodSandboxStatus {
+        let state = self.state();
+        let mut ips = state.ips.iter();
+        PodSandboxStatus {
+            id: self.id.clone(),
+            metadata: Some(self.metadata()),
+            state: self.cri_state().into(),
+            created_at: self.created_at,
+            network: Some(berth_proto::v1::PodSandboxNetworkStatus {
+                ip: ips.next().cloned().unwrap_or_default(),
+                additional_ips: ips
+                    .map(|ip| berth_proto::v1::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
+            linux: Some(berth_proto::v1::LinuxPodSandboxStatus {
+                namespaces: Some(berth_proto::v1::Namespace {
+                    options: Some(self.namespace_options()),
+                }),
+            }),
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            runtime_handler: self.runtime_handler.clone(),
+        }
+    }
+
+    /// `PodSandboxStatus(verbose).info["info"]`.
+    pub fn verbose_info(&self) -> Value {
+        let state = self.state();
+        json!({
+            "id": self.id,
+            "phase": state.phase,
+            "runtimeHandler": self.runtime_handler,
+            "cgroupParent": self.cgroup_parent,
+            "network": state.network,
+            "ips": state.ips,
+            "namespaces": state.pins,
+            "shm": state.shm,
+        })
+    }
+
+    fn matches(&self, filter: &PodSandboxFilter) -> bool {
+        if !filter.id.is_empty() && !self.id.starts_with(&filter.id) {
+            return false;
+        }
+        if let Some(s) = &filter.state
+            && s.state != i32::from(self.cri_state())
+        {
+            return false;
+        }
+        filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| self.config.labels.get(k) == Some(v))
+    }
+}
+
+/// Creates, tracks and removes pod sandboxes.
+#[derive(Debug)]
+pub struct PodManager {
+    config: Config,
+    pod_cidrs: Arc<RwLock<Vec<String>>>,
+    pods: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// Reserved sandbox names (`name_namespace_uid_attempt`) → id.
+    names: Mutex<HashMap<String, String>>,
+}
+
+impl PodManager {
+    /// A manager over `config`'s directories; call [`Self::recover`] before serving.
+    pub fn new(config: Config, pod_cidrs: Arc<RwLock<Vec<String>>>) -> Self {
+        Self {
+            config,
+            pod_cidrs,
+            pods: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.config.root_dir.join("pods")
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.records_dir().join(id)
+    }
+
+    fn volatile_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("pods").join(id)
+    }
+
+    fn pin_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("ns").join(id)
+    }
+
+    fn cni_runner(&self) -> CniRunner {
+        CniRunner {
+            plugin_dirs: self.config.cni.plugin_dirs.clone(),
+            cache_dir: self.config.root_dir.join("cni").join("results"),
+        }
+    }
+
+    fn pods_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Sandbox>>> {
+        self.pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pods_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Sandbox>>> {
+        self.pods
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("pod_sandbox_id is required".into()));
+        }
+        let pods = self.pods_read();
+        if let Some(p) = pods.get(id) {
+            return Ok(Some(Arc::clone(p)));
+        }
+        let mut found = pods.values().filter(|p| p.id.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some(p), None) => Ok(Some(Arc::clone(p))),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "pod sandbox id prefix {id:?} is ambiguous"
+            ))),
+        }
+    }
+
+    /// Like [`Self::find`], but a missing sandbox is `NotFound`.
+    pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        self.find(id)?
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    /// Sandboxes matching `filter`, newest first.
+    pub fn list(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodSandbox> {
+        let pods = self.pods_read();
+        let mut out: Vec<&Arc<Sandbox>> = pods
+            .values()
+            .filter(|p| p.state().phase != Phase::Creating)
+            .filter(|p| filter.is_none_or(|f| p.matches(f)))
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        out.into_iter().map(|p| p.to_cri()).collect()
+    }
+
+    /// `RunPodSandbox`: returns the new sandbox's id once it is ready.
+    pub async fn run(&self, config: PodSandboxConfig, runtime_handler: String) -> Result<String> {
+        let meta = validate(&config, &runtime_handler)?;
+        let cgroup_parent = self.validate_cgroup_parent(&config)?;
+        let name = sandbox_name(&meta);
+        let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
+        {
+            let mut names = self.names();
+            if let Some(holder) = names.get(&name) {
+                return Err(Error::AlreadyExists(format!(
+                    "pod sandbox name {name:?} is already reserved by sandbox {holder}"
+                )));
+            }
+            names.insert(name.clone(), id.clone());
+        }
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            config,
+            created_at: now_nanos(),
+            runtime_handler,
+            cgroup_parent,
+            state: Mutex::new(SandboxState {
+                phase: Phase::Creating,
+                ips: Vec::new(),
+                pins: PinnedNamespaces::default(),
+                shm: None,
+                network: None,
+            }),
+            op: tokio::sync::Mutex::new(()),
+        });
+        match self.create(&sandbox).await {
+            Ok(()) => {
+                self.pods_write().insert(id.clone(), sandbox);
+                tracing::info!(pod = %id, name = %name, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                let state = sandbox.state();
+                self.teardown(&sandbox, &state).await;
+                self.remove_files(&id);
+                self.names().remove(&name);
+                tracing::info!(name = %name, error = %e, "pod sandbox creation failed; rolled back");
+                Err(e)
+            }
+        }
+    }
+
+    async fn create(&self, sb: &Arc<Sandbox>) -> Result<()> {
+        let dir = self.pod_dir(&sb.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        store::write_atomic(&dir.join("config.pb"), &sb.config.encode_to_vec())
+            .map_err(|e| Error::io("persisting the sandbox config", e))?;
+        self.persist(sb)?;
+
+        let opts = sb.namespace_options();
+        let host_net = opts.network == i32::from(NamespaceMode::Node);
+        let host_ipc = opts.ipc == i32::from(NamespaceMode::Node);
+        let set = NamespaceSet {
+            net: !host_net,
+            ipc: !host_ipc,
+            uts: !host_net,
+        };
+        let hostname = sb.config.hostname.clone();
+        let mut sysctls: Vec<(String, String)> = sb
+            .config
+            .linux
+            .as_ref()
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        sysctls.sort();
+        let pin_dir = self.pin_dir(&sb.id);
+        let pins = tokio::task::spawn_blocking(move || {
+            namespaces::create_and_pin(&pin_dir, set, &hostname, &sysctls)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("namespace task: {e}")))?
+        .map_err(|e| match e {
+            NamespaceError::Sysctl(m) => Error::InvalidArgument(format!("linux.sysctls: {m}")),
+            other => Error::Internal(format!("setting up pod namespaces: {other}")),
+        })?;
+        self.update_state(sb, |s| s.pins = pins.clone());
+
+        if !host_ipc {
+            let shm = self.volatile_dir(&sb.id).join("shm");
+            files::mount_shm(&shm)
+                .map_err(|e| Error::io(format!("mounting /dev/shm at {}", shm.display()), e))?;
+            self.update_state(sb, |s| s.shm = Some(shm.clone()));
+        }
+        let resolv = files::resolv_conf(sb.config.dns_config.as_ref())
+            .map_err(|e| Error::io("reading the host's /etc/resolv.conf", e))?;
+        store::write_atomic(&dir.join("resolv.conf"), resolv.as_bytes())
+            .map_err(|e| Error::io("writing resolv.conf", e))?;
+        let hostname = if sb.config.hostname.is_empty() {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            sb.config.hostname.clone()
+        };
+        store::write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())
+            .map_err(|e| Error::io("writing hostname", e))?;
+
+        let mut ips = Vec::new();
+        if let Some(netns) = &pins.net {
+            let net = self.network()?;
+            self.update_state(sb, |s| s.network = Some(net.name.clone()));
+            let att = self.attachment(sb, netns);
+            let result = self
+                .cni_runner()
+                .add(&net, &att)
+                .await
+                .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+            ips = result_ips(&result);
+        }
+        store::write_atomic(&dir.join("hosts"), files::hosts(&hostname, &ips).as_bytes())
+            .map_err(|e| Error::io("writing hosts", e))?;
+        self.update_state(sb, |s| {
+            s.ips = ips.clone();
+            s.phase = Phase::Ready;
+        });
+        self.persist(sb)
+    }
+
+    fn network(&self) -> Result<NetworkConfig> {
+        let cidrs = self
+            .pod_cidrs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        cni::check_ready(&self.config.cni, &cidrs)
+            .map_err(|e| Error::FailedPrecondition(format!("pod network is not ready: {e}")))
+    }
+
+    fn attachment(&self, sb: &Sandbox, netns: &Path) -> Attachment {
+        let meta = sb.metadata();
+        let mut caps = Map::new();
+        let ports: Vec<Value> = sb
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| {
+                let proto = match berth_proto::v1::Protocol::try_from(p.protocol) {
+                    Ok(berth_proto::v1::Protocol::Udp) => "udp",
+                    Ok(berth_proto::v1::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                };
+                json!({
+                    "hostPort": p.host_port,
+                    "containerPort": p.container_port,
+                    "protocol": proto,
+                    "hostIP": p.host_ip,
+                })
+            })
+            .collect();
+        if !ports.is_empty() {
+            caps.insert("portMappings".into(), Value::Array(ports));
+        }
+        Attachment {
+            container_id: sb.id.clone(),
+            netns: netns.to_path_buf(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), meta.namespace.clone()),
+                ("K8S_POD_NAME".into(), meta.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), sb.id.clone()),
+                ("K8S_POD_UID".into(), meta.uid),
+            ],
+            capabilities: caps,
+        }
+    }
+
+    fn update_state(&self, sb: &Sandbox, f: impl FnOnce(&mut SandboxState)) {
+        let mut s = sb.state();
+        f(&mut s);
+        sb.set_state(s);
+    }
+
+    fn persist(&self, sb: &Sandbox) -> Result<()> {
+        let record = Record {
+            version: RECORD_VERSION,
+            id: sb.id.clone(),
+            created_at: sb.created_at,
+            runtime_handler: sb.runtime_handler.clone(),
+            cgroup_parent: sb.cgroup_parent.clone(),
+            state: sb.state(),
+        };
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::Internal(format!("encoding sandbox record: {e}")))?;
+        store::write_atomic(&self.pod_dir(&sb.id).join("record.json"), &bytes)
+            .map_err(|e| Error::io("persisting the sandbox record", e))
+    }
+
+    /// Undoes what a sandbox holds on the host: CNI attachment, /dev/shm, namespace
+    /// pins. Best effort: every step runs even if an earlier one failed; the first
+    /// CNI error is returned so the caller (and kubelet) can retry.
+    async fn teardown(&self, sb: &Sandbox, state: &SandboxState) -> Option<Error> {
+        let mut first_error = None;
+        if let (Some(netns), Some(network)) = (&state.pins.net, &state.network) {
+            // Use the network the pod was attached to, even if the config changed.
+            let net = self
+                .network()
+                .ok()
+                .filter(|n| &n.name == network)
+                .unwrap_or_else(|| NetworkConfig {
+                    source: cni::ConfigSource::Builtin,
+                    name: network.clone(),
+                    conflist: json!({ "name": network, "plugins": [] }),
+                    plugin_types: Vec::new(),
+                });
+            let att = self.attachment(sb, netns);
+            if let Err(e) = self.cni_runner().del(&net, &att).await {
+                tracing::warn!(pod = %sb.id, error = %e, "CNI DEL failed");
+                first_error = Some(Error::Internal(format!(
+                    "tearing down the pod network: {e}"
+                )));
+            }
+        }
+        if let Some(shm) = &state.shm
+            && let Err(e) = namespaces::unmount(shm)
+        {
+            tracing::warn!(pod = %sb.id, error = %e, "could not unmount /dev/shm");
+        }
+        namespaces::unpin(&state.pins);
+        let _ = std::fs::remove_dir(self.pin_dir(&sb.id));
+        first_error
+    }
+
+    fn remove_files(&self, id: &str) {
+        for dir in [self.pod_dir(id), self.volatile_dir(id), self.pin_dir(id)] {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(pod = %id, dir = %dir.display(), error = %e, "could not remove sandbox files");
+            }
+        }
+    }
+
+    /// `StopPodSandbox`: idempotent; an unknown id is not an error.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let Some(sb) = self.find(id)? else {
+            return Ok(());
+        };
+        let _op = sb.op.lock().await;
+        self.stop_locked(&sb).await
+    }
+
+    async fn stop_locked(&self, sb: &Sandbox) -> Result<()> {
+        let state = sb.state();
+        if state.phase != Phase::Ready {
+            return Ok(());
+        }
+        if let Some(e) = self.teardown(sb, &state).await {
+            return Err(e);
+        }
+        self.update_state(sb, |s| {
+            s.phase = Phase::NotReady;
+            s.pins = PinnedNamespaces::default();
+            s.shm = None;
+        });
+        self.persist(sb)?;
+        tracing::info!(pod = %sb.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// `RemovePodSandbox`: stops the sandbox if needed and forgets it. Idempotent.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(sb) = self.find(id)? else {
+            return Ok(());
+        };
+        let _op = sb.op.lock().await;
+        self.stop_locked(&sb).await?;
+        self.remove_files(&sb.id);
+        self.pods_write().remove(&sb.id);
+        let name = sandbox_name(&sb.metadata());
+        let mut names = self.names();
+        if names.get(&name) == Some(&sb.id) {
+            names.remove(&name);
+        }
+        tracing::info!(pod = %sb.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Rebuilds the index from the records on disk. Sandboxes berthd died creating
+    /// are torn down; ready sandboxes whose namespaces are gone (a reboot) are
+    /// stopped, releasing their IPs.
+    pub async fn recover(&self) -> Result<()> {
+        let dirs = store::record_dirs(&self.records_dir())
+            .map_err(|e| Error::io("listing sandbox records", e))?;
+        for dir in dirs {
+            let id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match self.load(&dir) {
+                Ok(sb) => {
+                    let sb = Arc::new(sb);
+                    let state = sb.state();
+                    match state.phase {
+                        Phase::Creating => {
+                            tracing::info!(pod = %id, "removing a sandbox berthd died creating");
+                            self.teardown(&sb, &state).await;
+                            self.remove_files(&id);
+                            continue;
+                        }
+                        Phase::Ready if state.pins.all().any(|p| !p.exists()) => {
+                            tracing::info!(pod = %id, "sandbox namespaces are gone (reboot?); stopping it");
+                            if let Err(e) = self.stop_locked(&sb).await {
+                                tracing::warn!(pod = %id, error = %e, "stopping a stale sandbox");
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.names()
+                        .insert(sandbox_name(&sb.metadata()), id.clone());
+                    self.pods_write().insert(id, sb);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %id, error = %e, "unreadable sandbox record; removing it");
+                    self.remove_files(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, dir: &Path) -> std::result::Result<Sandbox, String> {
+        let record: Record = serde_json::from_slice(
+            &std::fs::read(dir.join("record.json")).map_err(|e| format!("record.json: {e}"))?,
+        )
+        .map_err(|e| format!("record.json: {e}"))?;
+        let config = PodSandboxConfig::decode(
+            std::fs::read(dir.join("config.pb"))
+                .map_err(|e| format!("config.pb: {e}"))?
+                .as_slice(),
+        )
+        .map_err(|e| format!("config.pb: {e}"))?;
+        Ok(Sandbox {
+            id: record.id,
+            config,
+            created_at: record.created_at,
+            runtime_handler: record.runtime_handler,
+            cgroup_parent: record.cgroup_parent,
+            state: Mutex::new(record.state),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn validate_cgroup_parent(&self, config: &PodSandboxConfig) -> Result<String> {
+        let parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        if parent.is_empty() {
+            return Ok(parent);
+        }
+        if parent.contains("..") || parent.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "linux.cgroup_parent {parent:?} must not contain \"..\""
+            )));
+        }
+        match self.config.cgroup_driver {
+            CgroupDriver::Cgroupfs if parent.ends_with(".slice") => {
+                Err(Error::InvalidArgument(format!(
+                    "linux.cgroup_parent {parent:?} is a systemd slice, but berthd uses the cgroupfs driver (set cgroup_driver = \"systemd\" or give a path like /kubepods/pod<uid>)"
+                )))
+            }
+            CgroupDriver::Systemd if !parent.ends_with(".slice") => {
+                Err(Error::InvalidArgument(format!(
+                    "linux.cgroup_parent {parent:?} is not a systemd slice, but berthd uses the systemd driver"
+                )))
+            }
+            _ => Ok(parent),
+        }
+    }
+}
+
+fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+/// The unique name kubelet's metadata gives a sandbox (as containerd forms it).
+pub fn sandbox_name(meta: &PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}",
+        meta.name, meta.namespace, meta.uid, meta.attempt
+    )
+}
+
+fn validate(config: &PodSandboxConfig, runtime_handler: &str) -> Result<PodSandboxMetadata> {
+    if !NATIVE_HANDLERS.contains(&runtime_handler) {
+        return Err(Error::InvalidArgument(format!(
+            "unknown runtime handler {runtime_handler:?}: berthd has only the native handler (\"\" or \"berth\")"
+        )));
+    }
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+    for (field, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "config.metadata.{field} is required"
+            )));
+        }
+        if value.contains('/') || value.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "config.metadata.{field} {value:?} must not contain '/'"
+            )));
+        }
+    }
+    let opts = namespace_options(config);
+    for (field, mode) in [
+        ("network", opts.network),
+        ("pid", opts.pid),
+        ("ipc", opts.ipc),
+    ] {
+        match NamespaceMode::try_from(mode) {
+            Ok(NamespaceMode::Pod | NamespaceMode::Node) => {}
+            Ok(NamespaceMode::Container) if field == "pid" => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "namespace_options.{field}: mode {mode} is not valid for a pod sandbox"
+                )));
+            }
+        }
+    }
+    if let Some(userns) = &opts.userns_options
+        && userns.mode == i32::from(NamespaceMode::Pod)
+    {
+        return Err(Error::FailedPrecondition(
+            "user namespaces are not supported by berthd yet (Status advertises user_namespaces=false)".into(),
+        ));
+    }
+    if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "config.log_directory {:?} must be an absolute path",
+            config.log_directory
+        )));
+    }
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+
+    fn config(name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metadata_is_required_and_named() {
+        let mut c = config("a");
+        c.metadata.as_mut().expect("meta").uid.clear();
+        let e = validate(&c, "").expect_err("uid missing");
+        assert!(e.to_string().contains("metadata.uid"), "{e}");
+        let e = validate(&PodSandboxConfig::default(), "").expect_err("no metadata");
+        assert!(e.to_string().contains("metadata"), "{e}");
+    }
+
+    #[test]
+    fn unknown_runtime_handler_is_invalid() {
+        let e = validate(&config("a"), "kata").expect_err("unknown");
+        assert!(matches!(e, Error::InvalidArgument(_)));
+        assert!(e.to_string().contains("kata"), "{e}");
+        validate(&config("a"), "berth").expect("native by name");
+    }
+
+    #[test]
+    fn target_namespace_mode_is_invalid_for_pods() {
+        let mut c = config("a");
+        c.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: NamespaceMode::Target.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = validate(&c, "").expect_err("target");
+        assert!(e.to_string().contains("namespace_options.pid"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_parent_must_match_the_driver() {
+        let m = PodManager::new(Config::default(), Arc::default());
+        let mut c = config("a");
+        c.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent: "/test.slice".into(),
+            ..Default::default()
+        });
+        let e = m
+            .validate_cgroup_parent(&c)
+            .expect_err("slice with cgroupfs");
+        assert!(e.to_string().contains("systemd slice"), "{e}");
+        c.linux.as_mut().expect("linux").cgroup_parent = "/kubepods/burstable/podu1".into();
+        assert_eq!(
+            m.validate_cgroup_parent(&c).expect("path"),
+            "/kubepods/burstable/podu1"
+        );
+    }
+
+    #[test]
+    fn names_follow_containerds_form() {
+        let meta = config("web").metadata.expect("meta");
+        assert_eq!(sandbox_name(&meta), "web_default_u1_0");
+    }
+}
