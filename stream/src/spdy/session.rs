@@ -113,6 +113,17 @@ impl AsyncRead for StreamReader {
     }
 }
 
+/// A reader already at EOF, left in place of a reader that was handed out.
+pub(crate) fn closed_reader() -> StreamReader {
+    let (_tx, rx) = mpsc::channel(1);
+    StreamReader {
+        id: 0,
+        rx,
+        pending: Bytes::new(),
+        done: true,
+    }
+}
+
 /// The sending half of a stream. Cloning shares the stream; [`StreamWriter::close`]
 /// sends FIN once.
 #[derive(Debug)]
