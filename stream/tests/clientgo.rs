@@ -437,3 +437,50 @@ fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_v4_is_served_and_unknown_subprotocols_are_refused() {
+    let server = start_server(StreamConfig::default()).await;
+    let url = server
+        .register_exec(exec(
+            &["sh", "-c", "echo over v4; echo e >&2; exit 5"],
+            false,
+            false,
+            true,
+        ))
+        .unwrap();
+    let run = run_goclient(
+        &[
+            "exec",
+            "-url",
+            &url,
+            "-transport",
+            "websocket",
+            "-ws-protocols",
+            "v4.channel.k8s.io",
+        ],
+        Some(b""),
+    )
+    .await;
+    assert_eq!(run.result, "exit:5", "{run:?}");
+    assert_eq!(run.stdout, "over v4\n");
+    assert!(run.stderr.starts_with("e\n"), "{run:?}");
+
+    let url = server
+        .register_exec(exec(&["true"], false, false, true))
+        .unwrap();
+    let run = run_goclient(
+        &[
+            "exec",
+            "-url",
+            &url,
+            "-transport",
+            "websocket",
+            "-ws-protocols",
+            "v9.channel.k8s.io",
+        ],
+        Some(b""),
+    )
+    .await;
+    assert!(run.result.starts_with("error:"), "{run:?}");
+}

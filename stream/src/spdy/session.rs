@@ -466,6 +466,12 @@ async fn read_loop<R>(
                             status: goaway::PROTOCOL_ERROR,
                         }))
                         .await;
+                    // Make sure the GOAWAY is on the wire before anyone reacts to
+                    // the closed signal by dropping the session.
+                    let (done_tx, done_rx) = oneshot::channel();
+                    if st.out.send(Outgoing::Shutdown(done_tx)).await.is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), done_rx).await;
+                    }
                     break 'conn;
                 }
             }

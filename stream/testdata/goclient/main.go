@@ -2,7 +2,7 @@
 // crictl v1.37 uses (pkg/common/streaming.go), so the Rust integration tests
 // judge the server with a real client rather than an imitation.
 //
-//	goclient exec -url URL -transport spdy|websocket [-stdin] [-stdout] [-stderr] [-tty] [-resize 80x24,100x30]
+//	goclient exec -url URL -transport spdy|websocket [-stdin] [-stdout] [-stderr] [-tty] [-resize 80x24,100x30] [-ws-protocols v4.channel.k8s.io]
 //	goclient portforward -url URL -transport spdy|websocket -port P -payload TEXT [-conns N]
 //
 // exec prints the remote stdout/stderr on its own stdout/stderr and ends with one
@@ -109,6 +109,7 @@ func runExec(args []string) error {
 	tty := fs.Bool("tty", false, "allocate a terminal")
 	resize := fs.String("resize", "", "terminal sizes to send, e.g. 80x24,100x30")
 	timeout := fs.Duration("timeout", 60*time.Second, "overall deadline")
+	wsProtocols := fs.String("ws-protocols", "", "WebSocket subprotocols to offer instead of client-go's default (v5.channel.k8s.io)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,7 +123,11 @@ func runExec(args []string) error {
 	case "spdy":
 		executor, err = remotecommand.NewSPDYExecutor(config, "POST", u)
 	case "websocket":
-		executor, err = remotecommand.NewWebSocketExecutor(config, "GET", u.String())
+		if *wsProtocols != "" {
+			executor, err = remotecommand.NewWebSocketExecutorForProtocols(config, "GET", u.String(), strings.Split(*wsProtocols, ",")...)
+		} else {
+			executor, err = remotecommand.NewWebSocketExecutor(config, "GET", u.String())
+		}
 	default:
 		err = fmt.Errorf("unknown transport %q", *transport)
 	}
