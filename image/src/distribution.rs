@@ -299,6 +299,13 @@ impl Session {
                         secs: self.stall.as_secs(),
                     });
                 }
+                Ok(Err(source)) if source.is_timeout() => {
+                    return Err(RegistryError::Stalled {
+                        endpoint: self.name(),
+                        what: what.to_owned(),
+                        secs: self.stall.as_secs(),
+                    });
+                }
                 Ok(Err(source)) => {
                     return Err(RegistryError::Unreachable {
                         endpoint: self.name(),

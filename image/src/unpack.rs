@@ -161,12 +161,72 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<(), UnpackError> {
             .map_err(|e| entry_err(e.into()))?;
             continue;
         }
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            // tar-rs would write these as regular files; create the node ourselves.
+            let dir = safe_dir(dest, rel.parent().unwrap_or(Path::new("")), &name)?;
+            make_node(entry.header(), &dir.join(file_name)).map_err(entry_err)?;
+            continue;
+        }
         let unpacked = entry.unpack_in(dest).map_err(entry_err)?;
         if !unpacked {
             return Err(UnpackError::PathEscape { entry: name });
         }
     }
     Ok(())
+}
+
+/// Creates a device node or FIFO as the header describes, with its owner and mode.
+fn make_node(header: &tar::Header, path: &Path) -> io::Result<()> {
+    use rustix::fs::{FileType, Mode};
+    let kind = header.entry_type();
+    let file_type = if kind.is_character_special() {
+        FileType::CharacterDevice
+    } else if kind.is_block_special() {
+        FileType::BlockDevice
+    } else {
+        FileType::Fifo
+    };
+    // FIFOs carry no device numbers (some writers leave the fields blank).
+    let (major, minor) = if file_type == FileType::Fifo {
+        (0, 0)
+    } else {
+        (
+            header.device_major()?.unwrap_or(0),
+            header.device_minor()?.unwrap_or(0),
+        )
+    };
+    let mode = header.mode()? & 0o7777;
+    let uid = u32::try_from(header.uid()?).map_err(|_| invalid("uid out of range"))?;
+    let gid = u32::try_from(header.gid()?).map_err(|_| invalid("gid out of range"))?;
+    remove_existing(path)?;
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        file_type,
+        Mode::from_raw_mode(mode),
+        rustix::fs::makedev(major, minor),
+    )?;
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    // mknod applies the umask; set the exact mode (after chown, which may clear
+    // set-id bits).
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        path,
+        Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 /// `path` made relative (leading `/` and `.` dropped), or `None` if it has `..`.
@@ -335,6 +395,23 @@ mod tests {
         let a = std::fs::metadata(dest.path().join("bin/busybox")).unwrap();
         let b = std::fs::metadata(dest.path().join("bin/sh")).unwrap();
         assert_eq!(a.ino(), b.ino());
+    }
+
+    #[test]
+    fn fifos_are_created_as_fifos_with_their_mode() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dest = tempfile::tempdir().unwrap();
+        let data = tar_with(|b| {
+            let mut h = file_header("run/pipe", 0);
+            h.set_entry_type(tar::EntryType::Fifo);
+            h.set_mode(0o620);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        });
+        unpack_tar(&data[..], dest.path()).unwrap();
+        let m = std::fs::symlink_metadata(dest.path().join("run/pipe")).unwrap();
+        assert!(m.file_type().is_fifo());
+        assert_eq!(m.permissions().mode() & 0o7777, 0o620);
     }
 
     #[test]

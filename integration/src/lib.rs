@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod forge;
+pub mod registry;
 pub mod tools;
 
 pub use client::CriClient;
