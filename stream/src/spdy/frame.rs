@@ -875,6 +875,44 @@ mod tests {
         );
     }
 
+    /// Everything client-go v0.37.0's SPDY executor sent after the 101 for
+    /// `exec -i cat` with stdin "captured stdin\n" (recorded through a TCP proxy
+    /// in front of this server): four SYN_STREAMs sharing one zlib context, the
+    /// stdin bytes, then FIN on stdin.
+    #[test]
+    fn decodes_a_real_client_go_exec_session() {
+        let mut buf = BytesMut::from(&include_bytes!("testdata_clientgo_exec.bin")[..]);
+        let mut dec = FrameDecoder::default();
+        let mut frames = Vec::new();
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        assert!(buf.is_empty());
+        let opened: Vec<(u32, &str)> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::SynStream {
+                    stream_id, headers, ..
+                } => Some((*stream_id, headers.get("streamtype").unwrap_or(""))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened, [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")]);
+        assert!(frames.contains(&Frame::Data {
+            stream_id: 3,
+            flags: 0,
+            data: Bytes::from_static(b"captured stdin\n"),
+        }));
+        assert_eq!(
+            frames.last(),
+            Some(&Frame::Data {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                data: Bytes::new(),
+            })
+        );
+    }
+
     #[test]
     fn our_frames_match_the_go_framer_byte_for_byte_where_no_compression_is_involved() {
         let go = include_bytes!("testdata_go_frames.bin");
