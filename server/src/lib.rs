@@ -3,6 +3,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod error;

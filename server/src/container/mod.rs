@@ -1,0 +1,5 @@
+//! Containers: CRI config → OCI spec, and (soon) their life cycle through
+//! berth-monitor and runtime-core.
+
+pub mod seccomp;
+pub mod spec;
