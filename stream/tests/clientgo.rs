@@ -246,9 +246,7 @@ async fn port_forward_errors_are_written_on_the_error_stream() {
         // client-go logs what the server wrote on the error stream.
         assert!(
             run.stderr
-                .contains("error forwarding port 8080 to pod no-such-pod")
-                && run.stderr.contains("\\\"no-such-pod\\\" not found")
-                || run.stderr.contains("\"no-such-pod\" not found"),
+                .contains("error forwarding port 8080 to pod no-such-pod"),
             "{transport}: {run:?}"
         );
     }
@@ -483,4 +481,36 @@ async fn websocket_v4_is_served_and_unknown_subprotocols_are_refused() {
     )
     .await;
     assert!(run.result.starts_with("error:"), "{run:?}");
+}
+
+/// critest's "exec with tty=true and stdin=true": the client opens a resize
+/// stream but sends no size, and keeps stdin open for 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_tty_and_no_resizes_finishes_like_critest_expects() {
+    let server = start_server(StreamConfig::default()).await;
+    for transport in TRANSPORTS {
+        let url = server
+            .register_exec(exec(&["echo", "hello"], true, true, false))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let run = run_goclient(
+            &[
+                "exec",
+                "-url",
+                &url,
+                "-transport",
+                transport,
+                "-stdin",
+                "-tty",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(run.result, "ok", "{transport}: {run:?}");
+        assert_eq!(run.stdout, "hello\r\n", "{transport}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{transport} waited for stdin"
+        );
+    }
 }
