@@ -329,7 +329,23 @@ pub(crate) async fn serve_spdy<B: StreamBackend>(
     }
 
     let mut gone = session.closed_signal();
-    let outcome = run(&*backend, cmd, io, async move { gone.wait().await }).await;
+    let work = run(&*backend, cmd, io, async move { gone.wait().await });
+    tokio::pin!(work);
+    // Keep refusing streams the client opens later, so they cannot pile up in
+    // the session's accept queue and stall its reader.
+    let mut accepting = true;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            s = session.accept(), if accepting => match s {
+                Some(s) => {
+                    tracing::info!(streamtype = s.headers.get("streamtype").unwrap_or(""), "extra remotecommand stream; resetting it");
+                    s.writer.reset(rst::REFUSED_STREAM).await;
+                }
+                None => accepting = false,
+            },
+        }
+    };
     if let Some(t) = resize_task {
         t.abort();
     }

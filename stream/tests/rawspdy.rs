@@ -170,7 +170,8 @@ async fn streams_of_unknown_types_are_refused_and_the_exec_still_runs() {
     let url = server
         .register_exec(ExecRequest {
             container_id: "c1".into(),
-            cmd: vec!["echo".into(), "fine".into()],
+            // Long enough that stream 9 arrives while the command runs.
+            cmd: vec!["sh".into(), "-c".into(), "sleep 0.5; echo fine".into()],
             tty: false,
             stdin: false,
             stdout: true,
@@ -184,6 +185,8 @@ async fn streams_of_unknown_types_are_refused_and_the_exec_still_runs() {
     client.open(5, "error").await; // duplicate
     client.open(7, "stdout").await;
     client.send(&Frame::Ping { id: 41 }).await;
+    // Streams opened after the command started are refused too.
+    client.open(9, "stdin").await;
     let (data, control) = collect(&mut client).await;
     assert!(control.contains(&Frame::RstStream {
         stream_id: 1,

@@ -897,7 +897,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(opened, [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")]);
+        assert_eq!(
+            opened,
+            [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")]
+        );
         assert!(frames.contains(&Frame::Data {
             stream_id: 3,
             flags: 0,
