@@ -275,11 +275,15 @@ pub fn goclient() -> PathBuf {
         for f in ["main.go", "go.mod", "go.sum"] {
             h = fnv(&std::fs::read(src.join(f)).expect("goclient sources"), h);
         }
-        let dir = std::env::var_os("BERTH_CACHE_DIR")
+        let mut dir = std::env::var_os("BERTH_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/berth"))
             .join("stream");
-        std::fs::create_dir_all(&dir).expect("cache dir");
+        if std::fs::create_dir_all(&dir).is_err() {
+            // Not root and no cache override: build into cargo's per-target temp dir.
+            dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("goclient");
+            std::fs::create_dir_all(&dir).expect("goclient build dir");
+        }
         let bin = dir.join(format!("goclient-{h:016x}"));
         if !bin.exists() {
             let tmp = dir.join(format!("goclient-{h:016x}.tmp{}", std::process::id()));
