@@ -9,6 +9,8 @@
 //! snapshots/<chain hex>/fs  an unpacked layer, usable as an overlay lower dir
 //! snapshots/tmp-*           unpacks in progress (cleared at open)
 //! images/<id hex>.json      image records, written atomically
+//! leases/<holder>.json      snapshots a container holds (kept by GC even after
+//!                           its image is removed)
 //! ```
 //!
 //! A pull writes blobs, then snapshots, then the image record last, so an
@@ -150,6 +152,8 @@ pub enum StoreError {
     },
     #[error("image record {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("invalid lease holder {0:?}: use letters, digits, '-', '_' and '.'")]
+    InvalidHolder(String),
     #[error("background task failed: {0}")]
     Task(String),
 }
@@ -158,7 +162,7 @@ impl StoreError {
     /// The class of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Reference(_) => ErrorKind::InvalidArgument,
+            Self::Reference(_) | Self::InvalidHolder(_) => ErrorKind::InvalidArgument,
             Self::NotFound { .. } | Self::NoPlatform { .. } => ErrorKind::NotFound,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Unauthorized { .. } => ErrorKind::PermissionDenied,
@@ -255,6 +259,8 @@ struct Inner {
     options: StoreOptions,
     http: HttpClients,
     images: RwLock<HashMap<Digest, Image>>,
+    /// Snapshot chain ids held by containers, by holder.
+    leases: RwLock<HashMap<String, Vec<Digest>>>,
     /// Serialises changes to image records.
     write: tokio::sync::Mutex<()>,
     locks: KeyedLocks,
@@ -268,7 +274,7 @@ impl ImageStore {
     /// interrupted pulls and loads the image records.
     pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in ["blobs/sha256", "ingest", "snapshots", "images"] {
+        for dir in ["blobs/sha256", "ingest", "snapshots", "images", "leases"] {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
@@ -308,7 +314,8 @@ impl ImageStore {
             }
             images.insert(image.id.clone(), image);
         }
-        info!(root = %root.display(), images = images.len(), "image store opened");
+        let leases = load_leases(&root.join("leases"))?;
+        info!(root = %root.display(), images = images.len(), leases = leases.len(), "image store opened");
         let http = HttpClients::new(options.stall_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -316,6 +323,7 @@ impl ImageStore {
                 options,
                 http,
                 images: RwLock::new(images),
+                leases: RwLock::new(leases),
                 write: tokio::sync::Mutex::new(()),
                 locks: KeyedLocks::default(),
                 gc: tokio::sync::RwLock::new(()),
@@ -423,6 +431,63 @@ impl ImageStore {
             self.write_record(image).await?;
         }
         Ok(true)
+    }
+
+    /// Holds `image`'s snapshots for `holder` (a container id) so that removing the
+    /// image does not delete lower dirs a running container uses. Returns the
+    /// overlay lower dirs, top first. Holding again replaces the holder's lease.
+    pub async fn lease(&self, holder: &str, image: &Image) -> Result<Vec<PathBuf>, StoreError> {
+        validate_holder(holder)?;
+        let _w = self.inner.write.lock().await;
+        if !self.read_images().contains_key(&image.id) {
+            return Err(StoreError::NotFound {
+                reference: image.id.to_string(),
+                tried: vec!["local image store".into()],
+            });
+        }
+        let chains: Vec<Digest> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
+        let path = self
+            .inner
+            .root
+            .join("leases")
+            .join(format!("{holder}.json"));
+        let bytes = serde_json::to_vec(&chains).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.inner
+            .leases
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(holder.to_owned(), chains);
+        Ok(self.snapshot_dirs(image))
+    }
+
+    /// Drops `holder`'s lease (no error if it had none). Its snapshots go at the next
+    /// GC if no image or other lease uses them.
+    pub async fn release(&self, holder: &str) -> Result<(), StoreError> {
+        validate_holder(holder)?;
+        let _w = self.inner.write.lock().await;
+        let path = self
+            .inner
+            .root
+            .join("leases")
+            .join(format!("{holder}.json"));
+        tokio::task::spawn_blocking(move || {
+            remove_path(&path)?;
+            sync_parent(&path)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.inner
+            .leases
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(holder);
+        Ok(())
     }
 
     /// Removes snapshots and blobs no image refers to.
@@ -949,11 +1014,15 @@ impl ImageStore {
 
     /// GC proper; the caller holds the GC lock exclusively.
     async fn collect(&self) -> Result<GcReport, StoreError> {
+        // No lease or record may change while we decide what to delete.
+        let _w = self.inner.write.lock().await;
         let (chains, blobs): (HashSet<String>, HashSet<String>) = {
             let images = self.read_images();
+            let leases = self.inner.leases.read().unwrap_or_else(|p| p.into_inner());
             let chains = images
                 .values()
                 .flat_map(|i| i.layers.iter().map(|l| l.chain_id.hex().to_owned()))
+                .chain(leases.values().flatten().map(|c| c.hex().to_owned()))
                 .collect();
             let blobs = images
                 .values()
@@ -1022,6 +1091,44 @@ impl ImageStore {
     fn write_images(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Digest, Image>> {
         self.inner.images.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A lease holder name is used as a file name: keep it plain.
+fn validate_holder(holder: &str) -> Result<(), StoreError> {
+    let ok = !holder.is_empty()
+        && holder.len() <= 128
+        && !holder.starts_with('.')
+        && holder
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidHolder(holder.to_owned()))
+    }
+}
+
+fn load_leases(dir: &Path) -> Result<HashMap<String, Vec<Digest>>, StoreError> {
+    let mut leases = HashMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let path = entry.map_err(io_err("listing", dir))?.path();
+        let Some(holder) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            remove_path(&path)?;
+            continue;
+        };
+        let bytes = std::fs::read(&path).map_err(io_err("reading", &path))?;
+        match serde_json::from_slice::<Vec<Digest>>(&bytes) {
+            Ok(chains) => {
+                leases.insert(holder.to_owned(), chains);
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "skipping corrupt lease"),
+        }
+    }
+    Ok(leases)
 }
 
 /// `sha256:<hex>` or a bare 64-hex id.
@@ -1282,6 +1389,34 @@ mod tests {
         assert!(s.untag("x:2").await.unwrap());
         // Image b still has its repo digest, so it stays.
         assert!(s.status(d('b').as_str()).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn leased_snapshots_outlive_their_image_until_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        std::fs::create_dir_all(snapshot_fs(tmp.path(), &d('c'))).unwrap();
+        let img = s
+            .commit(image('a', &["docker.io/library/x:1"], 'c'))
+            .await
+            .unwrap();
+        let dirs = s.lease("ctr-1", &img).await.unwrap();
+        assert_eq!(dirs, s.snapshot_dirs(&img));
+        assert!(s.lease("../evil", &img).await.is_err());
+        s.remove("x:1").await.unwrap().unwrap();
+        assert!(
+            dirs[0].exists(),
+            "a leased snapshot must survive image removal"
+        );
+        // The lease survives a restart.
+        drop(s);
+        let s = store(tmp.path());
+        s.gc().await.unwrap();
+        assert!(dirs[0].exists());
+        s.release("ctr-1").await.unwrap();
+        s.release("ctr-1").await.unwrap();
+        assert_eq!(s.gc().await.unwrap().snapshots, 1);
+        assert!(!dirs[0].exists());
     }
 
     #[tokio::test]

@@ -340,11 +340,20 @@ pub struct User {
     pub gid: u32,
 }
 
+/// A group in the base layer's `/etc/group`.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
+    /// Supplementary members.
+    pub members: Vec<String>,
+}
+
 /// The busybox base layer: `/bin/busybox` with every applet as a hard link at its
 /// usual path (critest's MaskedPaths spec needs `/bin/ls` to be a real file), the
 /// usual directories, and `/etc/passwd` + `/etc/group` with root, nobody, www-data
 /// and the given extra users and groups.
-pub fn busybox_layer(users: &[User], groups: &[(&str, u32)]) -> anyhow::Result<LayerBuilder> {
+pub fn busybox_layer(users: &[User], groups: &[Group]) -> anyhow::Result<LayerBuilder> {
     let mut layer = LayerBuilder::new();
     for (dir, mode) in [
         ("bin", 0o755),
@@ -389,8 +398,8 @@ pub fn busybox_layer(users: &[User], groups: &[(&str, u32)]) -> anyhow::Result<L
             u.name, u.uid, u.gid, u.name, u.name
         ));
     }
-    for (name, gid) in groups {
-        group.push_str(&format!("{name}:x:{gid}:\n"));
+    for g in groups {
+        group.push_str(&format!("{}:x:{}:{}\n", g.name, g.gid, g.members.join(",")));
     }
     Ok(layer
         .file("etc/passwd", passwd, 0o644)
@@ -830,4 +839,113 @@ mod tests {
         assert_eq!(cfg["rootfs"]["diff_ids"][0], img.layers[0].diff_id);
         assert_eq!(img.id(), sha256(&img.config));
     }
+}
+
+/// An image as critest (or any test) names it upstream, with its tags.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// Full upstream repository, e.g. `gcr.io/k8s-staging-cri-tools/test-image-tags`.
+    pub upstream: String,
+    pub tags: Vec<String>,
+    pub image: BuiltImage,
+}
+
+impl Published {
+    /// The repository path inside a registry (the upstream without its host).
+    pub fn path(&self) -> &str {
+        self.upstream
+            .split_once('/')
+            .map_or(self.upstream.as_str(), |(_, p)| p)
+    }
+}
+
+fn published(upstream: &str, tags: &[&str], image: BuiltImage) -> Published {
+    Published {
+        upstream: upstream.to_owned(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        image,
+    }
+}
+
+/// The images critest's image specs pull (cri-tools `pkg/validate/consts.go`), plus
+/// the default busybox and `pause:3.9` under both registry names. Built from the
+/// busybox base (shared by all, so one snapshot), each with its distinguishing file
+/// or USER. Not included: nginx, httpd, nonewprivs and hostnet-nginx (they need
+/// more than busybox), and `test-image-digest` (its upstream digest cannot be
+/// reproduced).
+pub fn critest_images() -> anyhow::Result<Vec<Published>> {
+    const STAGING: &str = "gcr.io/k8s-staging-cri-tools";
+    let base = busybox_layer(
+        &[User {
+            name: "default-user".into(),
+            uid: 1000,
+            gid: 1000,
+        }],
+        &[
+            Group {
+                name: "default-user".into(),
+                gid: 1000,
+                members: vec![],
+            },
+            Group {
+                name: "group-defined-in-image".into(),
+                gid: 50000,
+                members: vec!["default-user".into()],
+            },
+        ],
+    )?;
+    let busybox = || ImageBuilder::new().layer(base.clone()).cmd(["sh"]);
+    let with_file = |name: &str| -> anyhow::Result<BuiltImage> {
+        busybox()
+            .layer(LayerBuilder::new().file(&format!("/{name}"), format!("{name}\n"), 0o644))
+            .build()
+    };
+    let mut out = vec![
+        published(
+            "registry.k8s.io/e2e-test-images/busybox",
+            &["1.29-2"],
+            busybox().build()?,
+        ),
+        published(
+            &format!("{STAGING}/test-image-latest"),
+            &["latest"],
+            with_file("test-image-latest")?,
+        ),
+        published(
+            &format!("{STAGING}/test-image-tag"),
+            &["test", "all"],
+            with_file("test-image-tag")?,
+        ),
+        published(
+            &format!("{STAGING}/test-image-tags"),
+            &["1", "2", "3"],
+            with_file("test-image-tags")?,
+        ),
+    ];
+    for n in 1..=3 {
+        let name = format!("test-image-{n}");
+        out.push(published(
+            &format!("{STAGING}/{name}"),
+            &["latest"],
+            with_file(&name)?,
+        ));
+    }
+    for (name, user) in [
+        ("test-image-user-uid", "1002"),
+        ("test-image-user-username", "www-data"),
+        ("test-image-user-uid-group", "1003:1004"),
+        ("test-image-user-username-group", "www-data:1004"),
+        ("test-image-predefined-group", "1000"),
+    ] {
+        out.push(published(
+            &format!("{STAGING}/{name}"),
+            &["latest"],
+            busybox().user(user).build()?,
+        ));
+    }
+    // The pause image: never run by the image specs, only pulled under two names.
+    let pause = busybox().entrypoint(["/bin/sleep", "2147483647"]).build()?;
+    out.push(published("registry.k8s.io/pause", &["3.9"], pause.clone()));
+    out.push(published("k8s.gcr.io/pause", &["3.9"], pause));
+    Ok(out)
 }

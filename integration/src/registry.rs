@@ -11,6 +11,9 @@ use anyhow::{Context, bail};
 
 use crate::forge::{BuiltImage, Pusher};
 
+/// The upstream registries critest's images live on.
+pub const CRITEST_HOSTS: &[&str] = &["registry.k8s.io", "gcr.io", "k8s.gcr.io", "docker.io"];
+
 /// The registry binary from Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// How long the registry may take to accept connections.
@@ -149,6 +152,39 @@ impl TestRegistry {
     /// A pusher with this registry's credentials.
     pub fn pusher(&self) -> anyhow::Result<Pusher> {
         Pusher::new(&self.url(), self.credentials.clone())
+    }
+
+    /// Pushes each image under its upstream path with all its tags.
+    pub async fn push_all(&self, images: &[crate::forge::Published]) -> anyhow::Result<()> {
+        let pusher = self.pusher()?;
+        for p in images {
+            for tag in &p.tags {
+                pusher
+                    .push(p.path(), tag, &p.image)
+                    .await
+                    .with_context(|| format!("pushing {}:{tag}", p.upstream))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `<dir>/<host>/hosts.toml` for each upstream `host` with this registry
+    /// as its server, so images keep their upstream names and a pull never leaves
+    /// the machine.
+    pub fn write_mirror_hosts(&self, dir: &Path, hosts: &[&str]) -> anyhow::Result<()> {
+        for host in hosts {
+            let d = dir.join(host);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::write(
+                d.join("hosts.toml"),
+                format!(
+                    "# Test mirror for {host}: everything is served by the local registry.\n\
+                     server = \"{}\"\n",
+                    self.url()
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// Pushes `image` as `repo:tag`.

@@ -10,8 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_image::{Auth, ErrorKind, ImageStore, RegistryHosts, StoreError, StoreOptions};
-use berth_integration::forge::{Compression, ImageBuilder, LayerBuilder, User, busybox_layer};
-use berth_integration::registry::{TestRegistry, free_port};
+use berth_integration::forge::{
+    Compression, Group, ImageBuilder, LayerBuilder, User, busybox_layer, critest_images,
+};
+use berth_integration::registry::{CRITEST_HOSTS, TestRegistry, free_port};
 
 fn open_store(root: &Path, hosts_dir: Option<PathBuf>) -> ImageStore {
     ImageStore::open(
@@ -56,7 +58,17 @@ async fn busybox_image_pulls_with_exact_names_users_and_hard_linked_applets() {
         gid: 50000,
     }];
     let image = ImageBuilder::new()
-        .layer(busybox_layer(&users, &[("predefined", 50000)]).unwrap())
+        .layer(
+            busybox_layer(
+                &users,
+                &[Group {
+                    name: "predefined".into(),
+                    gid: 50000,
+                    members: vec!["default-user".into()],
+                }],
+            )
+            .unwrap(),
+        )
         .layer(LayerBuilder::new().file_owned(
             "/home/default-user/note",
             "mine\n",
@@ -585,4 +597,130 @@ async fn a_registry_that_stops_sending_is_abandoned_after_the_stall_timeout() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("no data"), "{err}");
     drop(listener);
+}
+
+/// Bytes gzip cannot shrink, so the download takes a measurable time.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test]
+async fn a_cancelled_pull_leaves_no_image_and_a_retry_succeeds() {
+    let reg = TestRegistry::start().expect("registry");
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("/a", noise(24 << 20, 1), 0o644))
+        .layer(LayerBuilder::new().file("/b", noise(24 << 20, 2), 0o644))
+        .build()
+        .unwrap();
+    reg.push("big/app", "1", &image).await.unwrap();
+    let name = format!("{}/big/app:1", reg.host());
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), None);
+    let mut cancelled = 0;
+    for ms in [1, 10, 50, 150] {
+        match tokio::time::timeout(
+            Duration::from_millis(ms),
+            store.pull(&name, &Auth::anonymous()),
+        )
+        .await
+        {
+            Err(_) => {
+                cancelled += 1;
+                assert!(store.list().is_empty(), "cancelled after {ms} ms");
+                assert!(store.status(&name).unwrap().is_none());
+                // Aborted download tasks are dropped by the runtime right after;
+                // their partial files must go with them.
+                let ingest = tmp.path().join("ingest");
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !tree(&ingest).is_empty() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert!(
+                    tree(&ingest).is_empty(),
+                    "a cancelled download must remove its partial file"
+                );
+            }
+            Ok(r) => {
+                r.expect("pull");
+                store.remove(&name).await.unwrap();
+            }
+        }
+    }
+    assert!(
+        cancelled > 0,
+        "no pull was cancelled; the image is too small"
+    );
+    let pulled = store.pull(&name, &Auth::anonymous()).await.expect("retry");
+    assert_eq!(pulled.id.as_str(), image.id());
+    for dir in store.snapshot_dirs(&pulled) {
+        assert!(dir.is_dir());
+    }
+    assert!(tree(&tmp.path().join("ingest")).is_empty());
+}
+
+#[tokio::test]
+async fn critest_images_pull_through_mirrors_under_their_upstream_names() {
+    let reg = TestRegistry::start().expect("registry");
+    let images = critest_images().unwrap();
+    reg.push_all(&images).await.unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    reg.write_mirror_hosts(hosts.path(), CRITEST_HOSTS).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), Some(hosts.path().to_owned()));
+    let anon = Auth::anonymous();
+    for p in &images {
+        for tag in &p.tags {
+            let name = format!("{}:{tag}", p.upstream);
+            let img = store.pull(&name, &anon).await.expect(&name);
+            assert_eq!(img.id.as_str(), p.image.id(), "{name}");
+            assert!(img.repo_tags.contains(&name), "{name}: {:?}", img.repo_tags);
+        }
+    }
+    let staging = "gcr.io/k8s-staging-cri-tools";
+    let id = |n: &str| store.status(&format!("{staging}/{n}")).unwrap().unwrap().id;
+    // One image, three tags; three tags, three images.
+    assert_eq!(id("test-image-tags:1"), id("test-image-tags:3"));
+    assert_eq!(
+        store
+            .status(&format!("{staging}/test-image-tags:2"))
+            .unwrap()
+            .unwrap()
+            .repo_tags
+            .len(),
+        3
+    );
+    assert_ne!(id("test-image-1"), id("test-image-2"));
+    assert_ne!(id("test-image-2"), id("test-image-3"));
+    let user = |n: &str| store.status(&format!("{staging}/{n}")).unwrap().unwrap();
+    assert_eq!(user("test-image-user-uid").uid(), Some(1002));
+    assert_eq!(user("test-image-user-uid-group").uid(), Some(1003));
+    assert_eq!(user("test-image-user-username").username(), "www-data");
+    assert_eq!(
+        user("test-image-user-username-group").username(),
+        "www-data"
+    );
+    // pause:3.9 from both registries is one image with both names; removing it by
+    // one name removes both.
+    let pause = store.status("registry.k8s.io/pause:3.9").unwrap().unwrap();
+    assert_eq!(
+        pause.repo_tags,
+        ["registry.k8s.io/pause:3.9", "k8s.gcr.io/pause:3.9"]
+    );
+    store.remove("k8s.gcr.io/pause:3.9").await.unwrap();
+    assert!(store.status("registry.k8s.io/pause:3.9").unwrap().is_none());
+    // Every busybox-based image shares the base layer's single snapshot.
+    let bases: std::collections::HashSet<_> = store
+        .list()
+        .iter()
+        .map(|i| i.layers[0].chain_id.clone())
+        .collect();
+    assert_eq!(bases.len(), 1);
 }
