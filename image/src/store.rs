@@ -37,6 +37,8 @@ use crate::oci::{
 use crate::reference::{Digest, Reference, ReferenceError};
 use crate::unpack::{self, UnpackError};
 
+mod import;
+
 /// Largest manifest or config document accepted.
 const CONFIG_LIMIT: u64 = 16 << 20;
 
@@ -352,9 +354,9 @@ impl ImageStore {
             if let Some(i) = images.get(&id) {
                 return Ok(Some(i.clone()));
             }
-            if ref_or_id.starts_with("sha256:") {
-                return Ok(None);
-            }
+            // A bare 64-hex string is never a reference (the parser refuses it), so an
+            // unknown id is simply not stored; kubelet and critest remove by bare id.
+            return Ok(None);
         }
         let r = Reference::parse(ref_or_id)?;
         let found = match (r.digest(), r.repo_tag()) {
