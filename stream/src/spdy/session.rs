@@ -28,6 +28,8 @@ pub const MAX_DATA_CHUNK: usize = 32 * 1024;
 const INBOUND_QUEUE: usize = 32;
 const OUTBOUND_QUEUE: usize = 64;
 const ACCEPT_QUEUE: usize = 32;
+/// Streams a client may have open at once; more are refused.
+pub const MAX_OPEN_STREAMS: usize = 1024;
 
 /// Something a session's writer task is asked to do.
 #[derive(Debug)]
@@ -511,9 +513,15 @@ impl ReaderState {
                 let Some((tx, _)) = self.streams.get(&stream_id) else {
                     return true;
                 };
-                if !data.is_empty() {
-                    // A reader that went away just means nobody wants the bytes.
-                    let _ = tx.send(Inbound::Data(data)).await;
+                // Queue big frames in slices (sharing one allocation) so a stream's
+                // queue holds at most INBOUND_QUEUE * MAX_DATA_CHUNK bytes.
+                let mut data = data;
+                while !data.is_empty() {
+                    let slice = data.split_to(data.len().min(MAX_DATA_CHUNK));
+                    if tx.send(Inbound::Data(slice)).await.is_err() {
+                        // The reader went away: nobody wants the bytes.
+                        break;
+                    }
                 }
                 if flags & FLAG_FIN != 0
                     && let Some((tx, _)) = self.streams.remove(&stream_id)
@@ -575,6 +583,16 @@ impl ReaderState {
                 .is_ok();
         }
         self.last_stream.send_replace(id);
+        if self.streams.len() >= MAX_OPEN_STREAMS {
+            return self
+                .out
+                .send(Outgoing::Frame(Frame::RstStream {
+                    stream_id: id,
+                    status: rst::REFUSED_STREAM,
+                }))
+                .await
+                .is_ok();
+        }
         let Some(incoming) = self.incoming.clone() else {
             return self
                 .out
@@ -852,6 +870,27 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_incoming_frame_reads_back_whole() {
+        let (mut session, mut client) = pair();
+        client.open(1, "stdin", 0).await;
+        client.recv().await.unwrap();
+        let mut stream = session.accept().await.unwrap();
+        let big: Vec<u8> = (0..(3 * MAX_DATA_CHUNK + 5))
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        client
+            .send(Frame::Data {
+                stream_id: 1,
+                flags: FLAG_FIN,
+                data: Bytes::from(big.clone()),
+            })
+            .await;
+        let mut got = Vec::new();
+        stream.reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, big);
     }
 
     #[tokio::test]
