@@ -27,6 +27,31 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// Pod networking through CNI plugins.
     pub cni: CniConfig,
+    /// Image pulls: registry hosts, mirrors, timeouts.
+    pub registry: RegistryConfig,
+}
+
+/// Registry access for image pulls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// containerd-style `certs.d` directory: `<host>/hosts.toml` with mirrors,
+    /// plain-HTTP/insecure endpoints, CAs and headers per registry.
+    pub config_path: PathBuf,
+    /// A pull that receives no data for this many seconds is cancelled.
+    pub stall_timeout_secs: u64,
+    /// Layers downloaded at the same time by one pull.
+    pub max_concurrent_downloads: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            config_path: PathBuf::from("/etc/berth/certs.d"),
+            stall_timeout_secs: 60,
+            max_concurrent_downloads: 3,
+        }
+    }
 }
 
 /// The gRPC server.
@@ -91,6 +116,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -194,6 +220,7 @@ impl Config {
             ("state_dir", &self.state_dir),
             ("grpc.socket", &self.grpc.socket),
             ("cni.conf_dir", &self.cni.conf_dir),
+            ("registry.config_path", &self.registry.config_path),
         ] {
             if !p.is_absolute() {
                 return Err(ConfigError::Invalid(format!(
@@ -207,6 +234,11 @@ impl Config {
                 "grpc.socket_mode {:o} is not a permission mode (0 to 0o777)",
                 self.grpc.socket_mode
             )));
+        }
+        if self.registry.stall_timeout_secs == 0 || self.registry.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "registry.stall_timeout_secs and registry.max_concurrent_downloads must be at least 1".to_owned(),
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
@@ -255,6 +287,15 @@ conf_dir = "{conf_dir}"
 plugin_dirs = [{plugin_dirs}]
 # With no config in conf_dir, use a built-in bridge network (bridge, host-local, portmap).
 builtin_default = {builtin}
+
+[registry]
+# containerd-style certs.d: <registry host>/hosts.toml with mirrors, plain-HTTP or
+# insecure endpoints, CAs and headers. Loopback registries need no configuration.
+config_path = "{registry}"
+# A pull that receives no data for this many seconds is cancelled.
+stall_timeout_secs = {stall}
+# Layers downloaded at the same time by one pull.
+max_concurrent_downloads = {downloads}
 "#,
             root = d.root_dir.display(),
             state = d.state_dir.display(),
@@ -263,6 +304,9 @@ builtin_default = {builtin}
             level = d.log.level,
             conf_dir = d.cni.conf_dir.display(),
             builtin = d.cni.builtin_default,
+            registry = d.registry.config_path.display(),
+            stall = d.registry.stall_timeout_secs,
+            downloads = d.registry.max_concurrent_downloads,
         )
     }
 
@@ -320,6 +364,19 @@ mod tests {
         let c = Config::parse("cgroup_driver = \"systemd\"\n").expect("parses");
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
         assert!(Config::parse("cgroup_driver = \"cgroupv1\"\n").is_err());
+    }
+
+    #[test]
+    fn registry_section_and_zero_timeouts() {
+        let c = Config::parse("[registry]\nconfig_path = \"/etc/containerd/certs.d\"\n")
+            .expect("parses");
+        assert_eq!(
+            c.registry.config_path,
+            PathBuf::from("/etc/containerd/certs.d")
+        );
+        assert_eq!(c.registry.stall_timeout_secs, 60);
+        let e = Config::parse("[registry]\nstall_timeout_secs = 0\n").expect_err("zero");
+        assert!(e.to_string().contains("stall_timeout_secs"), "{e}");
     }
 
     #[test]

@@ -207,7 +207,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-    let cri = CriService::new(config);
+    let cri =
+        CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
         .await
         .map_err(|e| StartError::Recover(e.to_string()))?;

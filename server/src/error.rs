@@ -18,6 +18,12 @@ pub enum Error {
     /// The system is not in a state where the request can run.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A remote dependency (a registry) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Credentials were refused.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The host failed us (I/O, a syscall); `context` says what Berth was doing.
     #[error("{context}: {source}")]
     Io {
@@ -50,10 +56,26 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::not_found(msg),
             Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(msg)
             }
             Error::Io { .. } | Error::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+impl From<berth_image::StoreError> for Error {
+    fn from(e: berth_image::StoreError) -> Self {
+        use berth_image::ErrorKind;
+        let msg = e.to_string();
+        match e.kind() {
+            ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
+            ErrorKind::NotFound => Error::NotFound(msg),
+            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => Error::Unavailable(msg),
+            ErrorKind::PermissionDenied => Error::PermissionDenied(msg),
+            ErrorKind::Internal => Error::Internal(msg),
         }
     }
 }

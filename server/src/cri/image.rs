@@ -1,8 +1,14 @@
 //! ImageService handlers.
 
+use std::collections::HashMap;
+
+use berth_image::{Auth, Image as StoredImage};
 use berth_proto::v1::image_service_server::ImageService;
 use berth_proto::v1::{
-    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value,
+    AuthConfig, FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest,
+    ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
+    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse, UInt64Value,
 };
 use tonic::{Request, Response, Status};
 
@@ -10,8 +16,141 @@ use super::{CriService, now_nanos};
 use crate::error::Error;
 use crate::fsinfo;
 
+/// The CRI view of a stored image. `spec.image` is the id, as containerd reports it.
+fn to_cri(image: &StoredImage) -> Image {
+    Image {
+        id: image.id.to_string(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid: image.uid().map(|value| Int64Value { value }),
+        username: image.username(),
+        spec: Some(ImageSpec {
+            image: image.id.to_string(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+fn auth(config: Option<AuthConfig>) -> Auth {
+    match config {
+        None => Auth::anonymous(),
+        Some(a) => Auth {
+            username: a.username,
+            password: a.password,
+            auth: a.auth,
+            // An identity token is a refresh token for the token service; registries
+            // that hand them out also accept it where a bearer token goes.
+            registry_token: if a.registry_token.is_empty() {
+                a.identity_token
+            } else {
+                a.registry_token
+            },
+        },
+    }
+}
+
+fn image_name(spec: Option<ImageSpec>) -> Result<String, Error> {
+    let name = spec.map(|s| s.image).unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument("image.image is required".into()));
+    }
+    Ok(name)
+}
+
 #[tonic::async_trait]
 impl ImageService for CriService {
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        let req = request.into_inner();
+        let name = image_name(req.image)?;
+        let image = self
+            .shared
+            .images
+            .pull(&name, &auth(req.auth))
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(PullImageResponse {
+            image_ref: image.id.to_string(),
+        }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        let req = request.into_inner();
+        let name = image_name(req.image)?;
+        let Some(image) = self.shared.images.status(&name).map_err(Error::from)? else {
+            // An unknown image is not an error: kubelet pulls it next.
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if req.verbose {
+            let config = self
+                .shared
+                .images
+                .config_json(&image)
+                .map_err(Error::from)?;
+            info.insert(
+                "info".to_owned(),
+                serde_json::json!({
+                    "imageSpec": config,
+                    "manifestDigest": image.manifest_digest.to_string(),
+                    "chainIDs": image.layers.iter().map(|l| l.chain_id.to_string()).collect::<Vec<_>>(),
+                    "snapshotDirs": self.shared.images.snapshot_dirs(&image),
+                })
+                .to_string(),
+            );
+        }
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(to_cri(&image)),
+            info,
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match filter {
+            Some(name) => self
+                .shared
+                .images
+                .status(&name)
+                .map_err(Error::from)?
+                .into_iter()
+                .collect(),
+            None => self.shared.images.list(),
+        };
+        Ok(Response::new(ListImagesResponse {
+            images: images.iter().map(to_cri).collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let name = image_name(request.into_inner().image)?;
+        // Removing an unknown image is OK (kubelet's image GC races with itself).
+        self.shared
+            .images
+            .remove(&name)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RemoveImageResponse {}))
+    }
+
     async fn image_fs_info(
         &self,
         _request: Request<ImageFsInfoRequest>,

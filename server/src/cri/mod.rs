@@ -7,6 +7,8 @@ pub mod trace;
 
 use std::sync::{Arc, RwLock};
 
+use berth_image::{ImageStore, RegistryHosts, StoreOptions};
+
 use crate::config::Config;
 use crate::pod::PodManager;
 
@@ -26,6 +28,8 @@ pub struct Shared {
     pub pod_cidrs: Arc<RwLock<Vec<String>>>,
     /// Pod sandboxes.
     pub pods: PodManager,
+    /// Pulled images and their unpacked layers.
+    pub images: ImageStore,
 }
 
 /// Implements both CRI services over the daemon's shared state.
@@ -35,16 +39,26 @@ pub struct CriService {
 }
 
 impl CriService {
-    /// A service over `config`.
-    pub fn new(config: Config) -> Self {
+    /// A service over `config`: opens the image store (cleaning up interrupted pulls).
+    pub fn new(config: Config) -> Result<Self, berth_image::StoreError> {
         let pod_cidrs = Arc::new(RwLock::new(Vec::new()));
-        Self {
+        let images = ImageStore::open(
+            config.image_store_dir(),
+            StoreOptions {
+                hosts: RegistryHosts::new(Some(config.registry.config_path.clone())),
+                stall_timeout: std::time::Duration::from_secs(config.registry.stall_timeout_secs),
+                max_concurrent_downloads: config.registry.max_concurrent_downloads,
+                ..StoreOptions::default()
+            },
+        )?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 pods: PodManager::new(config.clone(), Arc::clone(&pod_cidrs)),
                 config,
                 pod_cidrs,
+                images,
             }),
-        }
+        })
     }
 
     /// Rebuilds in-memory state from disk; run once before serving.
