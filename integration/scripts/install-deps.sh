@@ -30,6 +30,7 @@ TEST_PACKAGES=(
   docker-registry               # the local registry tests pull from
   busybox-static                # test rootfs and images
   libseccomp-dev pkg-config     # seccomp filters (runtime-core)
+  containerd                    # the image-pull benchmark compares against it
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")
