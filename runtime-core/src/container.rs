@@ -166,7 +166,8 @@ fn proc_start_time(pid: i32) -> Option<(u64, bool)> {
 
 fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
     let path = dir.join("state.json");
-    let tmp = dir.join(".state.json.tmp");
+    // Unique per writer: a monitor recording the exit may race with `start`.
+    let tmp = dir.join(format!(".state.json.{}.tmp", std::process::id()));
     let data = serde_json::to_vec_pretty(state).map_err(|source| ContainerError::StateFile {
         path: path.clone(),
         source,
@@ -421,9 +422,11 @@ impl Container {
                 return Err(ContainerError::StartTimeout(timeout));
             }
         }
+        // The status is derived from the fifo and the pid: nothing to persist (and a
+        // monitor may be recording the exit of a short-lived init right now).
         let _ = fs::remove_file(&fifo_path);
         self.state.status = Status::Running;
-        write_state(&self.dir, &self.state)
+        Ok(())
     }
 
     fn require(

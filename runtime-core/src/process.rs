@@ -539,6 +539,26 @@ fn setup_console(socket: BorrowedFd<'_>) -> Result<(), ChildError> {
     Ok(())
 }
 
+/// Close every fd from `from` on except those in `keep`: the init must not hold the
+/// caller's descriptors (a caller's sync pipe would otherwise stay open until exec).
+fn close_fds_except(from: u32, keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|k| u32::try_from(*k).ok())
+        .filter(|k| *k >= from)
+        .collect();
+    keep.sort_unstable();
+    let mut start = from;
+    for k in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if k > start {
+            // SAFETY: closes descriptors this process does not use (everything it still
+            // needs is in `keep`); the owners of those numbers never run again here.
+            let _ = unsafe { libc::syscall(libc::SYS_close_range, start, k - 1, 0u32) };
+        }
+        start = k.saturating_add(1);
+    }
+}
+
 /// Mark every fd from `from` on close-on-exec.
 fn cloexec_from(from: u32) {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; it cannot
@@ -571,6 +591,12 @@ fn init(
     let env = process.env().clone().unwrap_or_default();
 
     dup_stdio(&cfg.stdio)?;
+    let mut keep = vec![chan.as_raw_fd()];
+    keep.extend(cfg.stdio.console_socket.as_ref().map(|s| s.as_raw_fd()));
+    if let StartMode::WaitFifo(dir) = &cfg.start {
+        keep.push(dir.as_raw_fd());
+    }
+    close_fds_except(3 + cfg.preserve_fds, &keep);
     if let Some(adj) = process.oom_score_adj() {
         set_oom_score_adj(adj)?;
     }

@@ -140,13 +140,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("berth-runtime: {msg}");
+            // Our error messages already include their causes.
+            eprintln!("berth-runtime: {e}");
             ExitCode::from(1)
         }
     }

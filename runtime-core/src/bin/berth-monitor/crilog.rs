@@ -1,0 +1,168 @@
+//! The CRI container log format: `<RFC3339Nano> <stdout|stderr> <P|F> <msg>\n`.
+//! A line the container has not finished yet (no newline in what we read) is written as
+//! a partial (`P`) record right away, so long or unterminated output is never held back.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Which stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn tag(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Format a time as RFC 3339 with nanoseconds, UTC (`2026-11-29T07:12:00.123456789Z`).
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Split a chunk into CRI records: complete lines are `F`, a trailing piece without a
+/// newline is `P`.
+pub fn records(chunk: &[u8]) -> Vec<(bool, &[u8])> {
+    let mut out = Vec::new();
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                out.push((true, &rest[..i]));
+                rest = &rest[i + 1..];
+            }
+            None => {
+                out.push((false, rest));
+                rest = &[];
+            }
+        }
+    }
+    out
+}
+
+/// Appends CRI records to a file; can be reopened after rotation.
+#[derive(Debug)]
+pub struct CriLog {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl CriLog {
+    /// Open (create, append) the log at `path`.
+    pub fn open(path: &Path) -> std::io::Result<CriLog> {
+        let mut l = CriLog {
+            path: path.to_path_buf(),
+            file: None,
+        };
+        l.reopen()?;
+        Ok(l)
+    }
+
+    /// Reopen the file at the same path (after the old one was renamed away).
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
+        Ok(())
+    }
+
+    /// Write one chunk read from `stream`.
+    pub fn write_chunk(&mut self, stream: Stream, chunk: &[u8]) -> std::io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let now = rfc3339_nano(SystemTime::now());
+        let mut buf = Vec::with_capacity(chunk.len() + 64);
+        for (full, msg) in records(chunk) {
+            buf.extend_from_slice(now.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(stream.tag().as_bytes());
+            buf.extend_from_slice(if full { b" F " } else { b" P " });
+            buf.extend_from_slice(msg);
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_nano_utc() {
+        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = UNIX_EPOCH + Duration::new(1_709_210_096, 5);
+        assert_eq!(rfc3339_nano(t), "2024-02-29T12:34:56.000000005Z");
+        let t = UNIX_EPOCH + Duration::new(4_102_444_799, 999_999_999);
+        assert_eq!(rfc3339_nano(t), "2099-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn complete_lines_are_full_and_the_tail_is_partial() {
+        let r = records(b"one\ntwo\nthr");
+        assert_eq!(
+            r,
+            vec![
+                (true, &b"one"[..]),
+                (true, &b"two"[..]),
+                (false, &b"thr"[..])
+            ]
+        );
+        assert_eq!(records(b"\n"), vec![(true, &b""[..])]);
+        assert!(records(b"").is_empty());
+    }
+
+    #[test]
+    fn log_lines_have_time_stream_tag_and_message_and_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("c.log");
+        let mut log = CriLog::open(&p).unwrap();
+        log.write_chunk(Stream::Stdout, b"hello\npart").unwrap();
+        log.write_chunk(Stream::Stderr, b"oops\n").unwrap();
+        std::fs::rename(&p, tmp.path().join("c.log.1")).unwrap();
+        log.reopen().unwrap();
+        log.write_chunk(Stream::Stdout, b"after\n").unwrap();
+        let old = std::fs::read_to_string(tmp.path().join("c.log.1")).unwrap();
+        let lines: Vec<&str> = old.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with("Z stdout F hello"), "{}", lines[0]);
+        assert!(lines[1].ends_with("Z stdout P part"), "{}", lines[1]);
+        assert!(lines[2].ends_with("Z stderr F oops"), "{}", lines[2]);
+        assert_eq!(lines[0].split(' ').next().unwrap().len(), 30);
+        let new = std::fs::read_to_string(&p).unwrap();
+        assert!(new.ends_with("Z stdout F after\n"), "{new}");
+    }
+}

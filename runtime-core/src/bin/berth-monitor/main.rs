@@ -1,0 +1,613 @@
+//! berth-monitor: one small synchronous process per container.
+//!
+//! `berth-monitor run` creates the container through runtime-core (it is single-threaded,
+//! so that is safe), becomes the parent and subreaper of the container's init, holds its
+//! stdio (pipes, or the pty master), writes the CRI log, serves attach and a control
+//! socket, waits for the init with a pidfd, records the exit in a file and exits. Started
+//! by berthd with a plain fork+exec, it calls setsid() so it survives berthd's death.
+//!
+//! Helpers for the pod layer: `pin-ns` / `unpin-ns` (keep a pod's namespaces alive as bind
+//! mounts) and `pause` (an infra process that reaps zombies as pid 1 of a shared pid ns).
+//!
+//! Attach protocol (unix stream socket `<root>/<id>/attach.sock`), frames both ways:
+//! `[kind: u8][len: u32 big-endian][payload]`. Client → monitor: kind 0 = stdin bytes,
+//! 1 = resize (payload: rows u16 BE, cols u16 BE), 2 = close stdin. Monitor → client:
+//! kind 1 = stdout bytes, 2 = stderr bytes. Control socket `<root>/<id>/ctl.sock`: send
+//! `reopen\n` to reopen the log file after rotation; the reply is `ok\n` or `error ...\n`.
+
+mod crilog;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use berth_runtime_core::container::CGROUP_ROOT;
+use berth_runtime_core::{Container, CreateOptions, Stdio};
+use clap::{Parser, Subcommand};
+use crilog::{CriLog, Stream};
+use oci_spec::runtime::Spec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-monitor",
+    version,
+    about = "Per-container monitor for berthd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create the container and monitor it until it exits.
+    Run {
+        /// runtime-core state root (shared with berth-runtime).
+        #[arg(long, default_value = "/run/berth/containers")]
+        root: PathBuf,
+        /// Bundle with config.json.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// CRI log file.
+        #[arg(long = "log-path")]
+        log_path: PathBuf,
+        /// Where the exit record (JSON) is written.
+        #[arg(long = "exit-file")]
+        exit_file: PathBuf,
+        /// Keep the container's stdin open (attach can write to it).
+        #[arg(long)]
+        stdin: bool,
+        id: String,
+    },
+    /// Create new namespaces and pin them as bind mounts under DIR (net, ipc, uts).
+    PinNs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        net: bool,
+        #[arg(long)]
+        ipc: bool,
+        #[arg(long)]
+        uts: bool,
+    },
+    /// Unmount and remove namespaces pinned under DIR.
+    UnpinNs {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Infra process: sleep, reap children, exit on SIGTERM/SIGINT.
+    Pause,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run {
+            root,
+            bundle,
+            log_path,
+            exit_file,
+            stdin,
+            id,
+        } => run(&root, &bundle, &log_path, &exit_file, stdin, &id),
+        Cmd::PinNs { dir, net, ipc, uts } => pin_ns(&dir, net, ipc, uts),
+        Cmd::UnpinNs { dir } => unpin_ns(&dir),
+        Cmd::Pause => pause(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-monitor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit record berthd reads.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExitRecord {
+    exit_code: i32,
+    /// Signal that killed the init, if any.
+    signal: Option<i32>,
+    /// RFC 3339 with nanoseconds.
+    exited_at: String,
+    oom_killed: bool,
+}
+
+fn pipe_cloexec() -> Res<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own; only the O_NONBLOCK status flag changes.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+/// Receive the pty master the container's init sends over the console socket.
+fn recv_pty_master(sock: &OwnedFd) -> Res<OwnedFd> {
+    let mut pfd = [nix::poll::PollFd::new(
+        sock.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(10_000u16))? == 0 {
+        return Err("no pty master from the container within 10s".into());
+    }
+    let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the fd was just received via SCM_RIGHTS and belongs to us alone.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err("console socket message carried no fd".into())
+}
+
+/// One attached client.
+#[derive(Debug)]
+struct Client {
+    sock: UnixStream,
+    buf: Vec<u8>,
+}
+
+fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(data.len() + 5);
+    f.push(kind);
+    f.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+struct Monitor {
+    log: CriLog,
+    /// Output sources: fd → stream.
+    outputs: Vec<(OwnedFd, Stream)>,
+    stdin: Option<OwnedFd>,
+    pty: Option<RawFd>,
+    clients: HashMap<RawFd, Client>,
+}
+
+impl Monitor {
+    /// Read what is available on one output; false at end-of-file.
+    fn pump(&mut self, idx: usize) -> bool {
+        let mut buf = [0u8; 32 * 1024];
+        let (fd, stream) = (&self.outputs[idx].0, self.outputs[idx].1);
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                let chunk = &buf[..n];
+                let _ = self.log.write_chunk(stream, chunk);
+                let f = frame(if stream == Stream::Stdout { 1 } else { 2 }, chunk);
+                self.clients.retain(|_, c| c.sock.write_all(&f).is_ok());
+                true
+            }
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
+            // EIO: the pty's last slave fd closed.
+            Err(_) => false,
+        }
+    }
+
+    /// Handle bytes from an attach client; false when it is gone.
+    fn client_input(&mut self, fd: RawFd) -> bool {
+        let Some(c) = self.clients.get_mut(&fd) else {
+            return false;
+        };
+        let mut tmp = [0u8; 16 * 1024];
+        match c.sock.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+        }
+        let mut frames = Vec::new();
+        while c.buf.len() >= 5 {
+            let len = u32::from_be_bytes([c.buf[1], c.buf[2], c.buf[3], c.buf[4]]) as usize;
+            if c.buf.len() < 5 + len {
+                break;
+            }
+            frames.push((c.buf[0], c.buf[5..5 + len].to_vec()));
+            c.buf.drain(..5 + len);
+        }
+        for (kind, payload) in frames {
+            match kind {
+                0 => {
+                    let target = self.pty.or(self.stdin.as_ref().map(AsRawFd::as_raw_fd));
+                    if let Some(t) = target {
+                        // SAFETY: writing a buffer we own to an fd held by this monitor.
+                        unsafe { libc::write(t, payload.as_ptr().cast(), payload.len()) };
+                    }
+                }
+                1 if payload.len() == 4 => {
+                    if let Some(p) = self.pty {
+                        let ws = libc::winsize {
+                            ws_row: u16::from_be_bytes([payload[0], payload[1]]),
+                            ws_col: u16::from_be_bytes([payload[2], payload[3]]),
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ with a valid winsize on the pty master.
+                        unsafe { libc::ioctl(p, libc::TIOCSWINSZ, &ws) };
+                    }
+                }
+                2 => self.stdin = None,
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+fn report(sync: &mut Option<fs::File>, v: serde_json::Value) {
+    if let Some(f) = sync.as_mut() {
+        let _ = writeln!(f, "{v}");
+        let _ = f.flush();
+    }
+    *sync = None;
+}
+
+fn run(
+    root: &Path,
+    bundle: &Path,
+    log_path: &Path,
+    exit_file: &Path,
+    keep_stdin: bool,
+    id: &str,
+) -> Res<()> {
+    // Our stdout is how berthd learns the result; afterwards it is closed.
+    // SAFETY: fd 1 is ours; dup gives an independent copy we own.
+    // CLOEXEC: the container must not inherit it, or berthd would wait for its EOF forever.
+    let mut sync = Some(unsafe { fs::File::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3)) });
+    let res = run_inner(root, bundle, log_path, exit_file, keep_stdin, id, &mut sync);
+    if let Err(e) = &res {
+        report(&mut sync, serde_json::json!({ "error": e.to_string() }));
+    }
+    res
+}
+
+fn detach_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: replacing our own standard fds with /dev/null.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_inner(
+    root: &Path,
+    bundle: &Path,
+    log_path: &Path,
+    exit_file: &Path,
+    keep_stdin: bool,
+    id: &str,
+    sync: &mut Option<fs::File>,
+) -> Res<()> {
+    // Survive berthd: own session, and adopt orphans of our subtree.
+    let _ = nix::unistd::setsid();
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+
+    let bundle = fs::canonicalize(bundle)?;
+    let spec = Spec::load(bundle.join("config.json"))?;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    let log =
+        CriLog::open(log_path).map_err(|e| format!("open log {}: {e}", log_path.display()))?;
+
+    let mut outputs = Vec::new();
+    let mut stdin_w = None;
+    let mut console_mine = None;
+    let stdio = if terminal {
+        let (mine, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        console_mine = Some(mine);
+        Stdio {
+            fds: None,
+            console_socket: Some(theirs),
+        }
+    } else {
+        let (in_r, in_w) = pipe_cloexec()?;
+        let (out_r, out_w) = pipe_cloexec()?;
+        let (err_r, err_w) = pipe_cloexec()?;
+        outputs.push((out_r, Stream::Stdout));
+        outputs.push((err_r, Stream::Stderr));
+        if keep_stdin {
+            stdin_w = Some(in_w);
+        }
+        Stdio {
+            fds: Some([in_r, out_w, err_w]),
+            console_socket: None,
+        }
+    };
+
+    let container = Container::create(CreateOptions {
+        id: id.to_string(),
+        root: root.to_path_buf(),
+        bundle,
+        spec,
+        stdio,
+        preserve_fds: 0,
+        cgroup_root: PathBuf::from(CGROUP_ROOT),
+    })?;
+    let pid = container.pid();
+    let mut pty = None;
+    if let Some(sock) = console_mine {
+        let master = recv_pty_master(&sock)?;
+        pty = Some(master.as_raw_fd());
+        outputs.push((master, Stream::Stdout));
+    }
+    let oom_before = container.stats().map(|s| s.oom_kills).unwrap_or(0);
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).ok_or("bad init pid")?,
+        rustix::process::PidfdFlags::empty(),
+    )?;
+
+    let dir = root.join(id);
+    let attach_path = dir.join("attach.sock");
+    let ctl_path = dir.join("ctl.sock");
+    let attach = UnixListener::bind(&attach_path)?;
+    let ctl = UnixListener::bind(&ctl_path)?;
+    attach.set_nonblocking(true)?;
+    ctl.set_nonblocking(true)?;
+    for (fd, _) in &outputs {
+        set_nonblocking(fd.as_raw_fd());
+    }
+
+    report(sync, serde_json::json!({ "pid": pid }));
+    detach_stdio();
+
+    let mut m = Monitor {
+        log,
+        outputs,
+        stdin: stdin_w,
+        pty,
+        clients: HashMap::new(),
+    };
+    let status = loop {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let pfd = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        fds.push(pfd(pidfd.as_raw_fd()));
+        fds.push(pfd(attach.as_raw_fd()));
+        fds.push(pfd(ctl.as_raw_fd()));
+        for (fd, _) in &m.outputs {
+            fds.push(pfd(fd.as_raw_fd()));
+        }
+        let client_fds: Vec<RawFd> = m.clients.keys().copied().collect();
+        for fd in &client_fds {
+            fds.push(pfd(*fd));
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        let ready = |i: usize| fds[i].revents != 0;
+        let n_out = m.outputs.len();
+        let mut closed = Vec::new();
+        for i in 0..n_out {
+            if ready(3 + i) && !m.pump(i) {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            m.outputs.remove(i);
+        }
+        for (k, fd) in client_fds.iter().enumerate() {
+            if ready(3 + n_out + k) && !m.client_input(*fd) {
+                m.clients.remove(fd);
+            }
+        }
+        if ready(1)
+            && let Ok((sock, _)) = attach.accept()
+        {
+            let _ = sock.set_nonblocking(false);
+            let _ = sock.set_write_timeout(Some(Duration::from_secs(5)));
+            m.clients.insert(
+                sock.as_raw_fd(),
+                Client {
+                    sock,
+                    buf: Vec::new(),
+                },
+            );
+        }
+        if ready(2)
+            && let Ok((mut sock, _)) = ctl.accept()
+        {
+            let _ = sock.set_nonblocking(false);
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut line = [0u8; 64];
+            let n = sock.read(&mut line).unwrap_or(0);
+            let reply = match std::str::from_utf8(&line[..n]).map(str::trim) {
+                Ok("reopen") => match m.log.reopen() {
+                    Ok(()) => "ok\n".to_string(),
+                    Err(e) => format!("error {e}\n"),
+                },
+                _ => "error unknown command\n".to_string(),
+            };
+            let _ = sock.write_all(reply.as_bytes());
+        }
+        if ready(0) {
+            match rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+            ) {
+                Ok(Some(st)) => break st,
+                Ok(None) => {}
+                Err(e) => return Err(format!("waitid on the init's pidfd: {e}").into()),
+            }
+        }
+    };
+    // Drain what the container wrote before it died (non-blocking: a process that
+    // escaped the container could hold the pipe open forever).
+    for i in 0..m.outputs.len() {
+        loop {
+            let fd = m.outputs[i].0.as_raw_fd();
+            let mut p = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd, zero timeout.
+            let r = unsafe { libc::poll(p.as_mut_ptr(), 1, 0) };
+            if r <= 0 || p[0].revents == 0 || !m.pump(i) {
+                break;
+            }
+        }
+    }
+    let (exit_code, signal) = match (status.exit_status(), status.terminating_signal()) {
+        (Some(c), _) => (c, None),
+        (None, Some(s)) => (128 + s, Some(s)),
+        _ => (255, None),
+    };
+    let oom_after = container.stats().map(|s| s.oom_kills).unwrap_or(0);
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        exited_at: crilog::rfc3339_nano(SystemTime::now()),
+        oom_killed: oom_after > oom_before,
+    };
+    let tmp = exit_file.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec(&record)?)?;
+    fs::rename(&tmp, exit_file)?;
+    if let Ok(mut c) = Container::load(root, id) {
+        let _ = c.record_exit(exit_code);
+    }
+    let _ = fs::remove_file(&attach_path);
+    let _ = fs::remove_file(&ctl_path);
+    Ok(())
+}
+
+const PIN_KINDS: [(&str, libc::c_int); 3] = [
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+];
+
+fn pin_ns(dir: &Path, net: bool, ipc: bool, uts: bool) -> Res<()> {
+    let wanted: Vec<(&str, libc::c_int)> = PIN_KINDS
+        .iter()
+        .copied()
+        .filter(|(k, _)| match *k {
+            "net" => net,
+            "ipc" => ipc,
+            _ => uts,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err("choose at least one of --net, --ipc, --uts".into());
+    }
+    fs::create_dir_all(dir)?;
+    for (k, _) in &wanted {
+        fs::File::create(dir.join(k))?;
+    }
+    let flags = wanted.iter().fold(0, |a, (_, f)| a | f);
+    // SAFETY: this program is single-threaded; the child only makes syscalls and _exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let mut code = 0;
+            // SAFETY: unshare with namespace flags only.
+            if unsafe { libc::unshare(flags) } != 0 {
+                code = 10;
+            } else {
+                for (k, _) in &wanted {
+                    let src = PathBuf::from(format!("/proc/self/ns/{k}"));
+                    if nix::mount::mount(
+                        Some(&src),
+                        &dir.join(k),
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .is_err()
+                    {
+                        code = 11;
+                        break;
+                    }
+                }
+            }
+            // SAFETY: end the forked child without running destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None)?;
+            if st != nix::sys::wait::WaitStatus::Exited(child, 0) {
+                let _ = unpin_ns(dir);
+                return Err(format!("pinning namespaces failed: {st:?}").into());
+            }
+        }
+    }
+    let paths: HashMap<&str, PathBuf> = wanted.iter().map(|(k, _)| (*k, dir.join(k))).collect();
+    println!("{}", serde_json::to_string(&paths)?);
+    Ok(())
+}
+
+fn unpin_ns(dir: &Path) -> Res<()> {
+    for (k, _) in PIN_KINDS {
+        let p = dir.join(k);
+        if p.exists() {
+            match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(e) => return Err(format!("unmount {}: {e}", p.display()).into()),
+            }
+            fs::remove_file(&p)?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("remove {}: {e}", dir.display()).into()),
+    }
+}
+
+fn pause() -> Res<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    loop {
+        match set.wait()? {
+            // As pid 1 of a pod's pid namespace, reaping every orphan is our job.
+            Signal::SIGCHLD => {
+                while let Ok(st) =
+                    nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                {
+                    if st == nix::sys::wait::WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+}
