@@ -724,3 +724,149 @@ async fn critest_images_pull_through_mirrors_under_their_upstream_names() {
         .collect();
     assert_eq!(bases.len(), 1);
 }
+
+/// A berthd whose `[registry]` points the critest registries at `reg`.
+async fn daemon_with_mirrors(reg: &TestRegistry, hosts: &Path) -> berth_integration::TestDaemon {
+    reg.write_mirror_hosts(hosts, CRITEST_HOSTS).unwrap();
+    berth_integration::TestDaemon::start_with(berth_integration::DaemonOptions {
+        extra_config: format!(
+            "[registry]\nconfig_path = {:?}\nstall_timeout_secs = 20\n",
+            hosts.display().to_string()
+        ),
+        ..berth_integration::DaemonOptions::default()
+    })
+    .await
+    .expect("start berthd")
+}
+
+#[tokio::test]
+async fn crictl_pull_images_inspecti_rmi_and_imagefsinfo_through_a_mirror() {
+    use berth_integration::tools::crictl;
+    let reg = TestRegistry::start().expect("registry");
+    let images = critest_images().unwrap();
+    reg.push_all(&images).await.unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    let d = daemon_with_mirrors(&reg, hosts.path()).await;
+    let ep = d.endpoint();
+    let name = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+    let out = crictl(&ep, &["pull", name])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let busybox = &images[0].image;
+    assert!(out.stdout().contains(busybox.id()), "{}", out.stdout());
+
+    let out = crictl(&ep, &["images", "-o", "json"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    let listed = list["images"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["repoTags"][0], name);
+    assert_eq!(listed[0]["id"], busybox.id());
+
+    let uid_image = "gcr.io/k8s-staging-cri-tools/test-image-user-uid-group:latest";
+    crictl(&ep, &["pull", uid_image])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let out = crictl(&ep, &["inspecti", "-o", "json", uid_image])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert_eq!(status["status"]["uid"]["value"], "1003", "{status}");
+    assert_eq!(status["status"]["repoTags"][0], uid_image);
+
+    let out = crictl(&ep, &["imagefsinfo", "-o", "json"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let fs: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    let used: u64 = fs["status"]["imageFilesystems"][0]["usedBytes"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        used > 1_000_000,
+        "two busybox images use more than 1 MB: {fs}"
+    );
+
+    crictl(&ep, &["rmi", name])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let out = crictl(&ep, &["inspecti", name]).await.unwrap();
+    assert!(!out.output.status.success(), "{}", out.stdout());
+
+    // Bad input gets clear errors.
+    let out = crictl(&ep, &["pull", "registry.k8s.io/e2e-test-images/missing:1"])
+        .await
+        .unwrap();
+    assert!(!out.output.status.success());
+    let err = out.stderr();
+    assert!(
+        err.contains("NotFound") && err.contains(&reg.url()),
+        "{err}"
+    );
+    let out = crictl(&ep, &["pull", "Bad:Ref"]).await.unwrap();
+    assert!(!out.output.status.success());
+    assert!(out.stderr().contains("InvalidArgument"), "{}", out.stderr());
+}
+
+#[tokio::test]
+async fn critest_image_specs_pass_through_mirrors() {
+    let reg = TestRegistry::start().expect("registry");
+    reg.push_all(&critest_images().unwrap()).await.unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    let d = daemon_with_mirrors(&reg, hosts.path()).await;
+    let critest = berth_integration::tools::tool("critest").unwrap();
+    let ep = d.endpoint();
+    let out = berth_integration::tools::run(
+        critest.as_os_str(),
+        [
+            "--runtime-endpoint",
+            ep.as_str(),
+            "--image-endpoint",
+            ep.as_str(),
+            // The digest spec needs the real upstream digest; it cannot pass offline.
+            "--ginkgo.focus",
+            // "Image Identifier Consistency" also creates containers; it belongs with
+            // the container tests.
+            r"Image\sManager|Image\sConsistency|RemoveImage",
+            "--ginkgo.skip",
+            r"public\simage\swith\sdigest",
+            "--ginkgo.no-color",
+        ],
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let text = format!("{}\n{}", out.stdout(), out.stderr());
+    assert!(
+        out.output.status.success(),
+        "critest failed:\n{text}\n--- berthd ---\n{}",
+        d.log()
+    );
+    // Image Manager (9 without the digest spec), Image Consistency (3) and
+    // Idempotence RemoveImage (1) at cri-tools v1.37.
+    let ran: usize = text
+        .split("Ran ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ran >= 13,
+        "expected at least 13 image specs to run:\n{text}"
+    );
+}
