@@ -870,3 +870,56 @@ async fn critest_image_specs_pass_through_mirrors() {
         "expected at least 13 image specs to run:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_full_disk_fails_the_pull_cleanly_and_frees_partial_files() {
+    let reg = TestRegistry::start().expect("registry");
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("/small", "s", 0o644))
+        .layer(LayerBuilder::new().file("/big", noise(6 << 20, 7), 0o644))
+        .build()
+        .unwrap();
+    reg.push("full/app", "1", &image).await.unwrap();
+    // A 4 MiB tmpfs as the store's filesystem: the 6 MiB layer cannot fit.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    std::fs::create_dir(&root).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs failed");
+    let _guard = Mounted(root.clone());
+    let store = open_store(&root, None);
+    let err = store
+        .pull(&format!("{}/full/app:1", reg.host()), &Auth::anonymous())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert!(store.list().is_empty());
+    let ingest = root.join("ingest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tree(&ingest).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tree(&ingest).is_empty(),
+        "partial downloads must be removed"
+    );
+    let leftovers: Vec<String> = tree(&root.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The space is back: a small image still fits.
+    let small = ImageBuilder::new()
+        .files(&[("/ok", b"ok", 0o644)])
+        .build()
+        .unwrap();
+    reg.push("full/small", "1", &small).await.unwrap();
+    store
+        .pull(&format!("{}/full/small:1", reg.host()), &Auth::anonymous())
+        .await
+        .expect("a small pull after the failure");
+}
