@@ -149,6 +149,40 @@ impl LayerBuilder {
         Ok(self.file(path, data, mode))
     }
 
+    /// A host executable at the same path, with the shared libraries and dynamic
+    /// loader it needs (as `ldd` lists them), so dynamically linked programs from
+    /// Debian packages (nginx, ...) run in a busybox image.
+    pub fn host_binary(mut self, path: &str) -> anyhow::Result<Self> {
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path)
+                .with_context(|| format!("reading {path}"))?
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        self = self.host_file(path, Path::new(path), mode)?;
+        let out = std::process::Command::new("ldd")
+            .arg(path)
+            .output()
+            .context("running ldd")?;
+        // A static binary makes ldd fail with "not a dynamic executable".
+        if !out.status.success() {
+            return Ok(self);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.trim();
+            let lib = match line.split_once("=>") {
+                Some((_, rest)) => rest.trim().split(' ').next().unwrap_or(""),
+                None => line.split(' ').next().unwrap_or(""),
+            };
+            if lib.starts_with('/') {
+                self = self.host_file(lib, Path::new(lib), 0o755)?;
+            }
+        }
+        Ok(self)
+    }
+
     /// A directory.
     pub fn dir(mut self, path: &str, mode: u32) -> Self {
         self.entries.push(Entry::Dir {

@@ -923,3 +923,32 @@ async fn a_full_disk_fails_the_pull_cleanly_and_frees_partial_files() {
         .await
         .expect("a small pull after the failure");
 }
+
+#[tokio::test]
+async fn host_binaries_bring_their_libraries_and_run_in_the_image() {
+    let reg = TestRegistry::start().expect("registry");
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().host_binary("/usr/bin/env").unwrap())
+        .build()
+        .unwrap();
+    reg.push("dyn/env", "1", &image).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), None);
+    let pulled = store
+        .pull(&format!("{}/dyn/env:1", reg.host()), &Auth::anonymous())
+        .await
+        .unwrap();
+    let root = &store.snapshot_dirs(&pulled)[0];
+    // Only the image's own files: the dynamic loader and libc come from the layer.
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/env", "-i", "FROM_IMAGE=1", "/usr/bin/env"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM_IMAGE=1\n");
+}
