@@ -130,6 +130,8 @@ pub enum RegistryError {
     },
     #[error("token service {realm} failed: {detail}")]
     Token { realm: String, detail: String },
+    #[error("no registry endpoint to fetch from")]
+    NoEndpoint,
     #[error("TLS configuration for {endpoint}: {detail}")]
     Tls { endpoint: String, detail: String },
     #[error("reading body of {what} from {endpoint}: {source}")]
@@ -146,6 +148,18 @@ impl RegistryError {
     /// the object), as opposed to a definitive answer.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    /// Whether another endpoint might serve what this one could not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::NotFound { .. }
+            | Self::Unreachable { .. }
+            | Self::Stalled { .. }
+            | Self::Body { .. } => true,
+            Self::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
     }
 }
 

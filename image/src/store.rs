@@ -518,8 +518,8 @@ impl ImageStore {
         let started = Instant::now();
         let _one_pull = self.inner.locks.lock(format!("ref:{r}")).await;
         let _no_gc = self.inner.gc.read().await;
-        let (session, top) = self.resolve(&r, auth).await?;
-        let session = Arc::new(session);
+        let (sources, top) = self.resolve(&r, auth).await?;
+        let sources: Sources = Arc::from(sources);
         let name = r.to_string();
         let top_digest = Digest::of(&top.bytes);
         if let Some(want) = r.digest()
@@ -558,8 +558,7 @@ impl ImageStore {
                         available,
                     });
                 };
-                let fetched = session
-                    .manifest(desc.digest.as_str())
+                let fetched = from_sources(&sources, |s| s.manifest(desc.digest.as_str()))
                     .await
                     .map_err(|source| StoreError::Registry {
                         reference: name.clone(),
@@ -596,7 +595,7 @@ impl ImageStore {
                 }
             }
         };
-        let config_bytes = self.fetch_config(&session, &manifest.config, &name).await?;
+        let config_bytes = self.fetch_config(&sources, &manifest.config, &name).await?;
         let config: ConfigFile =
             serde_json::from_slice(&config_bytes).map_err(|e| StoreError::Config {
                 reference: name.clone(),
@@ -627,7 +626,7 @@ impl ImageStore {
                 chain_id,
             })
             .collect();
-        let downloaded = self.fetch_layers(&session, &layers, &name).await?;
+        let downloaded = self.fetch_layers(&sources, &layers, &name).await?;
         // Make the unpacked files durable before the record that makes them visible.
         self.sync_fs().await?;
         let size = layers.iter().map(|l| l.size).sum::<u64>()
@@ -648,7 +647,7 @@ impl ImageStore {
         info!(
             reference = %name,
             image = %image.id,
-            endpoint = session.endpoint().name(),
+            endpoint = sources[0].endpoint().name(),
             layers = image.layers.len(),
             downloaded_bytes = downloaded,
             elapsed_ms = millis(started),
@@ -662,12 +661,13 @@ impl ImageStore {
         &self,
         r: &Reference,
         auth: &Auth,
-    ) -> Result<(Session, crate::distribution::FetchedManifest), StoreError> {
+    ) -> Result<(Vec<Session>, crate::distribution::FetchedManifest), StoreError> {
         let endpoints = self.inner.options.hosts.endpoints(r.domain())?;
         let mut tried = Vec::new();
         let mut not_found = false;
         let mut denied = false;
-        for ep in endpoints {
+        let mut endpoints = endpoints.into_iter();
+        while let Some(ep) = endpoints.next() {
             if !ep.capabilities.pull || (r.digest().is_none() && !ep.capabilities.resolve) {
                 continue;
             }
@@ -683,7 +683,17 @@ impl ImageStore {
             match session.manifest(r.object()).await {
                 Ok(m) => {
                     debug!(reference = %r, endpoint = %name, "manifest resolved");
-                    return Ok((session, m));
+                    // Blobs come from this endpoint, falling back to the pull-capable
+                    // endpoints after it (a mirror may lack some blobs).
+                    let mut sources = vec![session];
+                    for ep in endpoints.filter(|e| e.capabilities.pull) {
+                        if let Ok(s) =
+                            Session::new(&self.inner.http, ep, r.domain(), r.path(), auth.clone())
+                        {
+                            sources.push(s);
+                        }
+                    }
+                    return Ok((sources, m));
                 }
                 Err(e) => {
                     warn!(reference = %r, endpoint = %name, error = %e, "endpoint failed, trying the next");
@@ -708,7 +718,7 @@ impl ImageStore {
 
     async fn fetch_config(
         &self,
-        session: &Session,
+        sources: &Sources,
         desc: &Descriptor,
         name: &str,
     ) -> Result<Vec<u8>, StoreError> {
@@ -723,13 +733,14 @@ impl ImageStore {
                 detail: format!("{} bytes is too large", desc.size),
             });
         }
-        let bytes = session
-            .small_blob(desc.digest.as_str(), CONFIG_LIMIT)
-            .await
-            .map_err(|source| StoreError::Registry {
-                reference: name.to_owned(),
-                source,
-            })?;
+        let bytes = from_sources(sources, |s| {
+            s.small_blob(desc.digest.as_str(), CONFIG_LIMIT)
+        })
+        .await
+        .map_err(|source| StoreError::Registry {
+            reference: name.to_owned(),
+            source,
+        })?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
             return Err(StoreError::DigestMismatch {
@@ -747,7 +758,7 @@ impl ImageStore {
     /// bytes downloaded.
     async fn fetch_layers(
         &self,
-        session: &Arc<Session>,
+        sources: &Sources,
         layers: &[Layer],
         name: &str,
     ) -> Result<u64, StoreError> {
@@ -757,13 +768,13 @@ impl ImageStore {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, layer) in layers.iter().enumerate() {
             let store = self.clone();
-            let session = session.clone();
+            let sources = sources.clone();
             let layer = layer.clone();
             let permits = permits.clone();
             let name = name.to_owned();
             tasks.spawn(async move {
                 store
-                    .ensure_layer(&session, &layer, &permits, &name)
+                    .ensure_layer(&sources, &layer, &permits, &name)
                     .await
                     .map(|n| (i, n))
             });
@@ -785,7 +796,7 @@ impl ImageStore {
     /// downloaded for it (0 if already present).
     async fn ensure_layer(
         &self,
-        session: &Session,
+        sources: &Sources,
         layer: &Layer,
         permits: &tokio::sync::Semaphore,
         name: &str,
@@ -816,7 +827,7 @@ impl ImageStore {
                 .lock(format!("blob:{}", layer.digest))
                 .await;
             if !blob.is_file() {
-                downloaded = self.download_blob(session, layer, name).await?;
+                downloaded = self.download_blob(sources, layer, name).await?;
             }
         }
         let snapshots = root.join("snapshots");
@@ -827,9 +838,29 @@ impl ImageStore {
         Ok(downloaded)
     }
 
+    /// Downloads a layer blob from the first source that serves it whole.
+    async fn download_blob(
+        &self,
+        sources: &Sources,
+        layer: &Layer,
+        name: &str,
+    ) -> Result<u64, StoreError> {
+        let mut last = None;
+        for session in sources.iter() {
+            match self.download_blob_from(session, layer, name).await {
+                Err(StoreError::Registry { reference, source }) if source.is_retryable() => {
+                    warn!(layer = %layer.digest, endpoint = session.endpoint().name(), error = %source, "blob download failed, trying the next endpoint");
+                    last = Some(StoreError::Registry { reference, source });
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Task("no endpoint to download from".into())))
+    }
+
     /// Streams a layer blob into `ingest/`, verifying size and digest, then moves it
     /// into `blobs/`. On any failure (or cancellation) the partial file is removed.
-    async fn download_blob(
+    async fn download_blob_from(
         &self,
         session: &Session,
         layer: &Layer,
@@ -1093,6 +1124,29 @@ impl ImageStore {
     fn write_images(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Digest, Image>> {
         self.inner.images.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The endpoints a pull fetches from: the one that resolved the manifest first.
+type Sources = Arc<[Session]>;
+
+/// Runs `fetch` against each source in turn until one succeeds or fails for a
+/// reason another endpoint would not fix.
+async fn from_sources<'a, T, F, Fut>(sources: &'a [Session], fetch: F) -> Result<T, RegistryError>
+where
+    F: Fn(&'a Session) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut last = None;
+    for s in sources {
+        match fetch(s).await {
+            Err(e) if e.is_retryable() => {
+                warn!(endpoint = s.endpoint().name(), error = %e, "fetch failed, trying the next endpoint");
+                last = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or(RegistryError::NoEndpoint))
 }
 
 /// A lease holder name is used as a file name: keep it plain.

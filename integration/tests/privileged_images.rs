@@ -952,3 +952,58 @@ async fn host_binaries_bring_their_libraries_and_run_in_the_image() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM_IMAGE=1\n");
 }
+
+#[tokio::test]
+async fn a_blob_missing_on_the_mirror_comes_from_the_upstream() {
+    let upstream = TestRegistry::start().expect("upstream registry");
+    let mirror = TestRegistry::start().expect("mirror registry");
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("/one", "1", 0o644))
+        .layer(LayerBuilder::new().file("/two", "2", 0o644))
+        .build()
+        .unwrap();
+    upstream.push("app/partial", "1", &image).await.unwrap();
+    mirror.push("app/partial", "1", &image).await.unwrap();
+    // The mirror forgets the second layer: it answers 404 for that blob.
+    let hex = image.layers[1].digest.trim_start_matches("sha256:");
+    let link = mirror
+        .storage()
+        .join("docker/registry/v2/repositories/app/partial/_layers/sha256")
+        .join(hex);
+    std::fs::remove_dir_all(&link).expect("removing the mirror's layer link");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let status = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/v2/app/partial/blobs/{}",
+            mirror.url(),
+            image.layers[1].digest
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::NOT_FOUND,
+        "the mirror must lack the blob"
+    );
+    let hosts = tempfile::tempdir().unwrap();
+    write_hosts(
+        hosts.path(),
+        &upstream.host(),
+        &format!(
+            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.url()
+        ),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), Some(hosts.path().to_owned()));
+    let name = format!("{}/app/partial:1", upstream.host());
+    let pulled = store.pull(&name, &Auth::anonymous()).await.expect("pull");
+    let dirs = store.snapshot_dirs(&pulled);
+    assert_eq!(std::fs::read_to_string(dirs[0].join("two")).unwrap(), "2");
+    assert_eq!(std::fs::read_to_string(dirs[1].join("one")).unwrap(), "1");
+}
