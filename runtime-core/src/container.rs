@@ -255,8 +255,8 @@ impl Container {
             .map_err(io_err("open state dir", dir))?
             .into();
 
-        cgroup.create()?;
         let spawned = (|| {
+            cgroup.create()?;
             if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
                 cgroup.apply(r)?;
             }

@@ -599,3 +599,42 @@ fn console_socket_receives_the_pty_master() {
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("on-a-terminal\r\n"), "{text}");
 }
+
+#[test]
+fn pause_resume_update_ps_and_stats_of_a_running_container() {
+    let b = Bundle::new();
+    b.start_detached(&["sleep", "1000"]);
+    let pid = b.state()["pid"].as_i64().unwrap();
+    let out = b.cli(&["ps", &b.id]);
+    assert!(out.status.success(), "{out:?}");
+    let pids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids, [pid]);
+
+    assert!(b.cli(&["pause", &b.id]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.cgroup_file("freezer", "freezer.state").trim() != "FROZEN" {
+        assert!(Instant::now() < deadline, "not frozen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(b.cli(&["resume", &b.id]).status.success());
+    assert_eq!(b.cgroup_file("freezer", "freezer.state").trim(), "THAWED");
+
+    let res = b.tmp.path().join("res.json");
+    fs::write(
+        &res,
+        r#"{"pids": {"limit": 7}, "memory": {"limit": 33554432}}"#,
+    )
+    .unwrap();
+    let out = b.cli(&["update", "--resources", res.to_str().unwrap(), &b.id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(b.cgroup_file("pids", "pids.max").trim(), "7");
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes").trim(),
+        "33554432"
+    );
+
+    let out = b.cli(&["events", "--stats", &b.id]);
+    let ev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["data"]["pids"], 1, "{ev}");
+    assert_eq!(ev["data"]["oom_kills"], 0, "{ev}");
+}

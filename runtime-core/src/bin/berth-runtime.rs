@@ -130,6 +130,30 @@ enum Cmd {
     },
     /// List containers.
     List,
+    /// Freeze every process of the container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Update resources of a live container from a JSON `linux.resources` file.
+    Update {
+        /// File with OCI LinuxResources JSON ("-" for stdin).
+        #[arg(short, long)]
+        resources: PathBuf,
+        id: String,
+    },
+    /// Print the container's pids (from its cgroup).
+    Ps {
+        /// Accepted for runc compatibility; output is always JSON.
+        #[arg(short, long)]
+        format: Option<String>,
+        id: String,
+    },
+    /// Print resource usage once (`--stats`): cpu, memory, pids, OOM kills.
+    Events {
+        #[arg(long)]
+        stats: bool,
+        id: String,
+    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -371,6 +395,46 @@ fn run(cli: Cli) -> Res<i32> {
             }
             forward_signals_to(spawned.pid);
             Ok(wait_exit_code(spawned.pid)?)
+        }
+        Cmd::Pause { id } => {
+            Container::load(&root, &id)?.set_paused(true)?;
+            Ok(0)
+        }
+        Cmd::Resume { id } => {
+            Container::load(&root, &id)?.set_paused(false)?;
+            Ok(0)
+        }
+        Cmd::Update { resources, id } => {
+            let data = if resources == Path::new("-") {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                std::fs::read(&resources)
+                    .map_err(|e| format!("read {}: {e}", resources.display()))?
+            };
+            let r: oci_spec::runtime::LinuxResources =
+                serde_json::from_slice(&data).map_err(|e| format!("parse resources: {e}"))?;
+            Container::load(&root, &id)?.update(&r)?;
+            Ok(0)
+        }
+        Cmd::Ps { id, .. } => {
+            let c = Container::load(&root, &id)?;
+            let pids = match c.cgroup() {
+                Some(cg) => cg.procs()?,
+                None => vec![c.pid()],
+            };
+            println!("{}", serde_json::to_string(&pids)?);
+            Ok(0)
+        }
+        Cmd::Events { id, .. } => {
+            let c = Container::load(&root, &id)?;
+            let stats = c.stats()?;
+            println!(
+                "{}",
+                serde_json::json!({ "type": "stats", "id": id, "data": stats })
+            );
+            Ok(0)
         }
         Cmd::List => {
             println!("{:<24} {:<8} {:<10} BUNDLE", "ID", "PID", "STATUS");
