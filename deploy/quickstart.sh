@@ -10,5 +10,6 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 integration/scripts/install-deps.sh --runtime
-cargo build --release --locked -p berth-server
+# berthd runs containers through berth-monitor and berth-runtime, found next to it.
+cargo build --release --locked -p berth-server -p berth-runtime-core --bins
 exec target/release/berthd "$@"

@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,9 @@ use crate::reference::{Digest, Reference, ReferenceError};
 use crate::unpack::{self, UnpackError};
 
 mod import;
+
+/// How often a running pull logs its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Largest manifest or config document accepted.
 const CONFIG_LIMIT: u64 = 16 << 20;
@@ -765,6 +769,7 @@ impl ImageStore {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.inner.options.max_concurrent_downloads.max(1),
         ));
+        let received = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for (i, layer) in layers.iter().enumerate() {
             let store = self.clone();
@@ -772,22 +777,41 @@ impl ImageStore {
             let layer = layer.clone();
             let permits = permits.clone();
             let name = name.to_owned();
+            let received = received.clone();
             tasks.spawn(async move {
                 store
-                    .ensure_layer(&sources, &layer, &permits, &name)
+                    .ensure_layer(&sources, &layer, &permits, &name, &received)
                     .await
                     .map(|n| (i, n))
             });
         }
         let total = layers.len();
+        let to_download: u64 = layers.iter().map(|l| l.size).sum();
         let mut done = 0;
         let mut downloaded = 0;
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.tick().await;
         // Dropping `tasks` on an early return aborts the other layers.
-        while let Some(joined) = tasks.join_next().await {
-            let (i, bytes) = joined.map_err(|e| StoreError::Task(e.to_string()))??;
-            done += 1;
-            downloaded += bytes;
-            info!(reference = %name, layer = i, done, total, downloaded_bytes = downloaded, "layer ready");
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let (i, bytes) = joined.map_err(|e| StoreError::Task(e.to_string()))??;
+                    done += 1;
+                    downloaded += bytes;
+                    info!(reference = %name, layer = i, done, total, downloaded_bytes = downloaded, "layer ready");
+                }
+                _ = ticker.tick() => {
+                    info!(
+                        reference = %name,
+                        layers_done = done,
+                        layers = total,
+                        received_bytes = received.load(Ordering::Relaxed),
+                        image_bytes = to_download,
+                        "pull in progress"
+                    );
+                }
+            }
         }
         Ok(downloaded)
     }
@@ -800,6 +824,7 @@ impl ImageStore {
         layer: &Layer,
         permits: &tokio::sync::Semaphore,
         name: &str,
+        received: &AtomicU64,
     ) -> Result<u64, StoreError> {
         let root = &self.inner.root;
         let snap = snapshot_dir(root, &layer.chain_id);
@@ -827,7 +852,7 @@ impl ImageStore {
                 .lock(format!("blob:{}", layer.digest))
                 .await;
             if !blob.is_file() {
-                downloaded = self.download_blob(sources, layer, name).await?;
+                downloaded = self.download_blob(sources, layer, name, received).await?;
             }
         }
         let snapshots = root.join("snapshots");
@@ -844,10 +869,14 @@ impl ImageStore {
         sources: &Sources,
         layer: &Layer,
         name: &str,
+        received: &AtomicU64,
     ) -> Result<u64, StoreError> {
         let mut last = None;
         for session in sources.iter() {
-            match self.download_blob_from(session, layer, name).await {
+            match self
+                .download_blob_from(session, layer, name, received)
+                .await
+            {
                 Err(StoreError::Registry { reference, source }) if source.is_retryable() => {
                     warn!(layer = %layer.digest, endpoint = session.endpoint().name(), error = %source, "blob download failed, trying the next endpoint");
                     last = Some(StoreError::Registry { reference, source });
@@ -865,6 +894,7 @@ impl ImageStore {
         session: &Session,
         layer: &Layer,
         name: &str,
+        progress: &AtomicU64,
     ) -> Result<u64, StoreError> {
         let ingest = self.inner.root.join("ingest");
         let tmp = tempfile::Builder::new()
@@ -897,6 +927,7 @@ impl ImageStore {
                 });
             }
             hasher.update(chunk);
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             file.write_all(chunk)
                 .await
                 .map_err(io_err("writing", tmp.path()))?;

@@ -354,13 +354,143 @@ pub fn unmount_below(dir: &Path) {
     }
 }
 
+/// Removes every container and pod through the daemon's own API, on a thread with
+/// its own runtime (Drop cannot await, and may run inside a test's runtime).
+fn remove_everything(socket: PathBuf) {
+    let worker = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let cleanup = async {
+                let mut c = CriClient::connect(&socket).await.ok()?;
+                let containers = c
+                    .runtime
+                    .list_containers(berth_proto::v1::ListContainersRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .containers;
+                for ctr in containers {
+                    let _ = c
+                        .runtime
+                        .remove_container(berth_proto::v1::RemoveContainerRequest {
+                            container_id: ctr.id,
+                        })
+                        .await;
+                }
+                let pods = c
+                    .runtime
+                    .list_pod_sandbox(berth_proto::v1::ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                for pod in pods {
+                    let _ = c
+                        .runtime
+                        .stop_pod_sandbox(berth_proto::v1::StopPodSandboxRequest {
+                            pod_sandbox_id: pod.id.clone(),
+                        })
+                        .await;
+                    let _ = c
+                        .runtime
+                        .remove_pod_sandbox(berth_proto::v1::RemovePodSandboxRequest {
+                            pod_sandbox_id: pod.id,
+                        })
+                        .await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), cleanup).await;
+        });
+    });
+    let _ = worker.join();
+}
+
+/// Last resort after the daemon is gone: kills monitors started for this daemon
+/// (their command line names its directory) and the processes of its containers'
+/// cgroups, then removes those cgroups.
+fn kill_leftovers(dir: &Path, root_dir: &Path) {
+    let needle = dir.display().to_string();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.filter_map(Result::ok) {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let ids: Vec<String> = fs::read_dir(root_dir.join("containers"))
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let controllers: Vec<PathBuf> = controllers
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    for id in &ids {
+        for ctl in &controllers {
+            for cg in find_dirs_named(ctl, id, 4) {
+                for pid in fs::read_to_string(cg.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = fs::remove_dir(&cg);
+            }
+        }
+    }
+}
+
+fn find_dirs_named(root: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if depth == 0 {
+        return out;
+    }
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy() == name {
+                    out.push(e.path());
+                } else {
+                    out.extend(find_dirs_named(&e.path(), name, depth - 1));
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            remove_everything(self.socket.clone());
+        }
         if self.child.is_some()
             && let Err(e) = self.stop()
         {
             eprintln!("test daemon: {e}");
         }
+        kill_leftovers(self.dir.path(), &self.root_dir);
         unmount_below(self.dir.path());
         // A daemon that attached pods to the test network leaves its bridge and
         // IPAM directory behind like any CNI user; remove them once unused.

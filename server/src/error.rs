@@ -21,6 +21,9 @@ pub enum Error {
     /// A remote dependency (a registry) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The operation ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Credentials were refused.
     #[error("{0}")]
     PermissionDenied(String),
@@ -57,6 +60,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(msg)

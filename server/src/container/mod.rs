@@ -1,5 +1,6 @@
 //! Containers: CRI config → OCI spec, and (soon) their life cycle through
 //! berth-monitor and runtime-core.
 
+pub mod manager;
 pub mod seccomp;
 pub mod spec;

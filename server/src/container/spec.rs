@@ -108,6 +108,19 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// Character devices every container may open: null, zero, full, random, urandom,
+/// tty, console, ptmx (and /dev/pts/*, major 136, added separately).
+const DEFAULT_DEVICES: [(i64, i64); 8] = [
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
+];
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the image says about how to run it (its OCI config).
@@ -843,6 +856,13 @@ fn linux_resources(
         .collect();
     let mut devices = vec![json!({ "allow": privileged, "access": "rwm" })];
     if !privileged {
+        // What every container may use (and mknod), as Docker and containerd allow.
+        devices.push(json!({ "allow": true, "type": "c", "access": "m" }));
+        devices.push(json!({ "allow": true, "type": "b", "access": "m" }));
+        for (major, minor) in DEFAULT_DEVICES {
+            devices.push(json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" }));
+        }
+        devices.push(json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
         for d in &config.devices {
             let (kind, major, minor) = device_numbers(&d.host_path)?;
             devices.push(json!({

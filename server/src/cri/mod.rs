@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use berth_image::{ImageStore, RegistryHosts, StoreOptions};
 
 use crate::config::Config;
+use crate::container::manager::ContainerManager;
 use crate::pod::PodManager;
 
 /// Runtime name reported by `Version`.
@@ -30,6 +31,8 @@ pub struct Shared {
     pub pods: PodManager,
     /// Pulled images and their unpacked layers.
     pub images: ImageStore,
+    /// Containers.
+    pub containers: Arc<ContainerManager>,
 }
 
 /// Implements both CRI services over the daemon's shared state.
@@ -54,6 +57,7 @@ impl CriService {
         Ok(Self {
             shared: Arc::new(Shared {
                 pods: PodManager::new(config.clone(), Arc::clone(&pod_cidrs)),
+                containers: Arc::new(ContainerManager::new(config.clone(), images.clone())),
                 config,
                 pod_cidrs,
                 images,
@@ -63,7 +67,8 @@ impl CriService {
 
     /// Rebuilds in-memory state from disk; run once before serving.
     pub async fn recover(&self) -> crate::error::Result<()> {
-        self.shared.pods.recover().await
+        self.shared.pods.recover().await?;
+        self.shared.containers.recover().await
     }
 
     fn config(&self) -> &Config {

@@ -5,13 +5,17 @@ use std::net::IpAddr;
 
 use berth_proto::v1::runtime_service_server::RuntimeService;
 use berth_proto::v1::{
-    CgroupDriver as ProtoCgroupDriver, LinuxRuntimeConfiguration, ListPodSandboxRequest,
-    ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    CgroupDriver as ProtoCgroupDriver, ContainerStatusRequest, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    LinuxRuntimeConfiguration, ListContainersRequest, ListContainersResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
+    PodSandboxStatusResponse, RemoveContainerRequest, RemoveContainerResponse,
     RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
     RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
-    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
-    VersionRequest, VersionResponse,
+    RuntimeHandlerFeatures, RuntimeStatus, StartContainerRequest, StartContainerResponse,
+    StatusRequest, StatusResponse, StopContainerRequest, StopContainerResponse,
+    StopPodSandboxRequest, StopPodSandboxResponse, UpdateRuntimeConfigRequest,
+    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status};
@@ -56,10 +60,15 @@ impl RuntimeService for CriService {
         &self,
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        self.shared
-            .pods
-            .stop(&request.into_inner().pod_sandbox_id)
-            .await?;
+        let id = request.into_inner().pod_sandbox_id;
+        if let Some(pod) = self.shared.pods.find(&id)? {
+            // A pod's containers are killed when it stops (kubelet has already
+            // stopped them gracefully when it wanted to).
+            for cid in self.shared.containers.in_pod(&pod.id) {
+                self.shared.containers.stop(&cid, 0).await?;
+            }
+        }
+        self.shared.pods.stop(&id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -67,10 +76,13 @@ impl RuntimeService for CriService {
         &self,
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        self.shared
-            .pods
-            .remove(&request.into_inner().pod_sandbox_id)
-            .await?;
+        let id = request.into_inner().pod_sandbox_id;
+        if let Some(pod) = self.shared.pods.find(&id)? {
+            for cid in self.shared.containers.in_pod(&pod.id) {
+                self.shared.containers.remove(&cid).await?;
+            }
+        }
+        self.shared.pods.remove(&id).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -99,6 +111,109 @@ impl RuntimeService for CriService {
         let filter = request.into_inner().filter;
         Ok(Response::new(ListPodSandboxResponse {
             items: self.shared.pods.list(filter.as_ref()),
+        }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Error::InvalidArgument("config is required".into()))?;
+        let pod = self.shared.pods.find(&req.pod_sandbox_id)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "pod sandbox {:?} does not exist",
+                req.pod_sandbox_id
+            ))
+        })?;
+        if !pod.is_ready() {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready (stopped)",
+                pod.id
+            ))
+            .into());
+        }
+        let ctx = self.shared.pods.pod_context(&pod);
+        let container_id = self.shared.containers.create(&pod, ctx, config).await?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.shared
+            .containers
+            .start(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        self.shared
+            .containers
+            .stop(&req.container_id, req.timeout)
+            .await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.shared
+            .containers
+            .remove(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        let ctr = self.shared.containers.get(&req.container_id)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            info.insert("info".to_owned(), ctr.verbose_info().to_string());
+        }
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(ctr.status()),
+            info,
+        }))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        Ok(Response::new(ListContainersResponse {
+            containers: self.shared.containers.list(filter.as_ref()),
+        }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        let out = self
+            .shared
+            .containers
+            .exec_sync(&req.container_id, req.cmd, req.timeout)
+            .await?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
         }))
     }
 

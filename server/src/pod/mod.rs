@@ -106,6 +106,11 @@ impl Sandbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
     }
 
+    /// Whether the sandbox is ready for containers.
+    pub fn is_ready(&self) -> bool {
+        self.state().phase == Phase::Ready
+    }
+
     fn metadata(&self) -> PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
@@ -210,6 +215,28 @@ impl PodManager {
             pod_cidrs,
             pods: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the pod gives each of its containers: namespaces, shm, DNS files.
+    pub fn pod_context(&self, sb: &Sandbox) -> crate::container::spec::PodContext {
+        let state = sb.state();
+        let dir = self.pod_dir(&sb.id);
+        let meta = sb.metadata();
+        let opts = sb.namespace_options();
+        crate::container::spec::PodContext {
+            sandbox_id: sb.id.clone(),
+            sandbox_name: sandbox_name(&meta),
+            netns: state.pins.net.clone(),
+            ipcns: state.pins.ipc.clone(),
+            utsns: state.pins.uts.clone(),
+            pidns: None,
+            host_pid: opts.pid == i32::from(NamespaceMode::Node),
+            shm: state.shm.clone(),
+            resolv_conf: dir.join("resolv.conf"),
+            hosts: dir.join("hosts"),
+            hostname: dir.join("hostname"),
+            cgroup_parent: sb.cgroup_parent.clone(),
         }
     }
 

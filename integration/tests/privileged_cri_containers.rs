@@ -1,0 +1,272 @@
+//! Containers through CRI on the real kernel: the crictl workflow operators use,
+//! exits and their reasons, ExecSync with timeouts, and containers that outlive a
+//! crash of berthd.
+
+use std::time::Duration;
+
+use berth_integration::setup::Node;
+use berth_integration::tools::crictl;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+async fn ok(ep: &str, args: &[&str]) -> String {
+    crictl(ep, args)
+        .await
+        .expect("crictl")
+        .success()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .stdout()
+}
+
+/// Polls `crictl inspect` until the container reaches `state`.
+async fn wait_state(ep: &str, id: &str, state: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(ep, &["inspect", id]).await).expect("JSON");
+        if v["status"]["state"] == state {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("container {id} never reached {state}");
+}
+
+#[tokio::test]
+async fn crictl_container_workflow() {
+    let node = Node::start().await.expect("node");
+    let d = &node.daemon;
+    let ep = d.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        &format!(
+            r#"{{"metadata":{{"name":"wf","namespace":"default","uid":"wf-uid","attempt":0}},
+                "hostname":"wf-host","log_directory":"{}","linux":{{}}}}"#,
+            logs.display()
+        ),
+    );
+    let ctr = write(
+        dir.path(),
+        "ctr.json",
+        r#"{"metadata":{"name":"main"},"image":{"image":"registry.k8s.io/e2e-test-images/busybox:1.29-2"},
+            "command":["sh","-c","echo hello; echo oops >&2; exec sleep 3600"],
+            "log_path":"main.log","labels":{"tier":"test"}}"#,
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+        .await
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 64, "{id}");
+    let v = wait_state(&ep, &id, "CONTAINER_CREATED").await;
+    assert_eq!(v["status"]["labels"]["tier"], "test");
+
+    ok(&ep, &["start", &id]).await;
+    let v = wait_state(&ep, &id, "CONTAINER_RUNNING").await;
+    let log_path = v["status"]["logPath"].as_str().expect("logPath").to_owned();
+    assert_eq!(log_path, logs.join("main.log").display().to_string());
+    assert!(
+        v["status"]["imageRef"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+
+    let ps = ok(&ep, &["ps"]).await;
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("Running") && l.contains("main")),
+        "{ps}"
+    );
+
+    // Logs: CRI format on disk, and crictl reads them.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("oops") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = text
+        .lines()
+        .find(|l| l.ends_with(" stdout F hello"))
+        .unwrap_or_else(|| panic!("log: {text:?}"));
+    assert!(
+        first
+            .split(' ')
+            .next()
+            .is_some_and(|ts| ts.contains('T') && ts.ends_with('Z')),
+        "{first}"
+    );
+    assert!(
+        text.lines().any(|l| l.ends_with(" stderr F oops")),
+        "{text}"
+    );
+    let out = crictl(&ep, &["logs", &id])
+        .await
+        .expect("crictl")
+        .success()
+        .expect("logs");
+    assert!(out.stdout().contains("hello"), "{}", out.stdout());
+    assert!(out.stderr().contains("oops"), "{}", out.stderr());
+
+    // Exec: output, exit codes, and the container's own view.
+    // crictl prints ExecSync's stdout with trailing newlines of its own.
+    let out = ok(&ep, &["exec", "-s", &id, "sh", "-c", "echo -n $(hostname)"]).await;
+    assert_eq!(out.trim_end(), "wf-host");
+    let pid1 = ok(&ep, &["exec", "-s", &id, "cat", "/proc/1/cmdline"]).await;
+    assert!(
+        pid1.starts_with("sleep"),
+        "the container is its own pid namespace: {pid1:?}"
+    );
+    let failed = crictl(&ep, &["exec", "-s", &id, "sh", "-c", "exit 3"])
+        .await
+        .expect("crictl");
+    assert!(!failed.output.status.success());
+    assert!(
+        failed.stderr().contains("exited with 3"),
+        "{}",
+        failed.stderr()
+    );
+
+    ok(&ep, &["stop", "-t", "2", &id]).await;
+    let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
+    assert_eq!(
+        v["status"]["exitCode"], 137,
+        "sleep ignores SIGTERM as pid 1: killed"
+    );
+    assert_eq!(v["status"]["reason"], "Error");
+    ok(&ep, &["rm", &id]).await;
+    assert_eq!(ok(&ep, &["ps", "-a", "-q"]).await.trim(), "");
+    ok(&ep, &["stopp", &pod_id]).await;
+    ok(&ep, &["rmp", &pod_id]).await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mountinfo.contains(&id), "rootfs unmounted");
+}
+
+#[tokio::test]
+async fn exits_are_recorded_with_their_reason() {
+    let node = Node::start().await.expect("node");
+    let d = &node.daemon;
+    let ep = d.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        r#"{"metadata":{"name":"ex","namespace":"default","uid":"ex-uid","attempt":0},"linux":{}}"#,
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    for (name, cmd, code, reason) in [
+        ("ok", "exit 0", 0, "Completed"),
+        ("bad", "exit 42", 42, "Error"),
+    ] {
+        let ctr = write(
+            dir.path(),
+            &format!("{name}.json"),
+            &format!(
+                r#"{{"metadata":{{"name":"{name}"}},"image":{{"image":"{BUSYBOX}"}},"command":["sh","-c","{cmd}"]}}"#
+            ),
+        );
+        let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+            .await
+            .trim()
+            .to_owned();
+        ok(&ep, &["start", &id]).await;
+        let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
+        assert_eq!(v["status"]["exitCode"], code, "{v}");
+        assert_eq!(v["status"]["reason"], reason, "{v}");
+        assert!(
+            v["status"]["finishedAt"]
+                .as_str()
+                .is_some_and(|t| !t.starts_with("1970")),
+            "{v}"
+        );
+    }
+    // A missing executable fails create with a message naming it.
+    let ctr = write(
+        dir.path(),
+        "nx.json",
+        &format!(
+            r#"{{"metadata":{{"name":"nx"}},"image":{{"image":"{BUSYBOX}"}},"command":["/no/such/binary"]}}"#
+        ),
+    );
+    let out = crictl(&ep, &["create", &pod_id, &ctr, &pod])
+        .await
+        .expect("crictl");
+    assert!(!out.output.status.success());
+    assert!(out.stderr().contains("/no/such/binary"), "{}", out.stderr());
+    ok(&ep, &["stopp", &pod_id]).await;
+    ok(&ep, &["rmp", &pod_id]).await;
+    assert_eq!(
+        ok(&ep, &["ps", "-a", "-q"]).await.trim(),
+        "",
+        "rmp removed the containers"
+    );
+}
+
+#[tokio::test]
+async fn containers_outlive_a_berthd_crash() {
+    let mut node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        r#"{"metadata":{"name":"cr","namespace":"default","uid":"cr-uid","attempt":0},"linux":{}}"#,
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let long = write(
+        dir.path(),
+        "long.json",
+        &format!(
+            r#"{{"metadata":{{"name":"long"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
+        ),
+    );
+    let short = write(
+        dir.path(),
+        "short.json",
+        &format!(
+            r#"{{"metadata":{{"name":"short"}},"image":{{"image":"{BUSYBOX}"}},"command":["sh","-c","sleep 2; exit 7"]}}"#
+        ),
+    );
+    let long_id = ok(&ep, &["create", &pod_id, &long, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &long_id]).await;
+    let short_id = ok(&ep, &["create", &pod_id, &short, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &short_id]).await;
+
+    node.daemon.kill().expect("SIGKILL berthd");
+    tokio::time::sleep(Duration::from_secs(3)).await; // short exits while berthd is down
+    node.daemon.restart().await.expect("restart");
+
+    let v = wait_state(&ep, &long_id, "CONTAINER_RUNNING").await;
+    assert_eq!(v["status"]["metadata"]["name"], "long");
+    let v = wait_state(&ep, &short_id, "CONTAINER_EXITED").await;
+    assert_eq!(
+        v["status"]["exitCode"], 7,
+        "exit recorded while berthd was down: {v}"
+    );
+    let out = ok(&ep, &["exec", "-s", &long_id, "echo", "-n", "still here"]).await;
+    assert_eq!(out.trim_end(), "still here");
+
+    ok(&ep, &["stop", "-t", "1", &long_id]).await;
+    wait_state(&ep, &long_id, "CONTAINER_EXITED").await;
+    ok(&ep, &["stopp", &pod_id]).await;
+    ok(&ep, &["rmp", &pod_id]).await;
+}

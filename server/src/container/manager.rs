@@ -1,0 +1,1215 @@
+//! Container life cycle in berthd: overlay rootfs from the image's snapshots, the OCI
+//! spec, one `berth-monitor` per container (started with a plain fork+exec; it creates
+//! the container with runtime-core in its own single-threaded process and survives
+//! berthd), start/stop/remove through runtime-core, exits read from the monitor's
+//! exit record, and recovery of all of it after berthd restarts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_image::ImageStore;
+use berth_proto::v1::{
+    Container as CriContainer, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
+    ContainerStatus as CriContainerStatus, ImageSpec, Mount as CriMount,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use super::spec::{self, ImageConfig, PodContext, SpecInput};
+use crate::config::Config;
+use crate::cri::now_nanos;
+use crate::error::{Error, Result};
+use crate::pod::Sandbox;
+use crate::store;
+
+/// How long the monitor may take to create a container.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a killed container may take to be reported gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Largest ExecSync output kept per stream (kubelet's gRPC limit is 16 MiB).
+const EXEC_OUTPUT_LIMIT: usize = 8 << 20;
+const RECORD_VERSION: u32 = 1;
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Being set up; never shown.
+    Creating,
+    /// Created, init waiting for start.
+    Created,
+    /// Running.
+    Running,
+    /// Exited (or never started and killed).
+    Exited,
+}
+
+/// Mutable, persisted state of a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtrState {
+    /// Phase.
+    pub phase: Phase,
+    /// Init pid on the host.
+    pub pid: i32,
+    /// The monitor's pid.
+    pub monitor_pid: i32,
+    /// Start time, ns.
+    pub started_at: i64,
+    /// Exit time, ns.
+    pub finished_at: i64,
+    /// Exit code (128+signal when killed).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// Details for the reason.
+    pub message: String,
+    /// Whether the overlay rootfs is mounted.
+    pub rootfs_mounted: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    version: u32,
+    id: String,
+    name_key: String,
+    pod_id: String,
+    created_at: i64,
+    image_id: String,
+    image_name: String,
+    image_ref: String,
+    log_path: PathBuf,
+    stop_signal: String,
+    state: CtrState,
+}
+
+/// One container.
+#[derive(Debug)]
+pub struct Container {
+    /// 64-hex id.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// CRI config, verbatim.
+    pub config: ContainerConfig,
+    /// Creation time, ns.
+    pub created_at: i64,
+    /// Image id (`sha256:...`).
+    pub image_id: String,
+    /// The image as the client named it.
+    pub image_name: String,
+    /// What kubelet records as the image id: a repo digest when there is one.
+    pub image_ref: String,
+    /// Absolute CRI log path (may be empty when kubelet gave none).
+    pub log_path: PathBuf,
+    /// STOPSIGNAL of the image.
+    pub stop_signal: String,
+    /// The reserved unique name (`<name>_<pod>_<namespace>_<uid>_<attempt>`).
+    pub name_key: String,
+    state: Mutex<CtrState>,
+    changed: tokio::sync::watch::Sender<Phase>,
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Container {
+    /// A copy of the current state.
+    pub fn state(&self) -> CtrState {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut CtrState)) {
+        let phase = {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut s);
+            s.phase
+        };
+        self.changed.send_replace(phase);
+    }
+
+    fn cri_state(&self) -> ContainerState {
+        match self.state().phase {
+            Phase::Creating | Phase::Created => ContainerState::ContainerCreated,
+            Phase::Running => ContainerState::ContainerRunning,
+            Phase::Exited => ContainerState::ContainerExited,
+        }
+    }
+
+    fn metadata(&self) -> ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    /// `ListContainers` entry.
+    pub fn to_cri(&self) -> CriContainer {
+        CriContainer {
+            id: self.id.clone(),
+            pod_sandbox_id: self.pod_id.clone(),
+            metadata: Some(self.metadata()),
+            image: Some(ImageSpec {
+                image: self.image_name.clone(),
+                ..Default::default()
+            }),
+            image_ref: self.image_ref.clone(),
+            state: self.cri_state().into(),
+            created_at: self.created_at,
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            image_id: self.image_id.clone(),
+        }
+    }
+
+    /// `ContainerStatus` body.
+    pub fn status(&self) -> CriContainerStatus {
+        let s = self.state();
+        CriContainerStatus {
+            id: self.id.clone(),
+            metadata: Some(self.metadata()),
+            state: self.cri_state().into(),
+            created_at: self.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            image: Some(ImageSpec {
+                image: self.image_name.clone(),
+                ..Default::default()
+            }),
+            image_ref: self.image_ref.clone(),
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            labels: self.config.labels.clone(),
+            annotations: self.config.annotations.clone(),
+            mounts: self
+                .config
+                .mounts
+                .iter()
+                .map(|m| CriMount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    selinux_relabel: m.selinux_relabel,
+                    propagation: m.propagation,
+                    recursive_read_only: m.recursive_read_only,
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: self.log_path.display().to_string(),
+            resources: self
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| berth_proto::v1::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
+            image_id: self.image_id.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// `ContainerStatus(verbose).info["info"]`.
+    pub fn verbose_info(&self) -> serde_json::Value {
+        let s = self.state();
+        json!({
+            "id": self.id,
+            "sandboxID": self.pod_id,
+            "pid": s.pid,
+            "monitorPid": s.monitor_pid,
+            "phase": s.phase,
+            "imageId": self.image_id,
+            "logPath": self.log_path,
+        })
+    }
+
+    fn matches(&self, f: &ContainerFilter) -> bool {
+        if !f.id.is_empty() && !self.id.starts_with(&f.id) {
+            return false;
+        }
+        if !f.pod_sandbox_id.is_empty() && !self.pod_id.starts_with(&f.pod_sandbox_id) {
+            return false;
+        }
+        if let Some(s) = &f.state
+            && s.state != i32::from(self.cri_state())
+        {
+            return false;
+        }
+        f.label_selector
+            .iter()
+            .all(|(k, v)| self.config.labels.get(k) == Some(v))
+    }
+}
+
+/// Result of an ExecSync.
+#[derive(Debug)]
+pub struct ExecOutput {
+    /// Standard output (capped).
+    pub stdout: Vec<u8>,
+    /// Standard error (capped).
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
+
+/// The monitor's exit record.
+#[derive(Debug, Deserialize)]
+struct ExitRecord {
+    exit_code: i32,
+    signal: Option<i32>,
+    exited_at: String,
+    oom_killed: bool,
+}
+
+/// Creates, tracks and removes containers.
+#[derive(Debug)]
+pub struct ContainerManager {
+    config: Config,
+    images: ImageStore,
+    containers: RwLock<HashMap<String, Arc<Container>>>,
+    names: Mutex<HashMap<String, String>>,
+}
+
+impl ContainerManager {
+    /// A manager; call [`Self::recover`] before serving.
+    pub fn new(config: Config, images: ImageStore) -> Self {
+        Self {
+            config,
+            images,
+            containers: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.config.root_dir.join("containers")
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.records_dir().join(id)
+    }
+
+    /// runtime-core's state root (volatile), shared by monitors and berth-runtime.
+    /// Short on purpose: the monitors' attach sockets live below it and a Unix socket
+    /// path must fit in 108 bytes (`<state_dir>/rt/<64-hex id>/attach.sock`).
+    pub fn runtime_root(&self) -> PathBuf {
+        self.config.state_dir.join("rt")
+    }
+
+    fn helper(&self, name: &str) -> Result<PathBuf> {
+        let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
+        let candidate = exe.parent().map(|d| d.join(name));
+        match candidate {
+            Some(p) if p.exists() => Ok(p),
+            _ => Err(Error::FailedPrecondition(format!(
+                "{name} not found next to berthd ({}); install it beside berthd",
+                exe.display()
+            ))),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// By full id or unique prefix.
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("container_id is required".into()));
+        }
+        let all = self.read();
+        if let Some(c) = all.get(id) {
+            return Ok(Some(Arc::clone(c)));
+        }
+        let mut found = all.values().filter(|c| c.id.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some(c), None) => Ok(Some(Arc::clone(c))),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous"
+            ))),
+        }
+    }
+
+    /// Like [`Self::find`], `NotFound` when missing.
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.find(id)?
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    /// Containers matching `filter`, newest first.
+    pub fn list(&self, filter: Option<&ContainerFilter>) -> Vec<CriContainer> {
+        let all = self.read();
+        let mut v: Vec<&Arc<Container>> = all
+            .values()
+            .filter(|c| c.state().phase != Phase::Creating)
+            .filter(|c| filter.is_none_or(|f| c.matches(f)))
+            .collect();
+        v.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        v.into_iter().map(|c| c.to_cri()).collect()
+    }
+
+    /// Ids of the containers of a pod.
+    pub fn in_pod(&self, pod_id: &str) -> Vec<String> {
+        self.read()
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// `CreateContainer`.
+    pub async fn create(
+        self: &Arc<Self>,
+        pod: &Sandbox,
+        pod_ctx: PodContext,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+        if meta.name.is_empty() || meta.name.contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "config.metadata.name {:?} must be a non-empty name without '/'",
+                meta.name
+            )));
+        }
+        let image_spec = config.image.clone().unwrap_or_default();
+        let wanted = if image_spec.image.is_empty() {
+            image_spec.user_specified_image.clone()
+        } else {
+            image_spec.image.clone()
+        };
+        if wanted.is_empty() {
+            return Err(Error::InvalidArgument(
+                "config.image.image is required".into(),
+            ));
+        }
+        let image = self
+            .images
+            .status(&wanted)
+            .map_err(Error::from)?
+            .ok_or_else(|| {
+                Error::NotFound(format!("image {wanted:?} is not present; pull it first"))
+            })?;
+        let pod_meta = pod.config.metadata.clone().unwrap_or_default();
+        let name = format!(
+            "{}_{}_{}_{}_{}",
+            meta.name, pod_meta.name, pod_meta.namespace, pod_meta.uid, meta.attempt
+        );
+        let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
+        {
+            let mut names = self.names();
+            if let Some(holder) = names.get(&name) {
+                return Err(Error::AlreadyExists(format!(
+                    "container name {name:?} is already reserved by container {holder}"
+                )));
+            }
+            names.insert(name.clone(), id.clone());
+        }
+
+        let log_path = if config.log_path.is_empty() || pod.config.log_directory.is_empty() {
+            PathBuf::new()
+        } else {
+            let p = Path::new(&pod.config.log_directory).join(&config.log_path);
+            if config.log_path.split('/').any(|c| c == "..") {
+                self.names().remove(&name);
+                return Err(Error::InvalidArgument(format!(
+                    "log_path {:?} must stay inside the pod's log directory",
+                    config.log_path
+                )));
+            }
+            p
+        };
+        let image_name = if image_spec.user_specified_image.is_empty() {
+            wanted.clone()
+        } else {
+            image_spec.user_specified_image.clone()
+        };
+        let image_ref = image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.to_string());
+        let (tx, _) = tokio::sync::watch::channel(Phase::Creating);
+        let ctr = Arc::new(Container {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            config,
+            created_at: now_nanos(),
+            image_id: image.id.to_string(),
+            image_name,
+            image_ref,
+            log_path,
+            stop_signal: image.config.stop_signal.clone(),
+            name_key: name.clone(),
+            state: Mutex::new(CtrState {
+                phase: Phase::Creating,
+                pid: 0,
+                monitor_pid: 0,
+                started_at: 0,
+                finished_at: 0,
+                exit_code: 0,
+                reason: String::new(),
+                message: String::new(),
+                rootfs_mounted: false,
+            }),
+            changed: tx,
+            op: tokio::sync::Mutex::new(()),
+        });
+        let image_config = ImageConfig {
+            entrypoint: image.config.entrypoint.clone().unwrap_or_default(),
+            cmd: image.config.cmd.clone().unwrap_or_default(),
+            env: image.config.env.clone().unwrap_or_default(),
+            user: image.config.user.clone(),
+            working_dir: image.config.working_dir.clone(),
+        };
+        match self
+            .create_steps(&ctr, &image, &image_config, &pod_ctx)
+            .await
+        {
+            Ok(()) => {
+                self.write().insert(id.clone(), Arc::clone(&ctr));
+                tracing::info!(container = %id, pod = %pod.id, name = %meta.name, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                self.cleanup(&ctr).await;
+                self.names().remove(&name);
+                tracing::info!(name = %meta.name, error = %e, "container creation failed; rolled back");
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        ctr: &Arc<Container>,
+        image: &berth_image::Image,
+        image_config: &ImageConfig,
+        pod_ctx: &PodContext,
+    ) -> Result<()> {
+        let dir = self.dir(&ctr.id);
+        for sub in ["upper", "work", "rootfs", "bundle"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| Error::io(format!("creating {}", dir.join(sub).display()), e))?;
+        }
+        store::write_atomic(&dir.join("config.pb"), &ctr.config.encode_to_vec())
+            .map_err(|e| Error::io("persisting the container config", e))?;
+        self.persist(ctr)?;
+
+        let lowers = self
+            .images
+            .lease(&ctr.id, image)
+            .await
+            .map_err(Error::from)?;
+        let rootfs = dir.join("rootfs");
+        mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs).map_err(|e| {
+            Error::io(
+                format!("mounting the overlay rootfs at {}", rootfs.display()),
+                e,
+            )
+        })?;
+        ctr.update(|s| s.rootfs_mounted = true);
+
+        let spec = spec::build(&SpecInput {
+            id: &ctr.id,
+            config: &ctr.config,
+            image: image_config,
+            image_name: &ctr.image_name,
+            rootfs: &rootfs,
+            pod: pod_ctx,
+            cgroup_driver: self.config.cgroup_driver,
+        })?;
+        let bundle = dir.join("bundle");
+        store::write_atomic(&bundle.join("config.json"), spec.to_string().as_bytes())
+            .map_err(|e| Error::io("writing config.json", e))?;
+        if let Some(parent) = ctr.log_path.parent()
+            && !ctr.log_path.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating log dir {}", parent.display()), e))?;
+        }
+
+        let monitor = self.helper("berth-monitor")?;
+        let log_path = if ctr.log_path.as_os_str().is_empty() {
+            dir.join("console.log")
+        } else {
+            ctr.log_path.clone()
+        };
+        let mut cmd = tokio::process::Command::new(&monitor);
+        cmd.arg("run")
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--log-path")
+            .arg(&log_path)
+            .arg("--exit-file")
+            .arg(dir.join("exit.json"));
+        if ctr.config.stdin {
+            cmd.arg("--stdin");
+        }
+        cmd.arg(&ctr.id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", monitor.display()), e))?;
+        let monitor_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        ctr.update(|s| s.monitor_pid = monitor_pid);
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Internal("monitor stdout".into()))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
+        let reply: serde_json::Value = match first {
+            Ok(Ok(Some(line))) => serde_json::from_str(&line)
+                .map_err(|e| Error::Internal(format!("monitor said {line:?}: {e}")))?,
+            Ok(Ok(None)) => {
+                let status = child.wait().await.ok();
+                return Err(Error::Internal(format!(
+                    "berth-monitor exited ({status:?}) without reporting the container"
+                )));
+            }
+            Ok(Err(e)) => return Err(Error::io("reading the monitor's report", e)),
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(Error::Internal(format!(
+                    "berth-monitor did not create the container within {CREATE_TIMEOUT:?}"
+                )));
+            }
+        };
+        if let Some(err) = reply["error"].as_str() {
+            let _ = child.wait().await;
+            // A bad executable or working dir is the caller's mistake, not ours.
+            return Err(
+                if err.contains("executable") || err.contains("no such file") {
+                    Error::InvalidArgument(format!("creating the container: {err}"))
+                } else {
+                    Error::Internal(format!("creating the container: {err}"))
+                },
+            );
+        }
+        let pid = reply["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| Error::Internal(format!("monitor reply without pid: {reply}")))?;
+        ctr.update(|s| {
+            s.pid = pid;
+            s.phase = Phase::Created;
+        });
+        self.persist(ctr)?;
+        self.watch(Arc::clone(ctr), Some(child), monitor_pid);
+        Ok(())
+    }
+
+    /// Waits for the monitor to exit in the background, then records the exit.
+    fn watch(
+        self: &Arc<Self>,
+        ctr: Arc<Container>,
+        child: Option<tokio::process::Child>,
+        monitor_pid: i32,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            match child {
+                Some(mut c) => {
+                    let _ = c.wait().await;
+                }
+                None => wait_pid_exit(monitor_pid).await,
+            }
+            me.record_exit(&ctr);
+        });
+    }
+
+    fn record_exit(&self, ctr: &Container) {
+        if ctr.state().phase == Phase::Exited {
+            return;
+        }
+        let path = self.dir(&ctr.id).join("exit.json");
+        let record: Option<ExitRecord> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        ctr.update(|s| {
+            s.phase = Phase::Exited;
+            match &record {
+                Some(r) => {
+                    s.exit_code = match r.signal {
+                        Some(sig) if r.exit_code == 0 => 128 + sig,
+                        _ => r.exit_code,
+                    };
+                    s.finished_at = parse_rfc3339_nanos(&r.exited_at).unwrap_or_else(now_nanos);
+                    s.reason = if r.oom_killed {
+                        "OOMKilled".into()
+                    } else if s.exit_code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    };
+                }
+                None => {
+                    s.exit_code = 255;
+                    s.finished_at = now_nanos();
+                    s.reason = "Error".into();
+                    s.message =
+                        "the container's monitor exited without recording an exit code".into();
+                }
+            }
+        });
+        if let Err(e) = self.persist(ctr) {
+            tracing::warn!(container = %ctr.id, error = %e, "could not persist exit");
+        }
+        tracing::info!(container = %ctr.id, exit_code = ctr.state().exit_code, "container exited");
+    }
+
+    fn persist(&self, ctr: &Container) -> Result<()> {
+        let record = Record {
+            version: RECORD_VERSION,
+            id: ctr.id.clone(),
+            name_key: ctr.name_key.clone(),
+            pod_id: ctr.pod_id.clone(),
+            created_at: ctr.created_at,
+            image_id: ctr.image_id.clone(),
+            image_name: ctr.image_name.clone(),
+            image_ref: ctr.image_ref.clone(),
+            log_path: ctr.log_path.clone(),
+            stop_signal: ctr.stop_signal.clone(),
+            state: ctr.state(),
+        };
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::Internal(format!("encoding container record: {e}")))?;
+        store::write_atomic(&self.dir(&ctr.id).join("record.json"), &bytes)
+            .map_err(|e| Error::io("persisting the container record", e))
+    }
+
+    fn runtime_container(&self, id: &str) -> Option<berth_runtime_core::Container> {
+        berth_runtime_core::Container::load(&self.runtime_root(), id).ok()
+    }
+
+    /// `StartContainer`.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let ctr = self.get(id)?;
+        let _op = ctr.op.lock().await;
+        match ctr.state().phase {
+            Phase::Created => {}
+            Phase::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is already running",
+                    ctr.id
+                )));
+            }
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is not in the created state",
+                    ctr.id
+                )));
+            }
+        }
+        let root = self.runtime_root();
+        let cid = ctr.id.clone();
+        tokio::task::spawn_blocking(move || {
+            berth_runtime_core::Container::load(&root, &cid).and_then(|mut c| c.start())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("start task: {e}")))?
+        .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        ctr.update(|s| {
+            if s.phase == Phase::Created {
+                s.phase = Phase::Running;
+                s.started_at = now_nanos();
+            }
+        });
+        self.persist(&ctr)?;
+        tracing::info!(container = %ctr.id, "container started");
+        Ok(())
+    }
+
+    async fn wait_exited(ctr: &Container, timeout: Duration) -> bool {
+        let mut rx = ctr.changed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p == Phase::Exited))
+            .await
+            .is_ok()
+    }
+
+    fn kill(&self, ctr: &Container, signal: i32, all: bool) {
+        if let Some(c) = self.runtime_container(&ctr.id)
+            && let Err(e) = c.kill(signal, all)
+        {
+            tracing::debug!(container = %ctr.id, error = %e, "kill");
+        }
+    }
+
+    /// `StopContainer`: the stop signal, then SIGKILL after `timeout`. Idempotent.
+    pub async fn stop(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(ctr) = self.find(id)? else {
+            return Ok(());
+        };
+        let _op = ctr.op.lock().await;
+        self.stop_locked(&ctr, timeout).await
+    }
+
+    async fn stop_locked(&self, ctr: &Container, timeout: i64) -> Result<()> {
+        if ctr.state().phase == Phase::Exited {
+            return Ok(());
+        }
+        if timeout > 0 && ctr.state().phase == Phase::Running {
+            let signal = stop_signal(&ctr.stop_signal, ctr.config.stop_signal);
+            self.kill(ctr, signal, false);
+            let wait = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
+            if Self::wait_exited(ctr, wait).await {
+                return Ok(());
+            }
+        }
+        self.kill(ctr, libc::SIGKILL, true);
+        if !Self::wait_exited(ctr, KILL_WAIT).await {
+            return Err(Error::Internal(format!(
+                "container {} did not exit {KILL_WAIT:?} after SIGKILL",
+                ctr.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// `RemoveContainer`: kills it if needed and removes everything. Idempotent.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(ctr) = self.find(id)? else {
+            return Ok(());
+        };
+        let _op = ctr.op.lock().await;
+        self.stop_locked(&ctr, 0).await?;
+        self.cleanup(&ctr).await;
+        self.write().remove(&ctr.id);
+        let mut names = self.names();
+        names.retain(|_, v| v != &ctr.id);
+        tracing::info!(container = %ctr.id, "container removed");
+        Ok(())
+    }
+
+    /// Releases what a container holds: runtime state and cgroup, rootfs mount,
+    /// image lease, records. Best effort.
+    async fn cleanup(&self, ctr: &Container) {
+        let root = self.runtime_root();
+        let cid = ctr.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(c) = berth_runtime_core::Container::load(&root, &cid)
+                && let Err(e) = c.delete(true)
+            {
+                tracing::warn!(container = %cid, error = %e, "runtime delete");
+            }
+        })
+        .await;
+        if ctr.state().monitor_pid > 0 && ctr.state().phase != Phase::Exited {
+            // The monitor exits by itself once the container is gone.
+            Self::wait_exited(ctr, KILL_WAIT).await;
+        }
+        let dir = self.dir(&ctr.id);
+        if let Err(e) = crate::pod::namespaces::unmount(&dir.join("rootfs")) {
+            tracing::warn!(container = %ctr.id, error = %e, "unmounting rootfs");
+        }
+        if let Err(e) = self.images.release(&ctr.id).await {
+            tracing::warn!(container = %ctr.id, error = %e, "releasing image lease");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = %ctr.id, error = %e, "removing container dir");
+        }
+    }
+
+    /// `ExecSync`: runs `cmd` in the container through `berth-runtime exec` (a
+    /// single-threaded process does the namespace joining), with a timeout that kills
+    /// the process and its children.
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
+        let ctr = self.get(id)?;
+        if ctr.state().phase != Phase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                ctr.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("cmd is required".into()));
+        }
+        let runtime = self.helper("berth-runtime")?;
+        let pid_file = self.dir(&ctr.id).join(format!(
+            "exec-{}.pid",
+            store::new_id()
+                .map_err(|e| Error::io("exec id", e))?
+                .get(..12)
+                .unwrap_or("x")
+        ));
+        let mut child = tokio::process::Command::new(&runtime)
+            .arg("--root")
+            .arg(self.runtime_root())
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&ctr.id)
+            .arg("--")
+            .args(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", runtime.display()), e))?;
+        let mut out = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Internal("exec stdout".into()))?;
+        let mut err = child
+            .stderr
+            .take()
+            .ok_or_else(|| Error::Internal("exec stderr".into()))?;
+        let read_out = tokio::spawn(async move { read_capped(&mut out).await });
+        let read_err = tokio::spawn(async move { read_capped(&mut err).await });
+        let waited = if timeout > 0 {
+            tokio::time::timeout(
+                Duration::from_secs(u64::try_from(timeout).unwrap_or(0)),
+                child.wait(),
+            )
+            .await
+        } else {
+            Ok(child.wait().await)
+        };
+        let status = match waited {
+            Ok(s) => s.map_err(|e| Error::io("waiting for exec", e))?,
+            Err(_) => {
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    kill_tree(pid);
+                }
+                let _ = child.kill().await;
+                let _ = std::fs::remove_file(&pid_file);
+                return Err(Error::DeadlineExceeded(format!(
+                    "command {cmd:?} timed out after {timeout}s and was killed"
+                )));
+            }
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        let stdout = read_out.await.unwrap_or_default();
+        let mut stderr = read_err.await.unwrap_or_default();
+        let exit_code = status.code().unwrap_or(255);
+        // berth-runtime reports its own failures (not the command's) with this prefix.
+        if exit_code != 0 && stderr.starts_with(b"berth-runtime:") {
+            let msg = String::from_utf8_lossy(&stderr).trim().to_owned();
+            if msg.contains("executable") {
+                stderr = msg.clone().into_bytes();
+                return Ok(ExecOutput {
+                    stdout,
+                    stderr,
+                    exit_code: 126,
+                });
+            }
+            return Err(Error::Internal(format!(
+                "exec in container {}: {msg}",
+                ctr.id
+            )));
+        }
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+        })
+    }
+
+    /// Rebuilds the index from disk and reattaches to live monitors; containers whose
+    /// monitor died meanwhile get their exit recorded; half-created ones are removed.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let dirs = store::record_dirs(&self.records_dir())
+            .map_err(|e| Error::io("listing container records", e))?;
+        for dir in dirs {
+            let id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ctr = match self.load(&dir) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "unreadable container record; removing it");
+                    let _ = crate::pod::namespaces::unmount(&dir.join("rootfs"));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                }
+            };
+            let state = ctr.state();
+            if state.phase == Phase::Creating {
+                tracing::info!(container = %id, "removing a container berthd died creating");
+                if state.monitor_pid > 0 {
+                    self.kill(&ctr, libc::SIGKILL, true);
+                }
+                ctr.update(|s| s.phase = Phase::Exited);
+                self.cleanup(&ctr).await;
+                continue;
+            }
+            self.names().insert(ctr.name_key.clone(), id.clone());
+            self.write().insert(id.clone(), Arc::clone(&ctr));
+            if state.phase != Phase::Exited {
+                if monitor_alive(state.monitor_pid, &id) {
+                    self.watch(Arc::clone(&ctr), None, state.monitor_pid);
+                } else {
+                    self.record_exit(&ctr);
+                }
+                // A container created but never started stays created.
+                if state.phase == Phase::Created
+                    && let Some(rc) = self.runtime_container(&id)
+                    && rc.status() == berth_runtime_core::container::Status::Running
+                {
+                    ctr.update(|s| s.phase = Phase::Running);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, dir: &Path) -> std::result::Result<Container, String> {
+        let record: Record = serde_json::from_slice(
+            &std::fs::read(dir.join("record.json")).map_err(|e| format!("record.json: {e}"))?,
+        )
+        .map_err(|e| format!("record.json: {e}"))?;
+        let config = ContainerConfig::decode(
+            std::fs::read(dir.join("config.pb"))
+                .map_err(|e| format!("config.pb: {e}"))?
+                .as_slice(),
+        )
+        .map_err(|e| format!("config.pb: {e}"))?;
+        let (tx, _) = tokio::sync::watch::channel(record.state.phase);
+        Ok(Container {
+            id: record.id,
+            name_key: record.name_key,
+            pod_id: record.pod_id,
+            config,
+            created_at: record.created_at,
+            image_id: record.image_id,
+            image_name: record.image_name,
+            image_ref: record.image_ref,
+            log_path: record.log_path,
+            stop_signal: record.stop_signal,
+            state: Mutex::new(record.state),
+            changed: tx,
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+async fn read_capped(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    out
+}
+
+fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let c_data = std::ffi::CString::new(data)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: all pointers are valid NUL-terminated strings alive for the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            c_target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            c_data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The signal that asks a container to stop: the CRI's, else the image's STOPSIGNAL,
+/// else SIGTERM.
+fn stop_signal(image: &str, cri: i32) -> i32 {
+    if cri > 0 {
+        return cri;
+    }
+    let name = image.trim().trim_start_matches("SIG").to_ascii_uppercase();
+    if let Ok(n) = name.parse::<i32>() {
+        return n;
+    }
+    match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        _ => libc::SIGTERM,
+    }
+}
+
+/// SIGKILLs `pid` and all its descendants (children first listed via /proc).
+fn kill_tree(pid: i32) {
+    let mut stack = vec![pid];
+    let mut all = Vec::new();
+    while let Some(p) = stack.pop() {
+        all.push(p);
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        stack.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    for p in all {
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+/// Whether `pid` is still a berth-monitor for container `id` (pids are reused).
+fn monitor_alive(pid: i32, id: &str) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let text = String::from_utf8_lossy(&c);
+            text.contains("berth-monitor") && text.contains(id)
+        })
+        .unwrap_or(false)
+}
+
+/// Waits for a process that is not our child to exit, through a pidfd.
+async fn wait_pid_exit(pid: i32) {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK) else {
+        return; // already gone
+    };
+    // SAFETY: `fd` is an open pidfd owned by the AsyncFd for its whole lifetime; its
+    // raw fd never changes.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` into ns since the epoch.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (hms, frac) = match time.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (time, ""),
+    };
+    let mut t = hms.split(':');
+    let (hh, mm, ss): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    let mut nanos: i64 = 0;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        nanos = format!("{digits:0<9}").parse().ok()?;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000) + nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parses_to_nanos() {
+        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-02T00:00:01.5Z"),
+            Some(86_401_500_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("2026-11-29T07:00:00.123456789Z"),
+            Some(1_795_935_600_123_456_789)
+        );
+        assert_eq!(parse_rfc3339_nanos("garbage"), None);
+    }
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(stop_signal("", 0), libc::SIGTERM);
+        assert_eq!(stop_signal("SIGQUIT", 0), libc::SIGQUIT);
+        assert_eq!(stop_signal("9", 0), 9);
+        assert_eq!(stop_signal("SIGQUIT", libc::SIGINT), libc::SIGINT);
+    }
+}
