@@ -173,9 +173,9 @@ fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
         source,
     })?;
     let mut f = fs::File::create(&tmp).map_err(io_err("write state", &tmp))?;
-    f.write_all(&data)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err("write state", &tmp))?;
+    // No fsync: the state root is volatile (like runc's /run/runc); atomicity is what
+    // matters, and rename gives it.
+    f.write_all(&data).map_err(io_err("write state", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename state", &path))
 }
 
@@ -516,8 +516,19 @@ impl Container {
                     wanted: "stopped (or --force)",
                 });
             }
+            // A pidfd tells us exactly when the init is gone, child of ours or not.
+            let pidfd = rustix::process::Pid::from_raw(self.state.pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
             let _ = self.kill(libc::SIGKILL, true);
             let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            if let Some(fd) = &pidfd {
+                let mut pfd = [nix::poll::PollFd::new(
+                    fd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(10_000u16));
+            }
         }
         // Wait for the processes to be gone (reaping the init if it is our child).
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -539,7 +550,7 @@ impl Container {
             if procs_left && force {
                 let _ = self.kill(libc::SIGKILL, true);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         if let Some(cg) = &self.state.cgroup {
             cg.remove()?;
