@@ -498,6 +498,10 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        // Non-ASCII input is rejected, never a panic on a char boundary.
+        for bad in ["busyböx", "ü", "a/ü:1", "höst.io/a", "a:tägs", "a@sha256:ü"] {
+            assert!(Reference::parse(bad).is_err(), "{bad}");
+        }
         let tag = "a".repeat(129);
         assert!(Reference::parse(&format!("busybox:{tag}")).is_err());
         let long = format!("example.com/{}", "a".repeat(250));
