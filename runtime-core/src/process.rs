@@ -409,6 +409,31 @@ fn stage1(
     }
 }
 
+/// Ask AppArmor to confine the process from its next execve on. A host without
+/// AppArmor skips this cleanly (the profile cannot be honoured there anyway).
+fn apply_apparmor(enabled: bool, profile: &str) -> Result<(), ChildError> {
+    if !enabled {
+        return Ok(());
+    }
+    let data = format!("exec {profile}");
+    for attr in ["/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"] {
+        if Path::new(attr).exists() {
+            return fs::write(attr, &data).map_err(|e| {
+                child_err(
+                    "apparmor profile",
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    profile.to_string(),
+                )
+            });
+        }
+    }
+    Err(child_err(
+        "apparmor profile",
+        libc::ENOENT,
+        "no /proc/self/attr/apparmor/exec in the container",
+    ))
+}
+
 /// Resolve the executable like execvp would, but inside the container, so "not found"
 /// is reported at create time.
 fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, ChildError> {
@@ -601,6 +626,11 @@ fn init(
         set_oom_score_adj(adj)?;
     }
 
+    // Looked up before pivot_root, on the host's /sys.
+    let apparmor = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false);
+
     if cfg.exec_in.is_none() {
         if !new_flags.contains(CloneFlags::CLONE_NEWNS) {
             return Err(child_err(
@@ -633,6 +663,14 @@ fn init(
         let _ = nix::unistd::setsid();
         // SAFETY: TIOCSCTTY on fd 0, which is a terminal; failure is harmless.
         let _ = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        apply_apparmor(apparmor, profile)?;
     }
 
     for rl in process.rlimits().as_deref().unwrap_or(&[]) {

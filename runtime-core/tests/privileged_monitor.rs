@@ -396,3 +396,38 @@ fn pause_exits_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn orphans_adopted_by_the_monitor_are_reaped() {
+    // No pid namespace: the orphaned `sleep` is re-parented to the monitor (subreaper).
+    let s = Setup::new(&["sh", "-c", "(sleep 0.2 &); sleep 1.5"]);
+    s.edit_spec(|v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid");
+    });
+    let init = s.spawn_monitor(&[]);
+    let monitor = s.monitor.borrow().as_ref().unwrap().id();
+    s.start();
+    let children = || -> Vec<i64> {
+        fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    // The orphan shows up as the monitor's child, then disappears once reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "orphan never adopted: {:?}",
+            children()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(children(), [init], "orphan left as a zombie");
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+}

@@ -378,6 +378,16 @@ fn run_inner(
         set_nonblocking(fd.as_raw_fd());
     }
 
+    // SIGCHLD only after the container exists: a blocked mask would be inherited by
+    // the init and survive its execve.
+    let mut chld = nix::sys::signal::SigSet::empty();
+    chld.add(nix::sys::signal::Signal::SIGCHLD);
+    chld.thread_block()?;
+    let sigchld = nix::sys::signalfd::SignalFd::with_flags(
+        &chld,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )?;
+
     report(sync, serde_json::json!({ "pid": pid }));
     detach_stdio();
 
@@ -398,6 +408,7 @@ fn run_inner(
         fds.push(pfd(pidfd.as_raw_fd()));
         fds.push(pfd(attach.as_raw_fd()));
         fds.push(pfd(ctl.as_raw_fd()));
+        fds.push(pfd(sigchld.as_fd().as_raw_fd()));
         for (fd, _) in &m.outputs {
             fds.push(pfd(fd.as_raw_fd()));
         }
@@ -414,7 +425,7 @@ fn run_inner(
         let n_out = m.outputs.len();
         let mut closed = Vec::new();
         for i in 0..n_out {
-            if ready(3 + i) && !m.pump(i) {
+            if ready(4 + i) && !m.pump(i) {
                 closed.push(i);
             }
         }
@@ -422,7 +433,7 @@ fn run_inner(
             m.outputs.remove(i);
         }
         for (k, fd) in client_fds.iter().enumerate() {
-            if ready(3 + n_out + k) && !m.client_input(*fd) {
+            if ready(4 + n_out + k) && !m.client_input(*fd) {
                 m.clients.remove(fd);
             }
         }
@@ -454,6 +465,10 @@ fn run_inner(
                 _ => "error unknown command\n".to_string(),
             };
             let _ = sock.write_all(reply.as_bytes());
+        }
+        if ready(3) {
+            while let Ok(Some(_)) = sigchld.read_signal() {}
+            reap_orphans(pid);
         }
         if ready(0) {
             match rustix::process::waitid(
@@ -504,6 +519,27 @@ fn run_inner(
     let _ = fs::remove_file(&attach_path);
     let _ = fs::remove_file(&ctl_path);
     Ok(())
+}
+
+/// As subreaper we inherit orphans of the container's processes (when it has no pid
+/// namespace of its own). Reap exactly those children, never the init (its pidfd
+/// reports its exit) — no blanket waitpid(-1).
+fn reap_orphans(init: i32) {
+    let me = std::process::id();
+    let Ok(text) = fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+        return;
+    };
+    for child in text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        if child != init {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(child),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
 }
 
 const PIN_KINDS: [(&str, libc::c_int); 3] = [
