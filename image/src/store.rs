@@ -160,6 +160,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("invalid lease holder {0:?}: use letters, digits, '-', '_' and '.'")]
     InvalidHolder(String),
+    #[error("image store {0} is in use by another process (is berthd running?)")]
+    Locked(PathBuf),
     #[error("background task failed: {0}")]
     Task(String),
 }
@@ -273,6 +275,8 @@ struct Inner {
     /// Pulls hold it shared; GC takes it exclusively so that it never removes a
     /// snapshot a pull in progress is about to reference.
     gc: tokio::sync::RwLock<()>,
+    /// Holds the store's exclusive `flock` for as long as the store is open.
+    _lock: std::fs::File,
 }
 
 impl ImageStore {
@@ -284,6 +288,24 @@ impl ImageStore {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
+        // One process per store: opening clears in-progress downloads and unpacks,
+        // which would break another process's pulls.
+        let lock_path = root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                if e == rustix::io::Errno::WOULDBLOCK {
+                    StoreError::Locked(root.clone())
+                } else {
+                    io_err("locking", &lock_path)(e.into())
+                }
+            },
+        )?;
         clear_dir(&root.join("ingest"))?;
         let snapshots = root.join("snapshots");
         for entry in std::fs::read_dir(&snapshots).map_err(io_err("listing", &snapshots))? {
@@ -333,6 +355,7 @@ impl ImageStore {
                 write: tokio::sync::Mutex::new(()),
                 locks: KeyedLocks::default(),
                 gc: tokio::sync::RwLock::new(()),
+                _lock: lock,
             }),
         })
     }
@@ -1504,6 +1527,21 @@ mod tests {
         s.release("ctr-1").await.unwrap();
         assert_eq!(s.gc().await.unwrap().snapshots, 1);
         assert!(!dirs[0].exists());
+    }
+
+    #[test]
+    fn a_store_is_opened_by_one_owner_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = store(tmp.path());
+        let err = ImageStore::open(tmp.path(), StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        // Clones share the lock; dropping the last one frees it.
+        let clone = first.clone();
+        drop(first);
+        assert!(ImageStore::open(tmp.path(), StoreOptions::default()).is_err());
+        drop(clone);
+        store(tmp.path());
     }
 
     #[tokio::test]
