@@ -104,3 +104,113 @@ fn cgroup_lifecycle_on_the_host() {
     );
     drop(guard);
 }
+
+/// The host's cgroup2 mount (hybrid hosts have one at /sys/fs/cgroup/unified).
+fn v2_root() -> Option<&'static Path> {
+    [
+        Path::new("/sys/fs/cgroup/unified"),
+        Path::new("/sys/fs/cgroup"),
+    ]
+    .into_iter()
+    .find(|p| p.join("cgroup.controllers").exists())
+}
+
+/// Removes the test's parent cgroup and gives the root back the subtree_control it had.
+struct V2Parent {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+    root_subtree: String,
+}
+
+impl Drop for V2Parent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        let before: Vec<&str> = self.root_subtree.split_whitespace().collect();
+        let now =
+            std::fs::read_to_string(self.root.join("cgroup.subtree_control")).unwrap_or_default();
+        for c in now.split_whitespace().filter(|c| !before.contains(c)) {
+            let _ = std::fs::write(self.root.join("cgroup.subtree_control"), format!("-{c}"));
+        }
+    }
+}
+
+#[test]
+fn cgroup_v2_lifecycle_on_the_hosts_unified_hierarchy() {
+    let Some(root) = v2_root() else {
+        eprintln!("no cgroup2 hierarchy on this host; nothing to test");
+        return;
+    };
+    let parent = format!("berth-test-v2-{}", std::process::id());
+    let _parent_guard = V2Parent {
+        dir: root.join(&parent),
+        root: root.to_path_buf(),
+        root_subtree: std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+    };
+    let cg = Cgroup::new(root, &format!("/{parent}/ctr"), "x").unwrap();
+    assert_eq!(cg.version, Version::V2);
+    let guard = Guard(cg.clone());
+    cg.create().unwrap();
+    let dir = root.join(&parent).join("ctr");
+    assert!(dir.is_dir());
+    // Device rules cannot be applied on v2 without eBPF, and must not fail creation.
+    let resources = serde_json::from_str(
+        r#"{"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}"#,
+    )
+    .unwrap();
+    cg.apply(&resources).unwrap();
+    // Controllers the root offers were delegated down the path.
+    let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap();
+    let got = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap();
+    for c in offered.split_whitespace() {
+        assert!(
+            got.split_whitespace().any(|g| g == c),
+            "{c} not enabled for the container: {got:?}"
+        );
+    }
+    if dir.join("hugetlb.2MB.max").exists() {
+        let r =
+            serde_json::from_str(r#"{"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}"#)
+                .unwrap();
+        cg.apply(&r).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hugetlb.2MB.max"))
+                .unwrap()
+                .trim(),
+            "4194304"
+        );
+    }
+
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    cg.add_pid(pid).unwrap();
+    assert_eq!(cg.procs().unwrap(), vec![pid]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cg.stats().unwrap().cpu_usage_ns == 0 {
+        assert!(Instant::now() < deadline, "no cpu usage accounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    cg.set_frozen(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 1")
+    {
+        assert!(Instant::now() < deadline, "never froze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cg.set_frozen(false).unwrap();
+
+    cg.kill_all(libc::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    cg.remove().unwrap();
+    assert!(!dir.exists());
+    drop(guard);
+}
