@@ -18,6 +18,8 @@ pub enum SecurityError {
     UnknownCapability(String),
     #[error("set {set:?} capabilities: {errno}")]
     SetCapability { set: CapSet, errno: Errno },
+    #[error("seccomp: {0}")]
+    SeccompUnsupported(String),
     #[error("seccomp: {what}: {source}")]
     Seccomp {
         what: String,
@@ -30,7 +32,9 @@ impl SecurityError {
     /// The errno behind this failure.
     pub fn errno(&self) -> i32 {
         match self {
-            SecurityError::UnknownCapability(_) => libc::EINVAL,
+            SecurityError::UnknownCapability(_) | SecurityError::SeccompUnsupported(_) => {
+                libc::EINVAL
+            }
             SecurityError::SetCapability { errno, .. } => *errno as i32,
             SecurityError::Seccomp { source, .. } => {
                 source.errno().map_or(libc::EINVAL, |e| -(e as i32)).abs()
@@ -107,6 +111,18 @@ fn seccomp_err(
 /// Build (but do not load) the filter described by `linux.seccomp`. Syscall names this
 /// libseccomp does not know are skipped, as runc does.
 pub fn build_seccomp(s: &LinuxSeccomp) -> Result<ScmpFilterContext, SecurityError> {
+    // Nobody would answer user notifications: the syscalls would hang forever.
+    let notify = s.default_action() == LinuxSeccompAction::ScmpActNotify
+        || s.syscalls()
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify);
+    if notify {
+        return Err(SecurityError::SeccompUnsupported(
+            "SCMP_ACT_NOTIFY (seccomp user notification) is not supported".into(),
+        ));
+    }
     let default = action(s.default_action(), s.default_errno_ret());
     let mut ctx = ScmpFilterContext::new(default).map_err(seccomp_err("create filter"))?;
     // We set no_new_privs ourselves when the spec asks for it.
@@ -224,6 +240,15 @@ mod tests {
         let ctx = build_seccomp(&s).unwrap();
         assert!(ctx.is_arch_present(ScmpArch::X86).unwrap());
         assert!(ctx.is_arch_present(ScmpArch::X32).unwrap());
+    }
+
+    #[test]
+    fn notify_action_is_refused_instead_of_hanging_the_container() {
+        let json = r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}"#;
+        let s: LinuxSeccomp = serde_json::from_str(json).unwrap();
+        let err = build_seccomp(&s).unwrap_err();
+        assert!(err.to_string().contains("SCMP_ACT_NOTIFY"), "{err}");
     }
 
     #[test]
