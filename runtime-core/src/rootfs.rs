@@ -485,7 +485,10 @@ fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<()
         let src_meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
         create_mount_point(&dest, !src_meta.is_dir())?;
         let bind = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        sys.mount(Some(source), &dest, None, bind, None)
+        let target = sys
+            .open_in_root(plan.rootfs, &dest)
+            .map_err(sys_err("open mount target inside rootfs", &dest))?;
+        sys.mount(Some(source), target.path(), None, bind, None)
             .map_err(sys_err("bind mount", &dest))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
@@ -498,14 +501,17 @@ fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<()
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let source = m.source().as_deref().unwrap_or(Path::new(typ));
         let fstype = (!typ.is_empty()).then_some(typ);
-        match sys.mount(Some(source), &dest, fstype, opts.flags, data) {
+        let target = sys
+            .open_in_root(plan.rootfs, &dest)
+            .map_err(sys_err("open mount target inside rootfs", &dest))?;
+        match sys.mount(Some(source), target.path(), fstype, opts.flags, data) {
             Ok(()) => {}
             // Without its own network namespace a container may not mount sysfs (the
             // kernel ties sysfs to the netns owner): bind the host's read-only, as runc does.
             Err(Errno::EPERM) if typ == "sysfs" => {
                 sys.mount(
                     Some(Path::new("/sys")),
-                    &dest,
+                    target.path(),
                     None,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None,
@@ -555,19 +561,25 @@ fn mount_cgroups(
         .filter(|h| !h.controllers.is_empty())
         .collect();
     if v1.is_empty() {
+        let target = sys
+            .open_in_root(plan.rootfs, dest)
+            .map_err(sys_err("open mount target inside rootfs", dest))?;
         return sys
             .mount(
                 Some(Path::new("cgroup2")),
-                dest,
+                target.path(),
                 Some("cgroup2"),
                 flags,
                 None,
             )
             .map_err(sys_err("mount cgroup2", dest));
     }
+    let target = sys
+        .open_in_root(plan.rootfs, dest)
+        .map_err(sys_err("open mount target inside rootfs", dest))?;
     sys.mount(
         Some(Path::new("tmpfs")),
-        dest,
+        target.path(),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=755"),

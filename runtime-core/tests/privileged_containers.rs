@@ -638,3 +638,37 @@ fn pause_resume_update_ps_and_stats_of_a_running_container() {
     assert_eq!(ev["data"]["pids"], 1, "{ev}");
     assert_eq!(ev["data"]["oom_kills"], 0, "{ev}");
 }
+
+#[test]
+fn mount_targets_behind_symlinks_stay_inside_the_rootfs() {
+    let b = Bundle::new();
+    let rootfs = b.bundle().join("rootfs");
+    // An image whose /data points at the host's root, and a relative escape attempt.
+    std::os::unix::fs::symlink("/", rootfs.join("data")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../tmp", rootfs.join("up")).unwrap();
+    let src = b.tmp.path().join("vol");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("marker"), "inside\n").unwrap();
+    let host_target = format!("/berth-escape-{}", b.id);
+    let src_s = src.to_str().unwrap().to_string();
+    let t1 = format!("/data{host_target}");
+    b.edit_spec(|s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": t1, "type": "bind", "source": src_s, "options": ["rbind", "ro"]}));
+        mounts.push(json!({"destination": "/up/vol", "type": "bind", "source": src_s, "options": ["rbind", "ro"]}));
+    });
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        &format!("cat {host_target}/marker /tmp/vol/marker"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "inside\ninside\n");
+    assert!(
+        !Path::new(&host_target).exists(),
+        "mount point created on the host"
+    );
+    assert!(rootfs.join(host_target.trim_start_matches('/')).is_dir());
+    assert!(rootfs.join("tmp/vol").is_dir());
+    assert!(!Path::new("/tmp/vol/marker").exists());
+}

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use super::{CapSet, CloneFlags, Errno, MntFlags, MsFlags, Rlimit, Syscall};
+use super::{CapSet, CloneFlags, Errno, InRootPath, MntFlags, MsFlags, Rlimit, Syscall};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,5 +256,12 @@ impl Syscall for RecordingSyscall {
 
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
         self.record(Call::ReadonlyRecursive(target.to_path_buf()))
+    }
+
+    fn open_in_root(&self, root: &Path, target: &Path) -> Result<InRootPath, Errno> {
+        if !target.starts_with(root) {
+            return Err(Errno::EXDEV);
+        }
+        Ok(InRootPath::plain(target))
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nix::sys::stat::{Mode, SFlag};
 
-use super::{CapSet, CloneFlags, Errno, MntFlags, MsFlags, Rlimit, Syscall};
+use super::{CapSet, CloneFlags, Errno, InRootPath, MntFlags, MsFlags, Rlimit, Syscall};
 
 /// Calls the Linux kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -174,6 +174,39 @@ impl Syscall for LinuxSyscall {
 
     fn umask(&self, mask: u32) {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+
+    fn open_in_root(&self, root: &Path, target: &Path) -> Result<InRootPath, Errno> {
+        use rustix::fs::{Mode as RMode, OFlags, ResolveFlags};
+        let rel = target.strip_prefix(root).map_err(|_| Errno::EXDEV)?;
+        let to_errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            RMode::empty(),
+        )
+        .map_err(to_errno)?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let fd = rustix::fs::openat2(
+            &root_fd,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            RMode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(to_errno)?;
+        let path = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        Ok(InRootPath {
+            _fd: Some(fd),
+            path,
+        })
     }
 
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {

@@ -30,6 +30,31 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// A path inside the rootfs that is safe to mount on: for the real kernel an `O_PATH`
+/// fd opened with `openat2(RESOLVE_IN_ROOT)` reached through `/proc/self/fd/N`, so a
+/// symlink swapped in after resolution cannot redirect the mount out of the rootfs.
+#[derive(Debug)]
+pub struct InRootPath {
+    /// Keeps the `/proc/self/fd/N` path valid.
+    _fd: Option<std::os::fd::OwnedFd>,
+    path: std::path::PathBuf,
+}
+
+impl InRootPath {
+    /// A plain path (used by the fake).
+    pub fn plain(path: &Path) -> Self {
+        InRootPath {
+            _fd: None,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The path to hand to mount(2).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The system calls used to set up a container process.
 ///
 /// Every method returns the raw errno on failure; callers attach the step name.
@@ -82,6 +107,8 @@ pub trait Syscall {
     fn set_sysctl(&self, key: &str, value: &str) -> Result<(), Errno>;
     /// umask(2); returns nothing since umask cannot fail.
     fn umask(&self, mask: u32);
+    /// Open `target` (a path under `root`) without letting any symlink leave `root`.
+    fn open_in_root(&self, root: &Path, target: &Path) -> Result<InRootPath, Errno>;
     /// mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): make a mount tree read-only.
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
 }
