@@ -431,3 +431,24 @@ fn orphans_adopted_by_the_monitor_are_reaped() {
     assert_eq!(children(), [init], "orphan left as a zombie");
     assert_eq!(s.wait_exit()["exit_code"], 0);
 }
+
+#[test]
+fn terminal_containers_get_a_pty_with_resize_through_attach() {
+    let s = Setup::new(&["sh", "-c", "read x; stty size; tty"]);
+    s.edit_spec(|v| v["process"]["terminal"] = json!(true));
+    s.spawn_monitor(&["--stdin"]);
+    s.start();
+    let mut sock = UnixStream::connect(s.root().join(&s.id).join("attach.sock")).unwrap();
+    let mut size = Vec::new();
+    size.extend_from_slice(&33u16.to_be_bytes());
+    size.extend_from_slice(&77u16.to_be_bytes());
+    sock.write_all(&frame(1, &size)).unwrap();
+    sock.write_all(&frame(0, b"go\n")).unwrap();
+    assert_eq!(s.wait_exit()["exit_code"], 0);
+    // A terminal has one stream: everything is logged as stdout, with the pty's \r\n.
+    let lines = Setup::log_lines(&s.log());
+    let msgs: Vec<&str> = lines.iter().map(|l| l.3.trim_end_matches('\r')).collect();
+    assert!(lines.iter().all(|l| l.1 == "stdout"), "{lines:?}");
+    assert!(msgs.contains(&"33 77"), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.starts_with("/dev/pts/")), "{msgs:?}");
+}
