@@ -409,6 +409,52 @@ fn stage1(
     }
 }
 
+/// Switch to the spec's user with the spec's capabilities: bounding set first (needs
+/// CAP_SETPCAP), groups, uid/gid with keepcaps so permitted survives, umask, the other
+/// four sets, then no_new_privs.
+fn apply_identity(
+    sys: &dyn Syscall,
+    process: &oci_spec::runtime::Process,
+    set_groups: bool,
+) -> Result<(), ChildError> {
+    let caps = process.capabilities().as_ref();
+    if let Some(c) = caps {
+        security::apply_bounding(sys, c)
+            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
+    }
+    let user = process.user();
+    let mut groups: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
+    groups.retain(|g| *g != user.gid());
+    groups.insert(0, user.gid());
+    if set_groups {
+        sys.setgroups(&groups)
+            .map_err(|e| child_err("setgroups", e as i32, format!("{groups:?}")))?;
+    }
+    sys.set_keep_caps(true)
+        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
+    sys.set_id(user.uid(), user.gid()).map_err(|e| {
+        child_err(
+            "set uid/gid",
+            e as i32,
+            format!("{}:{}", user.uid(), user.gid()),
+        )
+    })?;
+    sys.set_keep_caps(false)
+        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
+    if let Some(mask) = user.umask() {
+        sys.umask(mask);
+    }
+    if let Some(c) = caps {
+        security::apply_capabilities(sys, c)
+            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
+    }
+    if process.no_new_privileges() == Some(true) {
+        sys.set_no_new_privs()
+            .map_err(|e| child_err("no_new_privs", e as i32, ""))?;
+    }
+    Ok(())
+}
+
 /// Ask AppArmor to confine the process from its next execve on. A host without
 /// AppArmor skips this cleanly (the profile cannot be honoured there anyway).
 fn apply_apparmor(enabled: bool, profile: &str) -> Result<(), ChildError> {
@@ -697,53 +743,19 @@ fn init(
         .transpose()
         .map_err(|e| child_err("build seccomp filter", e.errno(), e.to_string()))?;
     let nnp = process.no_new_privileges() == Some(true);
-    let caps = process.capabilities().clone();
 
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
     if !nnp && let Some(f) = &seccomp {
         f.load()
             .map_err(|e| child_err("load seccomp filter", libc::EPERM, e.to_string()))?;
     }
-    if let Some(c) = &caps {
-        security::apply_bounding(&sys, c)
-            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
-    }
-    let user = process.user();
-    let mut groups: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
-    groups.retain(|g| *g != user.gid());
-    groups.insert(0, user.gid());
-    if !(new_user
+    let set_groups = !(new_user
         && spec
             .linux()
             .as_ref()
             .and_then(|l| l.gid_mappings().as_ref())
-            .is_none())
-    {
-        sys.setgroups(&groups)
-            .map_err(|e| child_err("setgroups", e as i32, format!("{groups:?}")))?;
-    }
-    sys.set_keep_caps(true)
-        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
-    sys.set_id(user.uid(), user.gid()).map_err(|e| {
-        child_err(
-            "set uid/gid",
-            e as i32,
-            format!("{}:{}", user.uid(), user.gid()),
-        )
-    })?;
-    sys.set_keep_caps(false)
-        .map_err(|e| child_err("keep capabilities", e as i32, ""))?;
-    if let Some(mask) = user.umask() {
-        sys.umask(mask);
-    }
-    if let Some(c) = &caps {
-        security::apply_capabilities(&sys, c)
-            .map_err(|e| child_err("capabilities", e.errno(), e.to_string()))?;
-    }
-    if nnp {
-        sys.set_no_new_privs()
-            .map_err(|e| child_err("no_new_privs", e as i32, ""))?;
-    }
+            .is_none());
+    apply_identity(&sys, process, set_groups)?;
 
     let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
         .map_err(|_| child_err("exec", libc::EINVAL, "NUL in path"))?;
@@ -792,6 +804,59 @@ pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process_json(json: &str) -> oci_spec::runtime::Process {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn identity_sequence_drops_bounding_first_and_sets_nnp_last() {
+        use crate::sys::CapSet;
+        use crate::sys::fake::{Call, RecordingSyscall};
+        let p = process_json(
+            r#"{"cwd": "/", "noNewPrivileges": true,
+                "user": {"uid": 1000, "gid": 1001, "additionalGids": [10, 1001], "umask": 18},
+                "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                 "permitted": ["CAP_KILL"], "inheritable": [], "ambient": []}}"#,
+        );
+        let sys = RecordingSyscall::new();
+        apply_identity(&sys, &p, true).unwrap();
+        let cap = |set, caps: &[&str]| Call::SetCapability {
+            set,
+            caps: caps.iter().map(|c| c.to_string()).collect(),
+        };
+        assert_eq!(
+            sys.calls(),
+            vec![
+                cap(CapSet::Bounding, &["CAP_KILL"]),
+                Call::Setgroups(vec![1001, 10]),
+                Call::SetKeepCaps(true),
+                Call::SetId {
+                    uid: 1000,
+                    gid: 1001
+                },
+                Call::SetKeepCaps(false),
+                Call::Umask(18),
+                cap(CapSet::Inheritable, &[]),
+                cap(CapSet::Effective, &["CAP_KILL"]),
+                cap(CapSet::Permitted, &["CAP_KILL"]),
+                cap(CapSet::Ambient, &[]),
+                Call::SetNoNewPrivs,
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_failure_names_the_step_and_stops_there() {
+        use crate::sys::fake::{Call, RecordingSyscall};
+        let p = process_json(r#"{"cwd": "/", "user": {"uid": 5, "gid": 5}}"#);
+        let sys = RecordingSyscall::new();
+        sys.fail_when(|c| matches!(c, Call::SetId { .. }), Errno::EPERM);
+        let err = apply_identity(&sys, &p, false).unwrap_err();
+        assert_eq!((err.step.as_str(), err.errno), ("set uid/gid", libc::EPERM));
+        assert!(!sys.calls().contains(&Call::SetKeepCaps(false)));
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::Setgroups(_))));
+    }
 
     #[test]
     fn executable_lookup_uses_the_spec_path_and_reports_enoent() {
