@@ -31,6 +31,7 @@ TEST_PACKAGES=(
   busybox-static                # test rootfs and images
   libseccomp-dev pkg-config     # seccomp filters (runtime-core)
   containerd                    # the image-pull benchmark compares against it
+  nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")

@@ -178,6 +178,15 @@ impl LayerBuilder {
             };
             if lib.starts_with('/') {
                 self = self.host_file(lib, Path::new(lib), 0o755)?;
+                // glibc dlopen()s libgcc_s for thread cancellation and unwinding;
+                // ldd does not list it.
+                if lib.ends_with("/libc.so.6") {
+                    let gcc = Path::new(lib).with_file_name("libgcc_s.so.1");
+                    if gcc.is_file() {
+                        let gcc = gcc.display().to_string();
+                        self = self.host_file(&gcc, Path::new(&gcc), 0o644)?;
+                    }
+                }
             }
         }
         Ok(self)
@@ -982,4 +991,153 @@ pub fn critest_images() -> anyhow::Result<Vec<Published>> {
     out.push(published("registry.k8s.io/pause", &["3.9"], pause.clone()));
     out.push(published("k8s.gcr.io/pause", &["3.9"], pause));
     Ok(out)
+}
+
+/// Debian's nginx binary (package `nginx`).
+pub const NGINX: &str = "/usr/sbin/nginx";
+/// Debian's Apache binary (package `apache2-bin`).
+pub const APACHE: &str = "/usr/sbin/apache2";
+/// Where Debian keeps Apache's loadable modules.
+const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
+/// The `berth-nnp` test program built by cargo next to the running test binary
+/// (`$BERTH_NNP_BIN` overrides).
+pub fn nnp_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("BERTH_NNP_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("berth-nnp");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "berth-nnp not found next to {}; build it with `cargo build -p berth-integration --bins` or set BERTH_NNP_BIN",
+        exe.display()
+    )
+}
+
+/// nginx from Debian on the busybox base, started by its ENTRYPOINT in the
+/// foreground (so PID 1's command line reads `nginx: master process ...`), writing
+/// `/var/run/nginx.pid` and serving a page on `port`.
+pub fn nginx_image(base: &LayerBuilder, port: u16) -> anyhow::Result<BuiltImage> {
+    let conf = format!(
+        "user nobody nogroup;\nworker_processes 1;\npid /var/run/nginx.pid;\n\
+         error_log /dev/stderr notice;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log /dev/stdout;\n  server {{\n    listen {port};\n\
+         \x20   root /usr/share/nginx/html;\n    index index.html;\n  }}\n}}\n"
+    );
+    ImageBuilder::new()
+        .layer(base.clone())
+        .layer(
+            LayerBuilder::new()
+                .host_binary(NGINX)?
+                .dir("etc/nginx", 0o755)
+                .file("etc/nginx/nginx.conf", conf, 0o644)
+                .dir("var/log/nginx", 0o755)
+                .dir("var/lib/nginx", 0o755)
+                .dir("usr/share/nginx/html", 0o755)
+                .file(
+                    "usr/share/nginx/html/index.html",
+                    "<html><head><title>Welcome to nginx!</title></head><body>Welcome to nginx!</body></html>\n",
+                    0o644,
+                ),
+        )
+        .entrypoint(["nginx", "-g", "daemon off;"])
+        .cmd(Vec::<String>::new())
+        .expose(&format!("{port}/tcp"))
+        .stop_signal("SIGQUIT")
+        .build()
+}
+
+/// Apache httpd from Debian on the busybox base, run as `httpd -DFOREGROUND` so its
+/// log says `Command line: 'httpd -D FOREGROUND'` as the upstream image's does.
+pub fn httpd_image(base: &LayerBuilder) -> anyhow::Result<BuiltImage> {
+    let mut layer = LayerBuilder::new().host_binary(APACHE)?;
+    let modules = ["mod_mpm_event.so", "mod_authz_core.so", "mod_dir.so"];
+    for m in modules {
+        layer = layer.host_binary(&format!("{APACHE_MODULES}/{m}"))?;
+    }
+    let conf = format!(
+        "ServerRoot /etc/apache2\nDefaultRuntimeDir /var/run/apache2\nPidFile /var/run/apache2/httpd.pid\n\
+         Mutex file:/var/run/apache2 default\nListen 80\n\
+         LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n\
+         LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n\
+         LoadModule dir_module {APACHE_MODULES}/mod_dir.so\n\
+         User www-data\nGroup www-data\nServerName localhost\n\
+         ErrorLog /proc/self/fd/2\nLogLevel info\n\
+         DocumentRoot /usr/local/apache2/htdocs\n\
+         <Directory /usr/local/apache2/htdocs>\n  Require all granted\n</Directory>\n\
+         DirectoryIndex index.html\n"
+    );
+    let layer = layer
+        .hardlink("usr/local/bin/httpd", APACHE)
+        .file(
+            "usr/local/bin/httpd-foreground",
+            "#!/bin/sh\nset -e\nrm -f /var/run/apache2/httpd.pid\n# A full path: busybox sh would prefer its own httpd applet.\nexec /usr/local/bin/httpd -DFOREGROUND \"$@\"\n",
+            0o755,
+        )
+        .dir("etc/apache2", 0o755)
+        .file("etc/apache2/apache2.conf", conf, 0o644)
+        .dir("var/run/apache2", 0o755)
+        .dir("usr/local/apache2/htdocs", 0o755)
+        .file(
+            "usr/local/apache2/htdocs/index.html",
+            "<html><body><h1>It works!</h1></body></html>\n",
+            0o644,
+        );
+    ImageBuilder::new()
+        .layer(base.clone())
+        .layer(layer)
+        .cmd(["httpd-foreground"])
+        .expose("80/tcp")
+        .stop_signal("SIGWINCH")
+        .build()
+}
+
+/// critest's `nonewprivs` image: `/usr/local/bin/nnp` set-uid root, `CMD ["nnp"]`.
+pub fn nonewprivs_image(base: &LayerBuilder) -> anyhow::Result<BuiltImage> {
+    let nnp = nnp_binary()?;
+    let mut layer = LayerBuilder::new().host_file("usr/local/bin/nnp", &nnp, 0o4755)?;
+    // The program is dynamically linked: bring its loader and libraries.
+    let probe = LayerBuilder::new().host_binary(&nnp.display().to_string())?;
+    for e in probe.entries.into_iter().skip(1) {
+        layer.entries.push(e);
+    }
+    ImageBuilder::new()
+        .layer(base.clone())
+        .layer(layer)
+        .cmd(["nnp"])
+        .build()
+}
+
+/// The critest images that need more than busybox: nginx (pod port 80),
+/// hostnet-nginx (port 12003), httpd and nonewprivs. Needs Debian's `nginx` and
+/// `apache2-bin` and the `berth-nnp` binary of this crate.
+pub fn critest_server_images() -> anyhow::Result<Vec<Published>> {
+    let base = busybox_layer(&[], &[])?;
+    Ok(vec![
+        published(
+            "registry.k8s.io/e2e-test-images/nginx",
+            &["1.14-2"],
+            nginx_image(&base, 80)?,
+        ),
+        published(
+            &format!("gcr.io/k8s-staging-cri-tools/hostnet-nginx-{}", host_arch()),
+            &["latest"],
+            nginx_image(&base, 12003)?,
+        ),
+        published(
+            "registry.k8s.io/e2e-test-images/httpd",
+            &["2.4.39-4"],
+            httpd_image(&base)?,
+        ),
+        published(
+            "registry.k8s.io/e2e-test-images/nonewprivs",
+            &["1.3"],
+            nonewprivs_image(&base)?,
+        ),
+    ])
 }

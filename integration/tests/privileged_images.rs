@@ -1007,3 +1007,151 @@ async fn a_blob_missing_on_the_mirror_comes_from_the_upstream() {
     assert_eq!(std::fs::read_to_string(dirs[0].join("two")).unwrap(), "2");
     assert_eq!(std::fs::read_to_string(dirs[1].join("one")).unwrap(), "1");
 }
+
+/// Runs `script` with the image's layers mounted as an overlay at `$M` (with a
+/// writable upper dir, /proc and /dev), in fresh mount, network and PID namespaces:
+/// everything it starts and mounts disappears when it ends.
+fn run_in_image(dirs: &[PathBuf], script: &str, args: &[String]) -> std::process::Output {
+    let work = tempfile::tempdir().unwrap();
+    let lower = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let prelude = format!(
+        "set -e\nW={w}\nmkdir -p $W/upper $W/work $W/m\nM=$W/m\n\
+         mount -t overlay overlay -o lowerdir={lower},upperdir=$W/upper,workdir=$W/work $M\n\
+         mount -t proc proc $M/proc\nmount --rbind /dev $M/dev\nip link set lo up\n",
+        w = work.path().display()
+    );
+    Command::new("timeout")
+        .args([
+            "60",
+            "unshare",
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(["--propagation", "private", "sh", "-c"])
+        .arg(format!("{prelude}{script}"))
+        .arg("sh")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn argv(image: &berth_image::Image) -> Vec<String> {
+    let mut v = image.config.entrypoint.clone().unwrap_or_default();
+    v.extend(image.config.cmd.clone().unwrap_or_default());
+    v
+}
+
+#[tokio::test]
+async fn critest_server_images_serve_and_behave_like_upstream() {
+    use berth_integration::forge::critest_server_images;
+    let reg = TestRegistry::start().expect("registry");
+    let images = critest_server_images().expect("building server images");
+    reg.push_all(&images).await.unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    reg.write_mirror_hosts(hosts.path(), CRITEST_HOSTS).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), Some(hosts.path().to_owned()));
+    let anon = Auth::anonymous();
+    let env = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+    // nginx: serves on :80 from its ENTRYPOINT; PID file; "master process" title.
+    let nginx = store
+        .pull("registry.k8s.io/e2e-test-images/nginx:1.14-2", &anon)
+        .await
+        .unwrap();
+    let out = run_in_image(
+        &store.snapshot_dirs(&nginx),
+        &format!(
+            "chroot $M env -i {env} \"$@\" >$W/log 2>&1 &\n\
+             for i in $(seq 100); do chroot $M wget -qO- http://127.0.0.1:80/ && break; sleep 0.1; done\n\
+             pid=$(cat $M/var/run/nginx.pid)\ntr '\\0' ' ' </proc/$pid/cmdline; echo\ncat $W/log\n"
+        ),
+        &argv(&nginx),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Welcome to nginx!"), "{text}");
+    assert!(
+        text.contains("nginx: master process nginx -g daemon off;"),
+        "{text}"
+    );
+
+    let hostnet = store
+        .pull(
+            &format!(
+                "gcr.io/k8s-staging-cri-tools/hostnet-nginx-{}:latest",
+                if cfg!(target_arch = "aarch64") {
+                    "arm64"
+                } else {
+                    "amd64"
+                }
+            ),
+            &anon,
+        )
+        .await
+        .unwrap();
+    let out = run_in_image(
+        &store.snapshot_dirs(&hostnet),
+        &format!(
+            "chroot $M env -i {env} \"$@\" >$W/log 2>&1 &\n\
+             for i in $(seq 100); do chroot $M wget -qO- http://127.0.0.1:12003/ && exit 0; sleep 0.1; done\n\
+             cat $W/log; exit 1\n"
+        ),
+        &argv(&hostnet),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // httpd: serves on :80; the log names the command line as upstream's does.
+    let httpd = store
+        .pull("registry.k8s.io/e2e-test-images/httpd:2.4.39-4", &anon)
+        .await
+        .unwrap();
+    let out = run_in_image(
+        &store.snapshot_dirs(&httpd),
+        &format!(
+            "chroot $M env -i {env} \"$@\" >$W/log 2>&1 &\n\
+             for i in $(seq 100); do chroot $M wget -qO- http://127.0.0.1:80/ && break; sleep 0.1; done\n\
+             sleep 0.2; cat $W/log\n"
+        ),
+        &argv(&httpd),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("It works!"), "{text}");
+    assert!(text.contains("httpd -D FOREGROUND"), "{text}");
+
+    // nonewprivs: set-uid root escalates unless no_new_privs is set.
+    let nnp = store
+        .pull("registry.k8s.io/e2e-test-images/nonewprivs:1.3", &anon)
+        .await
+        .unwrap();
+    assert_eq!(argv(&nnp), ["nnp"]);
+    let out = run_in_image(
+        &store.snapshot_dirs(&nnp),
+        &format!(
+            "chroot --userspec=1000:1000 $M env -i {env} nnp\n\
+             setpriv --no-new-privs chroot --userspec=1000:1000 $M env -i {env} nnp\n"
+        ),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "Effective uid: 0\nEffective uid: 1000\n");
+}
