@@ -337,9 +337,13 @@ pub fn pivot_into(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(), R
 /// After pivot_root: masked paths, read-only paths, read-only root, sysctls, hostname.
 pub fn finish_rootfs(sys: &dyn Syscall, spec: &Spec, root: &Path) -> Result<(), RootfsError> {
     if let Some(linux) = spec.linux() {
-        if let Some(masked) = linux.masked_paths() {
-            for p in masked {
-                mask_path(sys, &join_abs(root, p))?;
+        // Sysctls first: /proc/sys is usually one of the read-only paths.
+        if let Some(sysctls) = linux.sysctl() {
+            let mut keys: Vec<_> = sysctls.iter().collect();
+            keys.sort();
+            for (k, v) in keys {
+                sys.set_sysctl(k, v)
+                    .map_err(sys_err("sysctl", Path::new(k)))?;
             }
         }
         if let Some(ro) = linux.readonly_paths() {
@@ -347,12 +351,9 @@ pub fn finish_rootfs(sys: &dyn Syscall, spec: &Spec, root: &Path) -> Result<(), 
                 readonly_path(sys, &join_abs(root, p))?;
             }
         }
-        if let Some(sysctls) = linux.sysctl() {
-            let mut keys: Vec<_> = sysctls.iter().collect();
-            keys.sort();
-            for (k, v) in keys {
-                sys.set_sysctl(k, v)
-                    .map_err(sys_err("sysctl", Path::new(k)))?;
+        if let Some(masked) = linux.masked_paths() {
+            for p in masked {
+                mask_path(sys, &join_abs(root, p))?;
             }
         }
     }

@@ -672,3 +672,102 @@ fn mount_targets_behind_symlinks_stay_inside_the_rootfs() {
     assert!(rootfs.join("tmp/vol").is_dir());
     assert!(!Path::new("/tmp/vol/marker").exists());
 }
+
+#[test]
+fn sysctl_domainname_oom_score_rlimits_env_and_cwd_apply() {
+    let host_forward = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let own_adj: i32 = fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["domainname"] = json!("example.test");
+        s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        s["process"]["oomScoreAdj"] = json!(own_adj + 100);
+        s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+        s["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+        s["process"]["cwd"] = json!("/tmp");
+    });
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/domainname /proc/self/oom_score_adj; \
+         ulimit -n; ulimit -Hn; echo \"$FOO\"; pwd",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let adj = (own_adj + 100).to_string();
+    assert_eq!(
+        lines,
+        [
+            "1",
+            "example.test",
+            adj.as_str(),
+            "123",
+            "456",
+            "bar baz",
+            "/tmp"
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forward
+    );
+}
+
+#[test]
+fn oom_score_adj_is_never_lowered_below_the_callers() {
+    let own_adj: i32 = fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let b = Bundle::new();
+    b.edit_spec(|s| s["process"]["oomScoreAdj"] = json!(-998));
+    let (code, out, err) = b.run(&["cat", "/proc/self/oom_score_adj"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim().parse::<i32>().unwrap(), own_adj.max(-998));
+}
+
+#[test]
+fn recursive_read_only_bind_and_read_only_paths_refuse_writes() {
+    let b = Bundle::new();
+    let src = b.tmp.path().join("vol");
+    fs::create_dir_all(&src).unwrap();
+    let src_s = src.to_str().unwrap().to_string();
+    b.edit_spec(|s| {
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/vol", "type": "bind", "source": src_s, "options": ["rbind", "rro"]}),
+        );
+    });
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        "{ touch /vol/x; echo x > /proc/sys/kernel/domainname; } 2>&1; echo done",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("Read-only file system").count(), 2, "{out}");
+    assert!(!src.join("x").exists());
+}
+
+#[test]
+fn a_failing_mount_reports_the_step_and_errno() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/bad", "type": "no-such-fs", "source": "none"}));
+    });
+    b.args(&["true"]);
+    let out = b.cli(&["create", "--bundle", b.bundle().to_str().unwrap(), &b.id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rootfs") && err.contains("/bad") && err.contains("errno 19"),
+        "{err}"
+    );
+    assert!(!b.root().join(&b.id).exists());
+}
