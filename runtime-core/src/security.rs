@@ -243,6 +243,32 @@ mod tests {
     }
 
     #[test]
+    fn runtime_default_style_profile_with_repeated_conditional_rules_builds() {
+        // The shapes of containerd's default profile: errno default, per-arg allow rules
+        // for the same syscall, a masked-equal on clone flags, ENOSYS for clone3.
+        let json = r#"{
+            "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["read", "write", "exit_group", "execve"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]}
+            ]
+        }"#;
+        let s: LinuxSeccomp = serde_json::from_str(json).unwrap();
+        let ctx = build_seccomp(&s).unwrap();
+        assert_eq!(ctx.get_act_default().unwrap(), ScmpAction::Errno(1));
+        assert!(ctx.is_arch_present(ScmpArch::X8664).unwrap());
+    }
+
+    #[test]
     fn notify_action_is_refused_instead_of_hanging_the_container() {
         let json = r#"{"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}"#;

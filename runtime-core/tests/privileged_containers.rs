@@ -771,3 +771,29 @@ fn a_failing_mount_reports_the_step_and_errno() {
     );
     assert!(!b.root().join(&b.id).exists());
 }
+
+#[test]
+fn file_bind_mounts_like_etc_hosts_work_on_a_read_only_rootfs() {
+    let b = Bundle::new();
+    let hosts = b.tmp.path().join("hosts");
+    fs::write(&hosts, "127.0.0.1 localhost berth-pod\n").unwrap();
+    let hosts_s = hosts.to_str().unwrap().to_string();
+    b.edit_spec(|s| {
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/etc/hosts", "type": "bind", "source": hosts_s, "options": ["rbind", "rprivate", "rw"]}),
+        );
+    });
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        "cat /etc/hosts; echo '10.0.0.1 extra' >> /etc/hosts && echo appended",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "127.0.0.1 localhost berth-pod\nappended\n");
+    // The write went to the bound host file, not to the (read-only) image.
+    assert!(
+        fs::read_to_string(&hosts)
+            .unwrap()
+            .contains("10.0.0.1 extra")
+    );
+}
