@@ -47,9 +47,12 @@ fn cgroup_lifecycle_on_the_host() {
     cg.apply(&resources).unwrap();
     assert_eq!(read(&cg, "pids", "pids.max").trim(), "5");
 
-    // The exec after joining allocates pages that are charged to our cgroup.
+    // A fork-free busy loop, then an exec that allocates pages charged to our cgroup.
     let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 0.3; exec sleep 100"])
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; exec sleep 100",
+        ])
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -87,7 +90,10 @@ fn cgroup_lifecycle_on_the_host() {
     }
     cg.set_frozen(false).unwrap();
     assert_eq!(read(&cg, "freezer", "freezer.state").trim(), "THAWED");
-    assert_eq!(proc_state(pid), 'S');
+    assert!(
+        matches!(proc_state(pid), 'R' | 'S'),
+        "not running after thaw"
+    );
 
     // Kill-all reaches the task; the cgroup can then be removed.
     cg.kill_all(libc::SIGKILL).unwrap();
