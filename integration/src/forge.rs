@@ -947,7 +947,15 @@ pub fn critest_images() -> anyhow::Result<Vec<Published>> {
         published(
             "registry.k8s.io/e2e-test-images/busybox",
             &["1.29-2"],
-            busybox().build()?,
+            // Debian's busybox-static lacks pgrep and ipcs, which the specs run
+            // inside containers: take procps' and util-linux's.
+            busybox()
+                .layer(
+                    LayerBuilder::new()
+                        .host_binary("/usr/bin/pgrep")?
+                        .host_binary("/usr/bin/ipcs")?,
+                )
+                .build()?,
         ),
         published(
             &format!("{STAGING}/test-image-latest"),

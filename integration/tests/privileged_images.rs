@@ -1155,3 +1155,50 @@ async fn critest_server_images_serve_and_behave_like_upstream() {
     );
     assert_eq!(text, "Effective uid: 0\nEffective uid: 1000\n");
 }
+
+#[tokio::test]
+async fn the_default_critest_busybox_has_the_tools_the_specs_run() {
+    let reg = TestRegistry::start().expect("registry");
+    let images = critest_images().unwrap();
+    reg.push_all(&images[..1]).await.unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    reg.write_mirror_hosts(hosts.path(), CRITEST_HOSTS).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(tmp.path(), Some(hosts.path().to_owned()));
+    let busybox = store
+        .pull(
+            "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+            &Auth::anonymous(),
+        )
+        .await
+        .unwrap();
+    let env = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let out = run_in_image(
+        &store.snapshot_dirs(&busybox),
+        &format!(
+            "chroot $M env -i {env} sleep 4321 &\nsleep 0.2\n\
+             echo pgrep: $(chroot $M env -i {env} pgrep sleep)\n\
+             chroot $M env -i {env} ipcs -m | head -2\n\
+             for a in sh echo top ls cat id touch hostname ping brctl netstat pidof dd mount mkdir grep; do\n\
+             \x20 chroot $M env -i {env} which $a >/dev/null || echo missing $a\ndone\n"
+        ),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: String = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pgrep: "))
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        pid.trim().parse::<u32>().is_ok(),
+        "pgrep found no sleep: {text}"
+    );
+    assert!(text.contains("Shared Memory Segments"), "{text}");
+    assert!(!text.contains("missing"), "{text}");
+}
