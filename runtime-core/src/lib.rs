@@ -11,3 +11,4 @@ pub mod sys;
 
 pub use container::{Container, ContainerError, CreateOptions, State, Status};
 pub use process::Stdio;
+pub mod time;

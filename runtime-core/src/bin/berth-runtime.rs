@@ -130,6 +130,8 @@ enum Cmd {
     },
     /// List containers.
     List,
+    /// Print what this runtime supports (JSON, like `runc features`).
+    Features,
     /// Freeze every process of the container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -156,19 +158,85 @@ enum Cmd {
     },
 }
 
+/// `println!` that never panics: a closed stdout (e.g. `| head`) is not an error of ours.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = (&cli.log, &cli.log_format, cli.systemd_cgroup, cli.debug);
+    let _ = (cli.systemd_cgroup, cli.debug);
+    let log = cli.log.clone();
+    let json = cli.log_format.as_deref() == Some("json");
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             // Our error messages already include their causes.
             eprintln!("berth-runtime: {e}");
+            if let Some(path) = log {
+                log_error(&path, json, &e.to_string());
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// Append the error to `--log` the way runc does, so a containerd shim that reads the
+/// runtime's log (`--log-format json`: one `{"level","msg","time"}` object per line) can
+/// report the real cause.
+fn log_error(path: &Path, json: bool, msg: &str) {
+    let time = berth_runtime_core::time::rfc3339_nano(std::time::SystemTime::now());
+    let line = if json {
+        serde_json::json!({ "level": "error", "msg": msg, "time": time }).to_string()
+    } else {
+        format!("time=\"{time}\" level=error msg={msg:?}")
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
+/// What this runtime supports, in the shape of `runc features`.
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": [],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+            "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
+            "rprivate", "rro", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+            "strictatime", "suid", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": caps::all().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": [
+                    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
+                    "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
+                ],
+                "operators": [
+                    "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                    "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
+                ]
+            },
+            "apparmor": { "enabled": true },
+            "selinux": { "enabled": false }
+        }
+    })
 }
 
 fn parse_signal(s: Option<&str>) -> Res<i32> {
@@ -291,7 +359,7 @@ fn run(cli: Cli) -> Res<i32> {
         }
         Cmd::State { id } => {
             let c = Container::load(&root, &id)?;
-            println!("{}", serde_json::to_string_pretty(&c.oci_state())?);
+            outln!("{}", serde_json::to_string_pretty(&c.oci_state())?);
             Ok(0)
         }
         Cmd::Kill { id, signal, all } => {
@@ -396,6 +464,10 @@ fn run(cli: Cli) -> Res<i32> {
             forward_signals_to(spawned.pid);
             Ok(wait_exit_code(spawned.pid)?)
         }
+        Cmd::Features => {
+            outln!("{}", serde_json::to_string_pretty(&features())?);
+            Ok(0)
+        }
         Cmd::Pause { id } => {
             Container::load(&root, &id)?.set_paused(true)?;
             Ok(0)
@@ -424,23 +496,23 @@ fn run(cli: Cli) -> Res<i32> {
                 Some(cg) => cg.procs()?,
                 None => vec![c.pid()],
             };
-            println!("{}", serde_json::to_string(&pids)?);
+            outln!("{}", serde_json::to_string(&pids)?);
             Ok(0)
         }
         Cmd::Events { id, .. } => {
             let c = Container::load(&root, &id)?;
             let stats = c.stats()?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "type": "stats", "id": id, "data": stats })
             );
             Ok(0)
         }
         Cmd::List => {
-            println!("{:<24} {:<8} {:<10} BUNDLE", "ID", "PID", "STATUS");
+            outln!("{:<24} {:<8} {:<10} BUNDLE", "ID", "PID", "STATUS");
             for id in Container::list(&root)? {
                 if let Ok(c) = Container::load(&root, &id) {
-                    println!(
+                    outln!(
                         "{:<24} {:<8} {:<10} {}",
                         id,
                         c.pid(),

@@ -84,6 +84,13 @@ enum Cmd {
     Pause,
 }
 
+/// `println!` that never panics: a closed stdout (e.g. `| head`) is not an error of ours.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
@@ -602,7 +609,7 @@ fn pin_ns(dir: &Path, net: bool, ipc: bool, uts: bool) -> Res<()> {
         }
     }
     let paths: HashMap<&str, PathBuf> = wanted.iter().map(|(k, _)| (*k, dir.join(k))).collect();
-    println!("{}", serde_json::to_string(&paths)?);
+    outln!("{}", serde_json::to_string(&paths)?);
     Ok(())
 }
 
