@@ -840,9 +840,7 @@ async fn critest_image_specs_pass_through_mirrors() {
             ep.as_str(),
             // The digest spec needs the real upstream digest; it cannot pass offline.
             "--ginkgo.focus",
-            // "Image Identifier Consistency" also creates containers; it belongs with
-            // the container tests.
-            r"Image\sManager|Image\sConsistency|RemoveImage",
+            r"Image\sManager|Image\sConsistency|Image\sIdentifier|RemoveImage",
             "--ginkgo.skip",
             r"public\simage\swith\sdigest",
             "--ginkgo.no-color",
@@ -857,8 +855,9 @@ async fn critest_image_specs_pass_through_mirrors() {
         "critest failed:\n{text}\n--- berthd ---\n{}",
         d.log()
     );
-    // Image Manager (9 without the digest spec), Image Consistency (3) and
-    // Idempotence RemoveImage (1) at cri-tools v1.37.
+    // At cri-tools v1.37: Image Manager (9 without the digest spec), Image
+    // Consistency (3), Image Identifier Consistency (2, with containers) and
+    // Idempotence RemoveImage (1).
     let ran: usize = text
         .split("Ran ")
         .nth(1)
@@ -866,8 +865,8 @@ async fn critest_image_specs_pass_through_mirrors() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(
-        ran >= 13,
-        "expected at least 13 image specs to run:\n{text}"
+        ran >= 15,
+        "expected at least 15 image specs to run:\n{text}"
     );
 }
 
