@@ -211,8 +211,16 @@ fn host_sees_the_container_and_can_kill_it() {
     let st = b.state();
     assert_eq!(st["status"], "running");
     let pid = st["pid"].as_i64().unwrap();
-    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with("sleep\0"), "{cmdline:?}");
+    // `start` returns once the init took the start signal; its execve follows at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        if cmdline.starts_with("sleep\0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{cmdline:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let out = b.cli(&["kill", &b.id, "KILL"]);
     assert!(out.status.success(), "{out:?}");
     b.wait_stopped(Duration::from_secs(10));
