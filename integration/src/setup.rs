@@ -3,7 +3,7 @@
 //! kubelet and critest name, offline.
 
 use crate::daemon::{DaemonOptions, TestDaemon};
-use crate::forge::critest_images;
+use crate::forge::{critest_images, critest_server_images};
 use crate::registry::{CRITEST_HOSTS, TestRegistry};
 
 /// A berthd with images available through mirrors. Fields drop in reverse order:
@@ -19,8 +19,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a registry holding critest's busybox-based images and a berthd that
-    /// mirrors every upstream registry to it.
+    /// Starts a registry holding critest's images (busybox-based ones, and nginx,
+    /// httpd and nonewprivs built from Debian's packages) and a berthd that mirrors
+    /// every upstream registry to it.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(DaemonOptions::default()).await
     }
@@ -30,6 +31,7 @@ impl Node {
     pub async fn start_with(mut options: DaemonOptions) -> anyhow::Result<Self> {
         let registry = TestRegistry::start()?;
         registry.push_all(&critest_images()?).await?;
+        registry.push_all(&critest_server_images()?).await?;
         let certs = tempfile::tempdir()?;
         registry.write_mirror_hosts(certs.path(), CRITEST_HOSTS)?;
         options.extra_config.push_str(&format!(

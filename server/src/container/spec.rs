@@ -549,6 +549,29 @@ pub fn resolve_user(
     })
 }
 
+/// The capabilities this host lets processes have: `ALL_CAPABILITIES` filtered by
+/// berthd's own bounding set (a runtime cannot grant what it lacks; on some hosts even
+/// root has no CAP_SYS_RESOURCE). containerd computes "all" the same way.
+pub fn host_capabilities() -> &'static [String] {
+    static CAPS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CAPS.get_or_init(|| {
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        ALL_CAPABILITIES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+            .map(|(_, c)| (*c).to_owned())
+            .collect()
+    })
+}
+
 fn normalize_cap(c: &str) -> String {
     let upper = c.trim().to_ascii_uppercase();
     if upper.starts_with("CAP_") {
@@ -562,7 +585,7 @@ fn normalize_cap(c: &str) -> String {
 /// the CRI's drops and adds applied; `ALL` in either list means every capability.
 pub fn capabilities(sc: &LinuxContainerSecurityContext) -> Result<Vec<String>> {
     if sc.privileged {
-        return Ok(ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect());
+        return Ok(host_capabilities().to_vec());
     }
     let mut set: Vec<String> = DEFAULT_CAPABILITIES
         .iter()
@@ -580,7 +603,7 @@ pub fn capabilities(sc: &LinuxContainerSecurityContext) -> Result<Vec<String>> {
     }
     for a in &caps.add_capabilities {
         if a.eq_ignore_ascii_case("ALL") {
-            set = ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+            set = host_capabilities().to_vec();
             continue;
         }
         let a = normalize_cap(a);
@@ -589,7 +612,7 @@ pub fn capabilities(sc: &LinuxContainerSecurityContext) -> Result<Vec<String>> {
                 "capabilities.add_capabilities: unknown capability {a:?}"
             )));
         }
-        if !set.contains(&a) {
+        if !set.contains(&a) && host_capabilities().contains(&a) {
             set.push(a);
         }
     }
@@ -1080,8 +1103,12 @@ mod tests {
         assert!(!c.contains(&"CAP_NET_RAW".to_owned()));
         assert!(capabilities(&sc(&[], &["ALL"])).expect("none").is_empty());
         assert_eq!(
-            capabilities(&sc(&["ALL"], &[])).expect("all").len(),
-            ALL_CAPABILITIES.len()
+            capabilities(&sc(&["ALL"], &[])).expect("all"),
+            host_capabilities()
+        );
+        assert!(
+            host_capabilities().contains(&"CAP_SYS_ADMIN".to_owned()),
+            "tests run as root"
         );
         assert!(capabilities(&sc(&["NOT_A_CAP"], &[])).is_err());
     }

@@ -60,6 +60,10 @@ pub struct SandboxState {
     pub shm: Option<PathBuf>,
     /// The CNI network the pod is attached to.
     pub network: Option<String>,
+    /// Pid (on the host) of the infra process that is pid 1 of the pod's shared pid
+    /// namespace, when the pod shares one.
+    #[serde(default)]
+    pub infra_pid: Option<i32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -230,7 +234,9 @@ impl PodManager {
             netns: state.pins.net.clone(),
             ipcns: state.pins.ipc.clone(),
             utsns: state.pins.uts.clone(),
-            pidns: None,
+            pidns: state
+                .infra_pid
+                .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid"))),
             host_pid: opts.pid == i32::from(NamespaceMode::Node),
             shm: state.shm.clone(),
             resolv_conf: dir.join("resolv.conf"),
@@ -345,6 +351,7 @@ impl PodManager {
                 pins: PinnedNamespaces::default(),
                 shm: None,
                 network: None,
+                infra_pid: None,
             }),
             op: tokio::sync::Mutex::new(()),
         });
@@ -426,6 +433,12 @@ impl PodManager {
         };
         store::write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())
             .map_err(|e| Error::io("writing hostname", e))?;
+
+        if opts.pid == i32::from(NamespaceMode::Pod) {
+            let pid = start_infra().await?;
+            self.update_state(sb, |s| s.infra_pid = Some(pid));
+            self.persist(sb)?;
+        }
 
         let mut ips = Vec::new();
         if let Some(netns) = &pins.net {
@@ -543,6 +556,13 @@ impl PodManager {
                 )));
             }
         }
+        if let Some(pid) = state.infra_pid
+            && infra_alive(pid)
+        {
+            // pid 1 of the pod's pid namespace: every process in it dies with it.
+            // SAFETY: kill(2) has no memory preconditions; the pid was checked to be ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         if let Some(shm) = &state.shm
             && let Err(e) = namespaces::unmount(shm)
         {
@@ -584,6 +604,7 @@ impl PodManager {
             s.phase = Phase::NotReady;
             s.pins = PinnedNamespaces::default();
             s.shm = None;
+            s.infra_pid = None;
         });
         self.persist(sb)?;
         tracing::info!(pod = %sb.id, "pod sandbox stopped");
@@ -630,7 +651,10 @@ impl PodManager {
                             self.remove_files(&id);
                             continue;
                         }
-                        Phase::Ready if state.pins.all().any(|p| !p.exists()) => {
+                        Phase::Ready
+                            if state.pins.all().any(|p| !p.exists())
+                                || state.infra_pid.is_some_and(|p| !infra_alive(p)) =>
+                        {
                             tracing::info!(pod = %id, "sandbox namespaces are gone (reboot?); stopping it");
                             if let Err(e) = self.stop_locked(&sb).await {
                                 tracing::warn!(pod = %id, error = %e, "stopping a stale sandbox");
@@ -701,6 +725,67 @@ impl PodManager {
             _ => Ok(parent),
         }
     }
+}
+
+/// Starts the pod's infra process: pid 1 of a new pid namespace that the pod's
+/// containers join, reaping orphans. `unshare --pid --fork` does the namespace
+/// creation in its own single-threaded process (berthd never forks containers);
+/// the infra is `berth-monitor pause`, found next to berthd.
+async fn start_infra() -> Result<i32> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
+    let monitor = exe.with_file_name("berth-monitor");
+    if !monitor.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "berth-monitor not found next to berthd ({})",
+            monitor.display()
+        )));
+    }
+    let child = tokio::process::Command::new("unshare")
+        .arg("--pid")
+        .arg("--fork")
+        .arg("--kill-child=SIGKILL")
+        .arg("--")
+        .arg(&monitor)
+        .arg("pause")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            Error::io(
+                "starting the pod infra process (unshare from util-linux)",
+                e,
+            )
+        })?;
+    let parent = child.id().unwrap_or(0);
+    // The forked child of `unshare` is the infra; it is pid 1 inside.
+    for _ in 0..200 {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            // Reap `unshare` whenever it ends (it lives as long as the infra).
+            tokio::spawn(async move {
+                let mut child = child;
+                let _ = child.wait().await;
+            });
+            return Ok(pid);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Err(Error::Internal(
+        "the pod infra process did not start within 1s".into(),
+    ))
+}
+
+/// Whether `pid` is still an infra process (pids get reused).
+fn infra_alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("pause"))
+        .unwrap_or(false)
 }
 
 fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
