@@ -324,6 +324,20 @@ impl Container {
         Ok(ids)
     }
 
+    /// The init is this process's child (same start time as recorded, parent is us).
+    fn is_our_child(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.state.pid)) else {
+            return false;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ppid: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
+        let start: Option<u64> = fields.get(19).and_then(|p| p.parse().ok());
+        ppid == Some(std::process::id()) && start == Some(self.state.pid_start_time)
+    }
+
     /// Recompute the status from the kernel (the init may have died meanwhile).
     fn refresh(&mut self) {
         if self.state.status == Status::Creating || self.state.pid <= 0 {
@@ -533,10 +547,14 @@ impl Container {
         // Wait for the processes to be gone (reaping the init if it is our child).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let _ = nix::sys::wait::waitpid(
-                Pid::from_raw(self.state.pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+            // Reap the init only if it is really our child: a blind waitpid on a reused
+            // pid could steal the exit status of a caller's unrelated child.
+            if self.is_our_child() {
+                let _ = nix::sys::wait::waitpid(
+                    Pid::from_raw(self.state.pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
             self.refresh();
             let procs_left = self
                 .state
