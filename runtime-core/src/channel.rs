@@ -31,6 +31,11 @@ pub enum Message {
     InitPid(i32),
     /// Child → parent: set-up is complete; init waits for start (or execs now).
     Ready,
+    /// Child → parent: mounts are done, run the createRuntime/prestart hooks now
+    /// (before pivot_root).
+    RunHooks,
+    /// Parent → child: hooks ran; the OCI state (JSON) for the container's own hooks.
+    HooksDone(String),
     /// Child → parent: set-up failed.
     Failed(ChildError),
 }

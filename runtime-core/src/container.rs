@@ -109,6 +109,9 @@ pub struct State {
     /// Exit code when known (the caller waited for the init and recorded it).
     pub exit_code: Option<i32>,
     pub annotations: std::collections::HashMap<String, String>,
+    /// The spec's hooks (poststart and poststop run from `start` and `delete`).
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// Options for [`Container::create`].
@@ -230,6 +233,7 @@ impl Container {
             cgroup: None,
             exit_code: None,
             annotations: spec.annotations().clone().unwrap_or_default(),
+            hooks: spec.hooks().clone(),
         };
         let linux = spec.linux().as_ref();
         let cg_path = linux
@@ -267,6 +271,15 @@ impl Container {
                 start: StartMode::WaitFifo(dir_fd),
                 stdio: opts.stdio,
                 preserve_fds: opts.preserve_fds,
+                hook_state: spec.hooks().as_ref().map(|_| {
+                    serde_json::json!({
+                        "ociVersion": spec.version(),
+                        "id": opts.id,
+                        "status": "creating",
+                        "bundle": opts.bundle,
+                        "annotations": spec.annotations().clone().unwrap_or_default(),
+                    })
+                }),
             };
             let mut join = |pid: i32| cgroup.add_pid(pid).map_err(|e| e.to_string());
             Ok::<Spawned, ContainerError>(process::spawn(cfg, &mut join)?)
@@ -440,6 +453,15 @@ impl Container {
         // monitor may be recording the exit of a short-lived init right now).
         let _ = fs::remove_file(&fifo_path);
         self.state.status = Status::Running;
+        // OCI: a failing poststart hook must not fail start (the runtime only warns).
+        if let Some(list) = self
+            .state
+            .hooks
+            .as_ref()
+            .and_then(|h| h.poststart().clone())
+        {
+            let _ = crate::hooks::run_hooks(&list, &self.oci_state());
+        }
         Ok(())
     }
 
@@ -573,6 +595,10 @@ impl Container {
         if let Some(cg) = &self.state.cgroup {
             cg.remove()?;
         }
+        // OCI: poststop failures are warnings only; the container is deleted regardless.
+        if let Some(list) = self.state.hooks.as_ref().and_then(|h| h.poststop().clone()) {
+            let _ = crate::hooks::run_hooks(&list, &self.oci_state());
+        }
         fs::remove_dir_all(&self.dir).map_err(io_err("remove state dir", &self.dir))
     }
 
@@ -603,6 +629,7 @@ impl Container {
             start: StartMode::Immediately,
             stdio,
             preserve_fds: 0,
+            hook_state: None,
         };
         let cg = self.state.cgroup.clone();
         let mut join = |pid: i32| match &cg {
@@ -671,6 +698,7 @@ mod tests {
             cgroup: None,
             exit_code: None,
             annotations: Default::default(),
+            hooks: None,
         };
         write_state(&dir, &st).unwrap();
         // The pid does not exist: the loaded status is refreshed to stopped.

@@ -11,4 +11,5 @@ pub mod sys;
 
 pub use container::{Container, ContainerError, CreateOptions, State, Status};
 pub use process::Stdio;
+pub mod hooks;
 pub mod time;

@@ -75,6 +75,9 @@ pub enum ProcessError {
     /// Unexpected message order.
     #[error("unexpected message from child: {0:?}")]
     Protocol(Message),
+    /// A createRuntime/prestart hook failed.
+    #[error("createRuntime/prestart hook: {0}")]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 /// What to do once the init process is ready.
@@ -111,6 +114,8 @@ pub struct SpawnConfig<'a> {
     pub stdio: Stdio,
     /// Extra fds to pass through (3.. 3+n).
     pub preserve_fds: u32,
+    /// OCI state document (without pid) handed to hooks; `None` runs no hooks.
+    pub hook_state: Option<serde_json::Value>,
 }
 
 /// A namespace to enter: create a new one or join an existing one.
@@ -270,6 +275,17 @@ fn parent_side(
                     init_pid = Some(pid);
                     let _ = waitpid(stage1, None);
                 }
+                Some(Message::RunHooks) => {
+                    let mut state = cfg.hook_state.clone().unwrap_or_default();
+                    state["pid"] = serde_json::json!(init_pid.unwrap_or(0));
+                    if let Some(h) = cfg.spec.hooks() {
+                        // prestart is the deprecated name for the same moment.
+                        for list in [h.prestart(), h.create_runtime()].into_iter().flatten() {
+                            crate::hooks::run_hooks(list, &state)?;
+                        }
+                    }
+                    chan.send(&Message::HooksDone(state.to_string()))?;
+                }
                 Some(Message::Ready) => {
                     return init_pid
                         .map(|pid| Spawned { pid })
@@ -407,6 +423,35 @@ fn stage1(
                 .map_err(|e| child_err("report init pid", libc::EPIPE, e.to_string()))
         }
     }
+}
+
+/// Before pivot_root: have the caller run createRuntime/prestart hooks (runtime
+/// namespace), then run createContainer hooks here (container namespaces, paths still
+/// resolved on the host). Returns the state for startContainer hooks.
+fn container_hooks(
+    cfg: &SpawnConfig<'_>,
+    chan: &Channel,
+) -> Result<Option<serde_json::Value>, ChildError> {
+    let (Some(_), Some(h)) = (&cfg.hook_state, cfg.spec.hooks()) else {
+        return Ok(None);
+    };
+    chan.send(&Message::RunHooks)
+        .map_err(|e| child_err("request hooks", libc::EPIPE, e.to_string()))?;
+    let state: serde_json::Value = match chan.recv(CHILD_TIMEOUT) {
+        Ok(Some(Message::HooksDone(s))) => serde_json::from_str(&s).unwrap_or_default(),
+        other => {
+            return Err(child_err(
+                "wait for createRuntime hooks",
+                libc::EPROTO,
+                format!("{other:?}"),
+            ));
+        }
+    };
+    if let Some(list) = h.create_container() {
+        crate::hooks::run_hooks(list, &state)
+            .map_err(|e| child_err("createContainer hook", libc::EIO, e.to_string()))?;
+    }
+    Ok(Some(state))
 }
 
 /// Switch to the spec's user with the spec's capabilities: bounding set first (needs
@@ -677,6 +722,7 @@ fn init(
         .map(|s| s.trim() == "Y")
         .unwrap_or(false);
 
+    let mut hook_state: Option<serde_json::Value> = None;
     if cfg.exec_in.is_none() {
         if !new_flags.contains(CloneFlags::CLONE_NEWNS) {
             return Err(child_err(
@@ -693,6 +739,7 @@ fn init(
         };
         let to_child = |e: rootfs::RootfsError| child_err("rootfs", e.errno(), e.to_string());
         rootfs::prepare_rootfs(&sys, &plan).map_err(to_child)?;
+        hook_state = container_hooks(cfg, chan)?;
         rootfs::pivot_into(&sys, spec, &cfg.rootfs).map_err(to_child)?;
         if new_flags.contains(CloneFlags::CLONE_NEWUTS) {
             rootfs::set_names(&sys, spec).map_err(to_child)?;
@@ -783,6 +830,14 @@ fn init(
         )
         .map_err(|e| child_err("open exec fifo", e as i32, ""))?;
         nix::unistd::write(&fifo, b"0").map_err(|e| child_err("write exec fifo", e as i32, ""))?;
+    }
+    if let (Some(state), Some(h)) = (&hook_state, spec.hooks())
+        && let Some(list) = h.start_container()
+    {
+        let mut state = state.clone();
+        state["status"] = serde_json::json!("running");
+        crate::hooks::run_hooks(list, &state)
+            .map_err(|e| child_err("startContainer hook", libc::EIO, e.to_string()))?;
     }
     if nnp && let Some(f) = &seccomp {
         f.load()
@@ -897,6 +952,7 @@ mod tests {
             start: StartMode::Immediately,
             stdio: Stdio::default(),
             preserve_fds: 0,
+            hook_state: None,
         };
         let plan = plan_namespaces(&cfg).unwrap();
         let kinds: Vec<String> = plan
@@ -933,6 +989,7 @@ mod tests {
             start: StartMode::Immediately,
             stdio: Stdio::default(),
             preserve_fds: 0,
+            hook_state: None,
         };
         let err = plan_namespaces(&cfg).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ns/net"), "{err}");

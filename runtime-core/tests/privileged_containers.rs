@@ -825,3 +825,53 @@ fn file_bind_mounts_like_etc_hosts_work_on_a_read_only_rootfs() {
             .contains("10.0.0.1 extra")
     );
 }
+
+#[test]
+fn oci_hooks_run_at_their_lifecycle_points() {
+    let b = Bundle::new();
+    let t = b.tmp.path().to_str().unwrap().to_string();
+    let sh = |script: String| json!({"path": "/bin/sh", "args": ["sh", "-c", script]});
+    b.edit_spec(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["hooks"] = json!({
+            "createRuntime": [sh(format!("cat > {t}/createRuntime.json"))],
+            "createContainer": [sh(format!("readlink /proc/self/ns/mnt > {t}/createContainer"))],
+            "startContainer": [sh("echo started > /tmp/startContainer".to_string())],
+            "poststart": [sh(format!("cat > {t}/poststart.json"))],
+            "poststop": [sh(format!("cat > {t}/poststop.json"))]
+        });
+    });
+    let (code, out, err) = b.run(&["cat", "/tmp/startContainer"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "started\n");
+    let read =
+        |f: &str| fs::read_to_string(b.tmp.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let cr: Value = serde_json::from_str(&read("createRuntime.json")).unwrap();
+    assert_eq!(cr["status"], "creating");
+    assert_eq!(cr["id"], json!(b.id));
+    assert!(cr["pid"].as_i64().unwrap() > 0, "{cr}");
+    // createContainer ran inside the container's mount namespace.
+    let host_mnt = fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(read("createContainer").trim(), host_mnt.to_str().unwrap());
+    let ps: Value = serde_json::from_str(&read("poststart.json")).unwrap();
+    assert_eq!(ps["status"], "running");
+    let pst: Value = serde_json::from_str(&read("poststop.json")).unwrap();
+    assert_eq!(pst["status"], "stopped");
+}
+
+#[test]
+fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
+    let b = Bundle::new();
+    b.edit_spec(|s| s["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]}));
+    b.args(&["true"]);
+    let out = b.cli(&["create", "--bundle", b.bundle().to_str().unwrap(), &b.id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hook") && err.contains("/bin/false"), "{err}");
+    assert!(!b.root().join(&b.id).exists());
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(b.cgroup.trim_start_matches('/'))
+            .exists()
+    );
+}
