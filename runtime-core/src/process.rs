@@ -388,6 +388,9 @@ fn stage1(
         sys.unshare(new_flags)
             .map_err(|e| child_err("unshare", e as i32, format!("{new_flags:?}")))?;
     }
+    if new_flags.contains(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
+        write_time_offsets(cfg.spec)?;
+    }
     // SAFETY: a raw fork-like clone (no new stack): the child continues on a copy of
     // this single-threaded process. CLONE_PARENT makes the init a child of the caller
     // so the caller can wait for it; SIGCHLD is its exit signal.
@@ -523,6 +526,74 @@ fn apply_apparmor(enabled: bool, profile: &str) -> Result<(), ChildError> {
         libc::ENOENT,
         "no /proc/self/attr/apparmor/exec in the container",
     ))
+}
+
+/// Clock offsets of a new time namespace: writable only before its first process
+/// exists, i.e. between unshare(CLONE_NEWTIME) and the clone of the init.
+fn write_time_offsets(spec: &Spec) -> Result<(), ChildError> {
+    let Some(offsets) = spec.linux().as_ref().and_then(|l| l.time_offsets().clone()) else {
+        return Ok(());
+    };
+    let mut text = String::new();
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by_key(|(k, _)| k.as_str());
+    for (clock, off) in clocks {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(child_err(
+                "time offsets",
+                libc::EINVAL,
+                format!("unknown clock {clock:?}"),
+            ));
+        }
+        text.push_str(&format!(
+            "{clock} {} {}\n",
+            off.secs().unwrap_or(0),
+            off.nanosecs().unwrap_or(0)
+        ));
+    }
+    fs::write("/proc/self/timens_offsets", text).map_err(|e| {
+        child_err(
+            "time offsets",
+            e.raw_os_error().unwrap_or(libc::EIO),
+            "/proc/self/timens_offsets",
+        )
+    })
+}
+
+/// Execution domain (`linux.personality`), e.g. LINUX32 so `uname -m` says i686.
+fn set_personality(spec: &Spec) -> Result<(), ChildError> {
+    use oci_spec::runtime::LinuxPersonalityDomain;
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().clone()) else {
+        return Ok(());
+    };
+    let persona: libc::c_ulong = match p.domain() {
+        LinuxPersonalityDomain::PerLinux => 0x0000,
+        LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    // SAFETY: personality(2) takes a plain integer and only changes this process.
+    let rc = unsafe { libc::personality(persona) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| child_err("personality", e as i32, format!("{:?}", p.domain())))
+}
+
+/// I/O scheduling class and level (`process.ioPriority`).
+fn set_io_priority(process: &oci_spec::runtime::Process) -> Result<(), ChildError> {
+    use oci_spec::runtime::IOPriorityClass;
+    let Some(io) = process.io_priority() else {
+        return Ok(());
+    };
+    let class: i64 = match io.class() {
+        IOPriorityClass::IoprioClassRt => 1,
+        IOPriorityClass::IoprioClassBe => 2,
+        IOPriorityClass::IoprioClassIdle => 3,
+    };
+    let value = (class << 13) | io.priority().clamp(0, 7);
+    // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, 0 = this process, value) takes integers only.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, value) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| child_err("ioprio_set", e as i32, format!("{:?}", io.class())))
 }
 
 /// Resolve the executable like execvp would, but inside the container, so "not found"
@@ -765,6 +836,9 @@ fn init(
     {
         apply_apparmor(apparmor, profile)?;
     }
+
+    set_io_priority(process)?;
+    set_personality(spec)?;
 
     for rl in process.rlimits().as_deref().unwrap_or(&[]) {
         if let Some(resource) = rlimit_resource(rl.typ()) {

@@ -875,3 +875,38 @@ fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
             .exists()
     );
 }
+
+#[test]
+fn personality_io_priority_and_time_namespace_offsets_apply() {
+    let b = Bundle::new();
+    b.edit_spec(|s| {
+        s["linux"]["personality"] = json!({"domain": "LINUX32"});
+        s["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        s["linux"]["timeOffsets"] = json!({"boottime": {"secs": 1000000, "nanosecs": 0}});
+    });
+    let (code, out, err) = b.run(&[
+        "sh",
+        "-c",
+        "uname -m; ionice -p $$; cut -d. -f1 /proc/uptime",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "i686");
+    assert_eq!(lines[1], "idle");
+    let uptime: u64 = lines[2].parse().unwrap();
+    let host: u64 = fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uptime >= 1_000_000 && uptime < host + 1_000_100,
+        "container uptime {uptime}, host {host}"
+    );
+}
