@@ -596,6 +596,18 @@ fn set_io_priority(process: &oci_spec::runtime::Process) -> Result<(), ChildErro
         .map_err(|e| child_err("ioprio_set", e as i32, format!("{:?}", io.class())))
 }
 
+/// The home directory of `uid` in a passwd(5) text, or "/".
+fn home_of(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+        })
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// Resolve the executable like execvp would, but inside the container, so "not found"
 /// is reported at create time.
 fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, ChildError> {
@@ -775,7 +787,7 @@ fn init(
         .first()
         .ok_or_else(|| child_err("spec", libc::EINVAL, "process.args is empty"))?
         .clone();
-    let env = process.env().clone().unwrap_or_default();
+    let mut env = process.env().clone().unwrap_or_default();
 
     dup_stdio(&cfg.stdio)?;
     let mut keep = vec![chan.as_raw_fd()];
@@ -854,6 +866,11 @@ fn init(
     let cwd = process.cwd();
     sys.chdir(cwd)
         .map_err(|e| child_err("chdir", e as i32, cwd.display().to_string()))?;
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        // Like runc: HOME from the container's /etc/passwd, else "/".
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        env.push(format!("HOME={}", home_of(&passwd, process.user().uid())));
+    }
     let exe = find_executable(&arg0, &env)?;
 
     let seccomp = spec
@@ -985,6 +1002,15 @@ mod tests {
         assert_eq!((err.step.as_str(), err.errno), ("set uid/gid", libc::EPERM));
         assert!(!sys.calls().contains(&Call::SetKeepCaps(false)));
         assert!(!sys.calls().iter().any(|c| matches!(c, Call::Setgroups(_))));
+    }
+
+    #[test]
+    fn home_comes_from_passwd_or_defaults_to_root_dir() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\nodd:x:7:7\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 33), "/var/www");
+        assert_eq!(home_of(passwd, 7), "/");
+        assert_eq!(home_of(passwd, 1000), "/");
     }
 
     #[test]
