@@ -722,7 +722,7 @@ fn sysctl_domainname_oom_score_rlimits_env_and_cwd_apply() {
         "sh",
         "-c",
         "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/domainname /proc/self/oom_score_adj; \
-         ulimit -n; ulimit -Hn; echo \"$FOO\"; pwd",
+         ulimit -n; ulimit -Hn; echo \"$FOO\"; pwd; echo \"$HOME\"",
     ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -736,7 +736,8 @@ fn sysctl_domainname_oom_score_rlimits_env_and_cwd_apply() {
             "123",
             "456",
             "bar baz",
-            "/tmp"
+            "/tmp",
+            "/" // HOME added: no /etc/passwd in this image
         ]
     );
     assert_eq!(
