@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use berth_image::ImageStore;
 use berth_proto::v1::{
-    Container as CriContainer, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
-    ContainerStatus as CriContainerStatus, ImageSpec, Mount as CriMount,
+    Container as CriContainer, ContainerAttributes, ContainerConfig, ContainerFilter,
+    ContainerMetadata, ContainerState, ContainerStats, ContainerStatsFilter,
+    ContainerStatus as CriContainerStatus, CpuUsage, FilesystemIdentifier, FilesystemUsage,
+    ImageSpec, LinuxContainerResources, MemoryUsage, Mount as CriMount, UInt64Value,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -112,6 +114,8 @@ pub struct Container {
     state: Mutex<CtrState>,
     changed: tokio::sync::watch::Sender<Phase>,
     op: tokio::sync::Mutex<()>,
+    /// Last CPU sample (timestamp ns, usage ns), for usage_nano_cores.
+    last_cpu: Mutex<Option<(i64, u64)>>,
 }
 
 impl Container {
@@ -477,6 +481,7 @@ impl ContainerManager {
             }),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
+            last_cpu: Mutex::new(None),
         });
         let image_config = ImageConfig {
             entrypoint: image.config.entrypoint.clone().unwrap_or_default(),
@@ -874,9 +879,16 @@ impl ContainerManager {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            // Not kill_on_drop: berth-runtime must live to reap the process it ran
+            // (the guard kills that one); tokio reaps berth-runtime itself.
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", runtime.display()), e))?;
+        // If the client goes away (its deadline usually equals ours), this future is
+        // dropped mid-wait: the guard still kills the process in the container.
+        let mut guard = ExecGuard {
+            pid_file: pid_file.clone(),
+            armed: true,
+        };
         let mut out = child
             .stdout
             .take()
@@ -899,19 +911,19 @@ impl ContainerManager {
         let status = match waited {
             Ok(s) => s.map_err(|e| Error::io("waiting for exec", e))?,
             Err(_) => {
-                if let Some(pid) = std::fs::read_to_string(&pid_file)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                {
-                    kill_tree(pid);
+                // Kill the command; berth-runtime, its parent, then reaps it and
+                // exits. Killing berth-runtime first would leave a zombie with the
+                // host's init.
+                drop(guard);
+                if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
                 }
-                let _ = child.kill().await;
-                let _ = std::fs::remove_file(&pid_file);
                 return Err(Error::DeadlineExceeded(format!(
                     "command {cmd:?} timed out after {timeout}s and was killed"
                 )));
             }
         };
+        guard.armed = false;
         let _ = std::fs::remove_file(&pid_file);
         let stdout = read_out.await.unwrap_or_default();
         let mut stderr = read_err.await.unwrap_or_default();
@@ -937,6 +949,141 @@ impl ContainerManager {
             stderr,
             exit_code,
         })
+    }
+
+    /// `ContainerStats` of one container: cgroup cpu/memory and the writable layer.
+    pub fn stats(&self, ctr: &Container) -> ContainerStats {
+        let now = now_nanos();
+        let cg = match ctr.state().phase {
+            Phase::Created | Phase::Running => self
+                .runtime_container(&ctr.id)
+                .and_then(|c| c.stats().ok())
+                .unwrap_or_default(),
+            _ => berth_runtime_core::cgroups::Stats::default(),
+        };
+        let nano_cores = {
+            let mut last = ctr
+                .last_cpu
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rate = last.and_then(|(t, u)| {
+                let dt = u64::try_from(now - t).ok().filter(|d| *d > 0)?;
+                let du = cg.cpu_usage_ns.checked_sub(u)?;
+                Some(
+                    u64::try_from(u128::from(du) * 1_000_000_000 / u128::from(dt))
+                        .unwrap_or(u64::MAX),
+                )
+            });
+            *last = Some((now, cg.cpu_usage_ns));
+            rate
+        };
+        let upper = self.dir(&ctr.id).join("upper");
+        let layer = crate::fsinfo::usage(&upper).unwrap_or_default();
+        let mountpoint = crate::fsinfo::mountpoint_of(&self.config.root_dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let v = |value: u64| Some(UInt64Value { value });
+        ContainerStats {
+            attributes: Some(ContainerAttributes {
+                id: ctr.id.clone(),
+                metadata: Some(ctr.metadata()),
+                labels: ctr.config.labels.clone(),
+                annotations: ctr.config.annotations.clone(),
+            }),
+            cpu: Some(CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: v(cg.cpu_usage_ns),
+                usage_nano_cores: nano_cores.and_then(v),
+                psi: None,
+            }),
+            memory: Some(MemoryUsage {
+                timestamp: now,
+                working_set_bytes: v(cg.memory_working_set),
+                usage_bytes: v(cg.memory_usage),
+                ..Default::default()
+            }),
+            writable_layer: Some(FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(FilesystemIdentifier { mountpoint }),
+                used_bytes: v(layer.used_bytes),
+                inodes_used: v(layer.inodes_used),
+            }),
+            swap: None,
+            io: None,
+        }
+    }
+
+    /// `ListContainerStats`.
+    pub fn list_stats(&self, filter: Option<&ContainerStatsFilter>) -> Vec<ContainerStats> {
+        let all: Vec<Arc<Container>> = self.read().values().cloned().collect();
+        all.into_iter()
+            .filter(|c| c.state().phase != Phase::Creating)
+            .filter(|c| {
+                filter.is_none_or(|f| {
+                    (f.id.is_empty() || c.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                        && f.label_selector
+                            .iter()
+                            .all(|(k, v)| c.config.labels.get(k) == Some(v))
+                })
+            })
+            .map(|c| self.stats(&c))
+            .collect()
+    }
+
+    /// `UpdateContainerResources`: applies to the live cgroup.
+    pub async fn update_resources(&self, id: &str, r: &LinuxContainerResources) -> Result<()> {
+        let ctr = self.get(id)?;
+        if ctr.state().phase == Phase::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has exited",
+                ctr.id
+            )));
+        }
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(spec::resources_update(r)?)
+                .map_err(|e| Error::Internal(format!("resources: {e}")))?;
+        let root = self.runtime_root();
+        let cid = ctr.id.clone();
+        tokio::task::spawn_blocking(move || {
+            berth_runtime_core::Container::load(&root, &cid).and_then(|c| c.update(&resources))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("update task: {e}")))?
+        .map_err(|e| Error::InvalidArgument(format!("updating resources of {}: {e}", ctr.id)))?;
+        Ok(())
+    }
+
+    /// `ReopenContainerLog`: asks the monitor to reopen the log file (after kubelet
+    /// rotated it).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ctr = self.get(id)?;
+        if ctr.state().phase != Phase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                ctr.id
+            )));
+        }
+        let sock = self.runtime_root().join(&ctr.id).join("ctl.sock");
+        let talk = async {
+            let mut s = tokio::net::UnixStream::connect(&sock).await?;
+            s.write_all(b"reopen\n").await?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(10), talk)
+            .await
+            .map_err(|_| Error::Internal("the container's monitor did not answer".into()))?
+            .map_err(|e| Error::io(format!("talking to the monitor at {}", sock.display()), e))?;
+        if reply.trim() != "ok" {
+            return Err(Error::Internal(format!(
+                "reopening the log: {}",
+                reply.trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Rebuilds the index from disk and reattaches to live monitors; containers whose
@@ -1014,6 +1161,7 @@ impl ContainerManager {
             state: Mutex::new(record.state),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
+            last_cpu: Mutex::new(None),
         })
     }
 }
@@ -1090,6 +1238,27 @@ fn stop_signal(image: &str, cri: i32) -> i32 {
         "USR2" => libc::SIGUSR2,
         "WINCH" => libc::SIGWINCH,
         _ => libc::SIGTERM,
+    }
+}
+
+/// Kills an exec'd process tree unless disarmed (the process finished normally).
+struct ExecGuard {
+    pid_file: PathBuf,
+    armed: bool,
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            kill_tree(pid);
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 

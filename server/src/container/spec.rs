@@ -835,6 +835,16 @@ pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
     }
 }
 
+/// `linux.resources` for a live update (UpdateContainerResources): cpu, memory,
+/// hugepages and unified keys, no device rules.
+pub fn resources_update(r: &LinuxContainerResources) -> Result<Value> {
+    let mut v = linux_resources(r, &ContainerConfig::default(), false)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("devices");
+    }
+    Ok(v)
+}
+
 fn linux_resources(
     r: &LinuxContainerResources,
     config: &ContainerConfig,

@@ -17,6 +17,11 @@ use berth_proto::v1::{
     StopPodSandboxRequest, StopPodSandboxResponse, UpdateRuntimeConfigRequest,
     UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
+use berth_proto::v1::{
+    ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
+    ListContainerStatsResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -215,6 +220,59 @@ impl RuntimeService for CriService {
             stderr: out.stderr,
             exit_code: out.exit_code,
         }))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let ctr = self
+            .shared
+            .containers
+            .get(&request.into_inner().container_id)?;
+        let containers = std::sync::Arc::clone(&self.shared.containers);
+        let stats = tokio::task::spawn_blocking(move || containers.stats(&ctr))
+            .await
+            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = std::sync::Arc::clone(&self.shared.containers);
+        let stats = tokio::task::spawn_blocking(move || containers.list_stats(filter.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let linux = req
+            .linux
+            .ok_or_else(|| Error::InvalidArgument("linux resources are required".into()))?;
+        self.shared
+            .containers
+            .update_resources(&req.container_id, &linux)
+            .await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        self.shared
+            .containers
+            .reopen_log(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
     async fn status(
