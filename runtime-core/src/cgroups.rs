@@ -542,9 +542,13 @@ impl Cgroup {
                 &h.limit().to_string(),
             )?;
         }
-        // Device rules need an eBPF program on v2; they are not applied (and must not
-        // fail creation). The devices the container can open are still limited to the
-        // nodes created in its /dev.
+        // Device rules become an eBPF program on v2. Hosts where it cannot be loaded
+        // (no CONFIG_CGROUP_BPF, no CAP_BPF in a nested container) must not fail
+        // creation: the devices the container can open are then still limited to the
+        // nodes created in its /dev. Callers that need it strict use `apply_devices_v2`.
+        if let Some(devs) = r.devices().as_deref().filter(|d| !d.is_empty()) {
+            let _ = self.apply_devices_v2(devs);
+        }
         for (k, v) in r.unified().clone().unwrap_or_default() {
             if k.contains('/') || k.contains("..") {
                 return Err(CgroupError::InvalidPath(k));
@@ -552,6 +556,14 @@ impl Cgroup {
             write_file(&d.join(k), &v)?;
         }
         Ok(())
+    }
+
+    /// Attach the device rules as a cgroup v2 eBPF program (replacing an earlier one).
+    pub fn apply_devices_v2(
+        &self,
+        rules: &[LinuxDeviceCgroup],
+    ) -> Result<(), crate::devices_bpf::BpfError> {
+        crate::devices_bpf::attach(&self.dir(""), &crate::devices_bpf::compile(rules))
     }
 
     /// Current usage.

@@ -11,5 +11,6 @@ pub mod sys;
 
 pub use container::{Container, ContainerError, CreateOptions, State, Status};
 pub use process::Stdio;
+pub mod devices_bpf;
 pub mod hooks;
 pub mod time;

@@ -158,7 +158,7 @@ fn cgroup_v2_lifecycle_on_the_hosts_unified_hierarchy() {
     cg.create().unwrap();
     let dir = root.join(&parent).join("ctr");
     assert!(dir.is_dir());
-    // Device rules cannot be applied on v2 without eBPF, and must not fail creation.
+    // Device rules on v2 become an eBPF program (and never fail creation).
     let resources = serde_json::from_str(
         r#"{"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}"#,
     )
@@ -185,6 +185,39 @@ fn cgroup_v2_lifecycle_on_the_hosts_unified_hierarchy() {
             "4194304"
         );
     }
+
+    // The rules applied above are enforced by the eBPF program: with "deny all, allow
+    // /dev/null" a process in the cgroup can write /dev/null but not read /dev/zero.
+    let mut probe = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "read go; head -c 1 /dev/zero > /dev/null && echo zero-ok; echo x > /dev/null && echo null-ok",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cg.add_pid(i32::try_from(probe.id()).unwrap()).unwrap();
+    std::io::Write::write_all(probe.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let out = probe.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n");
+    // Live update to allow everything: /dev/zero opens again.
+    cg.apply(&serde_json::from_str(r#"{"devices": [{"allow": true, "access": "rwm"}]}"#).unwrap())
+        .unwrap();
+    let mut probe = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "read go; head -c 1 /dev/zero > /dev/null && echo zero-ok",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cg.add_pid(i32::try_from(probe.id()).unwrap()).unwrap();
+    std::io::Write::write_all(probe.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let out = probe.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "zero-ok\n");
 
     let mut child = Command::new("/bin/sh")
         .args(["-c", "while :; do :; done"])
