@@ -688,14 +688,25 @@ fn set_oom_score_adj(wanted: i32) -> Result<(), ChildError> {
 }
 
 fn dup_stdio(stdio: &Stdio) -> Result<(), ChildError> {
-    if let Some(fds) = &stdio.fds {
-        for (i, fd) in fds.iter().enumerate() {
-            let target = i32::try_from(i).unwrap_or(0);
-            // SAFETY: dup2 onto 0..2 of this (child) process; `fd` is open.
-            let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-            Errno::result(rc)
-                .map_err(|e| child_err("set up stdio", e as i32, format!("fd {target}")))?;
-        }
+    let Some(fds) = &stdio.fds else {
+        return Ok(());
+    };
+    // First copy every source above 2: a source numbered 0..2 would otherwise be
+    // overwritten before its turn, and dup2 onto itself would keep FD_CLOEXEC.
+    let mut high = [0; 3];
+    for (slot, fd) in high.iter_mut().zip(fds.iter()) {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd to a free number ≥ 3.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        *slot = Errno::result(rc).map_err(|e| child_err("set up stdio", e as i32, "dup"))?;
+    }
+    for (target, src) in (0..3).zip(high) {
+        // SAFETY: dup2 of an fd we just created onto 0..2 of this (child) process; the
+        // new descriptor does not inherit FD_CLOEXEC.
+        let rc = unsafe { libc::dup2(src, target) };
+        Errno::result(rc)
+            .map_err(|e| child_err("set up stdio", e as i32, format!("fd {target}")))?;
+        // SAFETY: closing the temporary copy, owned by nobody else.
+        unsafe { libc::close(src) };
     }
     Ok(())
 }
