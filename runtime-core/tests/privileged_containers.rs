@@ -911,3 +911,41 @@ fn personality_io_priority_and_time_namespace_offsets_apply() {
         "container uptime {uptime}, host {host}"
     );
 }
+
+#[test]
+fn spec_then_run_is_the_whole_walkthrough() {
+    use std::io::Write as _;
+    let b = Bundle::new();
+    // Back to the untouched default spec (interactive `sh`, terminal: true), except the
+    // cgroup path, which keeps the test's cgroup unique.
+    fs::remove_file(b.bundle().join("config.json")).unwrap();
+    assert!(
+        b.cli(&["spec", "--bundle", b.bundle().to_str().unwrap()])
+            .status
+            .success()
+    );
+    b.edit_spec(|s| s["linux"]["cgroupsPath"] = json!(b.cgroup.clone()));
+    let mut child = Command::new(RUNTIME)
+        .arg("--root")
+        .arg(b.root())
+        .args(["run", "--bundle", b.bundle().to_str().unwrap(), &b.id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No terminal here: the shell reads its commands from the piped stdin.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hello from $(hostname) as pid $$\nexit 3\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from berth as pid 1\n"
+    );
+    assert!(!b.root().join(&b.id).exists());
+}
