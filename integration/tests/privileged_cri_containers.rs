@@ -268,3 +268,104 @@ async fn containers_outlive_a_berthd_crash() {
     ok(&ep, &["stopp", &pod_id]).await;
     ok(&ep, &["rmp", &pod_id]).await;
 }
+
+#[tokio::test]
+async fn events_and_pod_stats() {
+    use berth_proto::v1::{
+        ContainerEventType, GetEventsRequest, ListPodSandboxStatsRequest, PodSandboxStatsRequest,
+    };
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let mut c = node.daemon.client().await.expect("client");
+    let mut events = c
+        .runtime
+        .get_container_events(GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        r#"{"metadata":{"name":"ev","namespace":"default","uid":"ev-uid","attempt":0},"linux":{}}"#,
+    );
+    let ctr = write(
+        dir.path(),
+        "ctr.json",
+        &format!(
+            r#"{{"metadata":{{"name":"ev"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
+        ),
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &id]).await;
+
+    let stats = c
+        .runtime
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let linux = stats.linux.expect("linux");
+    assert_eq!(linux.containers.len(), 1);
+    assert!(
+        linux
+            .process
+            .expect("process")
+            .process_count
+            .expect("count")
+            .value
+            >= 1
+    );
+    assert!(
+        linux
+            .memory
+            .expect("memory")
+            .working_set_bytes
+            .expect("ws")
+            .value
+            > 0
+    );
+    let net = linux.network.expect("network");
+    assert_eq!(net.default_interface.expect("eth0").name, "eth0");
+    let all = c
+        .runtime
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 1);
+
+    ok(&ep, &["stop", "-t", "1", &id]).await;
+    ok(&ep, &["rm", &id]).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("an event in time")
+            .expect("stream ok")
+            .expect("not closed");
+        assert_eq!(e.container_id, id);
+        assert!(e.created_at > 0);
+        assert_eq!(e.pod_sandbox_status.expect("pod status").id, pod_id);
+        kinds.push(ContainerEventType::try_from(e.container_event_type).expect("known type"));
+    }
+    assert_eq!(
+        kinds,
+        [
+            ContainerEventType::ContainerCreatedEvent,
+            ContainerEventType::ContainerStartedEvent,
+            ContainerEventType::ContainerStoppedEvent,
+            ContainerEventType::ContainerDeletedEvent,
+        ]
+    );
+}

@@ -271,11 +271,25 @@ struct ExitRecord {
     oom_killed: bool,
 }
 
+/// A container life-cycle event, for `GetContainerEvents` (kubelet's evented PLEG).
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Container id.
+    pub container_id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// What happened.
+    pub kind: berth_proto::v1::ContainerEventType,
+    /// When, ns.
+    pub at: i64,
+}
+
 /// Creates, tracks and removes containers.
 #[derive(Debug)]
 pub struct ContainerManager {
     config: Config,
     images: ImageStore,
+    events: tokio::sync::broadcast::Sender<Event>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     names: Mutex<HashMap<String, String>>,
 }
@@ -286,6 +300,7 @@ impl ContainerManager {
         Self {
             config,
             images,
+            events: tokio::sync::broadcast::channel(1024).0,
             containers: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
         }
@@ -293,6 +308,21 @@ impl ContainerManager {
 
     fn records_dir(&self) -> PathBuf {
         self.config.root_dir.join("containers")
+    }
+
+    /// Subscribes to container events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, ctr: &Container, kind: berth_proto::v1::ContainerEventType) {
+        // No subscriber is not an error.
+        let _ = self.events.send(Event {
+            container_id: ctr.id.clone(),
+            pod_id: ctr.pod_id.clone(),
+            kind,
+            at: now_nanos(),
+        });
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -496,6 +526,10 @@ impl ContainerManager {
         {
             Ok(()) => {
                 self.write().insert(id.clone(), Arc::clone(&ctr));
+                self.emit(
+                    &ctr,
+                    berth_proto::v1::ContainerEventType::ContainerCreatedEvent,
+                );
                 tracing::info!(container = %id, pod = %pod.id, name = %meta.name, "container created");
                 Ok(id)
             }
@@ -688,6 +722,10 @@ impl ContainerManager {
         if let Err(e) = self.persist(ctr) {
             tracing::warn!(container = %ctr.id, error = %e, "could not persist exit");
         }
+        self.emit(
+            ctr,
+            berth_proto::v1::ContainerEventType::ContainerStoppedEvent,
+        );
         tracing::info!(container = %ctr.id, exit_code = ctr.state().exit_code, "container exited");
     }
 
@@ -749,6 +787,10 @@ impl ContainerManager {
             }
         });
         self.persist(&ctr)?;
+        self.emit(
+            &ctr,
+            berth_proto::v1::ContainerEventType::ContainerStartedEvent,
+        );
         tracing::info!(container = %ctr.id, "container started");
         Ok(())
     }
@@ -810,6 +852,10 @@ impl ContainerManager {
         self.write().remove(&ctr.id);
         let mut names = self.names();
         names.retain(|_, v| v != &ctr.id);
+        self.emit(
+            &ctr,
+            berth_proto::v1::ContainerEventType::ContainerDeletedEvent,
+        );
         tracing::info!(container = %ctr.id, "container removed");
         Ok(())
     }
@@ -1011,6 +1057,27 @@ impl ContainerManager {
             swap: None,
             io: None,
         }
+    }
+
+    /// Processes in the container's cgroup.
+    pub fn process_count(&self, ctr: &Container) -> u64 {
+        match ctr.state().phase {
+            Phase::Created | Phase::Running => self
+                .runtime_container(&ctr.id)
+                .and_then(|c| c.stats().ok())
+                .map(|s| s.pids)
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The containers of a pod.
+    pub fn of_pod(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        self.read()
+            .values()
+            .filter(|c| c.pod_id == pod_id && c.state().phase != Phase::Creating)
+            .cloned()
+            .collect()
     }
 
     /// `ListContainerStats`.

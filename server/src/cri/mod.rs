@@ -3,6 +3,7 @@
 
 mod image;
 mod runtime;
+mod stats;
 pub mod trace;
 
 use std::sync::{Arc, RwLock};

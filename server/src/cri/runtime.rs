@@ -18,6 +18,10 @@ use berth_proto::v1::{
     UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use berth_proto::v1::{
+    ContainerEventResponse, GetEventsRequest, ListPodSandboxStatsRequest,
+    ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
+};
+use berth_proto::v1::{
     ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
     ListContainerStatsResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
     UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
@@ -273,6 +277,84 @@ impl RuntimeService for CriService {
             .reopen_log(&request.into_inner().container_id)
             .await?;
         Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let sb = self.shared.pods.get(&request.into_inner().pod_sandbox_id)?;
+        let shared = std::sync::Arc::clone(&self.shared);
+        let stats = tokio::task::spawn_blocking(move || super::stats::pod_stats(&shared, &sb))
+            .await
+            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let pods: Vec<_> = self
+            .shared
+            .pods
+            .all()
+            .into_iter()
+            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
+            .filter(|p| {
+                filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| p.config.labels.get(k) == Some(v))
+            })
+            .collect();
+        let shared = std::sync::Arc::clone(&self.shared);
+        let stats = tokio::task::spawn_blocking(move || {
+            pods.iter()
+                .map(|p| super::stats::pod_stats(&shared, p))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<ContainerEventResponse>>, Status> {
+        use tokio_stream::StreamExt;
+        let shared = std::sync::Arc::clone(&self.shared);
+        let events = tokio_stream::wrappers::BroadcastStream::new(shared.containers.subscribe());
+        let stream = events.filter_map(move |event| {
+            let event = match event {
+                Ok(e) => e,
+                // A slow reader missed events: tell it, kubelet relists.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    return Some(Err(Status::data_loss(format!(
+                        "{n} container events were dropped; relist"
+                    ))));
+                }
+            };
+            let pod = shared.pods.find(&event.pod_id).ok().flatten();
+            let containers_statuses = shared
+                .containers
+                .of_pod(&event.pod_id)
+                .iter()
+                .map(|c| c.status())
+                .collect();
+            Some(Ok(ContainerEventResponse {
+                container_id: event.container_id,
+                container_event_type: event.kind.into(),
+                created_at: event.at,
+                pod_sandbox_status: pod.map(|p| p.status()),
+                containers_statuses,
+            }))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn status(

@@ -312,6 +312,15 @@ impl PodManager {
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
     }
 
+    /// All sandboxes that are not being created.
+    pub fn all(&self) -> Vec<Arc<Sandbox>> {
+        self.pods_read()
+            .values()
+            .filter(|p| p.state().phase != Phase::Creating)
+            .cloned()
+            .collect()
+    }
+
     /// Sandboxes matching `filter`, newest first.
     pub fn list(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodSandbox> {
         let pods = self.pods_read();

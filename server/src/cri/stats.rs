@@ -1,0 +1,164 @@
+//! Pod-level stats (`PodSandboxStats`, `ListPodSandboxStats`): the sum of the pod's
+//! containers' cgroups, its process count, and the traffic of its network namespace.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use berth_proto::v1::{
+    CpuUsage, LinuxPodSandboxStats, MemoryUsage, NetworkInterfaceUsage, NetworkUsage,
+    PodSandboxAttributes, PodSandboxStats, ProcessUsage, UInt64Value,
+};
+
+use super::{Shared, now_nanos};
+use crate::pod::Sandbox;
+
+fn v(value: u64) -> Option<UInt64Value> {
+    Some(UInt64Value { value })
+}
+
+/// Stats of one pod (blocking: reads cgroup files and the netns).
+pub fn pod_stats(shared: &Shared, sb: &Sandbox) -> PodSandboxStats {
+    let now = now_nanos();
+    let containers = shared.containers.of_pod(&sb.id);
+    let stats: Vec<_> = containers
+        .iter()
+        .map(|c| shared.containers.stats(c))
+        .collect();
+    let sum = |f: &dyn Fn(&berth_proto::v1::ContainerStats) -> Option<u64>| -> u64 {
+        stats.iter().filter_map(f).sum()
+    };
+    let cpu_total = sum(&|s| {
+        s.cpu
+            .as_ref()?
+            .usage_core_nano_seconds
+            .as_ref()
+            .map(|v| v.value)
+    });
+    let nano_cores = if stats.iter().all(|s| {
+        s.cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .is_some()
+    }) {
+        v(sum(&|s| {
+            s.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)
+        }))
+    } else {
+        None
+    };
+    let working_set = sum(&|s| {
+        s.memory
+            .as_ref()?
+            .working_set_bytes
+            .as_ref()
+            .map(|v| v.value)
+    });
+    let usage = sum(&|s| s.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value));
+    let processes: u64 = containers
+        .iter()
+        .map(|c| shared.containers.process_count(c))
+        .sum();
+    let network = sb
+        .state()
+        .pins
+        .net
+        .as_deref()
+        .and_then(|netns| netns_interfaces(netns).ok())
+        .map(|ifaces| {
+            let interfaces: Vec<NetworkInterfaceUsage> =
+                ifaces.into_iter().filter(|i| i.name != "lo").collect();
+            NetworkUsage {
+                timestamp: now,
+                default_interface: interfaces
+                    .iter()
+                    .find(|i| i.name == crate::cni::exec::POD_IFNAME)
+                    .cloned(),
+                interfaces,
+            }
+        });
+    PodSandboxStats {
+        attributes: Some(PodSandboxAttributes {
+            id: sb.id.clone(),
+            metadata: sb.config.metadata.clone(),
+            labels: sb.config.labels.clone(),
+            annotations: sb.config.annotations.clone(),
+        }),
+        linux: Some(LinuxPodSandboxStats {
+            cpu: Some(CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: v(cpu_total),
+                usage_nano_cores: nano_cores,
+                psi: None,
+            }),
+            memory: Some(MemoryUsage {
+                timestamp: now,
+                working_set_bytes: v(working_set),
+                usage_bytes: v(usage),
+                ..Default::default()
+            }),
+            network,
+            process: Some(ProcessUsage {
+                timestamp: now,
+                process_count: v(processes),
+            }),
+            containers: stats,
+            io: None,
+        }),
+        windows: None,
+    }
+}
+
+/// Interface counters inside a network namespace, read from a thread that joins it
+/// (`/proc/thread-self/net/dev` shows the reading thread's namespace).
+fn netns_interfaces(netns: &Path) -> io::Result<Vec<NetworkInterfaceUsage>> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::spawn(move || -> io::Result<String> {
+        // SAFETY: setns(2) on an open namespace fd moves only this short-lived thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns stats thread panicked"))?
+    .map(|text| parse_net_dev(&text))
+}
+
+/// Parses /proc/net/dev: `iface: rx_bytes packets errs ... tx_bytes packets errs ...`.
+fn parse_net_dev(text: &str) -> Vec<NetworkInterfaceUsage> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() >= 11).then(|| NetworkInterfaceUsage {
+                name: name.trim().to_owned(),
+                rx_bytes: v(f[0]),
+                rx_errors: v(f[2]),
+                tx_bytes: v(f[8]),
+                tx_errors: v(f[10]),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_parses() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    5000      10    2    0    0     0          0         0     7000      12    3    0    0     0       0          0\n";
+        let ifaces = parse_net_dev(text);
+        assert_eq!(ifaces.len(), 2);
+        assert_eq!(ifaces[1].name, "eth0");
+        assert_eq!(ifaces[1].rx_bytes.as_ref().map(|v| v.value), Some(5000));
+        assert_eq!(ifaces[1].rx_errors.as_ref().map(|v| v.value), Some(2));
+        assert_eq!(ifaces[1].tx_bytes.as_ref().map(|v| v.value), Some(7000));
+        assert_eq!(ifaces[1].tx_errors.as_ref().map(|v| v.value), Some(3));
+    }
+}
