@@ -75,6 +75,9 @@ pub enum ProcessError {
     /// Unexpected message order.
     #[error("unexpected message from child: {0:?}")]
     Protocol(Message),
+    /// The pty master did not arrive on the console socket.
+    #[error("console socket: {0}")]
+    Console(String),
     /// A createRuntime/prestart hook failed.
     #[error("createRuntime/prestart hook: {0}")]
     Hook(#[from] crate::hooks::HookError),
@@ -767,6 +770,47 @@ fn close_fds_except(from: u32, keep: &[RawFd]) {
         }
         start = k.saturating_add(1);
     }
+}
+
+/// Receive the pty master a container's init sends over a console socket (the other
+/// end of the socket passed as [`Stdio::console_socket`]).
+pub fn recv_pty_master(sock: &OwnedFd, timeout: Duration) -> Result<OwnedFd, ProcessError> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut pfd = [nix::poll::PollFd::new(
+        sock.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+        Ok(0) => {
+            return Err(ProcessError::Console(format!(
+                "no pty master within {timeout:?}"
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(ProcessError::Console(format!("poll: {e}"))),
+    }
+    let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| ProcessError::Console(format!("recvmsg: {e}")))?;
+    let cmsgs = msg
+        .cmsgs()
+        .map_err(|e| ProcessError::Console(format!("control message: {e}")))?;
+    for c in cmsgs {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the fd was just received via SCM_RIGHTS and belongs to us alone.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(ProcessError::Console("message carried no fd".into()))
 }
 
 /// Mark every fd from `from` on close-on-exec.

@@ -949,3 +949,71 @@ fn spec_then_run_is_the_whole_walkthrough() {
     );
     assert!(!b.root().join(&b.id).exists());
 }
+
+#[test]
+fn run_on_a_terminal_relays_a_real_pty_like_runc() {
+    use std::io::{Read as _, Write as _};
+    let b = Bundle::new();
+    b.edit_spec(|s| s["process"]["terminal"] = json!(true));
+    b.args(&["sh"]);
+    // Our "user terminal": a pty whose slave is berth-runtime's stdio.
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 40,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .unwrap();
+    let slave = fs::File::from(pty.slave);
+    let mut child = Command::new(RUNTIME)
+        .arg("--root")
+        .arg(b.root())
+        .args(["run", "--bundle", b.bundle().to_str().unwrap(), &b.id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = fs::File::from(pty.master);
+    master.write_all(b"tty; stty size; sleep 30\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // ^C reaches the container's foreground job through its own pty.
+    master
+        .write_all(b"\x03echo after-interrupt; exit 4\n")
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once berth-runtime (the last slave holder) has exited.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&all).contains("after-interrupt\r\n") {
+                break;
+            }
+        }
+        let _ = tx.send(all);
+    });
+    let out =
+        String::from_utf8_lossy(&rx.recv_timeout(Duration::from_secs(20)).expect("no output"))
+            .into_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "run did not exit: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(4), "{out}");
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("40 100"), "{out}");
+    assert!(out.contains("after-interrupt"), "{out}");
+}

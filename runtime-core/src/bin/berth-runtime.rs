@@ -5,13 +5,17 @@
 //! berth-runtime run --bundle bundle demo
 //! ```
 
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 use berth_runtime_core::container::{CGROUP_ROOT, wait_exit_code};
+use berth_runtime_core::process::recv_pty_master;
 use berth_runtime_core::{Container, CreateOptions, Stdio};
 use clap::{Parser, Subcommand};
 use oci_spec::runtime::{Process, Spec};
@@ -288,11 +292,15 @@ fn load_bundle(bundle: &Path) -> Res<(PathBuf, Spec)> {
     Ok((bundle, spec))
 }
 
-fn do_create(root: &Path, a: &CreateArgs) -> Res<Container> {
+fn do_create(root: &Path, a: &CreateArgs, console: Option<OwnedFd>) -> Res<Container> {
     let (bundle, spec) = load_bundle(&a.bundle)?;
+    let console = match console {
+        Some(c) => Some(c),
+        None => connect_console(a.console_socket.as_deref())?,
+    };
     let stdio = Stdio {
         fds: None,
-        console_socket: connect_console(a.console_socket.as_deref())?,
+        console_socket: console,
     };
     let c = Container::create(CreateOptions {
         id: a.id.clone(),
@@ -308,6 +316,125 @@ fn do_create(root: &Path, a: &CreateArgs) -> Res<Container> {
             .map_err(|e| format!("write pid file {}: {e}", p.display()))?;
     }
     Ok(c)
+}
+
+/// With `terminal: true`, no `--console-socket` and a terminal on our stdin, we do
+/// what runc does: take the container's pty master ourselves and relay it.
+struct PtyPlan {
+    mine: Option<OwnedFd>,
+    theirs: Option<OwnedFd>,
+}
+
+impl PtyPlan {
+    fn new(wanted: bool) -> Res<PtyPlan> {
+        if !wanted || !std::io::stdin().is_terminal() {
+            return Ok(PtyPlan {
+                mine: None,
+                theirs: None,
+            });
+        }
+        let (mine, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok(PtyPlan {
+            mine: Some(mine),
+            theirs: Some(theirs),
+        })
+    }
+}
+
+static WINCH: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_winch(_: libc::c_int) {
+    WINCH.store(true, Ordering::Relaxed);
+}
+
+/// Puts our terminal back the way it was.
+struct RawMode(nix::sys::termios::Termios);
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
+}
+
+fn copy_window_size(master: &OwnedFd) {
+    // SAFETY: an all-zero winsize is a valid value to be filled by the ioctl.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize on open terminal fds.
+    unsafe {
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Relay our terminal (raw mode) and the container's pty until the container closes
+/// it, then return the exit code.
+fn proxy_terminal(master: OwnedFd, pid: i32) -> Res<i32> {
+    use nix::sys::termios;
+    let saved = termios::tcgetattr(std::io::stdin())?;
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(std::io::stdin(), termios::SetArg::TCSANOW, &raw)?;
+    let _restore = RawMode(saved);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t) };
+    copy_window_size(&master);
+    let mut stdin_open = true;
+    let mut buf = [0u8; 8192];
+    loop {
+        if WINCH.swap(false, Ordering::Relaxed) {
+            copy_window_size(&master);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+        if n <= 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match nix::unistd::read(&master, &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EIO) => break,
+                Ok(k) => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&buf[..k]);
+                    let _ = out.flush();
+                }
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if fds[1].revents != 0 {
+            match nix::unistd::read(std::io::stdin(), &mut buf) {
+                Ok(0) => stdin_open = false,
+                Ok(k) => {
+                    let _ = nix::unistd::write(&master, &buf[..k]);
+                }
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => stdin_open = false,
+            }
+        }
+    }
+    Ok(wait_exit_code(pid)?)
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -350,7 +477,7 @@ fn run(cli: Cli) -> Res<i32> {
             Ok(0)
         }
         Cmd::Create(a) => {
-            do_create(&root, &a)?;
+            do_create(&root, &a, None)?;
             Ok(0)
         }
         Cmd::Start { id } => {
@@ -376,7 +503,22 @@ fn run(cli: Cli) -> Res<i32> {
             Ok(0)
         }
         Cmd::Run { create, detach } => {
-            let mut c = do_create(&root, &create)?;
+            let terminal = load_bundle(&create.bundle)
+                .map(|(_, s)| s.process().as_ref().and_then(|p| p.terminal()) == Some(true))
+                .unwrap_or(false);
+            let pty = PtyPlan::new(!detach && terminal && create.console_socket.is_none())?;
+            let mut c = do_create(&root, &create, pty.theirs)?;
+            let master = match pty
+                .mine
+                .map(|m| recv_pty_master(&m, Duration::from_secs(10)))
+            {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
+                    let _ = c.delete(true);
+                    return Err(e.into());
+                }
+                None => None,
+            };
             if detach {
                 c.start()?;
                 return Ok(0);
@@ -386,7 +528,10 @@ fn run(cli: Cli) -> Res<i32> {
                 let _ = c.delete(true);
                 return Err(e.into());
             }
-            let code = wait_exit_code(c.pid())?;
+            let code = match master {
+                Some(m) => proxy_terminal(m, c.pid())?,
+                None => wait_exit_code(c.pid())?,
+            };
             let c = Container::load(&root, &create.id)?;
             c.delete(true)?;
             Ok(code)
@@ -449,11 +594,22 @@ fn run(cli: Cli) -> Res<i32> {
                 usr.set_gid(gid);
                 p.set_user(usr);
             }
+            let pty =
+                PtyPlan::new(!detach && p.terminal() == Some(true) && console_socket.is_none())?;
+            let console = match pty.theirs {
+                Some(t) => Some(t),
+                None => connect_console(console_socket.as_deref())?,
+            };
             let stdio = Stdio {
                 fds: None,
-                console_socket: connect_console(console_socket.as_deref())?,
+                console_socket: console,
             };
             let spawned = c.exec(&spec, p, stdio)?;
+            if let Some(mine) = pty.mine {
+                let master = recv_pty_master(&mine, Duration::from_secs(10))?;
+                forward_signals_to(spawned.pid);
+                return proxy_terminal(master, spawned.pid);
+            }
             if let Some(path) = pid_file {
                 std::fs::write(&path, spawned.pid.to_string())
                     .map_err(|e| format!("write pid file {}: {e}", path.display()))?;

@@ -140,35 +140,6 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-/// Receive the pty master the container's init sends over the console socket.
-fn recv_pty_master(sock: &OwnedFd) -> Res<OwnedFd> {
-    let mut pfd = [nix::poll::PollFd::new(
-        sock.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(10_000u16))? == 0 {
-        return Err("no pty master from the container within 10s".into());
-    }
-    let mut buf = [0u8; 64];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = nix::sys::socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for c in msg.cmsgs()? {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the fd was just received via SCM_RIGHTS and belongs to us alone.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    Err("console socket message carried no fd".into())
-}
-
 /// One attached client.
 #[derive(Debug)]
 struct Client {
@@ -364,7 +335,7 @@ fn run_inner(
     let pid = container.pid();
     let mut pty = None;
     if let Some(sock) = console_mine {
-        let master = recv_pty_master(&sock)?;
+        let master = berth_runtime_core::process::recv_pty_master(&sock, Duration::from_secs(10))?;
         pty = Some(master.as_raw_fd());
         outputs.push((master, Stream::Stdout));
     }
