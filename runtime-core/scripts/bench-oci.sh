@@ -12,7 +12,8 @@ if [ "${BENCH_INNER:-}" != 1 ]; then
     exec env BENCH_INNER=1 unshare -m sh -c "umount /sys/fs/cgroup/unified 2>/dev/null || true; exec \"$0\" $N \"$BERTH\""
 fi
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+# berth-runtime's default cgroup parent is /berth: remove it afterwards if left empty.
+trap 'rm -rf "$T"; for c in /sys/fs/cgroup/*/berth; do rmdir "$c" 2>/dev/null || true; done' EXIT
 mkdir -p "$T/b/rootfs/bin" "$T/b/rootfs/proc" "$T/b/rootfs/sys" "$T/b/rootfs/dev"
 cp /bin/busybox "$T/b/rootfs/bin/" && ln "$T/b/rootfs/bin/busybox" "$T/b/rootfs/bin/true"
 (cd "$T/b" && "$BERTH" spec)
