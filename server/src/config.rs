@@ -29,6 +29,40 @@ pub struct Config {
     pub cni: CniConfig,
     /// Image pulls: registry hosts, mirrors, timeouts.
     pub registry: RegistryConfig,
+    /// The streaming server behind Exec, Attach and PortForward.
+    pub stream: StreamServerConfig,
+}
+
+/// The HTTP server that carries `crictl exec -it`, `attach` and `port-forward`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamServerConfig {
+    /// IP address to listen on (kubelet and crictl connect to it).
+    pub address: String,
+    /// TCP port; 0 picks a free one at start-up.
+    pub port: u16,
+}
+
+impl Default for StreamServerConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".to_owned(),
+            port: 0,
+        }
+    }
+}
+
+impl StreamServerConfig {
+    /// The socket address to bind, or why `address` is not an IP address.
+    pub fn socket_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let ip: std::net::IpAddr = self.address.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "stream.address {:?} is not an IP address",
+                self.address
+            ))
+        })?;
+        Ok(std::net::SocketAddr::new(ip, self.port))
+    }
 }
 
 /// Registry access for image pulls.
@@ -117,6 +151,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            stream: StreamServerConfig::default(),
         }
     }
 }
@@ -240,6 +275,7 @@ impl Config {
                 "registry.stall_timeout_secs and registry.max_concurrent_downloads must be at least 1".to_owned(),
             ));
         }
+        self.stream.socket_addr()?;
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "log.level must not be empty".to_owned(),
@@ -296,6 +332,13 @@ config_path = "{registry}"
 stall_timeout_secs = {stall}
 # Layers downloaded at the same time by one pull.
 max_concurrent_downloads = {downloads}
+
+[stream]
+# Address of the streaming server behind Exec, Attach and PortForward (HTTP:
+# SPDY/3.1 and WebSocket upgrades).
+address = "{stream_addr}"
+# Its TCP port; 0 picks a free port at start-up.
+port = {stream_port}
 "#,
             root = d.root_dir.display(),
             state = d.state_dir.display(),
@@ -307,6 +350,8 @@ max_concurrent_downloads = {downloads}
             registry = d.registry.config_path.display(),
             stall = d.registry.stall_timeout_secs,
             downloads = d.registry.max_concurrent_downloads,
+            stream_addr = d.stream.address,
+            stream_port = d.stream.port,
         )
     }
 
@@ -377,6 +422,17 @@ mod tests {
         assert_eq!(c.registry.stall_timeout_secs, 60);
         let e = Config::parse("[registry]\nstall_timeout_secs = 0\n").expect_err("zero");
         assert!(e.to_string().contains("stall_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn stream_section_and_bad_address() {
+        let c = Config::parse("[stream]\naddress = \"0.0.0.0\"\nport = 10010\n").expect("parses");
+        assert_eq!(
+            c.stream.socket_addr().expect("addr"),
+            std::net::SocketAddr::from(([0, 0, 0, 0], 10010))
+        );
+        let e = Config::parse("[stream]\naddress = \"localhost\"\n").expect_err("not an IP");
+        assert!(e.to_string().contains("stream.address"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub enum StartError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The streaming server (exec, attach, port-forward) could not start.
+    #[error("streaming server: {0}")]
+    Stream(String),
 }
 
 /// Held for the daemon's lifetime: proves this process owns the state dir.
@@ -207,11 +210,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
+    let stream_addr = config
+        .stream
+        .socket_addr()
+        .map_err(|e| StartError::Stream(e.to_string()))?;
     let cri =
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
         .await
         .map_err(|e| StartError::Recover(e.to_string()))?;
+    let stream_url = cri.start_streaming(stream_addr).await.map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(cause) = std::error::Error::source(&e) {
+            msg = format!("{msg}: {cause}");
+        }
+        StartError::Stream(msg)
+    })?;
+    tracing::info!(url = %stream_url, "streaming server listening");
     let runtime =
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);

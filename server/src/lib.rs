@@ -10,3 +10,4 @@ pub mod error;
 pub mod fsinfo;
 pub mod pod;
 pub mod store;
+pub mod stream;

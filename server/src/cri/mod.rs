@@ -34,6 +34,8 @@ pub struct Shared {
     pub images: ImageStore,
     /// Containers.
     pub containers: Arc<ContainerManager>,
+    /// The streaming server behind Exec, Attach and PortForward, once started.
+    pub streams: std::sync::OnceLock<berth_stream::StreamServer>,
 }
 
 /// Implements both CRI services over the daemon's shared state.
@@ -62,6 +64,7 @@ impl CriService {
                 config,
                 pod_cidrs,
                 images,
+                streams: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -70,6 +73,29 @@ impl CriService {
     pub async fn recover(&self) -> crate::error::Result<()> {
         self.shared.pods.recover().await?;
         self.shared.containers.recover().await
+    }
+
+    /// Starts the streaming server on `addr` (berthd start-up); returns its base URL.
+    pub async fn start_streaming(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, berth_stream::StartError> {
+        let backend = Arc::new(crate::stream::Backend::new(Arc::downgrade(&self.shared)));
+        let config = berth_stream::StreamConfig {
+            addr,
+            ..berth_stream::StreamConfig::default()
+        };
+        let server = berth_stream::StreamServer::start(config, backend).await?;
+        let url = server.base_url().to_owned();
+        // A second start keeps the first server (the new one stops when dropped).
+        let _ = self.shared.streams.set(server);
+        Ok(url)
+    }
+
+    fn streams(&self) -> crate::error::Result<&berth_stream::StreamServer> {
+        self.shared.streams.get().ok_or_else(|| {
+            crate::error::Error::Unavailable("the streaming server is not running".into())
+        })
     }
 
     fn config(&self) -> &Config {

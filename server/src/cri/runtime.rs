@@ -226,6 +226,78 @@ impl RuntimeService for CriService {
         }))
     }
 
+    async fn exec(
+        &self,
+        request: Request<berth_proto::v1::ExecRequest>,
+    ) -> Result<Response<berth_proto::v1::ExecResponse>, Status> {
+        let r = request.into_inner();
+        let mut req = berth_stream::ExecRequest {
+            container_id: r.container_id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        };
+        req.validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        req.container_id =
+            crate::stream::check_running(&self.shared.containers, &req.container_id)?;
+        let url = self
+            .streams()?
+            .register_exec(req)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Response::new(berth_proto::v1::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<berth_proto::v1::AttachRequest>,
+    ) -> Result<Response<berth_proto::v1::AttachResponse>, Status> {
+        let r = request.into_inner();
+        let mut req = berth_stream::AttachRequest {
+            container_id: r.container_id,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        };
+        req.validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        req.container_id =
+            crate::stream::check_running(&self.shared.containers, &req.container_id)?;
+        let url = self
+            .streams()?
+            .register_attach(req)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Response::new(berth_proto::v1::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<berth_proto::v1::PortForwardRequest>,
+    ) -> Result<Response<berth_proto::v1::PortForwardResponse>, Status> {
+        let r = request.into_inner();
+        let mut req = berth_stream::PortForwardRequest {
+            pod_sandbox_id: r.pod_sandbox_id,
+            ports: r.port,
+        };
+        req.validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let sb = self.shared.pods.get(&req.pod_sandbox_id)?;
+        if !sb.is_ready() {
+            return Err(
+                Error::FailedPrecondition(format!("pod sandbox {} is not ready", sb.id)).into(),
+            );
+        }
+        req.pod_sandbox_id = sb.id.clone();
+        let url = self
+            .streams()?
+            .register_portforward(req)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Response::new(berth_proto::v1::PortForwardResponse { url }))
+    }
+
     async fn container_stats(
         &self,
         request: Request<ContainerStatsRequest>,
