@@ -44,6 +44,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The node's image store, offline (run while berthd is stopped).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Load images from an OCI image-layout tar or a `docker save` tar, for
+    /// air-gapped nodes.
+    Import {
+        /// The archive.
+        file: PathBuf,
+    },
+    /// List the stored images.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +118,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if let Some(Command::Image { command }) = cli.command {
+        return image_command(&config, command);
+    }
+
     init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,6 +129,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(daemon::run(config))?;
     Ok(())
+}
+
+fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
+    use berth_image::{ImageStore, RegistryHosts, StoreOptions};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        std::fs::create_dir_all(config.image_store_dir())?;
+        let store = ImageStore::open(
+            config.image_store_dir(),
+            StoreOptions {
+                hosts: RegistryHosts::new(Some(config.registry.config_path.clone())),
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(|e| match e {
+            berth_image::StoreError::Locked(_) => anyhow::anyhow!(
+                "the image store {} is in use (is berthd running?); stop berthd first",
+                config.image_store_dir().display()
+            ),
+            other => other.into(),
+        })?;
+        match command {
+            ImageCommand::Import { file } => {
+                let images = store.import_archive(&file).await?;
+                for image in images {
+                    println!("imported {} {}", image.id, image.repo_tags.join(" "));
+                }
+            }
+            ImageCommand::List => {
+                println!("{:<71}  {:>12}  NAMES", "ID", "SIZE");
+                for image in store.list() {
+                    let mut names = image.repo_tags.clone();
+                    if names.is_empty() {
+                        names = image.repo_digests.clone();
+                    }
+                    println!("{:<71}  {:>12}  {}", image.id, image.size, names.join(" "));
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
