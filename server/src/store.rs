@@ -14,9 +14,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record path has no name"))?;
+    // A temp name of its own per write: concurrent writers of one record must not
+    // share (and rename away) each other's temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
     {
         let mut f = File::create(&tmp)?;
@@ -82,6 +86,31 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("meta.json")]);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_record_do_not_collide() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("record.json");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(&p, format!("writer {i}").as_bytes()).expect("write");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        assert!(fs::read_to_string(&p).expect("read").starts_with("writer "));
+        assert_eq!(
+            fs::read_dir(d.path()).expect("ls").count(),
+            1,
+            "no temp left"
+        );
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Container {
     op: tokio::sync::Mutex<()>,
     /// Last CPU sample (timestamp ns, usage ns), for usage_nano_cores.
     last_cpu: Mutex<Option<(i64, u64)>>,
+    /// Serialises record writes, so the newest state is the one on disk.
+    persist_lock: Mutex<()>,
 }
 
 impl Container {
@@ -512,6 +514,7 @@ impl ContainerManager {
             changed: tx,
             op: tokio::sync::Mutex::new(()),
             last_cpu: Mutex::new(None),
+            persist_lock: Mutex::new(()),
         });
         let image_config = ImageConfig {
             entrypoint: image.config.entrypoint.clone().unwrap_or_default(),
@@ -730,6 +733,10 @@ impl ContainerManager {
     }
 
     fn persist(&self, ctr: &Container) -> Result<()> {
+        let _serial = ctr
+            .persist_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = Record {
             version: RECORD_VERSION,
             id: ctr.id.clone(),
@@ -1229,6 +1236,7 @@ impl ContainerManager {
             changed: tx,
             op: tokio::sync::Mutex::new(()),
             last_cpu: Mutex::new(None),
+            persist_lock: Mutex::new(()),
         })
     }
 }
