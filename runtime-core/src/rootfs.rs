@@ -213,8 +213,12 @@ pub fn parse_mount_options(options: &[String]) -> MountOptions {
     out
 }
 
-/// Map `rootfsPropagation` to flags for the first mount of `/`. Shared propagation is
-/// applied after pivot_root, because pivot_root refuses a shared parent mount.
+/// Map `rootfsPropagation` to flags for the first mount of `/` and the flags applied
+/// to the new `/` after pivot_root. Shared propagation keeps `/` shared from the
+/// start: a slave copy of a shared host mount, bound into the container and made
+/// shared again, would join a new peer group and never propagate back to the host
+/// (bidirectional mounts). The rootfs' parent mount is then made private before
+/// anything is mounted under it (see [`prepare_rootfs`]).
 fn root_propagation(spec: &Spec) -> Result<(MsFlags, Option<MsFlags>), RootfsError> {
     let prop = spec
         .linux()
@@ -226,8 +230,11 @@ fn root_propagation(spec: &Spec) -> Result<(MsFlags, Option<MsFlags>), RootfsErr
         Some("slave") => (MsFlags::MS_SLAVE, None),
         Some("private") => (MsFlags::MS_PRIVATE, None),
         Some("rprivate") => (MsFlags::MS_PRIVATE | MsFlags::MS_REC, None),
-        Some("shared") => (rec_slave, Some(MsFlags::MS_SHARED)),
-        Some("rshared") => (rec_slave, Some(MsFlags::MS_SHARED | MsFlags::MS_REC)),
+        Some("shared") => (MsFlags::MS_SHARED, Some(MsFlags::MS_SHARED)),
+        Some("rshared") => (
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+        ),
         Some("unbindable") => (rec_slave, Some(MsFlags::MS_UNBINDABLE)),
         Some("runbindable") => (rec_slave, Some(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC)),
         Some(other) => {
@@ -236,6 +243,43 @@ fn root_propagation(spec: &Spec) -> Result<(MsFlags, Option<MsFlags>), RootfsErr
             )));
         }
     })
+}
+
+/// The mount point, among those listed in `mountinfo` (the text of
+/// /proc/self/mountinfo), that contains `path`: the longest one that is `path` or one
+/// of its ancestors.
+fn containing_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|mp| path.starts_with(mp))
+        .max_by_key(|mp| mp.components().count())
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space, `\134` for a backslash, ...).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A v1 or v2 cgroup hierarchy to show inside the container at a `cgroup` mount.
@@ -281,8 +325,17 @@ pub fn prepare_rootfs(sys: &dyn Syscall, plan: &RootfsPlan<'_>) -> Result<(), Ro
     let (first, _) = root_propagation(plan.spec)?;
     let slash = Path::new("/");
     sys.mount(None, slash, None, first, None)
-        .map_err(sys_err("make / slave/private", slash))?;
+        .map_err(sys_err("set propagation of /", slash))?;
     let rootfs = plan.rootfs;
+    if first.contains(MsFlags::MS_SHARED) {
+        // With / shared, mounts under the rootfs would propagate to the host, and
+        // pivot_root refuses a new root whose parent mount is shared.
+        let info = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_err("read mountinfo", Path::new("/proc/self/mountinfo")))?;
+        let parent = containing_mount(&info, rootfs).unwrap_or_else(|| PathBuf::from("/"));
+        sys.mount(None, &parent, None, MsFlags::MS_PRIVATE, None)
+            .map_err(sys_err("make rootfs parent mount private", &parent))?;
+    }
     sys.mount(
         Some(rootfs),
         rootfs,
@@ -828,6 +881,85 @@ mod tests {
         root.set_readonly(Some(true));
         spec.set_root(Some(root));
         spec
+    }
+
+    #[test]
+    fn containing_mount_is_the_longest_ancestor_mount_point() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /var/lib rw shared:5 - tmpfs tmpfs rw
+31 30 0:41 / /var/lib/berth/ov\\040l rw shared:6 - overlay overlay rw
+32 22 0:42 / /var/libx rw - tmpfs tmpfs rw
+";
+        let cases = [
+            ("/var/lib/berth/ov l/rootfs", "/var/lib/berth/ov l"),
+            ("/var/lib/berth/ov l", "/var/lib/berth/ov l"),
+            ("/var/lib/berth/ovl", "/var/lib"),
+            ("/var/libx/a", "/var/libx"),
+            ("/tmp/x", "/"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                containing_mount(info, Path::new(path)),
+                Some(PathBuf::from(want)),
+                "{path}"
+            );
+        }
+        assert_eq!(unescape_mountinfo(r"a\134b\011c\9"), "a\\b\tc\\9");
+    }
+
+    #[test]
+    fn rshared_keeps_root_shared_and_makes_the_rootfs_parent_private_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        let volume = tmp.path().join("volume");
+        fs::create_dir_all(&rootfs).unwrap();
+        fs::create_dir_all(&volume).unwrap();
+        let mut spec = spec_with_mounts(&rootfs);
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        let mut bind = Mount::default();
+        bind.set_destination("/data".into());
+        bind.set_typ(Some("bind".into()));
+        bind.set_source(Some(volume.clone()));
+        bind.set_options(Some(vec!["rbind".into(), "rshared".into(), "rw".into()]));
+        mounts.push(bind);
+        spec.set_mounts(Some(mounts));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_rootfs_propagation(Some("rshared".into()));
+        spec.set_linux(Some(linux));
+        let sys = RecordingSyscall::new();
+        let plan = RootfsPlan {
+            spec: &spec,
+            rootfs: &rootfs,
+            cgroups: vec![],
+            in_user_ns: false,
+        };
+        prepare_rootfs(&sys, &plan).unwrap();
+        pivot_into(&sys, &spec, &rootfs).unwrap();
+        let mounts = sys.mounts();
+        let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+        // / stays in its host peer groups (never slave) so the volume's bind is a
+        // peer of the host mount and mounts made in the container reach the host.
+        assert_eq!(mounts[0], (PathBuf::from("/"), None, shared));
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let parent = containing_mount(&info, &rootfs).unwrap();
+        assert!(rootfs.starts_with(&parent));
+        assert_eq!(mounts[1], (parent, None, MsFlags::MS_PRIVATE));
+        assert_eq!(
+            mounts[2],
+            (rootfs.clone(), None, MsFlags::MS_BIND | MsFlags::MS_REC)
+        );
+        let data = rootfs.join("data");
+        let at_data: Vec<_> = mounts.iter().filter(|m| m.0 == data).collect();
+        assert_eq!(at_data.last().unwrap().2, shared, "{at_data:?}");
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.0 == Path::new("/") && m.2.contains(MsFlags::MS_SLAVE)),
+            "/ made slave: {mounts:?}"
+        );
+        // After the pivot the new root is made shared too.
+        assert_eq!(mounts.last().unwrap(), &(PathBuf::from("/"), None, shared));
     }
 
     #[test]
