@@ -71,6 +71,9 @@ pub struct CtrState {
     pub message: String,
     /// Whether the overlay rootfs is mounted.
     pub rootfs_mounted: bool,
+    /// The process's uid, gid and supplementary groups, as resolved at creation.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,6 +220,16 @@ impl Container {
                     windows: None,
                 }),
             image_id: self.image_id.clone(),
+            user: s
+                .user
+                .as_ref()
+                .map(|(uid, gid, groups)| berth_proto::v1::ContainerUser {
+                    linux: Some(berth_proto::v1::LinuxContainerUser {
+                        uid: i64::from(*uid),
+                        gid: i64::from(*gid),
+                        supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
+                    }),
+                }),
             ..Default::default()
         }
     }
@@ -510,6 +523,7 @@ impl ContainerManager {
                 reason: String::new(),
                 message: String::new(),
                 rootfs_mounted: false,
+                user: None,
             }),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
@@ -584,6 +598,14 @@ impl ContainerManager {
             pod: pod_ctx,
             cgroup_driver: self.config.cgroup_driver,
         })?;
+        let user = &spec["process"]["user"];
+        let id =
+            |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let groups = user["additionalGids"]
+            .as_array()
+            .map(|a| a.iter().map(id).collect())
+            .unwrap_or_default();
+        ctr.update(|s| s.user = Some((id(&user["uid"]), id(&user["gid"]), groups)));
         let bundle = dir.join("bundle");
         store::write_atomic(&bundle.join("config.json"), spec.to_string().as_bytes())
             .map_err(|e| Error::io("writing config.json", e))?;

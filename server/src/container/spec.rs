@@ -527,8 +527,11 @@ pub fn resolve_user(
         };
     }
 
-    let mut additional: BTreeSet<u32> = BTreeSet::new();
-    if let Some(name) = &name {
+    // The primary group is listed too (as `id -G` shows it and containerd reports it).
+    let mut additional: BTreeSet<u32> = BTreeSet::from([gid]);
+    let strict = sc.supplemental_groups_policy
+        == i32::from(berth_proto::v1::SupplementalGroupsPolicy::Strict);
+    if let Some(name) = name.as_ref().filter(|_| !strict) {
         for g in &grps {
             if g.members.iter().any(|m| m == name) {
                 additional.insert(g.gid);
@@ -540,7 +543,6 @@ pub fn resolve_user(
             Error::InvalidArgument(format!("supplemental group {g} is out of range"))
         })?);
     }
-    additional.remove(&gid);
     Ok(ResolvedUser {
         uid,
         gid,
@@ -1064,7 +1066,17 @@ mod tests {
         let u = resolve_user(r.path(), &sc, "www-data").expect("by name");
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (33, 33, vec![50000])
+            (33, 33, vec![33, 50000])
+        );
+        let strict = LinuxContainerSecurityContext {
+            supplemental_groups_policy: berth_proto::v1::SupplementalGroupsPolicy::Strict.into(),
+            ..Default::default()
+        };
+        let u = resolve_user(r.path(), &strict, "www-data").expect("strict");
+        assert_eq!(
+            u.additional_gids,
+            vec![33],
+            "Strict ignores the image's /etc/group"
         );
         let u = resolve_user(r.path(), &sc, "1003:1004").expect("numeric");
         assert_eq!((u.uid, u.gid), (1003, 1004));
@@ -1080,7 +1092,7 @@ mod tests {
         let u = resolve_user(r.path(), &sc, "www-data").expect("cri ids");
         assert_eq!(
             (u.uid, u.gid, u.additional_gids),
-            (1001, 1002, vec![1234, 5678])
+            (1001, 1002, vec![1002, 1234, 5678])
         );
         let e = resolve_user(r.path(), &LinuxContainerSecurityContext::default(), "ghost")
             .expect_err("unknown");

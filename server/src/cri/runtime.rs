@@ -483,17 +483,18 @@ impl RuntimeService for CriService {
                 conditions: vec![runtime, network_condition],
             }),
             info,
-            // Only the native handler so far; the features it lacks are advertised as false
-            // so that clients (and critest) skip what Berth cannot do yet.
+            // Only the native handler so far; what it lacks (user namespaces) is advertised
+            // as false so that clients (and critest) do not ask for it.
             runtime_handlers: vec![RuntimeHandler {
                 name: String::new(),
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // runtime-core applies `rro` with mount_setattr(AT_RECURSIVE).
+                    recursive_read_only_mounts: true,
                     user_namespaces: false,
                 }),
             }],
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
                 user_namespaces_host_network: false,
             }),
         }))
