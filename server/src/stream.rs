@@ -59,8 +59,9 @@ impl Backend {
             .ok_or_else(|| BackendError::new("berthd is shutting down"))
     }
 
-    /// The running container `id`, with its full id.
-    fn running(&self, id: &str) -> Result<(Arc<Shared>, String), BackendError> {
+    /// The running container `id`: the daemon state, its full id and whether its
+    /// stdin closes when the first attach ends (`stdin_once`).
+    fn running(&self, id: &str) -> Result<(Arc<Shared>, String, bool), BackendError> {
         let shared = self.shared()?;
         let ctr = shared
             .containers
@@ -73,13 +74,14 @@ impl Backend {
             )));
         }
         let id = ctr.id.clone();
-        Ok((shared, id))
+        let stdin_once = ctr.config.stdin_once;
+        Ok((shared, id, stdin_once))
     }
 }
 
 impl StreamBackend for Backend {
     async fn exec(&self, req: ExecRequest, io: StreamIo) -> Result<i32, BackendError> {
-        let (shared, id) = self.running(&req.container_id)?;
+        let (shared, id, _) = self.running(&req.container_id)?;
         let runtime = helper("berth-runtime")?;
         let rt_root = shared.containers.runtime_root();
         let state_dir = shared.config.state_dir.clone();
@@ -92,14 +94,14 @@ impl StreamBackend for Backend {
     }
 
     async fn attach(&self, req: AttachRequest, io: StreamIo) -> Result<(), BackendError> {
-        let (shared, id) = self.running(&req.container_id)?;
+        let (shared, id, stdin_once) = self.running(&req.container_id)?;
         let sock = shared
             .containers
             .runtime_root()
             .join(&id)
             .join("attach.sock");
         drop(shared);
-        attach(&sock, &id, io).await
+        attach(&sock, &id, stdin_once, io).await
     }
 
     async fn port_forward(
@@ -561,11 +563,12 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<
     Ok(Some((head[0], payload)))
 }
 
-/// Client input for the monitor: stdin bytes, a close when the client closes stdin,
-/// and resizes.
+/// Client input for the monitor: stdin bytes, resizes, and (for a `stdin_once`
+/// container) closing the container's stdin when the client closes its stdin.
 async fn attach_input(
     mut w: impl AsyncWrite + Unpin,
     stdin: Option<berth_stream::ClientInput>,
+    stdin_once: bool,
     resize: Option<ResizeEvents>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
@@ -577,7 +580,9 @@ async fn attach_input(
             loop {
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tx.send(frame(FRAME_CLOSE_STDIN, &[])).await;
+                        if stdin_once {
+                            let _ = tx.send(frame(FRAME_CLOSE_STDIN, &[])).await;
+                        }
                         break;
                     }
                     Ok(n) => {
@@ -605,9 +610,13 @@ async fn attach_input(
             break;
         }
     }
+    // Keep the write half open until the attach ends: dropping it would shut the
+    // socket down for writing, and the monitor takes that as the client leaving.
+    std::future::pending::<()>().await;
+    drop(w);
 }
 
-async fn attach(sock: &Path, id: &str, io: StreamIo) -> Result<(), BackendError> {
+async fn attach(sock: &Path, id: &str, stdin_once: bool, io: StreamIo) -> Result<(), BackendError> {
     let conn = tokio::net::UnixStream::connect(sock).await.map_err(|e| {
         BackendError::with_source(
             format!("cannot attach to container {id}: its monitor is not reachable"),
@@ -615,7 +624,9 @@ async fn attach(sock: &Path, id: &str, io: StreamIo) -> Result<(), BackendError>
         )
     })?;
     let (mut r, w) = conn.into_split();
-    let _input = AbortOnDrop(vec![tokio::spawn(attach_input(w, io.stdin, io.resize))]);
+    let _input = AbortOnDrop(vec![tokio::spawn(attach_input(
+        w, io.stdin, stdin_once, io.resize,
+    ))]);
     let (mut stdout, mut stderr) = (io.stdout, io.stderr);
     // The monitor closes the socket when the container exits.
     loop {
