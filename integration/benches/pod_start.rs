@@ -1,0 +1,965 @@
+//! Pod + container start latency, berthd against containerd, in the same run on the
+//! same machine, through the same CRI client with the same pod and container configs.
+//!
+//! Each iteration runs, on both runtimes (alternating which goes first):
+//! RunPodSandbox (CNI bridge) + CreateContainer + StartContainer of busybox
+//! `sleep 3600`, image present (timed), then StopPodSandbox + RemovePodSandbox (timed
+//! separately). It prints median / p95 / p99 per runtime and the berth/containerd
+//! ratio, the daemons' RSS (started, idle before and after the run, with pods running)
+//! and the per-pod monitor/shim memory (RSS and PSS) with `BENCH_PODS` pods running.
+//!
+//! Run as root: `sudo cargo bench -p berth-integration --bench pod_start`, after
+//! `cargo build --release -p berth-server -p berth-runtime-core --bins` (the bench
+//! starts `target/release/berthd`, or `$BERTHD_BIN`).
+//! Environment: `BENCH_SAMPLES` (iterations, default 50), `BENCH_PODS` (pods running
+//! for the memory figures, default 10), `BENCH_BERTH_LOG` (berthd's log level,
+//! default `info` like containerd's; `debug` logs every RPC's duration).
+//!
+//! The peer is Debian's containerd (1.6) with its CRI plugin, runc, its own root,
+//! state and socket in a temp dir, the same registry mirrors (certs.d) as berthd and
+//! a bridge network of its own (`berthbench1`, 10.90.0.0/24). Everything it creates
+//! (processes, mounts, network namespaces, CNI state, cgroups) is removed on exit,
+//! also when the bench fails.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use berth_integration::CriClient;
+use berth_integration::daemon::{DaemonOptions, unmount_below};
+use berth_integration::setup::Node;
+use berth_proto::v1 as cri;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+const PAUSE: &str = "registry.k8s.io/pause:3.9";
+/// containerd's CNI network: distinct from berthd's test network (berthtest0).
+const BENCH_NETWORK: &str = "berth-bench";
+const BENCH_BRIDGE: &str = "berthbench1";
+const BENCH_SUBNET: &str = "10.90.0.0/24";
+/// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const CONTAINERD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits one RPC with a timeout, naming it in errors.
+async fn rpc<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(anyhow::anyhow!(
+            "{what}: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+        Err(_) => bail!("{what}: no answer within {RPC_TIMEOUT:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// containerd, started and torn down by the bench
+// ---------------------------------------------------------------------------------
+
+/// A containerd with its CRI plugin on, owned by the bench.
+struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    /// `/var/run/netns` entries that existed before containerd started: the others
+    /// named `cni-*` are containerd's, removed on drop if it leaves any.
+    netns_before: HashSet<String>,
+    /// Cgroup controllers where `k8s.io` (containerd's default cgroup parent for
+    /// namespace k8s.io) did not exist before: containerd's to clean up.
+    new_k8s_cgroups: Vec<PathBuf>,
+}
+
+fn list_netns() -> HashSet<String> {
+    fs::read_dir("/var/run/netns")
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cgroup_controllers() -> Vec<PathBuf> {
+    fs::read_dir("/sys/fs/cgroup")
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Containerd {
+    async fn start(certs: &Path) -> anyhow::Result<Self> {
+        // Short path: the socket path must fit in 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bench-ctd-")
+            .tempdir_in("/tmp")
+            .context("creating containerd's temp dir")?;
+        let p = dir.path();
+        let socket = p.join("c.sock");
+        let cni_dir = p.join("cni");
+        fs::create_dir(&cni_dir)?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": BENCH_NETWORK,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BENCH_BRIDGE,
+                    "isGateway": true,
+                    "ipMasq": true,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "ranges": [[{ "subnet": BENCH_SUBNET }]]
+                    }
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } }
+            ]
+        });
+        fs::write(
+            cni_dir.join("10-berth-bench.conflist"),
+            conflist.to_string(),
+        )?;
+        // restrict_oom_score_adj: containerd's sandbox default of -998 needs
+        // CAP_SYS_RESOURCE, which root lacks here (lab-containerd.md, obstacle 1).
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+"#,
+            root = p.join("root").display(),
+            state = p.join("state").display(),
+            socket = socket.display(),
+            cni = cni_dir.display(),
+            certs = certs.display(),
+        );
+        fs::write(p.join("config.toml"), config)?;
+        let netns_before = list_netns();
+        let new_k8s_cgroups = cgroup_controllers()
+            .into_iter()
+            .map(|c| c.join("k8s.io"))
+            .filter(|c| !c.exists())
+            .collect();
+        let log = fs::File::create(p.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning containerd")?;
+        let mut ctd = Self {
+            child: Some(child),
+            dir,
+            socket,
+            netns_before,
+            new_k8s_cgroups,
+        };
+        ctd.wait_ready().await?;
+        Ok(ctd)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CONTAINERD_READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "containerd exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(mut c) = CriClient::connect(&self.socket).await
+                && c.runtime
+                    .version(cri::VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd's CRI did not answer within {CONTAINERD_READY_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + CONTAINERD_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Stops and removes every pod (and container) through the runtime's own API, on a
+/// thread with its own runtime: Drop cannot await.
+fn remove_all_pods(socket: PathBuf) {
+    let worker = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let cleanup = async {
+                let mut c = CriClient::connect(&socket).await.ok()?;
+                let containers = c
+                    .runtime
+                    .list_containers(cri::ListContainersRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .containers;
+                for ctr in containers {
+                    let _ = c
+                        .runtime
+                        .remove_container(cri::RemoveContainerRequest {
+                            container_id: ctr.id,
+                        })
+                        .await;
+                }
+                let pods = c
+                    .runtime
+                    .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                for pod in pods {
+                    let _ = c
+                        .runtime
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                            pod_sandbox_id: pod.id.clone(),
+                        })
+                        .await;
+                    let _ = c
+                        .runtime
+                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: pod.id,
+                        })
+                        .await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), cleanup).await;
+        });
+    });
+    let _ = worker.join();
+}
+
+fn kill_pids_in(cgroup: &Path) {
+    for pid in fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Removes a cgroup directory tree bottom-up (cgroupfs directories are removed with
+/// rmdir, once their processes are gone).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            remove_all_pods(self.socket.clone());
+        }
+        self.stop();
+        // Shims outlive containerd: kill those started for this instance (their
+        // command line names its socket), then whatever still runs in its cgroups.
+        let needle = self.dir.path().display().to_string();
+        for pid in pids_where(|_, cmdline| cmdline.contains(&needle)) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for cg in &self.new_k8s_cgroups {
+            if let Ok(entries) = fs::read_dir(cg) {
+                for e in entries.filter_map(Result::ok) {
+                    kill_pids_in(&e.path());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for cg in &self.new_k8s_cgroups {
+            remove_cgroup_tree(cg);
+        }
+        for ns in list_netns().difference(&self.netns_before) {
+            if ns.starts_with("cni-") {
+                let path = Path::new("/var/run/netns").join(ns);
+                unmount_below(&path);
+                let _ = fs::remove_file(&path);
+            }
+        }
+        unmount_below(self.dir.path());
+        let _ = Command::new("ip")
+            .args(["link", "del", BENCH_BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(BENCH_NETWORK));
+        if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
+            for e in entries.filter_map(Result::ok) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{BENCH_NETWORK}-"))
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- containerd log ----\n{}---- end ----", self.log());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------
+
+/// Pids whose (comm, cmdline) satisfy `pred`.
+fn pids_where(pred: impl Fn(&str, &str) -> bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if pred(comm.trim_end(), &cmdline) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup).
+fn proc_kb(pid: u32, file: &str, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    proc_kb(pid, "status", "VmRSS:").with_context(|| format!("reading VmRSS of pid {pid}"))
+}
+
+/// Summed RSS and PSS (kB) of `pids`.
+fn sum_memory(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(rss, pss), &pid| {
+        (
+            rss + proc_kb(pid, "status", "VmRSS:").unwrap_or(0),
+            pss + proc_kb(pid, "smaps_rollup", "Pss:").unwrap_or(0),
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// The workload
+// ---------------------------------------------------------------------------------
+
+/// The two runtimes, under one client type.
+struct Runtime {
+    name: &'static str,
+    client: CriClient,
+    pid: u32,
+    logs: PathBuf,
+}
+
+fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: format!("bench-{i}"),
+            uid: format!("bench-{}-{i}", rt.name),
+            namespace: "bench".to_owned(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{i}"),
+        log_directory: rt.logs.join(format!("pod-{i}")).display().to_string(),
+        // cgroup_parent empty: each runtime's default with the cgroupfs driver.
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config() -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: BUSYBOX.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".to_owned(), "3600".to_owned()],
+        log_path: "main.log".to_owned(),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// Durations of one start and teardown.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    run_pod: Duration,
+    create: Duration,
+    start: Duration,
+    teardown: Duration,
+}
+
+impl Sample {
+    fn total(&self) -> Duration {
+        self.run_pod + self.create + self.start
+    }
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer; returns the pod id.
+async fn start_pod(rt: &mut Runtime, i: usize) -> anyhow::Result<(String, [Duration; 3])> {
+    let config = pod_config(rt, i);
+    let t0 = Instant::now();
+    let pod_id = rpc(
+        "RunPodSandbox",
+        rt.client
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }),
+    )
+    .await?
+    .pod_sandbox_id;
+    let t1 = Instant::now();
+    let ctr_id = rpc(
+        "CreateContainer",
+        rt.client
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config()),
+                sandbox_config: Some(config),
+            }),
+    )
+    .await?
+    .container_id;
+    let t2 = Instant::now();
+    rpc(
+        "StartContainer",
+        rt.client
+            .runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: ctr_id,
+            }),
+    )
+    .await?;
+    let t3 = Instant::now();
+    Ok((pod_id, [t1 - t0, t2 - t1, t3 - t2]))
+}
+
+/// StopPodSandbox + RemovePodSandbox (both runtimes remove the pod's containers with
+/// it; a runtime that refused would fail the bench here, not hide the cost).
+async fn remove_pod(rt: &mut Runtime, pod_id: &str) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    rpc(
+        "StopPodSandbox",
+        rt.client
+            .runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod_id.to_owned(),
+            }),
+    )
+    .await?;
+    rpc(
+        "RemovePodSandbox",
+        rt.client
+            .runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id.to_owned(),
+            }),
+    )
+    .await?;
+    Ok(t0.elapsed())
+}
+
+async fn cycle(rt: &mut Runtime, i: usize) -> anyhow::Result<Sample> {
+    let (pod_id, [run_pod, create, start]) = start_pod(rt, i)
+        .await
+        .with_context(|| format!("{}: starting pod {i}", rt.name))?;
+    let teardown = remove_pod(rt, &pod_id)
+        .await
+        .with_context(|| format!("{}: tearing down pod {i}", rt.name))?;
+    Ok(Sample {
+        run_pod,
+        create,
+        start,
+        teardown,
+    })
+}
+
+/// After a run, nothing of it may remain listed: a leak would make later samples
+/// (and the memory figures) meaningless.
+async fn ensure_empty(rt: &mut Runtime) -> anyhow::Result<()> {
+    let pods = rpc(
+        "ListPodSandbox",
+        rt.client
+            .runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+    )
+    .await?
+    .items;
+    let ctrs = rpc(
+        "ListContainers",
+        rt.client
+            .runtime
+            .list_containers(cri::ListContainersRequest::default()),
+    )
+    .await?
+    .containers;
+    ensure!(
+        pods.is_empty() && ctrs.is_empty(),
+        "{}: {} pods and {} containers left after teardown",
+        rt.name,
+        pods.len(),
+        ctrs.len()
+    );
+    Ok(())
+}
+
+async fn pull(rt: &mut Runtime, image: &str) -> anyhow::Result<()> {
+    rpc(
+        "PullImage",
+        rt.client.image.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+    .await
+    .with_context(|| format!("{}: pulling {image}", rt.name))?;
+    Ok(())
+}
+
+async fn describe(rt: &mut Runtime) -> String {
+    let version = rpc(
+        "Version",
+        rt.client.runtime.version(cri::VersionRequest::default()),
+    )
+    .await
+    .map(|v| format!("{} {}", v.runtime_name, v.runtime_version))
+    .unwrap_or_else(|e| format!("version unknown ({e})"));
+    let cgroup = match rpc(
+        "RuntimeConfig",
+        rt.client
+            .runtime
+            .runtime_config(cri::RuntimeConfigRequest::default()),
+    )
+    .await
+    {
+        Ok(c) => match c.linux.map(|l| l.cgroup_driver) {
+            Some(d) if d == cri::CgroupDriver::Systemd as i32 => "systemd".to_owned(),
+            Some(_) => "cgroupfs".to_owned(),
+            None => "not reported".to_owned(),
+        },
+        Err(e) => format!("RuntimeConfig failed: {e}"),
+    };
+    format!("{version}, cgroup driver: {cgroup}")
+}
+
+// ---------------------------------------------------------------------------------
+// Statistics and output
+// ---------------------------------------------------------------------------------
+
+/// Nearest-rank percentile of sorted durations, in ms.
+fn pct(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len()).div_ceil(100);
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+}
+
+fn sorted(v: impl Iterator<Item = Duration>) -> Vec<Duration> {
+    let mut v: Vec<Duration> = v.collect();
+    v.sort();
+    v
+}
+
+fn row(out: &mut String, label: &str, berth: f64, ctd: f64, unit: &str) {
+    let _ = writeln!(
+        out,
+        "| {label} | {berth:.1} {unit} | {ctd:.1} {unit} | {:.2} |",
+        berth / ctd
+    );
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_kb = proc_meminfo_total().unwrap_or(0);
+    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "cgroup v2"
+    } else if Path::new("/sys/fs/cgroup/unified").exists() {
+        "cgroup v1 (hybrid)"
+    } else {
+        "cgroup v1"
+    };
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    format!(
+        "{cores} cores, {:.0} GiB, kernel {}, {cgroup}, {runc}",
+        mem_kb as f64 / 1048576.0,
+        kernel.trim()
+    )
+}
+
+fn proc_meminfo_total() -> Option<u64> {
+    fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| Path::new(&d).join(bin).is_file())
+    })
+}
+
+/// Memory with `n` pods running on one runtime: daemon RSS, and the summed RSS/PSS
+/// of the per-pod processes that `per_pod` selects (monitors or shims).
+struct PodsMemory {
+    daemon_rss_kb: u64,
+    procs: usize,
+    rss_kb: u64,
+    pss_kb: u64,
+}
+
+async fn memory_with_pods(
+    rt: &mut Runtime,
+    n: usize,
+    per_pod: &dyn Fn(&str, &str) -> bool,
+) -> anyhow::Result<PodsMemory> {
+    let mut pods = Vec::new();
+    let mut result = Ok(());
+    for i in 0..n {
+        match start_pod(rt, 10_000 + i).await {
+            Ok((id, _)) => pods.push(id),
+            Err(e) => {
+                result = Err(e.context(format!("{}: starting pod {i} of {n}", rt.name)));
+                break;
+            }
+        }
+    }
+    let measured = async {
+        result?;
+        // Let start-up allocations settle before reading memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pids = pids_where(per_pod);
+        let (procs_rss, procs_pss) = sum_memory(&pids);
+        Ok::<_, anyhow::Error>(PodsMemory {
+            daemon_rss_kb: rss_kb(rt.pid)?,
+            procs: pids.len(),
+            rss_kb: procs_rss,
+            pss_kb: procs_pss,
+        })
+    }
+    .await;
+    for id in pods {
+        remove_pod(rt, &id).await?;
+    }
+    measured
+}
+
+// ---------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let samples = env_usize("BENCH_SAMPLES", 50)?;
+    let n_pods = env_usize("BENCH_PODS", 10)?;
+    ensure!(samples > 0, "BENCH_SAMPLES must be at least 1");
+    // SAFETY: geteuid(2) has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(
+        euid == 0,
+        "run as root: sudo cargo bench -p berth-integration --bench pod_start"
+    );
+    for bin in ["containerd", "containerd-shim-runc-v2", "runc"] {
+        ensure!(
+            on_path(bin),
+            "{bin} not on PATH: install Debian's containerd and runc (integration/scripts/install-deps.sh)"
+        );
+    }
+    println!("machine: {}", machine());
+    println!("starting registry + berthd, and containerd…");
+    let node = Node::start_with(DaemonOptions {
+        log_level: std::env::var("BENCH_BERTH_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ..DaemonOptions::default()
+    })
+    .await
+    .context("starting the registry and berthd")?;
+    let ctd = Containerd::start(node.certs.path())
+        .await
+        .context("starting containerd")?;
+    let logs = tempfile::Builder::new()
+        .prefix("berth-bench-logs-")
+        .tempdir()
+        .context("creating the pod log dir")?;
+    let mut berth = Runtime {
+        name: "berthd",
+        client: node.daemon.client().await?,
+        pid: node.daemon.pid().context("berthd is not running")?,
+        logs: logs.path().join("berthd"),
+    };
+    let mut containerd = Runtime {
+        name: "containerd",
+        client: CriClient::connect(&ctd.socket).await?,
+        pid: ctd.pid().context("containerd is not running")?,
+        logs: logs.path().join("containerd"),
+    };
+    let started = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
+    println!("berthd:     {}", describe(&mut berth).await);
+    println!("containerd: {}", describe(&mut containerd).await);
+
+    pull(&mut berth, BUSYBOX).await?;
+    pull(&mut containerd, BUSYBOX).await?;
+    pull(&mut containerd, PAUSE).await?;
+
+    // One untimed cycle each: the first pod pays one-time costs (CNI bridge
+    // creation, iptables chains, page cache) that a running node has paid already.
+    let warm_b = cycle(&mut berth, 0).await?;
+    let warm_c = cycle(&mut containerd, 0).await?;
+    println!(
+        "warm-up (untimed) start: berthd {:.1} ms, containerd {:.1} ms",
+        warm_b.total().as_secs_f64() * 1e3,
+        warm_c.total().as_secs_f64() * 1e3
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_before = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
+
+    println!("{samples} iterations, alternating…");
+    let mut sb = Vec::with_capacity(samples);
+    let mut sc = Vec::with_capacity(samples);
+    for i in 1..=samples {
+        if i % 2 == 1 {
+            sb.push(cycle(&mut berth, i).await?);
+            sc.push(cycle(&mut containerd, i).await?);
+        } else {
+            sc.push(cycle(&mut containerd, i).await?);
+            sb.push(cycle(&mut berth, i).await?);
+        }
+        if i % 10 == 0 || i == samples {
+            println!("  {i}/{samples}");
+        }
+    }
+    ensure_empty(&mut berth).await?;
+    ensure_empty(&mut containerd).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_after = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
+
+    println!("memory with {n_pods} pods running on each runtime…");
+    let berth_dir = node.daemon.dir().display().to_string();
+    let ctd_socket = ctd.socket.display().to_string();
+    let mem_b = memory_with_pods(&mut berth, n_pods, &|comm, cmdline| {
+        comm == "berth-monitor" && cmdline.contains(&berth_dir)
+    })
+    .await?;
+    let mem_c = memory_with_pods(&mut containerd, n_pods, &|comm, cmdline| {
+        comm.starts_with("containerd-shim") && cmdline.contains(&ctd_socket)
+    })
+    .await?;
+    ensure_empty(&mut berth).await?;
+    ensure_empty(&mut containerd).await?;
+
+    // Report, as a markdown table.
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{samples} serial samples per runtime (ms; memory in MB)\n"
+    );
+    let _ = writeln!(out, "| | berthd | containerd | berth/containerd |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    let tb = sorted(sb.iter().map(Sample::total));
+    let tc = sorted(sc.iter().map(Sample::total));
+    for (label, p) in [("median", 50), ("p95", 95), ("p99", 99)] {
+        row(
+            &mut out,
+            &format!("pod+container start {label}"),
+            pct(&tb, p),
+            pct(&tc, p),
+            "ms",
+        );
+    }
+    type Phase = fn(&Sample) -> Duration;
+    let phases: [(&str, Phase); 3] = [
+        ("RunPodSandbox", |s| s.run_pod),
+        ("CreateContainer", |s| s.create),
+        ("StartContainer", |s| s.start),
+    ];
+    for (label, f) in phases {
+        row(
+            &mut out,
+            &format!("— {label} median"),
+            pct(&sorted(sb.iter().map(f)), 50),
+            pct(&sorted(sc.iter().map(f)), 50),
+            "ms",
+        );
+    }
+    let db = sorted(sb.iter().map(|s| s.teardown));
+    let dc = sorted(sc.iter().map(|s| s.teardown));
+    for (label, p) in [("median", 50), ("p95", 95), ("p99", 99)] {
+        row(
+            &mut out,
+            &format!("teardown (Stop+Remove pod) {label}"),
+            pct(&db, p),
+            pct(&dc, p),
+            "ms",
+        );
+    }
+    for (label, (b, c)) in [
+        ("daemon RSS just started", started),
+        ("daemon RSS idle, before the run", idle_before),
+        ("daemon RSS idle, after the run", idle_after),
+        (
+            &*format!("daemon RSS with {n_pods} pods"),
+            (mem_b.daemon_rss_kb, mem_c.daemon_rss_kb),
+        ),
+    ] {
+        row(&mut out, label, mb(b), mb(c), "MB");
+    }
+    let n = n_pods.max(1) as u64;
+    row(
+        &mut out,
+        &format!(
+            "monitor ({}) vs shim ({}) RSS per pod",
+            mem_b.procs, mem_c.procs
+        ),
+        mb(mem_b.rss_kb / n),
+        mb(mem_c.rss_kb / n),
+        "MB",
+    );
+    row(
+        &mut out,
+        "monitor vs shim PSS per pod",
+        mb(mem_b.pss_kb / n),
+        mb(mem_c.pss_kb / n),
+        "MB",
+    );
+    let ratio = pct(&tb, 50) / pct(&tc, 50);
+    let _ = writeln!(
+        out,
+        "\ntarget: pod+container start median ≤ 0.25 of containerd's — {} ({ratio:.2})",
+        if ratio <= 0.25 { "met" } else { "MISSED" }
+    );
+    println!("{out}");
+    drop(containerd);
+    drop(berth);
+    Ok(())
+}
