@@ -103,6 +103,11 @@ async fn run_container(
     panic!("container {name} never ran");
 }
 
+/// The gRPC code of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
+    r.expect_err("must fail").code()
+}
+
 /// Processes on the host whose command line contains `marker`.
 fn host_processes_with(marker: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -203,7 +208,7 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
     let crictl_bin = tools::tool("crictl").expect("crictl");
     for transport in TRANSPORTS {
         let line = format!(
-            "{} --runtime-endpoint {ep} --timeout 20s exec -r {transport} -it {web} sh -c 'test -t 0 && echo tty-ok; read x; echo got-$x; exit 3'",
+            "stty cols 97 rows 31; {} --runtime-endpoint {ep} --timeout 20s exec -r {transport} -it {web} sh -c 'test -t 0 && echo tty-ok; read x; echo got-$x; echo size-$(stty size | tr \" \" x); exit 3'",
             crictl_bin.display()
         );
         let mut c = tokio::process::Command::new("script");
@@ -237,6 +242,8 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         let status = child.wait().await.expect("wait");
         assert!(seen.contains("tty-ok"), "{transport}: {seen:?}");
         assert!(seen.contains("got-typed"), "{transport}: {seen:?}");
+        // crictl sent its terminal's size; the container's terminal has it.
+        assert!(seen.contains("size-31x97"), "{transport}: {seen:?}");
         // script -e passes crictl's failure (exit code 3 in the container) on.
         assert!(!status.success(), "{transport}: {status:?} {seen:?}");
     }
@@ -371,6 +378,57 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         stderr.contains("not found") || stderr.contains("NotFound"),
         "{stderr}"
     );
+
+    // The RPCs refuse bad requests with the CRI codes kubelet expects.
+    let mut client = node.daemon.client().await.expect("client");
+    let exec = |id: &str, tty: bool, stderr: bool| berth_proto::v1::ExecRequest {
+        container_id: id.to_owned(),
+        cmd: vec!["true".into()],
+        tty,
+        stdin: false,
+        stdout: true,
+        stderr,
+    };
+    assert_eq!(
+        code(client.runtime.exec(exec(&web, true, true)).await),
+        tonic::Code::InvalidArgument,
+        "tty with stderr"
+    );
+    assert_eq!(
+        code(
+            client
+                .runtime
+                .exec(exec("no-such-container", false, true))
+                .await
+        ),
+        tonic::Code::NotFound
+    );
+    let exited = ok(&ep, &["ps", "-a", "-q", "--name", "att-spdy"]).await;
+    assert_eq!(
+        code(client.runtime.exec(exec(exited.trim(), false, true)).await),
+        tonic::Code::FailedPrecondition,
+        "exec in an exited container"
+    );
+    assert_eq!(
+        code(
+            client
+                .runtime
+                .port_forward(berth_proto::v1::PortForwardRequest {
+                    pod_sandbox_id: "no-such-pod".into(),
+                    port: vec![80],
+                })
+                .await
+        ),
+        tonic::Code::NotFound
+    );
+    let url = client
+        .runtime
+        .exec(exec(&web, false, true))
+        .await
+        .expect("exec")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     ok(&ep, &["stopp", &pod_id]).await;
     ok(&ep, &["rmp", &pod_id]).await;
