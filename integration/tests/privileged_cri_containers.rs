@@ -119,6 +119,30 @@ async fn crictl_container_workflow() {
     assert!(out.stdout().contains("hello"), "{}", out.stdout());
     assert!(out.stderr().contains("oops"), "{}", out.stderr());
 
+    // Stats and a live resource update, as an operator checks them.
+    let stats = ok(&ep, &["stats", "-o", "json", &id]).await;
+    let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    let s = &v["stats"][0];
+    assert_eq!(s["attributes"]["id"], id);
+    assert!(
+        s["memory"]["workingSetBytes"]["value"]
+            .as_str()
+            .and_then(|b| b.parse::<u64>().ok())
+            .is_some_and(|b| b > 0),
+        "{s}"
+    );
+    ok(&ep, &["update", "--memory", "67108864", &id]).await;
+    // The pod has no cgroup parent, so the container's cgroup is /berth/<id>.
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/berth/{id}/memory.limit_in_bytes"
+    ))
+    .expect("the container's memory cgroup");
+    assert_eq!(
+        limit.trim(),
+        "67108864",
+        "the limit reached the container's cgroup"
+    );
+
     // Exec: output, exit codes, and the container's own view.
     // crictl prints ExecSync's stdout with trailing newlines of its own.
     let out = ok(&ep, &["exec", "-s", &id, "sh", "-c", "echo -n $(hostname)"]).await;
@@ -368,4 +392,149 @@ async fn events_and_pod_stats() {
             ContainerEventType::ContainerDeletedEvent,
         ]
     );
+}
+
+#[tokio::test]
+async fn bad_container_requests_are_refused_cleanly() {
+    use berth_proto::v1::{
+        ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
+        ImageSpec, RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
+    };
+    use tonic::Code;
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        r#"{"metadata":{"name":"bad","namespace":"default","uid":"bad-uid","attempt":0},"linux":{}}"#,
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let mut c = node.daemon.client().await.expect("client");
+    let config = |name: &str| ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "60".into()],
+        ..Default::default()
+    };
+    let create = |pod: &str, cfg: ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: None,
+    };
+    let first = c
+        .runtime
+        .create_container(create(&pod_id, config("dup")))
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    let err = c
+        .runtime
+        .create_container(create(&pod_id, config("dup")))
+        .await
+        .expect_err("dup");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains(&first),
+        "names the holder: {}",
+        err.message()
+    );
+
+    let err = c
+        .runtime
+        .create_container(create("nonexistent", config("x")))
+        .await
+        .expect_err("no pod");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let mut no_image = config("noimg");
+    no_image.image = Some(ImageSpec {
+        image: "registry.k8s.io/not/pulled:1".into(),
+        ..Default::default()
+    });
+    let err = c
+        .runtime
+        .create_container(create(&pod_id, no_image))
+        .await
+        .expect_err("image missing");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let mut bad_mount = config("badmount");
+    bad_mount.mounts = vec![berth_proto::v1::Mount {
+        container_path: "relative/path".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let err = c
+        .runtime
+        .create_container(create(&pod_id, bad_mount))
+        .await
+        .expect_err("bad mount");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("relative/path"), "{}", err.message());
+
+    for id in ["0123456789ab", "nonexistent"] {
+        let err = c
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound);
+        let err = c
+            .runtime
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound);
+        c.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            })
+            .await
+            .expect("stop of an unknown container is OK");
+        c.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("remove of an unknown container is OK");
+    }
+
+    // Failed creations left nothing: one container record, one rootfs mount.
+    let records = std::fs::read_dir(node.daemon.root_dir.join("containers"))
+        .expect("dir")
+        .count();
+    assert_eq!(records, 1);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let rootfs_mounts = mountinfo
+        .lines()
+        .filter(|l| {
+            l.contains(&node.daemon.root_dir.display().to_string()) && l.contains("overlay")
+        })
+        .count();
+    assert_eq!(rootfs_mounts, 1, "{mountinfo}");
+
+    // A stopped pod takes no new containers.
+    ok(&ep, &["stopp", &pod_id]).await;
+    let err = c
+        .runtime
+        .create_container(create(&pod_id, config("late")))
+        .await
+        .expect_err("stopped pod");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    ok(&ep, &["rmp", &pod_id]).await;
 }
