@@ -315,6 +315,66 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         );
     }
 
+    // attach -it to a container with a terminal, through a real pseudo-terminal: our
+    // keystrokes reach it and the terminal takes our size.
+    for transport in TRANSPORTS {
+        let id = run_container(
+            &ep,
+            dir.path(),
+            &pod_id,
+            &pod,
+            &format!("tty-{transport}"),
+            &format!(
+                r#"{{"metadata":{{"name":"tty-{transport}"}},"image":{{"image":"{BUSYBOX}"}},
+                    "command":["sh","-c","read x; echo got-$x-$(stty size | tr ' ' x)"],
+                    "stdin":true,"tty":true,"log_path":"tty-{transport}.log"}}"#
+            ),
+        )
+        .await;
+        let line = format!(
+            "stty cols 88 rows 22; {} --runtime-endpoint {ep} --timeout 20s attach -r {transport} -it {id}",
+            crictl_bin.display()
+        );
+        let mut c = tokio::process::Command::new("script");
+        c.args(["-qefc", &line, "/dev/null"])
+            .kill_on_drop(true)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("script starts");
+        let mut input = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        // Type until the container reads a line (attach needs a moment to connect;
+        // keystrokes sent before it are lost).
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&seen).contains("got-hi") {
+            input.write_all(b"hi\r").await.expect("type");
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("{transport}: {e}"),
+                Err(_) => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{transport}: no echo within 30 s: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+        }
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stdout.read_to_end(&mut rest))
+            .await
+            .expect("attach ended with the container within 30 s")
+            .expect("read");
+        seen.extend_from_slice(&rest);
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.contains("got-hi-22x88"), "{transport}: {seen:?}");
+        let status = child.wait().await.expect("wait");
+        assert!(status.success(), "{transport}: {status:?} {seen:?}");
+    }
+
     // port-forward reaches the web server on the pod's port 80.
     for transport in TRANSPORTS {
         let local = std::net::TcpListener::bind("127.0.0.1:0")
