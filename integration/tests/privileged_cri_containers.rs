@@ -241,10 +241,15 @@ async fn containers_outlive_a_berthd_crash() {
     let mut node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
     let pod = write(
         dir.path(),
         "pod.json",
-        r#"{"metadata":{"name":"cr","namespace":"default","uid":"cr-uid","attempt":0},"linux":{}}"#,
+        &format!(
+            r#"{{"metadata":{{"name":"cr","namespace":"default","uid":"cr-uid","attempt":0}},
+                "log_directory":"{}","linux":{{}}}}"#,
+            logs.display()
+        ),
     );
     let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
     ok(&ep, &["pull", BUSYBOX]).await;
@@ -252,7 +257,8 @@ async fn containers_outlive_a_berthd_crash() {
         dir.path(),
         "long.json",
         &format!(
-            r#"{{"metadata":{{"name":"long"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
+            r#"{{"metadata":{{"name":"long"}},"image":{{"image":"{BUSYBOX}"}},"log_path":"long.log",
+                "command":["sh","-c","i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]}}"#
         ),
     );
     let short = write(
@@ -274,7 +280,16 @@ async fn containers_outlive_a_berthd_crash() {
     ok(&ep, &["start", &short_id]).await;
 
     node.daemon.kill().expect("SIGKILL berthd");
+    let log = logs.join("long.log");
+    let ticks = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let before = ticks();
     tokio::time::sleep(Duration::from_secs(3)).await; // short exits while berthd is down
+    assert!(ticks() > before, "logs keep flowing while berthd is down");
     node.daemon.restart().await.expect("restart");
 
     let v = wait_state(&ep, &long_id, "CONTAINER_RUNNING").await;
@@ -286,11 +301,30 @@ async fn containers_outlive_a_berthd_crash() {
     );
     let out = ok(&ep, &["exec", "-s", &long_id, "echo", "-n", "still here"]).await;
     assert_eq!(out.trim_end(), "still here");
+    let pods = ok(&ep, &["pods", "-q"]).await;
+    assert_eq!(pods.trim(), pod_id);
 
     ok(&ep, &["stop", "-t", "1", &long_id]).await;
     wait_state(&ep, &long_id, "CONTAINER_EXITED").await;
     ok(&ep, &["stopp", &pod_id]).await;
     ok(&ep, &["rmp", &pod_id]).await;
+
+    // Nothing of the pod is left on the host: no monitor, mount, cgroup or netns pin.
+    let root = node.daemon.dir().display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains(&root) && !l.contains("/state/ns "))
+        .collect();
+    assert!(mounts.is_empty(), "leaked mounts: {mounts:?}");
+    for id in [&long_id, &short_id] {
+        assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/berth/{id}")).exists());
+    }
+    let monitors = std::process::Command::new("pgrep")
+        .args(["-f", &format!("berth-monitor run --root {root}")])
+        .output()
+        .expect("pgrep");
+    assert!(monitors.stdout.is_empty(), "leaked monitors");
 }
 
 #[tokio::test]
