@@ -59,6 +59,24 @@ fn image_name(spec: Option<ImageSpec>) -> Result<String, Error> {
     Ok(name)
 }
 
+impl CriService {
+    /// Images matching a `ListImages`/`StreamImages` filter.
+    fn filtered_images(
+        &self,
+        filter: Option<berth_proto::v1::ImageFilter>,
+    ) -> Result<Vec<Image>, Error> {
+        let name = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match name {
+            Some(name) => self.shared.images.status(&name)?.into_iter().collect(),
+            None => self.shared.images.list(),
+        };
+        Ok(images.iter().map(to_cri).collect())
+    }
+}
+
 #[tonic::async_trait]
 impl ImageService for CriService {
     async fn pull_image(
@@ -116,25 +134,19 @@ impl ImageService for CriService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let filter = request
-            .into_inner()
-            .filter
-            .and_then(|f| f.image)
-            .map(|s| s.image)
-            .filter(|s| !s.is_empty());
-        let images = match filter {
-            Some(name) => self
-                .shared
-                .images
-                .status(&name)
-                .map_err(Error::from)?
-                .into_iter()
-                .collect(),
-            None => self.shared.images.list(),
-        };
-        Ok(Response::new(ListImagesResponse {
-            images: images.iter().map(to_cri).collect(),
-        }))
+        let images = self.filtered_images(request.into_inner().filter)?;
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn stream_images(
+        &self,
+        request: Request<berth_proto::v1::StreamImagesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<berth_proto::v1::StreamImagesResponse>>, Status>
+    {
+        let images = self.filtered_images(request.into_inner().filter)?;
+        Ok(Response::new(super::chunked(images, |images| {
+            berth_proto::v1::StreamImagesResponse { images }
+        })))
     }
 
     async fn remove_image(

@@ -111,6 +111,28 @@ impl CriService {
     }
 }
 
+/// Items per message of the `Stream*` list RPCs: small enough to stay far below the
+/// 16 MiB message limit, large enough to keep the message count low.
+pub const STREAM_CHUNK: usize = 256;
+
+/// A `Stream*` RPC's body: `items` in chunks of at least one item, then EOF (an
+/// empty list sends no message at all, as the API requires).
+pub fn chunked<T, R>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R + Send + 'static,
+) -> tonic::codegen::BoxStream<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let mut items = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while items.peek().is_some() {
+        chunks.push(Ok(wrap(items.by_ref().take(STREAM_CHUNK).collect())));
+    }
+    Box::pin(tokio_stream::iter(chunks))
+}
+
 /// Nanoseconds since the Unix epoch, as CRI timestamps are.
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()

@@ -369,29 +369,79 @@ impl RuntimeService for CriService {
         &self,
         request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let filter = request.into_inner().filter.unwrap_or_default();
-        let pods: Vec<_> = self
-            .shared
-            .pods
-            .all()
-            .into_iter()
-            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-            .filter(|p| {
-                filter
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| p.config.labels.get(k) == Some(v))
-            })
-            .collect();
+        let filter = request.into_inner().filter;
         let shared = std::sync::Arc::clone(&self.shared);
         let stats = tokio::task::spawn_blocking(move || {
-            pods.iter()
-                .map(|p| super::stats::pod_stats(&shared, p))
-                .collect()
+            super::stats::list_pod_stats(&shared, filter.as_ref())
         })
         .await
         .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<berth_proto::v1::StreamPodSandboxesRequest>,
+    ) -> Result<
+        Response<tonic::codegen::BoxStream<berth_proto::v1::StreamPodSandboxesResponse>>,
+        Status,
+    > {
+        let items = self.shared.pods.list(request.into_inner().filter.as_ref());
+        Ok(Response::new(super::chunked(items, |pod_sandboxes| {
+            berth_proto::v1::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<berth_proto::v1::StreamContainersRequest>,
+    ) -> Result<
+        Response<tonic::codegen::BoxStream<berth_proto::v1::StreamContainersResponse>>,
+        Status,
+    > {
+        let items = self
+            .shared
+            .containers
+            .list(request.into_inner().filter.as_ref());
+        Ok(Response::new(super::chunked(items, |containers| {
+            berth_proto::v1::StreamContainersResponse { containers }
+        })))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<berth_proto::v1::StreamContainerStatsRequest>,
+    ) -> Result<
+        Response<tonic::codegen::BoxStream<berth_proto::v1::StreamContainerStatsResponse>>,
+        Status,
+    > {
+        let filter = request.into_inner().filter;
+        let containers = std::sync::Arc::clone(&self.shared.containers);
+        let items = tokio::task::spawn_blocking(move || containers.list_stats(filter.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(super::chunked(items, |container_stats| {
+            berth_proto::v1::StreamContainerStatsResponse { container_stats }
+        })))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<berth_proto::v1::StreamPodSandboxStatsRequest>,
+    ) -> Result<
+        Response<tonic::codegen::BoxStream<berth_proto::v1::StreamPodSandboxStatsResponse>>,
+        Status,
+    > {
+        let filter = request.into_inner().filter;
+        let shared = std::sync::Arc::clone(&self.shared);
+        let items = tokio::task::spawn_blocking(move || {
+            super::stats::list_pod_stats(&shared, filter.as_ref())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        Ok(Response::new(super::chunked(items, |pod_sandbox_stats| {
+            berth_proto::v1::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
     }
 
     async fn get_container_events(

@@ -109,6 +109,27 @@ pub fn pod_stats(shared: &Shared, sb: &Sandbox) -> PodSandboxStats {
     }
 }
 
+/// Stats of the pods matching `filter` (blocking).
+pub fn list_pod_stats(
+    shared: &Shared,
+    filter: Option<&berth_proto::v1::PodSandboxStatsFilter>,
+) -> Vec<PodSandboxStats> {
+    shared
+        .pods
+        .all()
+        .into_iter()
+        .filter(|p| {
+            filter.is_none_or(|f| {
+                (f.id.is_empty() || p.id.starts_with(&f.id))
+                    && f.label_selector
+                        .iter()
+                        .all(|(k, v)| p.config.labels.get(k) == Some(v))
+            })
+        })
+        .map(|p| pod_stats(shared, &p))
+        .collect()
+}
+
 /// Interface counters inside a network namespace, read from a thread that joins it
 /// (`/proc/thread-self/net/dev` shows the reading thread's namespace).
 fn netns_interfaces(netns: &Path) -> io::Result<Vec<NetworkInterfaceUsage>> {
