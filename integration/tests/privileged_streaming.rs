@@ -348,10 +348,14 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         // keystrokes sent before it are lost).
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut next_key = tokio::time::Instant::now();
         while !String::from_utf8_lossy(&seen).contains("got-hi") {
-            input.write_all(b"hi\r").await.expect("type");
+            if tokio::time::Instant::now() >= next_key {
+                input.write_all(b"hi\r").await.expect("type");
+                next_key += Duration::from_millis(500);
+            }
             let mut buf = [0u8; 4096];
-            match tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await {
+            match tokio::time::timeout_at(next_key, stdout.read(&mut buf)).await {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
                 Ok(Err(e)) => panic!("{transport}: {e}"),

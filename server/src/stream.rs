@@ -633,6 +633,9 @@ async fn attach(sock: &Path, id: &str, stdin_once: bool, io: StreamIo) -> Result
         let (kind, payload) = match read_frame(&mut r).await {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
+            // The monitor closed the socket with our input unread (the container
+            // exited while the client was typing): that is the end, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
             Err(e) => {
                 return Err(BackendError::with_source(
                     format!("reading from container {id}'s monitor"),
