@@ -542,3 +542,74 @@ async fn critest_pod_sandbox_specs_pass() {
         out.stderr()
     );
 }
+
+#[tokio::test]
+async fn update_pod_sandbox_resources_resizes_the_pod_cgroup() {
+    use berth_proto::v1::{LinuxContainerResources, UpdatePodSandboxResourcesRequest};
+    struct CgroupGuard(String);
+    impl Drop for CgroupGuard {
+        fn drop(&mut self) {
+            for ctl in [
+                "memory",
+                "cpu,cpuacct",
+                "cpu",
+                "cpuacct",
+                "pids",
+                "cpuset",
+                "blkio",
+                "hugetlb",
+                "devices",
+                "freezer",
+                "net_cls,net_prio",
+                "perf_event",
+            ] {
+                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}{}", self.0));
+            }
+        }
+    }
+    let parent = format!("/berth-test-resize-{}", std::process::id());
+    let _guard = CgroupGuard(parent.clone());
+    let d = TestDaemon::start().await.expect("start");
+    let mut config = pod_config("resize");
+    config.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: parent.clone(),
+        ..Default::default()
+    });
+    let id = run(&d, config).await.expect("RunPodSandbox");
+    let mut c = d.client().await.expect("client");
+    c.runtime
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id.clone(),
+            overhead: None,
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 128 << 20,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("UpdatePodSandboxResources");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes"
+    ))
+    .expect("pod memory cgroup");
+    assert_eq!(limit.trim(), (128u64 << 20).to_string());
+    let quota = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpu,cpuacct{parent}/cpu.cfs_quota_us"
+    ))
+    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{parent}/cpu.cfs_quota_us")))
+    .expect("pod cpu cgroup");
+    assert_eq!(quota.trim(), "50000");
+    let err = c
+        .runtime
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "nonexistent".into(),
+            overhead: None,
+            resources: None,
+        })
+        .await
+        .expect_err("unknown pod");
+    assert_eq!(err.code(), Code::NotFound);
+    stop_and_remove(&d, &id).await;
+}

@@ -479,6 +479,42 @@ impl RuntimeService for CriService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<berth_proto::v1::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<berth_proto::v1::UpdatePodSandboxResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let sb = self.shared.pods.get(&req.pod_sandbox_id)?;
+        let Some(resources) = req.resources else {
+            return Ok(Response::new(Default::default()));
+        };
+        if sb.cgroup_parent.is_empty() {
+            // No pod cgroup (kubelet without cgroupsPerQOS): nothing to resize.
+            tracing::debug!(pod = %sb.id, "pod has no cgroup parent; resize is a no-op");
+            return Ok(Response::new(Default::default()));
+        }
+        let linux: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(crate::container::spec::resources_update(&resources)?)
+                .map_err(|e| Error::Internal(format!("resources: {e}")))?;
+        let parent = sb.cgroup_parent.clone();
+        let id = sb.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let cg = berth_runtime_core::cgroups::Cgroup::new(
+                std::path::Path::new(berth_runtime_core::container::CGROUP_ROOT),
+                &parent,
+                &id,
+            )?;
+            // kubelet normally created it; creating is idempotent.
+            cg.create()?;
+            cg.apply(&linux)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("resize task: {e}")))?
+        .map_err(|e| Error::InvalidArgument(format!("resizing pod {}: {e}", sb.id)))?;
+        tracing::info!(pod = %sb.id, "pod cgroup resized");
+        Ok(Response::new(Default::default()))
+    }
+
     async fn status(
         &self,
         request: Request<StatusRequest>,
