@@ -16,8 +16,10 @@
 //! default `info` like containerd's; `debug` logs every RPC's duration).
 //!
 //! The peer is Debian's containerd (1.6) with its CRI plugin, runc, its own root,
-//! state and socket in a temp dir, the same registry mirrors (certs.d) as berthd and
-//! a bridge network of its own (`berthbench1`, 10.90.0.0/24). Everything it creates
+//! state and socket in a temp dir, mirrors to the same local registry as berthd's
+//! (its own certs.d: containerd 1.6 rejects the `server`-only hosts.toml berthd
+//! reads), network namespaces under its state dir, and a bridge network of its own
+//! (`berthbench1`, 10.90.0.0/24). Everything it creates
 //! (processes, mounts, network namespaces, CNI state, cgroups) is removed on exit,
 //! also when the bench fails.
 
@@ -31,6 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use berth_integration::CriClient;
 use berth_integration::daemon::{DaemonOptions, unmount_below};
+use berth_integration::forge::{self, BuiltImage, ImageBuilder, LayerBuilder};
+use berth_integration::registry::CRITEST_HOSTS;
 use berth_integration::setup::Node;
 use berth_proto::v1 as cri;
 
@@ -44,6 +48,36 @@ const BENCH_SUBNET: &str = "10.90.0.0/24";
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONTAINERD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A busybox image both runtimes can run: the static busybox with `sleep` and `sh`
+/// as symlinks. critest's forged images link their applets as hard links whose tar
+/// headers carry mode 0644; containerd applies a link header's mode to the shared
+/// inode, so busybox loses its exec bit there ("exec: /bin/sleep: permission
+/// denied"), while berthd ignores it. This image avoids that; it is pushed over the
+/// busybox and pause tags of this run's throwaway registry, so both runtimes pull
+/// exactly the same bytes under the usual names.
+fn bench_image(entrypoint: &[&str], cmd: &[&str]) -> anyhow::Result<BuiltImage> {
+    let mut layer = LayerBuilder::new();
+    for (dir, mode) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+    ] {
+        layer = layer.dir(dir, mode);
+    }
+    let layer = layer
+        .host_binary_at("bin/busybox", Path::new(forge::BUSYBOX))?
+        .symlink("bin/sleep", "busybox")
+        .symlink("bin/sh", "busybox");
+    let mut image = ImageBuilder::new().layer(layer).cmd(cmd.iter().copied());
+    if !entrypoint.is_empty() {
+        image = image.entrypoint(entrypoint.iter().copied());
+    }
+    image.build()
+}
 
 /// Awaits one RPC with a timeout, naming it in errors.
 async fn rpc<T>(
@@ -100,13 +134,28 @@ fn cgroup_controllers() -> Vec<PathBuf> {
 }
 
 impl Containerd {
-    async fn start(certs: &Path) -> anyhow::Result<Self> {
+    /// Starts containerd with the CRI plugin, mirroring `hosts` to `registry_url`.
+    async fn start(registry_url: &str, hosts: &[&str]) -> anyhow::Result<Self> {
         // Short path: the socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("berth-bench-ctd-")
             .tempdir_in("/tmp")
             .context("creating containerd's temp dir")?;
         let p = dir.path();
+        // The same mirrors as berthd's certs.d, in a form containerd 1.6 reads: it
+        // rejects a hosts.toml without a `[host]` table ("invalid `host` tree") and
+        // then silently falls back to the upstream registry.
+        let certs = p.join("certs.d");
+        for host in hosts {
+            let d = certs.join(host);
+            fs::create_dir_all(&d)?;
+            fs::write(
+                d.join("hosts.toml"),
+                format!(
+                    "server = \"{registry_url}\"\n\n[host.\"{registry_url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )?;
+        }
         let socket = p.join("c.sock");
         let cni_dir = p.join("cni");
         fs::create_dir(&cni_dir)?;
@@ -146,6 +195,7 @@ state = "{state}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -805,7 +855,23 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the registry and berthd")?;
-    let ctd = Containerd::start(node.certs.path())
+    node.registry
+        .push(
+            "e2e-test-images/busybox",
+            "1.29-2",
+            &bench_image(&[], &["sh"])?,
+        )
+        .await
+        .context("pushing the bench busybox")?;
+    node.registry
+        .push(
+            "pause",
+            "3.9",
+            &bench_image(&["/bin/sleep", "2147483647"], &[])?,
+        )
+        .await
+        .context("pushing the bench pause image")?;
+    let ctd = Containerd::start(&node.registry.url(), CRITEST_HOSTS)
         .await
         .context("starting containerd")?;
     let logs = tempfile::Builder::new()
