@@ -374,8 +374,19 @@ pub fn pivot_into(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(), R
     // then removes the old root without needing a put_old directory in the image.
     sys.pivot_root(dot, dot)
         .map_err(sys_err("pivot_root", rootfs))?;
-    sys.mount(None, dot, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
-        .map_err(sys_err("make old root slave", dot))?;
+    // The old root is made slave so that detaching it does not propagate unmounts to
+    // the host. mount(2) resolves "." to the cwd itself, the new root underneath
+    // (making the container's bidirectional volumes slaves of the host, so their
+    // mounts never reach it); ".." crosses onto the old root stacked on top.
+    let dotdot = Path::new("..");
+    sys.mount(
+        None,
+        dotdot,
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(sys_err("make old root slave", dotdot))?;
     sys.umount2(dot, MntFlags::MNT_DETACH)
         .map_err(sys_err("detach old root", dot))?;
     sys.chdir(slash)
@@ -958,8 +969,18 @@ mod tests {
                 .any(|m| m.0 == Path::new("/") && m.2.contains(MsFlags::MS_SLAVE)),
             "/ made slave: {mounts:?}"
         );
-        // After the pivot the new root is made shared too.
-        assert_eq!(mounts.last().unwrap(), &(PathBuf::from("/"), None, shared));
+        // After the pivot only the old root (reached through "..") is made slave,
+        // never the new root ("."), and then the new root is made shared too.
+        let n = mounts.len();
+        assert_eq!(
+            mounts[n - 2],
+            (
+                PathBuf::from(".."),
+                None,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC
+            )
+        );
+        assert_eq!(mounts[n - 1], (PathBuf::from("/"), None, shared));
     }
 
     #[test]
