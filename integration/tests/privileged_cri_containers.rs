@@ -572,3 +572,59 @@ async fn bad_container_requests_are_refused_cleanly() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     ok(&ep, &["rmp", &pod_id]).await;
 }
+
+#[tokio::test]
+async fn a_killed_monitor_takes_its_container_down_and_says_why() {
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        r#"{"metadata":{"name":"mon","namespace":"default","uid":"mon-uid","attempt":0},"linux":{}}"#,
+    );
+    let ctr = write(
+        dir.path(),
+        "ctr.json",
+        &format!(
+            r#"{{"metadata":{{"name":"mon"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
+        ),
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &id]).await;
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ep, &["inspect", &id]).await).expect("JSON");
+    let monitor = v["info"]["monitorPid"].as_i64().expect("monitor pid");
+    let init = v["info"]["pid"].as_i64().expect("init pid");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the monitor's.
+    unsafe { libc::kill(i32::try_from(monitor).expect("pid"), libc::SIGKILL) };
+    let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
+    assert!(
+        v["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("berth-monitor died")),
+        "{v}"
+    );
+    for _ in 0..50 {
+        if !std::path::Path::new(&format!("/proc/{init}")).exists()
+            || std::fs::read_to_string(format!("/proc/{init}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the container's init is gone: {stat}"
+    );
+    ok(&ep, &["rm", &id]).await;
+    ok(&ep, &["stopp", &pod_id]).await;
+    ok(&ep, &["rmp", &pod_id]).await;
+}

@@ -718,6 +718,13 @@ impl ContainerManager {
         let record: Option<ExitRecord> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        if record.is_none() {
+            // The monitor died before the container did: nobody holds its stdio or
+            // would record its exit any more, so end it rather than leave an
+            // unsupervised process that berthd reports as exited.
+            tracing::warn!(container = %ctr.id, "berth-monitor died; killing its container");
+            self.kill(ctr, libc::SIGKILL, true);
+        }
         ctr.update(|s| {
             s.phase = Phase::Exited;
             match &record {
@@ -739,8 +746,7 @@ impl ContainerManager {
                     s.exit_code = 255;
                     s.finished_at = now_nanos();
                     s.reason = "Error".into();
-                    s.message =
-                        "the container's monitor exited without recording an exit code".into();
+                    s.message = "its berth-monitor died, so the container was killed".into();
                 }
             }
         });
