@@ -204,6 +204,15 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-from-pod\n");
     }
 
+    // A command that does not exist in the container fails with a message naming it.
+    for transport in TRANSPORTS {
+        let out =
+            crictl_with_stdin(&ep, &["exec", "-r", transport, &web, "/no/such/cmd"], b"").await;
+        assert!(!out.status.success(), "{transport}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("/no/such/cmd"), "{transport}: {stderr}");
+    }
+
     // exec -it through a real pseudo-terminal (script(1)), typing into it.
     let crictl_bin = tools::tool("crictl").expect("crictl");
     for transport in TRANSPORTS {
