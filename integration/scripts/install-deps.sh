@@ -53,6 +53,24 @@ if [ "${1:-}" = "--runtime" ]; then
   if [ "${BASH_SOURCE[0]}" = "$0" ]; then exit 0; else return 0; fi
 fi
 
+# --- dynamically linked busybox for critest's images ----------------------------
+# Debian's `busybox` conflicts with busybox-static, so it is downloaded and unpacked
+# into the cache instead of installed; forge.rs builds critest's busybox image from
+# it (its sh execs commands, the static one runs applets in-process).
+BUSYBOX_DIR=/var/cache/berth/busybox
+if [ ! -x "$BUSYBOX_DIR/bin/busybox" ]; then
+  debs=/var/cache/berth/debs
+  mkdir -p "$debs"
+  if ! ls "$debs"/busybox_*.deb >/dev/null 2>&1; then
+    log "downloading Debian's busybox package"
+    (cd "$debs" && apt-get download -qq busybox 2>/dev/null) \
+      || { apt-get update -qq && (cd "$debs" && apt-get download -qq busybox); }
+  fi
+  tmp=$(mktemp -d)
+  dpkg-deb -x "$(ls "$debs"/busybox_*.deb | tail -n1)" "$tmp"
+  chmod 755 "$tmp"; rm -rf "$BUSYBOX_DIR"; mv "$tmp" "$BUSYBOX_DIR"
+fi
+
 # --- toolchains ------------------------------------------------------------------
 for t in cargo go; do
   command -v "$t" >/dev/null || { log "$t is required (Rust via rustup, Go >= 1.26)"; exit 1; }

@@ -24,6 +24,12 @@ use sha2::Digest as _;
 /// Debian's static busybox.
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// Debian's dynamically linked busybox (package `busybox`, which conflicts with
+/// `busybox-static`), unpacked here by install-deps.sh. Unlike the static build its
+/// `sh` execs external commands instead of running applets in-process, so a masked
+/// `/bin/ls` really fails the way critest's MaskedPaths spec expects.
+pub const DYNAMIC_BUSYBOX: &str = "/var/cache/berth/busybox/bin/busybox";
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -152,18 +158,24 @@ impl LayerBuilder {
     /// A host executable at the same path, with the shared libraries and dynamic
     /// loader it needs (as `ldd` lists them), so dynamically linked programs from
     /// Debian packages (nginx, ...) run in a busybox image.
-    pub fn host_binary(mut self, path: &str) -> anyhow::Result<Self> {
+    pub fn host_binary(self, path: &str) -> anyhow::Result<Self> {
+        self.host_binary_at(path, Path::new(path))
+    }
+
+    /// Like [`LayerBuilder::host_binary`], with the binary taken from `host` and
+    /// stored at `path` (its libraries keep their host paths).
+    pub fn host_binary_at(mut self, path: &str, host: &Path) -> anyhow::Result<Self> {
         let mode = {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(path)
-                .with_context(|| format!("reading {path}"))?
+            std::fs::metadata(host)
+                .with_context(|| format!("reading {}", host.display()))?
                 .permissions()
                 .mode()
                 & 0o7777
         };
-        self = self.host_file(path, Path::new(path), mode)?;
+        self = self.host_file(path, host, mode)?;
         let out = std::process::Command::new("ldd")
-            .arg(path)
+            .arg(host)
             .output()
             .context("running ldd")?;
         // A static binary makes ldd fail with "not a dynamic executable".
@@ -397,6 +409,22 @@ pub struct Group {
 /// usual directories, and `/etc/passwd` + `/etc/group` with root, nobody, www-data
 /// and the given extra users and groups.
 pub fn busybox_layer(users: &[User], groups: &[Group]) -> anyhow::Result<LayerBuilder> {
+    busybox_layer_from(Path::new(BUSYBOX), users, groups)
+}
+
+/// [`busybox_layer`] built from the busybox binary at `busybox` on the host, copied
+/// with the shared libraries it needs when it is dynamically linked.
+pub fn busybox_layer_from(
+    busybox: &Path,
+    users: &[User],
+    groups: &[Group],
+) -> anyhow::Result<LayerBuilder> {
+    if !busybox.is_file() {
+        bail!(
+            "{} is missing: run integration/scripts/install-deps.sh",
+            busybox.display()
+        );
+    }
     let mut layer = LayerBuilder::new();
     for (dir, mode) in [
         ("bin", 0o755),
@@ -416,8 +444,8 @@ pub fn busybox_layer(users: &[User], groups: &[Group]) -> anyhow::Result<LayerBu
     ] {
         layer = layer.dir(dir, mode);
     }
-    layer = layer.host_file("bin/busybox", Path::new(BUSYBOX), 0o755)?;
-    let out = std::process::Command::new(BUSYBOX)
+    layer = layer.host_binary_at("bin/busybox", busybox)?;
+    let out = std::process::Command::new(busybox)
         .arg("--list-full")
         .output()
         .context("running busybox --list-full")?;
@@ -915,10 +943,12 @@ fn published(upstream: &str, tags: &[&str], image: BuiltImage) -> Published {
 /// busybox base (shared by all, so one snapshot), each with its distinguishing file
 /// or USER. Not included: nginx, httpd, nonewprivs and hostnet-nginx (they need
 /// more than busybox), and `test-image-digest` (its upstream digest cannot be
-/// reproduced).
+/// reproduced). The busybox is Debian's dynamically linked one, whose `sh` execs
+/// commands (the MaskedPaths spec needs a masked `/bin/ls` to fail to run).
 pub fn critest_images() -> anyhow::Result<Vec<Published>> {
     const STAGING: &str = "gcr.io/k8s-staging-cri-tools";
-    let base = busybox_layer(
+    let base = busybox_layer_from(
+        Path::new(DYNAMIC_BUSYBOX),
         &[User {
             name: "default-user".into(),
             uid: 1000,
@@ -947,7 +977,7 @@ pub fn critest_images() -> anyhow::Result<Vec<Published>> {
         published(
             "registry.k8s.io/e2e-test-images/busybox",
             &["1.29-2"],
-            // Debian's busybox-static lacks pgrep and ipcs, which the specs run
+            // Debian's busybox lacks pgrep and ipcs, which the specs run
             // inside containers: take procps' and util-linux's.
             busybox()
                 .layer(

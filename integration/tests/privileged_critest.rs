@@ -11,20 +11,10 @@ use berth_integration::setup::Node;
 use berth_integration::tools;
 
 /// Specs that do not pass yet, with why. Keep in step with README.md ("Conformance").
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "should support MaskedPaths",
-        "the test busybox runs applets inside sh without exec, so a masked /bin/ls still runs",
-    ),
-    (
-        "mount with 'rshared' should support propagation",
-        "bidirectional propagation of mounts made inside the container is not wired yet",
-    ),
-    (
-        "Image Volume",
-        "image volumes (Mount.image) are not implemented yet",
-    ),
-];
+const NOT_YET: &[(&str, &str)] = &[(
+    "Image Volume",
+    "image volumes (Mount.image) are not implemented yet",
+)];
 
 /// Cannot pass offline: the spec pulls by the upstream manifest digest.
 const OFFLINE_IMPOSSIBLE: &str = "public image with digest";
