@@ -382,12 +382,91 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// Splits a line of `iptables -S` output into arguments (double quotes group,
+/// `\"` inside them is a literal quote).
+fn split_iptables(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
+/// Removes the NAT rules and chains the bridge plugin's ipMasq added for pods of the
+/// bench network, for pods whose CNI DEL never ran (containerd died).
+fn remove_bench_iptables() {
+    let Ok(out) = Command::new("iptables").args(["-t", "nat", "-S"]).output() else {
+        return;
+    };
+    let marker = format!("name: \\\"{BENCH_NETWORK}\\\"");
+    let mut chains = HashSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !(line.starts_with("-A POSTROUTING ") && line.contains(&marker)) {
+            continue;
+        }
+        let mut args = split_iptables(line);
+        args[0] = "-D".to_owned();
+        if let Some(chain) = args
+            .iter()
+            .position(|a| a == "-j")
+            .and_then(|i| args.get(i + 1))
+            .filter(|c| c.starts_with("CNI-"))
+        {
+            chains.insert(chain.clone());
+        }
+        let _ = Command::new("iptables")
+            .args(["-t", "nat"])
+            .args(&args)
+            .stderr(Stdio::null())
+            .status();
+    }
+    for chain in chains {
+        for op in ["-F", "-X"] {
+            let _ = Command::new("iptables")
+                .args(["-t", "nat", op, &chain])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         if self.child.is_some() {
             remove_all_pods(self.socket.clone());
         }
         self.stop();
+        // Sandboxes containerd still knows about (it died, or their teardown failed):
+        // their CNI result caches are named after them.
+        let sandboxes: Vec<String> = fs::read_dir(
+            self.dir
+                .path()
+                .join("root/io.containerd.grpc.v1.cri/sandboxes"),
+        )
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
         // Shims outlive containerd: kill those started for this instance (their
         // command line names its socket), then whatever still runs in its cgroups.
         let needle = self.dir.path().display().to_string();
@@ -423,14 +502,17 @@ impl Drop for Containerd {
         let _ = fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(BENCH_NETWORK));
         if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
             for e in entries.filter_map(Result::ok) {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{BENCH_NETWORK}-"))
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{BENCH_NETWORK}-"))
+                    || sandboxes
+                        .iter()
+                        .any(|id| name == format!("cni-loopback-{id}-lo"))
                 {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
+        remove_bench_iptables();
         if std::thread::panicking() {
             eprintln!("---- containerd log ----\n{}---- end ----", self.log());
         }
