@@ -28,6 +28,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -77,6 +78,28 @@ fn bench_image(entrypoint: &[&str], cmd: &[&str]) -> anyhow::Result<BuiltImage> 
         image = image.entrypoint(entrypoint.iter().copied());
     }
     image.build()
+}
+
+/// Set by SIGINT/SIGTERM: the bench stops between samples and cleans up. (A Ctrl-C
+/// reaches the daemons too, being in the same process group; the clean-up copes.)
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; cleaning up");
+    }
+    Ok(())
 }
 
 /// Awaits one RPC with a timeout, naming it in errors.
@@ -882,6 +905,10 @@ async fn memory_with_pods(
     let mut pods = Vec::new();
     let mut result = Ok(());
     for i in 0..n {
+        if let Err(e) = check_interrupted() {
+            result = Err(e);
+            break;
+        }
         match start_pod(rt, 10_000 + i).await {
             Ok((id, _)) => pods.push(id),
             Err(e) => {
@@ -929,6 +956,7 @@ async fn main() -> anyhow::Result<()> {
             "{bin} not on PATH: install Debian's containerd and runc (integration/scripts/install-deps.sh)"
         );
     }
+    install_signal_handlers();
     println!("machine: {}", machine());
     println!("starting registry + berthd, and containerd…");
     let node = Node::start_with(DaemonOptions {
@@ -996,6 +1024,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sb = Vec::with_capacity(samples);
     let mut sc = Vec::with_capacity(samples);
     for i in 1..=samples {
+        check_interrupted()?;
         if i % 2 == 1 {
             sb.push(cycle(&mut berth, i).await?);
             sc.push(cycle(&mut containerd, i).await?);
