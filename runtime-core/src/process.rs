@@ -268,6 +268,11 @@ fn parent_side(
     let result = (|| {
         join_cgroup(stage1.as_raw()).map_err(ProcessError::Cgroup)?;
         chan.send(&Message::Proceed)?;
+        // Stage-1 (InitPid) and the init (RunHooks, Ready) write to the channel from two
+        // processes, so the init's messages can overtake InitPid: hold them until the
+        // pid is known.
+        let mut ready_early = false;
+        let mut hooks_early = false;
         loop {
             match chan.recv(CHILD_TIMEOUT)? {
                 Some(Message::WriteIdMappings) => {
@@ -277,17 +282,18 @@ fn parent_side(
                 Some(Message::InitPid(pid)) => {
                     init_pid = Some(pid);
                     let _ = waitpid(stage1, None);
-                }
-                Some(Message::RunHooks) => {
-                    let mut state = cfg.hook_state.clone().unwrap_or_default();
-                    state["pid"] = serde_json::json!(init_pid.unwrap_or(0));
-                    if let Some(h) = cfg.spec.hooks() {
-                        // prestart is the deprecated name for the same moment.
-                        for list in [h.prestart(), h.create_runtime()].into_iter().flatten() {
-                            crate::hooks::run_hooks(list, &state)?;
-                        }
+                    if hooks_early {
+                        hooks_early = false;
+                        run_create_hooks(cfg, chan, pid)?;
                     }
-                    chan.send(&Message::HooksDone(state.to_string()))?;
+                    if ready_early {
+                        return Ok(Spawned { pid });
+                    }
+                }
+                Some(Message::RunHooks) if init_pid.is_none() => hooks_early = true,
+                Some(Message::Ready) if init_pid.is_none() => ready_early = true,
+                Some(Message::RunHooks) => {
+                    run_create_hooks(cfg, chan, init_pid.unwrap_or(0))?;
                 }
                 Some(Message::Ready) => {
                     return init_pid
@@ -314,6 +320,20 @@ fn parent_side(
         }
     }
     result
+}
+
+/// Runs the prestart/createRuntime hooks for init `pid` and tells the init they ran.
+fn run_create_hooks(cfg: &SpawnConfig<'_>, chan: &Channel, pid: i32) -> Result<(), ProcessError> {
+    let mut state = cfg.hook_state.clone().unwrap_or_default();
+    state["pid"] = serde_json::json!(pid);
+    if let Some(h) = cfg.spec.hooks() {
+        // prestart is the deprecated name for the same moment.
+        for list in [h.prestart(), h.create_runtime()].into_iter().flatten() {
+            crate::hooks::run_hooks(list, &state)?;
+        }
+    }
+    chan.send(&Message::HooksDone(state.to_string()))?;
+    Ok(())
 }
 
 fn write_id_mappings(spec: &Spec, pid: i32) -> Result<(), ProcessError> {
