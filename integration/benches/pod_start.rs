@@ -862,6 +862,14 @@ fn machine() -> String {
     )
 }
 
+/// The 1/5/15-minute load averages: the machine is shared, and other work on its two
+/// cores shifts the figures (compare ratios within one run).
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn proc_meminfo_total() -> Option<u64> {
     fs::read_to_string("/proc/meminfo")
         .ok()?
@@ -958,6 +966,7 @@ async fn main() -> anyhow::Result<()> {
     }
     install_signal_handlers();
     println!("machine: {}", machine());
+    println!("load average at start: {}", load_average());
     println!("starting registry + berthd, and containerd…");
     let node = Node::start_with(DaemonOptions {
         log_level: std::env::var("BENCH_BERTH_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -1036,6 +1045,7 @@ async fn main() -> anyhow::Result<()> {
             println!("  {i}/{samples}");
         }
     }
+    println!("load average after the samples: {}", load_average());
     ensure_empty(&mut berth).await?;
     ensure_empty(&mut containerd).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
