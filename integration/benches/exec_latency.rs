@@ -5,7 +5,9 @@
 //! times on both runtimes:
 //! - `ExecSync(["true"])` through the CRI client, measured from the client;
 //! - `crictl exec <id> true`, wall time of the real client process: Exec RPC, then
-//!   the runtime's streaming server (SPDY, crictl's default).
+//!   the runtime's streaming server (SPDY, crictl's default);
+//! - `crictl version`, the same client's start-up plus one trivial RPC: the floor
+//!   under `crictl exec` that is not the runtime's.
 //!
 //! It prints median / p95 / p99 per runtime and the berth/containerd ratio.
 //!
@@ -817,16 +819,30 @@ async fn crictl_exec(rt: &Runtime, ctr_id: &str) -> anyhow::Result<Duration> {
     Ok(t0.elapsed())
 }
 
+/// One `crictl version`, wall time of the crictl process.
+async fn crictl_version(rt: &Runtime) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    tools::crictl(&rt.endpoint, &["version"])
+        .await
+        .and_then(tools::ToolOutput::success)
+        .with_context(|| format!("{}: crictl version", rt.name))?;
+    Ok(t0.elapsed())
+}
+
 /// Timings of one sample on one runtime.
 #[derive(Default)]
 struct Samples {
     exec_sync: Vec<Duration>,
     crictl: Vec<Duration>,
+    /// `crictl version`: the client's own start-up plus one trivial RPC, the floor
+    /// under `crictl exec`.
+    crictl_version: Vec<Duration>,
 }
 
 async fn sample(rt: &mut Runtime, ctr_id: &str, into: &mut Samples) -> anyhow::Result<()> {
     into.exec_sync.push(exec_sync(rt, ctr_id).await?);
     into.crictl.push(crictl_exec(rt, ctr_id).await?);
+    into.crictl_version.push(crictl_version(rt).await?);
     Ok(())
 }
 
@@ -970,5 +986,10 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     print_row("ExecSync(true)", &sb.exec_sync, &sc.exec_sync);
     print_row("`crictl exec <id> true`", &sb.crictl, &sc.crictl);
+    print_row(
+        "`crictl version` (client floor)",
+        &sb.crictl_version,
+        &sc.crictl_version,
+    );
     Ok(())
 }
