@@ -127,16 +127,14 @@ struct Containerd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     socket: PathBuf,
-    /// `/var/run/netns` entries that existed before containerd started: the others
-    /// named `cni-*` are containerd's, removed on drop if it leaves any.
-    netns_before: HashSet<String>,
     /// Cgroup controllers where `k8s.io` (containerd's default cgroup parent for
-    /// namespace k8s.io) did not exist before: containerd's to clean up.
+    /// namespace k8s.io) did not exist before: removed on drop once empty.
     new_k8s_cgroups: Vec<PathBuf>,
 }
 
-fn list_netns() -> HashSet<String> {
-    fs::read_dir("/var/run/netns")
+/// Names of the entries of `dir` (empty when it does not exist).
+fn entry_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
         .map(|e| {
             e.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -239,7 +237,6 @@ state = "{state}"
             certs = certs.display(),
         );
         fs::write(p.join("config.toml"), config)?;
-        let netns_before = list_netns();
         let new_k8s_cgroups = cgroup_controllers()
             .into_iter()
             .map(|c| c.join("k8s.io"))
@@ -258,7 +255,6 @@ state = "{state}"
             child: Some(child),
             dir,
             socket,
-            netns_before,
             new_k8s_cgroups,
         };
         ctd.wait_ready().await?;
@@ -392,19 +388,6 @@ fn kill_pids_in(cgroup: &Path) {
     }
 }
 
-/// Removes a cgroup directory tree bottom-up (cgroupfs directories are removed with
-/// rmdir, once their processes are gone).
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.filter_map(Result::ok) {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
 /// Splits a line of `iptables -S` output into arguments (double quotes group,
 /// `\"` inside them is a literal quote).
 fn split_iptables(line: &str) -> Vec<String> {
@@ -477,19 +460,13 @@ impl Drop for Containerd {
             remove_all_pods(self.socket.clone());
         }
         self.stop();
-        // Sandboxes containerd still knows about (it died, or their teardown failed):
-        // their CNI result caches are named after them.
-        let sandboxes: Vec<String> = fs::read_dir(
-            self.dir
-                .path()
-                .join("root/io.containerd.grpc.v1.cri/sandboxes"),
-        )
-        .map(|e| {
-            e.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+        // Sandboxes and containers containerd still knows about (it died, or their
+        // teardown failed): their cgroups and CNI result caches are named after them.
+        // Only these are touched, so a concurrent containerd of another bench keeps
+        // its own.
+        let cri_root = self.dir.path().join("root/io.containerd.grpc.v1.cri");
+        let mut ids = entry_names(&cri_root.join("sandboxes"));
+        ids.extend(entry_names(&cri_root.join("containers")));
         // Shims outlive containerd: kill those started for this instance (their
         // command line names its socket), then whatever still runs in its cgroups.
         let needle = self.dir.path().display().to_string();
@@ -499,24 +476,24 @@ impl Drop for Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        for cg in &self.new_k8s_cgroups {
-            if let Ok(entries) = fs::read_dir(cg) {
-                for e in entries.filter_map(Result::ok) {
-                    kill_pids_in(&e.path());
-                }
+        let controllers = cgroup_controllers();
+        for ctl in &controllers {
+            for id in &ids {
+                kill_pids_in(&ctl.join("k8s.io").join(id));
             }
         }
         std::thread::sleep(Duration::from_millis(100));
-        for cg in &self.new_k8s_cgroups {
-            remove_cgroup_tree(cg);
-        }
-        for ns in list_netns().difference(&self.netns_before) {
-            if ns.starts_with("cni-") {
-                let path = Path::new("/var/run/netns").join(ns);
-                unmount_below(&path);
-                let _ = fs::remove_file(&path);
+        for ctl in &controllers {
+            for id in &ids {
+                let _ = fs::remove_dir(ctl.join("k8s.io").join(id));
             }
         }
+        for cg in &self.new_k8s_cgroups {
+            // rmdir fails while another containerd still has pods there: fine.
+            let _ = fs::remove_dir(cg);
+        }
+        // Network namespaces are pinned under the state dir
+        // (netns_mounts_under_state_dir), so this releases them too.
         unmount_below(self.dir.path());
         let _ = Command::new("ip")
             .args(["link", "del", BENCH_BRIDGE])
@@ -526,11 +503,10 @@ impl Drop for Containerd {
         if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{BENCH_NETWORK}-"))
-                    || sandboxes
-                        .iter()
-                        .any(|id| name == format!("cni-loopback-{id}-lo"))
-                {
+                if ids.iter().any(|id| {
+                    name == format!("{BENCH_NETWORK}-{id}-eth0")
+                        || name == format!("cni-loopback-{id}-lo")
+                }) {
                     let _ = fs::remove_file(e.path());
                 }
             }
