@@ -47,6 +47,10 @@ const BENCH_NETWORK: &str = "berth-bench-exec";
 const BENCH_BRIDGE: &str = "berthbench2";
 const BENCH_SUBNET: &str = "10.91.0.0/24";
 /// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
+/// The cgroup parent of containerd's pods here, instead of its default `k8s.io`: a
+/// pod_start bench running at the same time uses (and cleans up) `k8s.io`, and this
+/// bench's clean-up must not kill its containers, nor it ours.
+const CTD_CGROUP_PARENT: &str = "/berth-bench-exec";
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONTAINERD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,9 +136,9 @@ struct Containerd {
     /// `/var/run/netns` entries that existed before containerd started: the others
     /// named `cni-*` are containerd's, removed on drop if it leaves any.
     netns_before: HashSet<String>,
-    /// Cgroup controllers where `k8s.io` (containerd's default cgroup parent for
-    /// namespace k8s.io) did not exist before: containerd's to clean up.
-    new_k8s_cgroups: Vec<PathBuf>,
+    /// `CTD_CGROUP_PARENT` in every cgroup controller: containerd's pods' cgroups,
+    /// to clean up.
+    pod_cgroups: Vec<PathBuf>,
 }
 
 fn list_netns() -> HashSet<String> {
@@ -242,10 +246,9 @@ state = "{state}"
         );
         fs::write(p.join("config.toml"), config)?;
         let netns_before = list_netns();
-        let new_k8s_cgroups = cgroup_controllers()
+        let pod_cgroups = cgroup_controllers()
             .into_iter()
-            .map(|c| c.join("k8s.io"))
-            .filter(|c| !c.exists())
+            .map(|c| c.join(CTD_CGROUP_PARENT.trim_start_matches('/')))
             .collect();
         let log = fs::File::create(p.join("containerd.log"))?;
         let child = Command::new("containerd")
@@ -261,7 +264,7 @@ state = "{state}"
             dir,
             socket,
             netns_before,
-            new_k8s_cgroups,
+            pod_cgroups,
         };
         ctd.wait_ready().await?;
         Ok(ctd)
@@ -497,7 +500,7 @@ impl Drop for Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        for cg in &self.new_k8s_cgroups {
+        for cg in &self.pod_cgroups {
             if let Ok(entries) = fs::read_dir(cg) {
                 for e in entries.filter_map(Result::ok) {
                     kill_pids_in(&e.path());
@@ -505,7 +508,7 @@ impl Drop for Containerd {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
-        for cg in &self.new_k8s_cgroups {
+        for cg in &self.pod_cgroups {
             remove_cgroup_tree(cg);
         }
         for ns in list_netns().difference(&self.netns_before) {
@@ -570,6 +573,8 @@ struct Runtime {
     /// `unix://<socket>`, for crictl.
     endpoint: String,
     logs: PathBuf,
+    /// Empty: the runtime's default.
+    cgroup_parent: &'static str,
 }
 
 fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
@@ -582,8 +587,10 @@ fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
         }),
         hostname: format!("bench-{i}"),
         log_directory: rt.logs.join(format!("pod-{i}")).display().to_string(),
-        // cgroup_parent empty: each runtime's default with the cgroupfs driver.
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: rt.cgroup_parent.to_owned(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -926,12 +933,14 @@ async fn main() -> anyhow::Result<()> {
         client: node.daemon.client().await?,
         endpoint: node.daemon.endpoint(),
         logs: logs.path().join("berthd"),
+        cgroup_parent: "",
     };
     let mut containerd = Runtime {
         name: "containerd",
         client: CriClient::connect(&ctd.socket).await?,
         endpoint: format!("unix://{}", ctd.socket.display()),
         logs: logs.path().join("containerd"),
+        cgroup_parent: CTD_CGROUP_PARENT,
     };
     println!("berthd:     {}", describe(&mut berth).await);
     println!("containerd: {}", describe(&mut containerd).await);
