@@ -19,8 +19,9 @@
 //! The peer is Debian's containerd (1.6) with its CRI plugin and runc, started with its
 //! own root, state, socket, certs.d mirrors to the same local registry as berthd's, and
 //! a bridge network of its own (`berthbench2`, 10.91.0.0/24; distinct from
-//! pod_start's); its streaming server listens on 127.0.0.1 (the CRI plugin's
-//! default). Everything containerd creates (processes, shims, mounts, network
+//! pod_start's) and its pods under cgroup parent `/berth-bench-exec` (not `k8s.io`,
+//! which pod_start uses); its streaming server listens on 127.0.0.1 (the CRI
+//! plugin's default). Everything containerd creates (processes, shims, mounts, network
 //! namespaces, CNI state, NAT rules, cgroups) is removed on exit, also on failure.
 //! The containerd set-up is copied from pod_start.rs (to be shared later).
 
