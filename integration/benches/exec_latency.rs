@@ -233,6 +233,7 @@ state = "{state}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{runc_root}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
@@ -244,6 +245,9 @@ state = "{state}"
             socket = socket.display(),
             cni = cni_dir.display(),
             certs = certs.display(),
+            // runc's state in the temp dir, not /run/containerd/runc: a containerd
+            // killed with containers running leaves it behind.
+            runc_root = p.join("runc").display(),
         );
         fs::write(p.join("config.toml"), config)?;
         let netns_before = list_netns();
