@@ -61,6 +61,35 @@ pub fn new_id() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Looks an object up by full id or unique id prefix (crictl abbreviates ids), in an
+/// index keyed by id. `field` names the request field for the "required" error and
+/// `what` the kind of object for the "ambiguous" one.
+pub fn find_by_id_or_prefix<T>(
+    index: &std::collections::HashMap<String, std::sync::Arc<T>>,
+    id: &str,
+    field: &str,
+    what: &str,
+) -> crate::error::Result<Option<std::sync::Arc<T>>> {
+    use crate::error::Error;
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if let Some(found) = index.get(id) {
+        return Ok(Some(std::sync::Arc::clone(found)));
+    }
+    let mut found = index
+        .iter()
+        .filter(|(key, _)| key.starts_with(id))
+        .map(|(_, v)| v);
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(Some(std::sync::Arc::clone(one))),
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "{what} id prefix {id:?} is ambiguous"
+        ))),
+    }
+}
+
 /// Whether `id` is safe to use as a path component (ids come from clients).
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -123,6 +152,25 @@ mod tests {
         for bad in ["", "../x", "a/b", "a b", "."] {
             assert!(!is_valid_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn ids_resolve_in_full_or_by_unique_prefix() {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        let index: HashMap<String, Arc<u8>> =
+            HashMap::from([("abc1".into(), Arc::new(1)), ("abd2".into(), Arc::new(2))]);
+        let find = |id| find_by_id_or_prefix(&index, id, "pod_sandbox_id", "pod sandbox");
+        assert_eq!(find("abc1").expect("full").as_deref(), Some(&1));
+        assert_eq!(find("abd").expect("prefix").as_deref(), Some(&2));
+        assert!(find("zz").expect("missing").is_none());
+        let e = find("ab").expect_err("ambiguous").to_string();
+        assert!(
+            e.contains("pod sandbox id prefix \"ab\" is ambiguous"),
+            "{e}"
+        );
+        let e = find("").expect_err("empty").to_string();
+        assert_eq!(e, "pod_sandbox_id is required");
     }
 
     #[test]

@@ -383,21 +383,7 @@ impl ContainerManager {
 
     /// By full id or unique prefix.
     pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("container_id is required".into()));
-        }
-        let all = self.read();
-        if let Some(c) = all.get(id) {
-            return Ok(Some(Arc::clone(c)));
-        }
-        let mut found = all.values().filter(|c| c.id.starts_with(id));
-        match (found.next(), found.next()) {
-            (Some(c), None) => Ok(Some(Arc::clone(c))),
-            (None, _) => Ok(None),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "container id prefix {id:?} is ambiguous"
-            ))),
-        }
+        store::find_by_id_or_prefix(&self.read(), id, "container_id", "container")
     }
 
     /// Like [`Self::find`], `NotFound` when missing.

@@ -289,21 +289,7 @@ impl PodManager {
 
     /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("pod_sandbox_id is required".into()));
-        }
-        let pods = self.pods_read();
-        if let Some(p) = pods.get(id) {
-            return Ok(Some(Arc::clone(p)));
-        }
-        let mut found = pods.values().filter(|p| p.id.starts_with(id));
-        match (found.next(), found.next()) {
-            (Some(p), None) => Ok(Some(Arc::clone(p))),
-            (None, _) => Ok(None),
-            (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-                "pod sandbox id prefix {id:?} is ambiguous"
-            ))),
-        }
+        store::find_by_id_or_prefix(&self.pods_read(), id, "pod_sandbox_id", "pod sandbox")
     }
 
     /// Like [`Self::find`], but a missing sandbox is `NotFound`.
