@@ -1,0 +1,350 @@
+//! Shared by the reliability tests (crash storm, leaks, load): a seeded random
+//! source, CRI configs for the pods and containers they churn, a reaper for the
+//! processes berthd orphans when it is killed, and probes of host state (mounts,
+//! cgroups, veths, IPAM leases, monitor processes, files) to find leaks.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_integration::daemon::{TEST_BRIDGE, TEST_NETWORK};
+use berth_proto::v1::{
+    ContainerConfig, ContainerMetadata, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
+    PodSandboxMetadata,
+};
+
+/// The image every churned container runs.
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// splitmix64: small, seedable, and the same sequence on every machine.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `pct`%.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+
+    /// A random element of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            return None;
+        }
+        let i = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
+        items.get(i)
+    }
+}
+
+/// The seed from `var`, else one from the clock; printed so a failure can be rerun.
+pub fn seed_from_env(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs().wrapping_mul(1_000_000_007) ^ u64::from(d.subsec_nanos()))
+                .unwrap_or(1)
+        });
+    eprintln!("seed = {seed} (rerun with {var}={seed})");
+    seed
+}
+
+/// A number from the environment, else `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A pod config like kubelet's, under `cgroup_parent`.
+pub fn pod_config(name: &str, cgroup_parent: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_owned(),
+            namespace: "reliability".to_owned(),
+            uid: format!("{name}-uid"),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container that sleeps until stopped.
+pub fn sleeper(name: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".to_owned(), "3600".to_owned()],
+        ..Default::default()
+    }
+}
+
+/// Makes this test process the subreaper of everything berthd leaves behind when it
+/// is killed (its monitors, the `unshare` of pod infra processes), and reaps those
+/// that exit: host PID 1 here never reaps, and a zombie would look like a leak. Only
+/// zombies that are not berthd itself are reaped (berthd is waited on by its owner).
+pub fn become_reaper() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    std::thread::spawn(|| {
+        loop {
+            reap_zombies();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+fn reap_zombies() {
+    let me = std::process::id();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) else {
+        return;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) S ...": the state follows the last ')'.
+            let Some((comm, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if rest.trim_start().starts_with('Z') && !comm.ends_with("(berthd") {
+                let mut status = 0;
+                // SAFETY: waitpid on our own zombie child; `status` is a valid out-pointer.
+                unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+            }
+        }
+    }
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `path` is a mount point of an nsfs (a pinned namespace).
+pub fn is_pinned_ns(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&path)
+                && f.iter()
+                    .skip_while(|x| **x != "-")
+                    .nth(1)
+                    .is_some_and(|t| *t == "nsfs")
+        })
+}
+
+/// Cgroup directories below `parent` (a path relative to each controller's root), in
+/// every mounted controller.
+pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for ctl in ctls.filter_map(Result::ok) {
+        let base = ctl.path().join(parent.trim_start_matches('/'));
+        collect_dirs(&base, &mut out);
+    }
+    out
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Removes `parent` in every controller (deepest first), killing what still runs in
+/// it: the Drop guard of a test's cgroup parent.
+pub struct CgroupParent(pub String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let mut dirs = cgroups_under(&self.0);
+        if let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for ctl in ctls.filter_map(Result::ok) {
+                let base = ctl.path().join(self.0.trim_start_matches('/'));
+                if base.is_dir() {
+                    dirs.push(base);
+                }
+            }
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Host-side interfaces enslaved to the test bridge.
+pub fn bridge_ports() -> BTreeSet<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", TEST_BRIDGE])
+        .output();
+    let Ok(out) = out else {
+        return BTreeSet::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// host-local IPAM lease files of the test network that name one of `ids`.
+pub fn leases_of(ids: &BTreeSet<String>) -> Vec<String> {
+    let dir = Path::new("/var/lib/cni/networks").join(TEST_NETWORK);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let owner = text.lines().next().unwrap_or("").trim();
+            ids.contains(owner)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Pids of live (not zombie) berth-monitor processes, whichever daemon started them.
+pub fn monitor_pids() -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(p.path().join("exe")).unwrap_or_default();
+        if exe
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("berth-monitor"))
+        {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// Paths below `root` that have one of `ids` as a component: files and directories
+/// that belong to an object (pod or container) by name.
+pub fn paths_naming(root: &Path, ids: &BTreeSet<String>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(root, &mut |p| {
+        if p.components()
+            .any(|c| ids.contains(c.as_os_str().to_string_lossy().as_ref()))
+        {
+            out.push(p.to_path_buf());
+        }
+    });
+    out
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            f(&p);
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, f);
+            }
+        }
+    }
+}
+
+/// Entries of `dir` (names), empty when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Open fds, threads and RSS (KiB) of a process.
+pub fn process_figures(pid: u32) -> (usize, usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        fds,
+        usize::try_from(field("Threads:")).unwrap_or(0),
+        field("VmRSS:"),
+    )
+}
