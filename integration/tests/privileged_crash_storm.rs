@@ -1105,3 +1105,68 @@ async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() 
         Err(_) => panic!("crash storm seed {seed} (BERTH_CRASH_SEED={seed}): hung for 480s"),
     }
 }
+
+/// Regression: berthd used to persist a sandbox's pins, /dev/shm and network only at
+/// the end of its creation, so a kill after pinning (or during CNI ADD) left a
+/// `creating` record that named none of them, and recovery leaked the pinned
+/// namespaces, the shm mount and the IP lease. The on-disk state of such a crash is
+/// made exactly: a ready pod's record is rewritten as it stood before those steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
+    become_reaper();
+    let cgroup_parent = format!("/berthstorm{}", std::process::id());
+    let _cg = CgroupParent(cgroup_parent.clone());
+    let mut node = Node::start().await.expect("node");
+    let mut c = node.daemon.client().await.expect("client");
+    let id = c
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("mid-creation", &cgroup_parent)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let ids = BTreeSet::from([id.clone()]);
+    assert_eq!(leases_of(&ids).len(), 1, "the pod holds an IP lease");
+    node.daemon.kill().expect("SIGKILL berthd");
+
+    let record = node
+        .daemon
+        .root_dir
+        .join("pods")
+        .join(&id)
+        .join("record.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("JSON");
+    v["state"]["phase"] = "creating".into();
+    for ns in ["net", "ipc", "uts"] {
+        v["state"]["pins"][ns] = serde_json::Value::Null;
+    }
+    v["state"]["shm"] = serde_json::Value::Null;
+    v["state"]["network"] = serde_json::Value::Null;
+    v["state"]["ips"] = serde_json::json!([]);
+    std::fs::write(&record, v.to_string()).expect("rewrite record");
+
+    node.daemon.restart().await.expect("restart");
+    let mut c = node.daemon.client().await.expect("client");
+    let pods = c
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "half-created pod is listed: {pods:?}");
+    let d = &node.daemon;
+    let mounts: Vec<String> = mounts_under(d.dir())
+        .into_iter()
+        .filter(|m| m.contains(&id))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(leases_of(&ids).is_empty(), "IP lease left");
+    let mut files = paths_naming(&d.root_dir, &ids);
+    files.extend(paths_naming(&d.state_dir, &ids));
+    assert!(files.is_empty(), "files left: {files:?}");
+}

@@ -568,6 +568,33 @@ impl PodManager {
         first_error
     }
 
+    /// What a sandbox berthd died creating may hold beyond what its record says: the
+    /// record is rewritten only after some steps, so namespaces pinned, a /dev/shm
+    /// mounted or a CNI ADD begun since the last write are found by their fixed paths
+    /// (tearing down what was never set up is harmless: unmounting a missing pin and
+    /// CNI DEL of an unknown attachment are no-ops).
+    fn creating_leftovers(&self, id: &str, mut state: SandboxState) -> SandboxState {
+        let pins = self.pin_dir(id);
+        for (slot, name) in [
+            (&mut state.pins.net, "net"),
+            (&mut state.pins.ipc, "ipc"),
+            (&mut state.pins.uts, "uts"),
+        ] {
+            let pin = pins.join(name);
+            if slot.is_none() && pin.exists() {
+                *slot = Some(pin);
+            }
+        }
+        let shm = self.volatile_dir(id).join("shm");
+        if state.shm.is_none() && shm.exists() {
+            state.shm = Some(shm);
+        }
+        if state.network.is_none() && state.pins.net.is_some() {
+            state.network = self.network().ok().map(|n| n.name);
+        }
+        state
+    }
+
     fn remove_files(&self, id: &str) {
         for dir in [self.pod_dir(id), self.volatile_dir(id), self.pin_dir(id)] {
             if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -642,6 +669,7 @@ impl PodManager {
                     match state.phase {
                         Phase::Creating => {
                             tracing::info!(pod = %id, "removing a sandbox berthd died creating");
+                            let state = self.creating_leftovers(&id, state);
                             self.teardown(&sb, &state).await;
                             self.remove_files(&id);
                             continue;
