@@ -32,6 +32,7 @@ TEST_PACKAGES=(
   libseccomp-dev pkg-config     # seccomp filters (runtime-core)
   containerd                    # the image-pull benchmark compares against it
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
+  runc                          # the runc runtime handler test (privileged_runtime_handlers)
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")

@@ -4,6 +4,7 @@
 //! Unknown keys are an error rather than silently ignored: a misspelt key is the
 //! most common way an operator's setting fails to take effect.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,20 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The streaming server behind Exec, Attach and PortForward.
     pub stream: StreamServerConfig,
+    /// OCI runtimes (runc, crun, berth-runtime) a pod can pick by runtime handler name
+    /// (a Kubernetes RuntimeClass's `handler`), besides the native one.
+    pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
+}
+
+/// One `[runtime_handlers.<name>]`: an OCI runtime driven through its command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// The runtime binary (`/usr/sbin/runc`, `/usr/bin/crun`, `berth-runtime`).
+    pub runtime_path: PathBuf,
+    /// Its `--root` state directory; `<state_dir>/oci/<name>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_root: Option<PathBuf>,
 }
 
 /// The HTTP server that carries `crictl exec -it`, `attach` and `port-forward`.
@@ -152,6 +167,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             stream: StreamServerConfig::default(),
+            runtime_handlers: BTreeMap::new(),
         }
     }
 }
@@ -276,6 +292,9 @@ impl Config {
             ));
         }
         self.stream.socket_addr()?;
+        for (name, h) in &self.runtime_handlers {
+            validate_handler(name, h)?;
+        }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "log.level must not be empty".to_owned(),
@@ -339,6 +358,13 @@ max_concurrent_downloads = {downloads}
 address = "{stream_addr}"
 # Its TCP port; 0 picks a free port at start-up.
 port = {stream_port}
+
+# OCI runtimes a pod can pick by runtime handler (a Kubernetes RuntimeClass's
+# `handler`), besides the native one ("" or "berth"). None by default. Example:
+# [runtime_handlers.runc]
+# runtime_path = "/usr/sbin/runc"
+# # Its --root state directory; default <state_dir>/oci/<name>.
+# runtime_root = "/run/berth/oci/runc"
 "#,
             root = d.root_dir.display(),
             state = d.state_dir.display(),
@@ -355,15 +381,88 @@ port = {stream_port}
         )
     }
 
+    /// The `--root` of the OCI runtime of handler `name` (configured or derived).
+    pub fn runtime_handler_root(&self, name: &str) -> Option<PathBuf> {
+        let h = self.runtime_handlers.get(name)?;
+        Some(
+            h.runtime_root
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("oci").join(name)),
+        )
+    }
+
     /// Directory of the image store (content, snapshots); what `ImageFsInfo` reports on.
     pub fn image_store_dir(&self) -> PathBuf {
         self.root_dir.join("images")
     }
 }
 
+/// Names the native handler answers to; an OCI handler may not take them.
+pub const NATIVE_HANDLER_NAMES: [&str; 2] = ["", "berth"];
+
+fn validate_handler(name: &str, h: &RuntimeHandlerConfig) -> Result<(), ConfigError> {
+    if NATIVE_HANDLER_NAMES.contains(&name) {
+        return Err(ConfigError::Invalid(format!(
+            "runtime_handlers.{name}: {name:?} is the native handler's name"
+        )));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "runtime_handlers: handler name {name:?} may only hold letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if !h.runtime_path.is_absolute() {
+        return Err(ConfigError::Invalid(format!(
+            "runtime_handlers.{name}.runtime_path must be an absolute path, got {:?}",
+            h.runtime_path.display().to_string()
+        )));
+    }
+    if let Some(root) = &h.runtime_root
+        && !root.is_absolute()
+    {
+        return Err(ConfigError::Invalid(format!(
+            "runtime_handlers.{name}.runtime_root must be an absolute path, got {:?}",
+            root.display().to_string()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_handlers_parse_and_validate() {
+        let c = Config::parse(
+            "[runtime_handlers.runc]\nruntime_path = \"/usr/sbin/runc\"\n\
+             [runtime_handlers.crun]\nruntime_path = \"/usr/bin/crun\"\nruntime_root = \"/run/x\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            c.runtime_handler_root("runc"),
+            Some(PathBuf::from("/run/berth/oci/runc"))
+        );
+        assert_eq!(
+            c.runtime_handler_root("crun"),
+            Some(PathBuf::from("/run/x"))
+        );
+        assert_eq!(c.runtime_handler_root("kata"), None);
+        let e = Config::parse("[runtime_handlers.runc]\nruntime_path = \"runc\"\n")
+            .expect_err("relative");
+        assert!(
+            e.to_string().contains("runtime_handlers.runc.runtime_path"),
+            "{e}"
+        );
+        let e = Config::parse("[runtime_handlers.berth]\nruntime_path = \"/x\"\n")
+            .expect_err("native name");
+        assert!(e.to_string().contains("native"), "{e}");
+        let e = Config::parse("[runtime_handlers.runc]\nruntime_pth = \"/x\"\n").expect_err("typo");
+        assert!(e.to_string().contains("runtime_pth"), "{e}");
+    }
 
     #[test]
     fn default_toml_round_trips_to_defaults() {

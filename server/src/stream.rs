@@ -82,14 +82,26 @@ impl Backend {
 impl StreamBackend for Backend {
     async fn exec(&self, req: ExecRequest, io: StreamIo) -> Result<i32, BackendError> {
         let (shared, id, _) = self.running(&req.container_id)?;
-        let runtime = helper("berth-runtime")?;
-        let rt_root = shared.containers.runtime_root();
+        // Under an OCI runtime (runc, crun) its own `exec`, which takes the command
+        // right after the id; berth-runtime wants `--` before it.
+        let (runtime, rt_root, argv) = match shared.containers.oci_runtime(&id) {
+            Some(rt) => (rt.path, rt.root, req.cmd.clone()),
+            None => {
+                let mut argv = vec!["--".to_owned()];
+                argv.extend(req.cmd.iter().cloned());
+                (
+                    helper("berth-runtime")?,
+                    shared.containers.runtime_root(),
+                    argv,
+                )
+            }
+        };
         let state_dir = shared.config.state_dir.clone();
         drop(shared);
         if req.tty {
-            exec_tty(&runtime, &rt_root, &state_dir, &id, &req.cmd, io).await
+            exec_tty(&runtime, &rt_root, &state_dir, &id, &argv, io).await
         } else {
-            exec_pipes(&runtime, &rt_root, &state_dir, &id, &req.cmd, io).await
+            exec_pipes(&runtime, &rt_root, &state_dir, &id, &argv, io).await
         }
     }
 
@@ -263,7 +275,7 @@ async fn exec_pipes(
     use std::process::Stdio;
     let pid_file = unique_path(state_dir, "exec", "pid")?;
     let mut cmd = runtime_command(runtime, rt_root, &pid_file);
-    cmd.arg(id).arg("--").args(argv);
+    cmd.arg(id).args(argv);
     cmd.stdin(if io.stdin.is_some() {
         Stdio::piped()
     } else {
@@ -328,7 +340,6 @@ async fn exec_tty(
         .arg("--console-socket")
         .arg(&sock_path)
         .arg(id)
-        .arg("--")
         .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
+use super::handler::{self, Handler};
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use crate::config::Config;
 use crate::cri::now_nanos;
@@ -74,6 +75,9 @@ pub struct CtrState {
     /// The process's uid, gid and supplementary groups, as resolved at creation.
     #[serde(default)]
     pub user: Option<(u32, u32, Vec<u32>)>,
+    /// The pod's runtime handler (`""` = native), fixed at creation.
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -245,6 +249,7 @@ impl Container {
             "phase": s.phase,
             "imageId": self.image_id,
             "logPath": self.log_path,
+            "runtimeHandler": s.runtime_handler,
         })
     }
 
@@ -510,6 +515,7 @@ impl ContainerManager {
                 message: String::new(),
                 rootfs_mounted: false,
                 user: None,
+                runtime_handler: pod.runtime_handler.clone(),
             }),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
@@ -618,6 +624,12 @@ impl ContainerManager {
             .arg(&log_path)
             .arg("--exit-file")
             .arg(dir.join("exit.json"));
+        if let Handler::Oci(rt) = self.handler(ctr)? {
+            cmd.arg("--oci-runtime")
+                .arg(&rt.path)
+                .arg("--oci-root")
+                .arg(&rt.root);
+        }
         if ctr.config.stdin {
             cmd.arg("--stdin");
         }
@@ -774,6 +786,54 @@ impl ContainerManager {
         berth_runtime_core::Container::load(&self.runtime_root(), id).ok()
     }
 
+    /// The OCI runtime container `id` runs under; `None` for the native handler.
+    pub fn oci_runtime(&self, id: &str) -> Option<handler::OciRuntime> {
+        let ctr = self.find(id).ok().flatten()?;
+        match self.handler(&ctr) {
+            Ok(Handler::Oci(rt)) => Some(rt),
+            _ => None,
+        }
+    }
+
+    /// The runtime handler of `ctr` (its pod's, recorded at creation).
+    fn handler(&self, ctr: &Container) -> Result<Handler> {
+        handler::resolve(&self.config, &ctr.state().runtime_handler)
+    }
+
+    /// The cgroup of a container under an OCI runtime: the `linux.cgroupsPath` berthd
+    /// wrote into its config.json (the runtime creates it there). `None` for native.
+    fn oci_cgroup(&self, ctr: &Container) -> Option<berth_runtime_core::cgroups::Cgroup> {
+        let Ok(Handler::Oci(_)) = self.handler(ctr) else {
+            return None;
+        };
+        let config = std::fs::read(self.dir(&ctr.id).join("bundle").join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&config).ok()?;
+        berth_runtime_core::cgroups::Cgroup::new(
+            Path::new(berth_runtime_core::container::CGROUP_ROOT),
+            spec["linux"]["cgroupsPath"].as_str().unwrap_or_default(),
+            &ctr.id,
+        )
+        .ok()
+    }
+
+    /// Cgroup statistics of a live container, whatever its handler.
+    fn cgroup_stats(&self, ctr: &Container) -> Option<berth_runtime_core::cgroups::Stats> {
+        match self.oci_cgroup(ctr) {
+            Some(cg) => cg.stats().ok(),
+            None => self.runtime_container(&ctr.id).and_then(|c| c.stats().ok()),
+        }
+    }
+
+    /// Whether the runtime says the container is running.
+    fn runtime_running(&self, ctr: &Container) -> bool {
+        match self.handler(ctr) {
+            Ok(Handler::Oci(rt)) => rt.status(&ctr.id).as_deref() == Some("running"),
+            _ => self
+                .runtime_container(&ctr.id)
+                .is_some_and(|rc| rc.status() == berth_runtime_core::container::Status::Running),
+        }
+    }
+
     /// `StartContainer`.
     pub async fn start(&self, id: &str) -> Result<()> {
         let ctr = self.get(id)?;
@@ -793,14 +853,20 @@ impl ContainerManager {
                 )));
             }
         }
-        let root = self.runtime_root();
-        let cid = ctr.id.clone();
-        tokio::task::spawn_blocking(move || {
-            berth_runtime_core::Container::load(&root, &cid).and_then(|mut c| c.start())
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("start task: {e}")))?
-        .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        if let Handler::Oci(rt) = self.handler(&ctr)? {
+            rt.start(&ctr.id)
+                .await
+                .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        } else {
+            let root = self.runtime_root();
+            let cid = ctr.id.clone();
+            tokio::task::spawn_blocking(move || {
+                berth_runtime_core::Container::load(&root, &cid).and_then(|mut c| c.start())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("start task: {e}")))?
+            .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        }
         ctr.update(|s| {
             if s.phase == Phase::Created {
                 s.phase = Phase::Running;
@@ -824,6 +890,12 @@ impl ContainerManager {
     }
 
     fn kill(&self, ctr: &Container, signal: i32, all: bool) {
+        if let Ok(Handler::Oci(rt)) = self.handler(ctr) {
+            if let Err(e) = rt.kill(&ctr.id, signal, all) {
+                tracing::debug!(container = %ctr.id, error = %e, "kill");
+            }
+            return;
+        }
         if let Some(c) = self.runtime_container(&ctr.id)
             && let Err(e) = c.kill(signal, all)
         {
@@ -884,6 +956,19 @@ impl ContainerManager {
     /// Releases what a container holds: runtime state and cgroup, rootfs mount,
     /// image lease, records. Best effort.
     async fn cleanup(&self, ctr: &Container) {
+        let oci = match self.handler(ctr) {
+            Ok(Handler::Oci(rt)) => Some(rt),
+            _ => None,
+        };
+        if let Some(rt) = oci.clone() {
+            let cid = ctr.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = rt.delete(&cid) {
+                    tracing::warn!(container = %cid, error = %e, "runtime delete");
+                }
+            })
+            .await;
+        }
         let root = self.runtime_root();
         let cid = ctr.id.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -897,6 +982,10 @@ impl ContainerManager {
         if ctr.state().monitor_pid > 0 && ctr.state().phase != Phase::Exited {
             // The monitor exits by itself once the container is gone.
             Self::wait_exited(ctr, KILL_WAIT).await;
+        }
+        if oci.is_some() {
+            // The monitor's sockets, should it have died before removing them.
+            let _ = std::fs::remove_dir_all(self.runtime_root().join(&ctr.id));
         }
         let dir = self.dir(&ctr.id);
         if let Err(e) = crate::pod::namespaces::unmount(&dir.join("rootfs")) {
@@ -926,7 +1015,11 @@ impl ContainerManager {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("cmd is required".into()));
         }
-        let runtime = self.helper("berth-runtime")?;
+        let handler = self.handler(&ctr)?;
+        let runtime = match &handler {
+            Handler::Oci(rt) => rt.path.clone(),
+            Handler::Native => self.helper("berth-runtime")?,
+        };
         let pid_file = self.dir(&ctr.id).join(format!(
             "exec-{}.pid",
             store::new_id()
@@ -934,14 +1027,19 @@ impl ContainerManager {
                 .get(..12)
                 .unwrap_or("x")
         ));
-        let mut child = tokio::process::Command::new(&runtime)
-            .arg("--root")
-            .arg(self.runtime_root())
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&ctr.id)
-            .arg("--")
+        let mut command = tokio::process::Command::new(&runtime);
+        match &handler {
+            Handler::Oci(rt) => command.args(rt.exec_args(&pid_file, false, None, &ctr.id)),
+            Handler::Native => command
+                .arg("--root")
+                .arg(self.runtime_root())
+                .arg("exec")
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg(&ctr.id)
+                .arg("--"),
+        };
+        let mut child = command
             .args(&cmd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -995,6 +1093,25 @@ impl ContainerManager {
         let stdout = read_out.await.unwrap_or_default();
         let mut stderr = read_err.await.unwrap_or_default();
         let exit_code = status.code().unwrap_or(255);
+        // An OCI runtime's own failure: runc's logrus line on stderr.
+        if exit_code != 0
+            && matches!(handler, Handler::Oci(_))
+            && stderr.starts_with(b"time=")
+            && String::from_utf8_lossy(&stderr).contains("level=error")
+        {
+            let msg = handler::runtime_message(&stderr);
+            if msg.contains("executable file not found") || msg.contains("no such file") {
+                return Ok(ExecOutput {
+                    stdout,
+                    stderr: msg.into_bytes(),
+                    exit_code: 126,
+                });
+            }
+            return Err(Error::Internal(format!(
+                "exec in container {}: {msg}",
+                ctr.id
+            )));
+        }
         // berth-runtime reports its own failures (not the command's) with this prefix.
         if exit_code != 0 && stderr.starts_with(b"berth-runtime:") {
             let msg = String::from_utf8_lossy(&stderr).trim().to_owned();
@@ -1022,10 +1139,7 @@ impl ContainerManager {
     pub fn stats(&self, ctr: &Container) -> ContainerStats {
         let now = now_nanos();
         let cg = match ctr.state().phase {
-            Phase::Created | Phase::Running => self
-                .runtime_container(&ctr.id)
-                .and_then(|c| c.stats().ok())
-                .unwrap_or_default(),
+            Phase::Created | Phase::Running => self.cgroup_stats(ctr).unwrap_or_default(),
             _ => berth_runtime_core::cgroups::Stats::default(),
         };
         let nano_cores = {
@@ -1083,11 +1197,7 @@ impl ContainerManager {
     /// Processes in the container's cgroup.
     pub fn process_count(&self, ctr: &Container) -> u64 {
         match ctr.state().phase {
-            Phase::Created | Phase::Running => self
-                .runtime_container(&ctr.id)
-                .and_then(|c| c.stats().ok())
-                .map(|s| s.pids)
-                .unwrap_or(0),
+            Phase::Created | Phase::Running => self.cgroup_stats(ctr).map(|s| s.pids).unwrap_or(0),
             _ => 0,
         }
     }
@@ -1133,8 +1243,12 @@ impl ContainerManager {
                 .map_err(|e| Error::Internal(format!("resources: {e}")))?;
         let root = self.runtime_root();
         let cid = ctr.id.clone();
-        tokio::task::spawn_blocking(move || {
-            berth_runtime_core::Container::load(&root, &cid).and_then(|c| c.update(&resources))
+        let oci_cgroup = self.oci_cgroup(&ctr);
+        tokio::task::spawn_blocking(move || match oci_cgroup {
+            Some(cg) => cg.apply(&resources).map_err(|e| e.to_string()),
+            None => berth_runtime_core::Container::load(&root, &cid)
+                .and_then(|c| c.update(&resources))
+                .map_err(|e| e.to_string()),
         })
         .await
         .map_err(|e| Error::Internal(format!("update task: {e}")))?
@@ -1212,10 +1326,7 @@ impl ContainerManager {
                     self.record_exit(&ctr);
                 }
                 // A container created but never started stays created.
-                if state.phase == Phase::Created
-                    && let Some(rc) = self.runtime_container(&id)
-                    && rc.status() == berth_runtime_core::container::Status::Running
-                {
+                if state.phase == Phase::Created && self.runtime_running(&ctr) {
                     ctr.update(|s| s.phase = Phase::Running);
                 }
             }

@@ -564,21 +564,29 @@ impl RuntimeService for CriService {
             info.insert("cni".to_owned(), cni_info.to_string());
         }
 
+        // `features` runs each OCI runtime once (then cached): off the async threads.
+        let cfg = self.config().clone();
+        let handlers =
+            tokio::task::spawn_blocking(move || crate::container::handler::all_features(&cfg))
+                .await
+                .map_err(|e| Status::internal(format!("runtime handler features: {e}")))?;
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus {
                 conditions: vec![runtime, network_condition],
             }),
             info,
-            // Only the native handler so far; what it lacks (user namespaces) is advertised
-            // as false so that clients (and critest) do not ask for it.
-            runtime_handlers: vec![RuntimeHandler {
-                name: String::new(),
-                features: Some(RuntimeHandlerFeatures {
-                    // runtime-core applies `rro` with mount_setattr(AT_RECURSIVE).
-                    recursive_read_only_mounts: true,
-                    user_namespaces: false,
-                }),
-            }],
+            // The native handler and each configured OCI runtime; a feature is advertised
+            // only when that handler has it, so clients (and critest) do not ask for more.
+            runtime_handlers: handlers
+                .into_iter()
+                .map(|(name, f)| RuntimeHandler {
+                    name,
+                    features: Some(RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: f.recursive_read_only_mounts,
+                        user_namespaces: f.user_namespaces,
+                    }),
+                })
+                .collect(),
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
                 user_namespaces_host_network: false,

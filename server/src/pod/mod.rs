@@ -31,8 +31,6 @@ use namespaces::{NamespaceError, NamespaceSet, PinnedNamespaces};
 
 /// The runtime handler berthd runs pods with when the request names none.
 pub const DEFAULT_HANDLER: &str = "";
-/// Names accepted for the native handler.
-const NATIVE_HANDLERS: [&str; 2] = ["", "berth"];
 const RECORD_VERSION: u32 = 1;
 
 /// Where a sandbox is in its life.
@@ -321,7 +319,9 @@ impl PodManager {
 
     /// `RunPodSandbox`: returns the new sandbox's id once it is ready.
     pub async fn run(&self, config: PodSandboxConfig, runtime_handler: String) -> Result<String> {
-        let meta = validate(&config, &runtime_handler)?;
+        // Unknown handlers are refused before anything is created.
+        crate::container::handler::resolve(&self.config, &runtime_handler)?;
+        let meta = validate(&config)?;
         let cgroup_parent = self.validate_cgroup_parent(&config)?;
         let name = sandbox_name(&meta);
         let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
@@ -828,12 +828,7 @@ pub fn sandbox_name(meta: &PodSandboxMetadata) -> String {
     )
 }
 
-fn validate(config: &PodSandboxConfig, runtime_handler: &str) -> Result<PodSandboxMetadata> {
-    if !NATIVE_HANDLERS.contains(&runtime_handler) {
-        return Err(Error::InvalidArgument(format!(
-            "unknown runtime handler {runtime_handler:?}: berthd has only the native handler (\"\" or \"berth\")"
-        )));
-    }
+fn validate(config: &PodSandboxConfig) -> Result<PodSandboxMetadata> {
     let meta = config
         .metadata
         .clone()
@@ -907,18 +902,10 @@ mod tests {
     fn metadata_is_required_and_named() {
         let mut c = config("a");
         c.metadata.as_mut().expect("meta").uid.clear();
-        let e = validate(&c, "").expect_err("uid missing");
+        let e = validate(&c).expect_err("uid missing");
         assert!(e.to_string().contains("metadata.uid"), "{e}");
-        let e = validate(&PodSandboxConfig::default(), "").expect_err("no metadata");
+        let e = validate(&PodSandboxConfig::default()).expect_err("no metadata");
         assert!(e.to_string().contains("metadata"), "{e}");
-    }
-
-    #[test]
-    fn unknown_runtime_handler_is_invalid() {
-        let e = validate(&config("a"), "kata").expect_err("unknown");
-        assert!(matches!(e, Error::InvalidArgument(_)));
-        assert!(e.to_string().contains("kata"), "{e}");
-        validate(&config("a"), "berth").expect("native by name");
     }
 
     #[test]
@@ -934,7 +921,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let e = validate(&c, "").expect_err("target");
+        let e = validate(&c).expect_err("target");
         assert!(e.to_string().contains("namespace_options.pid"), "{e}");
     }
 

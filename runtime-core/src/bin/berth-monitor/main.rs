@@ -6,6 +6,12 @@
 //! socket, waits for the init with a pidfd, records the exit in a file and exits. Started
 //! by berthd with a plain fork+exec, it calls setsid() so it survives berthd's death.
 //!
+//! With `--oci-runtime R` the container is created by an OCI runtime binary instead
+//! (`R --root <oci-root> create --bundle B --pid-file F ID`, stdio being pipes this
+//! monitor owns, or a pty whose master the runtime sends to a console socket); the
+//! monitor then adopts the init as subreaper (the runtime exits after create) and
+//! does everything else the same way. Start, kill and delete go through the runtime.
+//!
 //! Helpers for the pod layer: `pin-ns` / `unpin-ns` (keep a pod's namespaces alive as bind
 //! mounts) and `pause` (an infra process that reaps zombies as pid 1 of a shared pid ns).
 //!
@@ -62,6 +68,13 @@ enum Cmd {
         /// Keep the container's stdin open (attach can write to it).
         #[arg(long)]
         stdin: bool,
+        /// Create the container with this OCI runtime binary (runc, crun, ...)
+        /// instead of runtime-core; the attach and control sockets stay under --root.
+        #[arg(long = "oci-runtime")]
+        oci_runtime: Option<PathBuf>,
+        /// The OCI runtime's own `--root`.
+        #[arg(long = "oci-root", requires = "oci_runtime")]
+        oci_root: Option<PathBuf>,
         id: String,
     },
     /// Create new namespaces and pin them as bind mounts under DIR (net, ipc, uts).
@@ -102,8 +115,24 @@ fn main() -> ExitCode {
             log_path,
             exit_file,
             stdin,
+            oci_runtime,
+            oci_root,
             id,
-        } => run(&root, &bundle, &log_path, &exit_file, stdin, &id),
+        } => {
+            let oci = oci_runtime.map(|path| OciRuntime {
+                root: oci_root.unwrap_or_else(|| root.join("oci")),
+                path,
+            });
+            run(
+                &root,
+                &bundle,
+                &log_path,
+                &exit_file,
+                stdin,
+                oci.as_ref(),
+                &id,
+            )
+        }
         Cmd::PinNs { dir, net, ipc, uts } => pin_ns(&dir, net, ipc, uts),
         Cmd::UnpinNs { dir } => unpin_ns(&dir),
         Cmd::Pause => pause(),
@@ -240,19 +269,132 @@ fn report(sync: &mut Option<fs::File>, v: serde_json::Value) {
     *sync = None;
 }
 
+/// An OCI runtime command line that creates the container instead of runtime-core.
+#[derive(Debug)]
+struct OciRuntime {
+    path: PathBuf,
+    root: PathBuf,
+}
+
+/// How long `<runtime> create` may take.
+const OCI_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl OciRuntime {
+    /// Runs `create`; the container's stdio are `stdio` (pipes) or, with a terminal,
+    /// the pty whose master arrives on `console`. Returns the init's pid.
+    fn create(
+        &self,
+        bundle: &Path,
+        dir: &Path,
+        id: &str,
+        stdio: Option<[OwnedFd; 3]>,
+        console: Option<&Path>,
+    ) -> Res<i32> {
+        let pid_file = dir.join("oci-init.pid");
+        let log_file = dir.join("oci-create.log");
+        let mut cmd = std::process::Command::new(&self.path);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&log_file)
+            .arg("--log-format")
+            .arg("json")
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file);
+        if let Some(c) = console {
+            cmd.arg("--console-socket").arg(c);
+        }
+        cmd.arg(id);
+        match stdio {
+            Some([i, o, e]) => {
+                cmd.stdin(i).stdout(o).stderr(e);
+            }
+            None => {
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("running {} create: {e}", self.path.display()))?;
+        // The command holds the pipes' container ends now; ours must be closed so
+        // that end-of-file comes when the container's last writer goes.
+        drop(cmd);
+        let deadline = std::time::Instant::now() + OCI_CREATE_TIMEOUT;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} create did not finish within {OCI_CREATE_TIMEOUT:?}",
+                    self.path.display()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let log = fs::read_to_string(&log_file).unwrap_or_default();
+        let _ = fs::remove_file(&log_file);
+        if !status.success() {
+            return Err(format!(
+                "{} create failed ({status}): {}",
+                self.path.display(),
+                runtime_log_errors(&log)
+            )
+            .into());
+        }
+        let pid = fs::read_to_string(&pid_file)
+            .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+        let _ = fs::remove_file(&pid_file);
+        pid.trim()
+            .parse::<i32>()
+            .map_err(|_| format!("{} holds no pid: {pid:?}", pid_file.display()).into())
+    }
+}
+
+/// The error messages in a runtime's `--log-format json` log (runc, crun), one line.
+fn runtime_log_errors(log: &str) -> String {
+    let msgs: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect();
+    if msgs.is_empty() {
+        let text = log.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() {
+            "no error message".to_owned()
+        } else {
+            text
+        }
+    } else {
+        msgs.join("; ")
+    }
+}
+
 fn run(
     root: &Path,
     bundle: &Path,
     log_path: &Path,
     exit_file: &Path,
     keep_stdin: bool,
+    oci: Option<&OciRuntime>,
     id: &str,
 ) -> Res<()> {
     // Our stdout is how berthd learns the result; afterwards it is closed.
     // SAFETY: fd 1 is ours; dup gives an independent copy we own.
     // CLOEXEC: the container must not inherit it, or berthd would wait for its EOF forever.
     let mut sync = Some(unsafe { fs::File::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3)) });
-    let res = run_inner(root, bundle, log_path, exit_file, keep_stdin, id, &mut sync);
+    let res = run_inner(
+        root, bundle, log_path, exit_file, keep_stdin, oci, id, &mut sync,
+    );
     if let Err(e) = &res {
         report(&mut sync, serde_json::json!({ "error": e.to_string() }));
     }
@@ -279,6 +421,7 @@ fn run_inner(
     log_path: &Path,
     exit_file: &Path,
     keep_stdin: bool,
+    oci: Option<&OciRuntime>,
     id: &str,
     sync: &mut Option<fs::File>,
 ) -> Res<()> {
@@ -323,29 +466,78 @@ fn run_inner(
         }
     };
 
-    let container = Container::create(CreateOptions {
-        id: id.to_string(),
-        root: root.to_path_buf(),
-        bundle,
-        spec,
-        stdio,
-        preserve_fds: 0,
-        cgroup_root: PathBuf::from(CGROUP_ROOT),
-    })?;
-    let pid = container.pid();
-    let mut pty = None;
-    if let Some(sock) = console_mine {
-        let master = berth_runtime_core::process::recv_pty_master(&sock, Duration::from_secs(10))?;
-        pty = Some(master.as_raw_fd());
-        outputs.push((master, Stream::Stdout));
-    }
-    let oom_before = container.stats().map(|s| s.oom_kills).unwrap_or(0);
+    let dir = root.join(id);
+    let (pid, cgroup, container) = match oci {
+        None => {
+            let container = Container::create(CreateOptions {
+                id: id.to_string(),
+                root: root.to_path_buf(),
+                bundle,
+                spec,
+                stdio,
+                preserve_fds: 0,
+                cgroup_root: PathBuf::from(CGROUP_ROOT),
+            })?;
+            if let Some(sock) = console_mine.take() {
+                let master =
+                    berth_runtime_core::process::recv_pty_master(&sock, Duration::from_secs(10))?;
+                outputs.push((master, Stream::Stdout));
+            }
+            let cgroup = container.cgroup().cloned();
+            (container.pid(), cgroup, Some(container))
+        }
+        Some(rt) => {
+            // Our own directory for the sockets; the runtime keeps its state under its root.
+            fs::create_dir_all(&dir)?;
+            let cg_path = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cgroup =
+                berth_runtime_core::cgroups::Cgroup::new(Path::new(CGROUP_ROOT), &cg_path, id).ok();
+            let console = dir.join("console.sock");
+            let listener = if terminal {
+                let _ = fs::remove_file(&console);
+                Some(UnixListener::bind(&console)?)
+            } else {
+                None
+            };
+            let pid = rt.create(&bundle, &dir, id, stdio.fds, terminal.then_some(&*console));
+            let _ = fs::remove_file(&console);
+            let pid = pid?;
+            if let Some(l) = listener {
+                // The runtime sent the master before create returned; it waits queued.
+                l.set_nonblocking(true)?;
+                let (sock, _) = l
+                    .accept()
+                    .map_err(|e| format!("the runtime sent no pty master: {e}"))?;
+                let master = berth_runtime_core::process::recv_pty_master(
+                    &OwnedFd::from(sock),
+                    Duration::from_secs(10),
+                )?;
+                outputs.push((master, Stream::Stdout));
+            }
+            (pid, cgroup, None)
+        }
+    };
+    let pty = terminal
+        .then(|| outputs.last().map(|(fd, _)| fd.as_raw_fd()))
+        .flatten();
+    let oom_kills = || {
+        cgroup
+            .as_ref()
+            .and_then(|c| c.stats().ok())
+            .map(|s| s.oom_kills)
+            .unwrap_or(0)
+    };
+    let oom_before = oom_kills();
     let pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid).ok_or("bad init pid")?,
         rustix::process::PidfdFlags::empty(),
     )?;
 
-    let dir = root.join(id);
     let attach_path = dir.join("attach.sock");
     let ctl_path = dir.join("ctl.sock");
     let attach = UnixListener::bind(&attach_path)?;
@@ -481,7 +673,7 @@ fn run_inner(
         (None, Some(s)) => (128 + s, Some(s)),
         _ => (255, None),
     };
-    let oom_after = container.stats().map(|s| s.oom_kills).unwrap_or(0);
+    let oom_after = oom_kills();
     let record = ExitRecord {
         exit_code,
         signal,
@@ -491,11 +683,17 @@ fn run_inner(
     let tmp = exit_file.with_extension("tmp");
     fs::write(&tmp, serde_json::to_vec(&record)?)?;
     fs::rename(&tmp, exit_file)?;
-    if let Ok(mut c) = Container::load(root, id) {
+    if container.is_some()
+        && let Ok(mut c) = Container::load(root, id)
+    {
         let _ = c.record_exit(exit_code);
     }
     let _ = fs::remove_file(&attach_path);
     let _ = fs::remove_file(&ctl_path);
+    if oci.is_some() {
+        // Only ours lives there (the runtime's state is under its own root).
+        let _ = fs::remove_dir(&dir);
+    }
     Ok(())
 }
 

@@ -1,0 +1,440 @@
+//! Runtime handlers: berthd configured with `[runtime_handlers.runc]` runs a pod's
+//! containers under Debian's runc (a RuntimeClass picking handler `runc`): `Status`
+//! lists the handler, the container shows in `runc list`, its logs reach the CRI log
+//! file, ExecSync and `crictl exec` run inside it, stats come from the cgroup berthd
+//! put in the spec, it survives a berthd restart, and stop/remove leave no runc state
+//! and no cgroup. An unknown handler is refused with InvalidArgument.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_integration::client::CriClient;
+use berth_integration::daemon::DaemonOptions;
+use berth_integration::setup::Node;
+use berth_integration::tools::crictl;
+use berth_proto::v1 as cri;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+const RUNC: &str = "/usr/sbin/runc";
+
+/// Force-deletes whatever runc still has under `root` (the test's safety net: a
+/// failed test must not leave runc containers or their cgroups behind).
+struct RuncCleanup(PathBuf);
+
+impl Drop for RuncCleanup {
+    fn drop(&mut self) {
+        for id in runc_list(&self.0) {
+            let _ = std::process::Command::new(RUNC)
+                .arg("--root")
+                .arg(&self.0)
+                .args(["delete", "--force", &id.0])
+                .status();
+        }
+    }
+}
+
+/// `runc --root R list`: (id, status) pairs.
+fn runc_list(root: &Path) -> Vec<(String, String)> {
+    let out = std::process::Command::new(RUNC)
+        .arg("--root")
+        .arg(root)
+        .args(["list", "--format", "json"])
+        .output()
+        .expect("runc list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["id"].as_str().unwrap_or_default().to_owned(),
+                        c["status"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("{name}-uid"),
+            namespace: "default".to_owned(),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    client
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
+        .into_inner()
+}
+
+async fn container_state(client: &mut CriClient, id: &str) -> (i32, serde_json::Value) {
+    let r = client
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner();
+    let info = r
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str(i).ok())
+        .unwrap_or_default();
+    (r.status.expect("status").state, info)
+}
+
+/// The init's cgroup (v1 memory controller line of /proc/<pid>/cgroup).
+fn memory_cgroup_of(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            ctrl.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_owned())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn runc_handler_runs_pods_like_the_native_one() {
+    let node = Node::start_with(DaemonOptions {
+        extra_config: format!("\n[runtime_handlers.runc]\nruntime_path = {RUNC:?}\n"),
+        ..Default::default()
+    })
+    .await
+    .expect("start node");
+    let mut node = node;
+    let runc_root = node.daemon.state_dir.join("oci").join("runc");
+    let _cleanup = RuncCleanup(runc_root.clone());
+    let mut client = node.daemon.client().await.expect("client");
+
+    // Status lists both handlers; runc's features are what runc itself reports.
+    let status = client
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "runc"], "handlers in Status");
+    let runc_features = std::process::Command::new(RUNC)
+        .arg("features")
+        .output()
+        .expect("runc features");
+    let runc_has_rro = String::from_utf8_lossy(&runc_features.stdout).contains("\"rro\"");
+    let f = status.runtime_handlers[1]
+        .features
+        .expect("runc handler features");
+    assert_eq!(f.recursive_read_only_mounts, runc_has_rro);
+    assert!(
+        !f.user_namespaces,
+        "runc 1.1 has no idmapped mounts: no user namespaces"
+    );
+
+    // An unknown handler is refused, naming it and the configured ones.
+    let logs = tempfile::tempdir().expect("log dir");
+    let err = client
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("rh-unknown", logs.path())),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .expect_err("unknown handler must fail");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("\"kata\"") && err.message().contains("\"runc\""),
+        "{}",
+        err.message()
+    );
+
+    client
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull busybox");
+
+    let pod = pod_config("rh-runc", logs.path());
+    let pod_id = client
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: "runc".into(),
+        })
+        .await
+        .expect("RunPodSandbox with handler runc")
+        .into_inner()
+        .pod_sandbox_id;
+    let pod_status = client
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(pod_status.runtime_handler, "runc");
+
+    let ctr_id = client
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo hello-from-runc; echo oops-on-stderr >&2; \
+                     i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 3600"
+                        .into(),
+                ],
+                log_path: "app.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer under runc")
+        .into_inner()
+        .container_id;
+    assert_eq!(
+        runc_list(&runc_root),
+        vec![(ctr_id.clone(), "created".to_owned())],
+        "runc list after create"
+    );
+    client
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: ctr_id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    assert_eq!(
+        runc_list(&runc_root),
+        vec![(ctr_id.clone(), "running".to_owned())],
+        "runc list after start"
+    );
+    let (state, info) = container_state(&mut client, &ctr_id).await;
+    assert_eq!(state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(info["runtimeHandler"], "runc", "{info}");
+
+    // runc put the init into the cgroup berthd wrote as linux.cgroupsPath.
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            node.daemon
+                .root_dir
+                .join("containers")
+                .join(&ctr_id)
+                .join("bundle/config.json"),
+        )
+        .expect("config.json"),
+    )
+    .expect("spec json");
+    let cgroups_path = spec["linux"]["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath")
+        .to_owned();
+    let pid = info["pid"].as_i64().expect("pid");
+    assert_eq!(memory_cgroup_of(pid), cgroups_path);
+    let memory_cgroup =
+        Path::new("/sys/fs/cgroup/memory").join(cgroups_path.trim_start_matches('/'));
+    assert!(memory_cgroup.is_dir(), "{}", memory_cgroup.display());
+
+    // Logs: both streams, in CRI format, through the monitor's pipes.
+    let log_file = logs.path().join("app.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if text.contains("hello-from-runc") && text.contains("oops-on-stderr") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "log so far: {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        log.lines().any(|l| l.contains(" stdout F hello-from-runc")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(" stderr F oops-on-stderr")),
+        "{log}"
+    );
+    let ep = node.daemon.endpoint();
+    let out = crictl(&ep, &["logs", &ctr_id])
+        .await
+        .expect("crictl logs")
+        .success()
+        .expect("crictl logs ok");
+    assert!(out.stdout().contains("hello-from-runc"), "{}", out.stdout());
+
+    // ExecSync runs in the container (its hostname, its rootfs) and keeps the code.
+    let r = exec(
+        &mut client,
+        &ctr_id,
+        &["sh", "-c", "hostname; echo $((6*7)); echo e >&2; exit 3"],
+    )
+    .await;
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "rh-runc\n42\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "e\n");
+    let r = exec(&mut client, &ctr_id, &["/no/such/binary"]).await;
+    assert_ne!(r.exit_code, 0);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("/no/such/binary"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // The streaming Exec goes through runc exec as well.
+    let out = crictl(
+        &ep,
+        &[
+            "exec",
+            &ctr_id,
+            "sh",
+            "-c",
+            "echo via-stream; cat /etc/hostname",
+        ],
+    )
+    .await
+    .expect("crictl exec")
+    .success()
+    .expect("crictl exec ok");
+    assert!(out.stdout().contains("via-stream"), "{}", out.stdout());
+
+    // Stats from the cgroup: the busy loop used CPU, the processes use memory.
+    let stats = client
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: ctr_id.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    let mem = stats.memory.expect("memory");
+    assert!(cpu > 0, "cpu usage {cpu}");
+    assert!(
+        mem.usage_bytes.map(|v| v.value).unwrap_or(0) > 0,
+        "memory {mem:?}"
+    );
+
+    // berthd restarts; the container keeps running under runc and stays manageable.
+    node.daemon.restart().await.expect("restart berthd");
+    let mut client = node.daemon.client().await.expect("client after restart");
+    let (state, info) = container_state(&mut client, &ctr_id).await;
+    assert_eq!(
+        state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{info}"
+    );
+    assert_eq!(info["pid"].as_i64(), Some(pid));
+    let r = exec(&mut client, &ctr_id, &["echo", "after-restart"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "after-restart\n");
+
+    // Stop: the stop signal (SIGTERM) or, after the timeout, SIGKILL ends it.
+    client
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: ctr_id.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("StopContainer");
+    let (state, _) = container_state(&mut client, &ctr_id).await;
+    assert_eq!(state, cri::ContainerState::ContainerExited as i32);
+    let exit = client
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: ctr_id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("status");
+    assert!(matches!(exit.exit_code, 137 | 143), "{exit:?}");
+
+    client
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: ctr_id.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    assert!(runc_list(&runc_root).is_empty(), "runc state left behind");
+    assert!(!runc_root.join(&ctr_id).exists());
+    assert!(
+        !node.daemon.state_dir.join("rt").join(&ctr_id).exists(),
+        "monitor sockets left behind"
+    );
+    assert!(
+        !memory_cgroup.exists(),
+        "cgroup left behind: {}",
+        memory_cgroup.display()
+    );
+
+    client
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
