@@ -2,6 +2,7 @@
 //! requests, call into the daemon's subsystems, and map errors to gRPC codes.
 
 mod image;
+mod metrics;
 mod runtime;
 mod stats;
 pub mod trace;

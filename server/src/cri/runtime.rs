@@ -444,6 +444,50 @@ impl RuntimeService for CriService {
         })))
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<berth_proto::v1::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<berth_proto::v1::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(
+            berth_proto::v1::ListMetricDescriptorsResponse {
+                descriptors: super::metrics::descriptors(),
+            },
+        ))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<berth_proto::v1::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<berth_proto::v1::ListPodSandboxMetricsResponse>, Status> {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let pod_metrics =
+            tokio::task::spawn_blocking(move || super::metrics::list_pod_metrics(&shared))
+                .await
+                .map_err(|e| Error::Internal(format!("metrics task: {e}")))?;
+        Ok(Response::new(
+            berth_proto::v1::ListPodSandboxMetricsResponse { pod_metrics },
+        ))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<berth_proto::v1::StreamPodSandboxMetricsRequest>,
+    ) -> Result<
+        Response<tonic::codegen::BoxStream<berth_proto::v1::StreamPodSandboxMetricsResponse>>,
+        Status,
+    > {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let items = tokio::task::spawn_blocking(move || super::metrics::list_pod_metrics(&shared))
+            .await
+            .map_err(|e| Error::Internal(format!("metrics task: {e}")))?;
+        Ok(Response::new(super::chunked(
+            items,
+            |pod_sandbox_metrics| berth_proto::v1::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
+    }
+
     async fn get_container_events(
         &self,
         _request: Request<GetEventsRequest>,

@@ -133,6 +133,11 @@ pub fn list_pod_stats(
 /// Interface counters inside a network namespace, read from a thread that joins it
 /// (`/proc/thread-self/net/dev` shows the reading thread's namespace).
 fn netns_interfaces(netns: &Path) -> io::Result<Vec<NetworkInterfaceUsage>> {
+    netns_net_dev(netns).map(|text| parse_net_dev(&text))
+}
+
+/// The text of /proc/net/dev as seen inside the network namespace `netns`.
+pub(super) fn netns_net_dev(netns: &Path) -> io::Result<String> {
     let ns = std::fs::File::open(netns)?;
     std::thread::spawn(move || -> io::Result<String> {
         // SAFETY: setns(2) on an open namespace fd moves only this short-lived thread.
@@ -143,7 +148,6 @@ fn netns_interfaces(netns: &Path) -> io::Result<Vec<NetworkInterfaceUsage>> {
     })
     .join()
     .map_err(|_| io::Error::other("netns stats thread panicked"))?
-    .map(|text| parse_net_dev(&text))
 }
 
 /// Parses /proc/net/dev: `iface: rx_bytes packets errs ... tx_bytes packets errs ...`.
