@@ -7,7 +7,7 @@
 //! pinned netns, cgroup, veth, IPAM lease, monitor process or per-object file.
 //!
 //! `BERTH_CRASH_SEED` replays a run's choices (the seed is printed at the start);
-//! `BERTH_CRASH_KILLS` sets the number of berthd kills (default 24).
+//! `BERTH_CRASH_KILLS` sets the number of berthd kills (default 40, about a minute).
 
 mod reliability_common;
 
@@ -976,7 +976,9 @@ async fn storm(
                 batch.push(op);
             }
         }
-        let delay = Duration::from_millis(rng.below(300));
+        // Most RPCs of the storm take 50-300 ms: kill within that span so that most
+        // kills land with an op in flight, some before it starts doing anything.
+        let delay = Duration::from_millis(rng.below(250));
         let mut tasks = Vec::new();
         for op in batch.clone() {
             let mut client = c.clone();
@@ -1076,7 +1078,7 @@ async fn storm(
 async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() {
     become_reaper();
     let seed = seed_from_env("BERTH_CRASH_SEED");
-    let kills = env_number("BERTH_CRASH_KILLS", 24);
+    let kills = env_number("BERTH_CRASH_KILLS", 40);
     let cgroup_parent = format!("/berthstorm{}", std::process::id());
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start_with(DaemonOptions {
@@ -1107,9 +1109,10 @@ async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() 
 }
 
 /// Regression: berthd used to persist a sandbox's pins, /dev/shm and network only at
-/// the end of its creation, so a kill after pinning (or during CNI ADD) left a
-/// `creating` record that named none of them, and recovery leaked the pinned
-/// namespaces, the shm mount and the IP lease. The on-disk state of such a crash is
+/// the end of its creation (and the infra pid once it was up), so a kill after
+/// pinning (or while starting the infra, or during CNI ADD) left a `creating` record
+/// that named none of them, and recovery leaked the pinned namespaces, the shm mount,
+/// the infra process and the IP lease (all seen in crash storms). The on-disk state of such a crash is
 /// made exactly: a ready pod's record is rewritten as it stood before those steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
@@ -1117,6 +1120,7 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
     let cgroup_parent = format!("/berthstorm{}", std::process::id());
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
+    let monitors_before = monitor_pids();
     let mut c = node.daemon.client().await.expect("client");
     let id = c
         .runtime
@@ -1145,6 +1149,7 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
         v["state"]["pins"][ns] = serde_json::Value::Null;
     }
     v["state"]["shm"] = serde_json::Value::Null;
+    v["state"]["infra_pid"] = serde_json::Value::Null;
     v["state"]["network"] = serde_json::Value::Null;
     v["state"]["ips"] = serde_json::json!([]);
     std::fs::write(&record, v.to_string()).expect("rewrite record");
@@ -1169,4 +1174,18 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
     let mut files = paths_naming(&d.root_dir, &ids);
     files.extend(paths_naming(&d.state_dir, &ids));
     assert!(files.is_empty(), "files left: {files:?}");
+    // The pod's infra process (pid 1 of its pid namespace), started but not recorded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut infra: Vec<i32> = monitor_pids()
+        .difference(&monitors_before)
+        .copied()
+        .collect();
+    while !infra.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        infra = monitor_pids()
+            .difference(&monitors_before)
+            .copied()
+            .collect();
+    }
+    assert!(infra.is_empty(), "infra process left: {infra:?}");
 }

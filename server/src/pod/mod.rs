@@ -430,7 +430,7 @@ impl PodManager {
             .map_err(|e| Error::io("writing hostname", e))?;
 
         if opts.pid == i32::from(NamespaceMode::Pod) {
-            let pid = start_infra().await?;
+            let pid = start_infra(&sb.id).await?;
             self.update_state(sb, |s| s.infra_pid = Some(pid));
             self.persist(sb)?;
         }
@@ -671,6 +671,7 @@ impl PodManager {
                             tracing::info!(pod = %id, "removing a sandbox berthd died creating");
                             let state = self.creating_leftovers(&id, state);
                             self.teardown(&sb, &state).await;
+                            kill_unrecorded_infra(&id);
                             self.remove_files(&id);
                             continue;
                         }
@@ -754,7 +755,7 @@ impl PodManager {
 /// containers join, reaping orphans. `unshare --pid --fork` does the namespace
 /// creation in its own single-threaded process (berthd never forks containers);
 /// the infra is `berth-monitor pause`, found next to berthd.
-async fn start_infra() -> Result<i32> {
+async fn start_infra(sandbox_id: &str) -> Result<i32> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
     let monitor = exe.with_file_name("berth-monitor");
     if !monitor.exists() {
@@ -770,6 +771,9 @@ async fn start_infra() -> Result<i32> {
         .arg("--")
         .arg(&monitor)
         .arg("pause")
+        // Names the sandbox, so that recovery finds an infra started by a berthd
+        // that died before recording its pid.
+        .env(INFRA_ID_ENV, sandbox_id)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -802,6 +806,38 @@ async fn start_infra() -> Result<i32> {
     Err(Error::Internal(
         "the pod infra process did not start within 1s".into(),
     ))
+}
+
+/// The environment variable naming an infra process's sandbox.
+const INFRA_ID_ENV: &str = "BERTH_SANDBOX_ID";
+
+/// SIGKILLs infra processes of sandbox `id` (found by [`INFRA_ID_ENV`]): berthd may
+/// have died between starting one and recording its pid.
+fn kill_unrecorded_infra(id: &str) {
+    let needle = format!("{INFRA_ID_ENV}={id}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.filter_map(std::result::Result::ok) {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_infra = args.next().is_some_and(|a| a.ends_with(b"berth-monitor"))
+            && args.next() == Some(b"pause".as_slice());
+        if is_infra
+            && std::fs::read(p.path().join("environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == needle.as_bytes())
+        {
+            tracing::info!(pod = %id, pid, "killing an infra process berthd died starting");
+            // SAFETY: kill(2) has no memory preconditions; the process was checked to
+            // be this sandbox's infra.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Whether `pid` is still an infra process (pids get reused).
