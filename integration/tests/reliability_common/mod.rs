@@ -116,8 +116,8 @@ pub fn sleeper(name: &str) -> ContainerConfig {
 
 /// Makes this test process the subreaper of everything berthd leaves behind when it
 /// is killed (its monitors, the `unshare` of pod infra processes), and reaps those
-/// that exit: host PID 1 here never reaps, and a zombie would look like a leak. Only
-/// zombies that are not berthd itself are reaped (berthd is waited on by its owner).
+/// that exit: host PID 1 here never reaps, and a zombie would look like a leak. The
+/// tests' own children ([`OWN_CHILDREN`]) are left to their owners.
 pub fn become_reaper() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -128,6 +128,10 @@ pub fn become_reaper() {
         }
     });
 }
+
+/// Children the tests start and wait for themselves (berthd, the registry, `ip`):
+/// never reaped here, or their owners' waits would fail.
+const OWN_CHILDREN: [&str; 3] = ["berthd", "docker-registry", "ip"];
 
 fn reap_zombies() {
     let me = std::process::id();
@@ -145,7 +149,8 @@ fn reap_zombies() {
             let Some((comm, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
-            if rest.trim_start().starts_with('Z') && !comm.ends_with("(berthd") {
+            let comm = comm.rsplit_once('(').map_or("", |(_, c)| c);
+            if rest.trim_start().starts_with('Z') && !OWN_CHILDREN.contains(&comm) {
                 let mut status = 0;
                 // SAFETY: waitpid on our own zombie child; `status` is a valid out-pointer.
                 unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
