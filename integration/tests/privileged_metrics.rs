@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth_integration::setup::Node;
-use berth_integration::tools::crictl;
+use berth_integration::tools::{self, crictl};
 use berth_proto::v1::{
     ExecSyncRequest, ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, Metric,
     MetricType, PodSandboxMetrics, StreamPodSandboxMetricsRequest,
@@ -264,4 +264,38 @@ async fn metrics_of_a_running_pod() {
     assert!(mine.container_metrics.is_empty(), "{mine:?}");
     assert!(mine.metrics.is_empty(), "no netns, no network series");
     ok(&ep, &["rmp", &pod_id]).await;
+}
+
+/// critest's own metrics specs ("runtime should support metrics operations": the
+/// descriptor set, and a pod's metrics with the same labels as described), on their
+/// own so a failure points here rather than into the whole suite.
+#[tokio::test]
+async fn critest_metrics_specs_pass() {
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let critest = tools::tool("critest").expect("critest");
+    let out = tools::run(
+        critest.as_os_str(),
+        [
+            "--runtime-endpoint",
+            &ep,
+            "--image-endpoint",
+            &ep,
+            "--ginkgo.focus=runtime\\sshould\\ssupport\\smetrics\\soperations",
+            "--ginkgo.no-color",
+        ],
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("critest");
+    let text = out.stdout();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" Passed | "))
+        .unwrap_or("no ginkgo summary");
+    assert!(
+        out.output.status.success() && summary.contains("2 Passed | 0 Failed"),
+        "critest metrics specs: {summary}\n{text}\n{}",
+        out.stderr()
+    );
 }
