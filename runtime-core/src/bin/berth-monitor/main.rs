@@ -823,3 +823,24 @@ fn pause() -> Res<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_log_errors;
+
+    #[test]
+    fn runtime_log_errors_keep_only_error_messages() {
+        let log = concat!(
+            r#"{"level":"warning","msg":"ignored","time":"t"}"#,
+            "\n",
+            r#"{"level":"error","msg":"runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH","time":"t"}"#,
+            "\n"
+        );
+        assert_eq!(
+            runtime_log_errors(log),
+            "runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH"
+        );
+        assert_eq!(runtime_log_errors("plain\ntext "), "plain text");
+        assert_eq!(runtime_log_errors(""), "no error message");
+    }
+}
