@@ -442,7 +442,18 @@ impl Cgroup {
                 .ok_or_else(|| CgroupError::Unsupported("blkio weight".into()))?;
             write_file(&file, &w.to_string())?;
         }
-        for h in r.hugepage_limits().as_deref().unwrap_or(&[]) {
+        // kubelet sends a limit for every huge page size the machine has. Where the v1
+        // hugetlb controller is not mounted (hybrid hosts keep it on the v2 tree only)
+        // nothing can enforce them and there is no directory to write to: skipped, as
+        // runc does.
+        let hugetlb_mounted = self.root.join("hugetlb").is_dir();
+        for h in r
+            .hugepage_limits()
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .filter(|_| hugetlb_mounted)
+        {
             let f = self
                 .dir("hugetlb")
                 .join(format!("hugetlb.{}.limit_in_bytes", h.page_size()));
@@ -783,6 +794,31 @@ mod tests {
         let cg = Cgroup::new(tmp.path(), "c2", "c2").unwrap();
         let err = cg.apply(&res(r#"{"pids": {"limit": 5}}"#)).unwrap_err();
         assert!(err.to_string().contains("pids.max"), "{err}");
+    }
+
+    #[test]
+    fn v1_hugepage_limits_are_skipped_only_where_hugetlb_is_not_mounted() {
+        let limits = r#"{"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]}"#;
+        // A hybrid host: no v1 hugetlb hierarchy, as kubelet meets it on this machine.
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("memory/x")).unwrap();
+        let cg = Cgroup::new(tmp.path(), "/x", "x").unwrap();
+        assert_eq!(cg.version, Version::V1);
+        cg.apply(&res(limits)).unwrap();
+        assert!(!tmp.path().join("hugetlb").exists());
+        // Mounted: the limit is written, and a missing file is still an error.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("hugetlb/x");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("hugetlb.2MB.limit_in_bytes"), "").unwrap();
+        let cg = Cgroup::new(tmp.path(), "/x", "x").unwrap();
+        cg.apply(&res(limits)).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.join("hugetlb.2MB.limit_in_bytes")).unwrap(),
+            "0"
+        );
+        fs::remove_file(d.join("hugetlb.2MB.limit_in_bytes")).unwrap();
+        assert!(cg.apply(&res(limits)).is_err());
     }
 
     #[test]
