@@ -1189,3 +1189,103 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
     }
     assert!(infra.is_empty(), "infra process left: {infra:?}");
 }
+
+/// Regression (crash storms with seed 33 and 1795949441423638516): berthd killed after
+/// a container's init was started but before the record said so came back listing
+/// it running with no start time (`started_at` 0), which kubelet reads as never
+/// started. The on-disk state of that kill is made exactly: the record of a running
+/// container rewritten as `created`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_started_as_berthd_died_is_running_with_a_start_time() {
+    become_reaper();
+    let cgroup_parent = format!("/berthstorm{}", std::process::id());
+    let _cg = CgroupParent(cgroup_parent.clone());
+    let mut node = Node::start().await.expect("node");
+    let mut c = node.daemon.client().await.expect("client");
+    c.image
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = c
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("started-as-killed", &cgroup_parent)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = c
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(sleeper("main")),
+            sandbox_config: Some(pod_config("started-as-killed", &cgroup_parent)),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    node.daemon.kill().expect("SIGKILL berthd");
+
+    let record = node
+        .daemon
+        .root_dir
+        .join("containers")
+        .join(&id)
+        .join("record.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("JSON");
+    v["state"]["phase"] = "created".into();
+    v["state"]["started_at"] = 0.into();
+    std::fs::write(&record, v.to_string()).expect("rewrite record");
+
+    node.daemon.restart().await.expect("restart");
+    let mut c = node.daemon.client().await.expect("client");
+    let s = c
+        .runtime
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(s.state, i32::from(ContainerState::ContainerRunning));
+    assert!(s.started_at > 0, "running container has no start time");
+    assert!(
+        s.started_at >= s.created_at,
+        "started before it was created"
+    );
+    // And it stays so across another restart (the recovered start is persisted).
+    node.daemon.kill().expect("SIGKILL berthd");
+    node.daemon.restart().await.expect("restart");
+    let mut c = node.daemon.client().await.expect("client");
+    let again = c
+        .runtime
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(again.started_at, s.started_at, "start time not persisted");
+}

@@ -1327,7 +1327,18 @@ impl ContainerManager {
                 }
                 // A container created but never started stays created.
                 if state.phase == Phase::Created && self.runtime_running(&ctr) {
-                    ctr.update(|s| s.phase = Phase::Running);
+                    // berthd died between starting it and recording that: the exact
+                    // start time was lost with it, so it is when recovery found it
+                    // running (kubelet needs one).
+                    ctr.update(|s| {
+                        s.phase = Phase::Running;
+                        if s.started_at == 0 {
+                            s.started_at = now_nanos();
+                        }
+                    });
+                    if let Err(e) = self.persist(&ctr) {
+                        tracing::warn!(container = %id, error = %e, "could not persist the recovered start");
+                    }
                 }
             }
         }
