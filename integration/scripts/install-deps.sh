@@ -33,6 +33,7 @@ TEST_PACKAGES=(
   containerd                    # the image-pull benchmark compares against it
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
+  criu                          # CheckpointContainer's `criu check` probe (privileged_checkpoint)
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")

@@ -367,6 +367,112 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         "memory {mem:?}"
     );
 
+    // A second container with what kubelet sends for a restricted pod is valid for
+    // runc too: RuntimeDefault seccomp, no capabilities, a non-root user, read-only
+    // rootfs, a recursively read-only bind mount, and a terminal.
+    let host_dir = tempfile::tempdir().expect("host dir");
+    std::fs::create_dir(host_dir.path().join("sub")).expect("sub");
+    let secure_id = client
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "restricted".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo tty-hello; exec sleep 3600".into(),
+                ],
+                tty: true,
+                stdin: true,
+                log_path: "restricted.log".into(),
+                mounts: vec![cri::Mount {
+                    container_path: "/data".into(),
+                    host_path: host_dir.path().display().to_string(),
+                    readonly: true,
+                    recursive_read_only: runc_has_rro,
+                    ..Default::default()
+                }],
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        run_as_user: Some(cri::Int64Value { value: 1000 }),
+                        readonly_rootfs: true,
+                        no_new_privs: true,
+                        capabilities: Some(cri::Capability {
+                            drop_capabilities: vec!["ALL".into()],
+                            ..Default::default()
+                        }),
+                        seccomp: Some(cri::SecurityProfile {
+                            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer (restricted, tty) under runc")
+        .into_inner()
+        .container_id;
+    client
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: secure_id.clone(),
+        })
+        .await
+        .expect("StartContainer (restricted)");
+    let r = exec(
+        &mut client,
+        &secure_id,
+        &[
+            "sh",
+            "-c",
+            "id -u; grep Seccomp: /proc/self/status; grep CapEff /proc/self/status; \
+             touch /x 2>/dev/null || echo rootfs-ro; \
+             touch /data/sub/y 2>/dev/null || echo data-ro",
+        ],
+    )
+    .await;
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.starts_with("1000\n"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "seccomp filter mode: {out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(
+        out.contains("rootfs-ro") && out.contains("data-ro"),
+        "{out}"
+    );
+    let tty_log = logs.path().join("restricted.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&tty_log)
+        .unwrap_or_default()
+        .contains(" stdout F tty-hello")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tty log: {:?}",
+            std::fs::read_to_string(&tty_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: secure_id.clone(),
+        })
+        .await
+        .expect("RemoveContainer (restricted)");
+
     // berthd restarts; the container keeps running under runc and stays manageable.
     node.daemon.restart().await.expect("restart berthd");
     let mut client = node.daemon.client().await.expect("client after restart");

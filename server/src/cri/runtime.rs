@@ -183,6 +183,30 @@ impl RuntimeService for CriService {
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
+    async fn checkpoint_container(
+        &self,
+        request: Request<berth_proto::v1::CheckpointContainerRequest>,
+    ) -> Result<Response<berth_proto::v1::CheckpointContainerResponse>, Status> {
+        let req = request.into_inner();
+        let work = crate::container::checkpoint::checkpoint(
+            &self.shared.containers,
+            &req.container_id,
+            &req.location,
+        );
+        match u64::try_from(req.timeout).ok().filter(|t| *t > 0) {
+            Some(secs) => tokio::time::timeout(std::time::Duration::from_secs(secs), work)
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded(format!(
+                        "checkpointing container {} took longer than {secs}s",
+                        req.container_id
+                    ))
+                })??,
+            None => work.await?,
+        }
+        Ok(Response::new(Default::default()))
+    }
+
     async fn container_status(
         &self,
         request: Request<ContainerStatusRequest>,
