@@ -14,7 +14,7 @@ use berth_proto::v1::{
     Container as CriContainer, ContainerAttributes, ContainerConfig, ContainerFilter,
     ContainerMetadata, ContainerState, ContainerStats, ContainerStatsFilter,
     ContainerStatus as CriContainerStatus, CpuUsage, FilesystemIdentifier, FilesystemUsage,
-    ImageSpec, LinuxContainerResources, MemoryUsage, Mount as CriMount, UInt64Value,
+    ImageSpec, LinuxContainerResources, MemoryUsage, UInt64Value,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -203,15 +203,7 @@ impl Container {
                 .config
                 .mounts
                 .iter()
-                .map(|m| CriMount {
-                    container_path: m.container_path.clone(),
-                    host_path: m.host_path.clone(),
-                    readonly: m.readonly,
-                    selinux_relabel: m.selinux_relabel,
-                    propagation: m.propagation,
-                    recursive_read_only: m.recursive_read_only,
-                    ..Default::default()
-                })
+                .map(super::image_volume::status_mount)
                 .collect(),
             log_path: self.log_path.display().to_string(),
             resources: self
@@ -453,6 +445,8 @@ impl ContainerManager {
             .ok_or_else(|| {
                 Error::NotFound(format!("image {wanted:?} is not present; pull it first"))
             })?;
+        let mut config = config;
+        let volumes = super::image_volume::resolve(&self.images, &mut config)?;
         let pod_meta = pod.config.metadata.clone().unwrap_or_default();
         let name = format!(
             "{}_{}_{}_{}_{}",
@@ -530,7 +524,7 @@ impl ContainerManager {
             working_dir: image.config.working_dir.clone(),
         };
         match self
-            .create_steps(&ctr, &image, &image_config, &pod_ctx)
+            .create_steps(&ctr, &image, &image_config, &pod_ctx, &volumes)
             .await
         {
             Ok(()) => {
@@ -557,6 +551,7 @@ impl ContainerManager {
         image: &berth_image::Image,
         image_config: &ImageConfig,
         pod_ctx: &PodContext,
+        volumes: &[super::image_volume::Resolved],
     ) -> Result<()> {
         let dir = self.dir(&ctr.id);
         for sub in ["upper", "work", "rootfs", "bundle"] {
@@ -580,10 +575,14 @@ impl ContainerManager {
             )
         })?;
         ctr.update(|s| s.rootfs_mounted = true);
+        // The spec sees image volumes as read-only binds of their mounts.
+        let spec_config =
+            super::image_volume::mount_all(&self.images, &ctr.id, &dir, &ctr.config, volumes)
+                .await?;
 
         let spec = spec::build(&SpecInput {
             id: &ctr.id,
-            config: &ctr.config,
+            config: &spec_config,
             image: image_config,
             image_name: &ctr.image_name,
             rootfs: &rootfs,
@@ -994,6 +993,10 @@ impl ContainerManager {
         if let Err(e) = self.images.release(&ctr.id).await {
             tracing::warn!(container = %ctr.id, error = %e, "releasing image lease");
         }
+        if !super::image_volume::unmount_all(&self.images, &ctr.id, &dir).await {
+            // Deleting the dir would reach into a still-mounted image volume.
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -1303,6 +1306,9 @@ impl ContainerManager {
                 Err(e) => {
                     tracing::warn!(container = %id, error = %e, "unreadable container record; removing it");
                     let _ = crate::pod::namespaces::unmount(&dir.join("rootfs"));
+                    if !super::image_volume::unmount_all(&self.images, &id, &dir).await {
+                        continue;
+                    }
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
                 }

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod handler;
+pub mod image_volume;
 pub mod manager;
 pub mod seccomp;
 pub mod spec;

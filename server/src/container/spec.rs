@@ -728,9 +728,11 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
         );
     }
     for m in &config.mounts {
-        if m.image.is_some() {
+        // Image volumes arrive here as binds: the container manager mounted the image
+        // and set host_path (see container/image_volume.rs).
+        if m.image.is_some() && (m.host_path.is_empty() || !m.readonly) {
             return Err(Error::InvalidArgument(format!(
-                "mount {:?}: image volumes are not supported by berthd yet",
+                "mount {:?}: image volume was not prepared as a read-only mount",
                 m.container_path
             )));
         }
