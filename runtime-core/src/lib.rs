@@ -13,4 +13,5 @@ pub use container::{Container, ContainerError, CreateOptions, State, Status};
 pub use process::Stdio;
 pub mod devices_bpf;
 pub mod hooks;
+pub mod idmap;
 pub mod time;

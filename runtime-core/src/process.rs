@@ -386,13 +386,30 @@ fn stage1(
     // If the caller dies mid-way, so does set-up.
     let _ = sys.set_pdeathsig(libc::SIGKILL);
     expect_proceed(chan)?;
+    // Idmapped mounts need the host's privileges: made now, attached by the init.
+    let idmapped = if cfg.exec_in.is_none() {
+        crate::idmap::prepare(cfg.spec)
+            .map_err(|e| child_err("prepare idmapped mounts", e.errno(), e.to_string()))?
+    } else {
+        Vec::new()
+    };
     let mut new_flags = CloneFlags::empty();
     let mut new_user = false;
+    let mut joined_user = false;
     for ns in &namespaces {
         match ns {
-            NsAction::Join(flag, fd) => sys
-                .setns(fd.as_fd(), *flag)
-                .map_err(|e| child_err("setns", e as i32, format!("{flag:?}")))?,
+            NsAction::Join(flag, fd) => {
+                sys.setns(fd.as_fd(), *flag)
+                    .map_err(|e| child_err("setns", e as i32, format!("{flag:?}")))?;
+                if *flag == CloneFlags::CLONE_NEWUSER {
+                    // Joined first (join_rank): become the namespace's root so that the
+                    // files created while setting up the rootfs have a mapped owner.
+                    joined_user = true;
+                    sys.set_id(0, 0).map_err(|e| {
+                        child_err("become root in the joined user namespace", e as i32, "")
+                    })?;
+                }
+            }
             NsAction::New(CloneFlags::CLONE_NEWUSER) => new_user = true,
             NsAction::New(flag) => new_flags |= *flag,
         }
@@ -430,7 +447,7 @@ fn stage1(
     match rc {
         -1 => Err(child_err("clone init", Errno::last_raw(), "")),
         0 => {
-            let res = init(cfg, chan, new_user, new_flags);
+            let res = init(cfg, chan, new_user || joined_user, new_flags, &idmapped);
             let err = match res {
                 Ok(never) => match never {},
                 Err(e) => e,
@@ -850,6 +867,7 @@ fn init(
     chan: &Channel,
     new_user: bool,
     new_flags: CloneFlags,
+    idmapped: &[(usize, OwnedFd)],
 ) -> Result<Never, ChildError> {
     let sys = LinuxSyscall;
     let spec = cfg.spec;
@@ -870,6 +888,7 @@ fn init(
     if let StartMode::WaitFifo(dir) = &cfg.start {
         keep.push(dir.as_raw_fd());
     }
+    keep.extend(idmapped.iter().map(|(_, fd)| fd.as_raw_fd()));
     close_fds_except(3 + cfg.preserve_fds, &keep);
     if let Some(adj) = process.oom_score_adj() {
         set_oom_score_adj(adj)?;
@@ -894,6 +913,7 @@ fn init(
             rootfs: &cfg.rootfs,
             cgroups: rootfs::host_cgroup_hierarchies(),
             in_user_ns: new_user,
+            idmapped,
         };
         let to_child = |e: rootfs::RootfsError| child_err("rootfs", e.errno(), e.to_string());
         rootfs::prepare_rootfs(&sys, &plan).map_err(to_child)?;

@@ -317,6 +317,9 @@ pub struct RootfsPlan<'a> {
     pub cgroups: Vec<CgroupHierarchy>,
     /// Whether a new user namespace is in use (device nodes are then bind-mounted).
     pub in_user_ns: bool,
+    /// Detached idmapped trees (see [`crate::idmap`]) to attach instead of binding,
+    /// by index in the spec's mounts.
+    pub idmapped: &'a [(usize, std::os::fd::OwnedFd)],
 }
 
 /// Prepare the rootfs before pivot_root: propagation, the rootfs bind mount, the spec's
@@ -348,7 +351,7 @@ pub fn prepare_rootfs(sys: &dyn Syscall, plan: &RootfsPlan<'_>) -> Result<(), Ro
     let mut dev_is_mounted = false;
     let mut pts_is_mounted = false;
     if let Some(mounts) = plan.spec.mounts() {
-        for m in mounts {
+        for (i, m) in mounts.iter().enumerate() {
             let dest = m.destination();
             if dest == Path::new("/dev") {
                 dev_is_mounted = true;
@@ -356,7 +359,10 @@ pub fn prepare_rootfs(sys: &dyn Syscall, plan: &RootfsPlan<'_>) -> Result<(), Ro
             if dest == Path::new("/dev/pts") {
                 pts_is_mounted = true;
             }
-            mount_entry(sys, plan, m)?;
+            match plan.idmapped.iter().find(|(idx, _)| *idx == i) {
+                Some((_, tree)) => attach_idmapped(sys, plan, m, tree)?,
+                None => mount_entry(sys, plan, m)?,
+            }
         }
     }
     create_devices(sys, plan, dev_is_mounted)?;
@@ -610,6 +616,38 @@ fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<()
     Ok(())
 }
 
+/// Attaches a prepared idmapped tree at the mount's destination, then applies the
+/// entry's read-only flag and propagation.
+fn attach_idmapped(
+    sys: &dyn Syscall,
+    plan: &RootfsPlan<'_>,
+    m: &Mount,
+    tree: &std::os::fd::OwnedFd,
+) -> Result<(), RootfsError> {
+    use std::os::fd::AsFd;
+    let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
+    let dest = resolve_in_root(plan.rootfs, m.destination())?;
+    let source = m.source().as_deref().unwrap_or(Path::new(""));
+    let src_meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
+    create_mount_point(&dest, !src_meta.is_dir())?;
+    crate::idmap::attach(tree.as_fd(), &dest).map_err(io_err("attach idmapped mount", &dest))?;
+    let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if !extra.is_empty() {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | statfs_flags(&dest);
+        sys.mount(None, &dest, None, flags, None)
+            .map_err(sys_err("remount idmapped mount with flags", &dest))?;
+    }
+    if opts.recursive_readonly {
+        sys.make_readonly_recursive(&dest)
+            .map_err(sys_err("make mount read-only recursively", &dest))?;
+    }
+    if !opts.propagation.is_empty() {
+        sys.mount(None, &dest, None, opts.propagation, None)
+            .map_err(sys_err("set mount propagation", &dest))?;
+    }
+    Ok(())
+}
+
 /// A `cgroup` mount: a tmpfs with one cgroup v1 mount per hierarchy (plus symlinks for
 /// co-mounted controllers), or a single cgroup2 mount on a pure v2 host.
 fn mount_cgroups(
@@ -629,6 +667,10 @@ fn mount_cgroups(
         let target = sys
             .open_in_root(plan.rootfs, dest)
             .map_err(sys_err("open mount target inside rootfs", dest))?;
+        if plan.in_user_ns {
+            // cgroup2 can only be mounted by the owner of the cgroup namespace.
+            return bind_host_cgroup(sys, Path::new("/sys/fs/cgroup"), target.path(), dest);
+        }
         return sys
             .mount(
                 Some(Path::new("cgroup2")),
@@ -659,14 +701,21 @@ fn mount_cgroups(
         } else {
             h.controllers.clone()
         };
-        sys.mount(
-            Some(Path::new("cgroup")),
-            &dir,
-            Some("cgroup"),
-            flags,
-            Some(&data),
-        )
-        .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
+        if plan.in_user_ns {
+            // A user namespace may not mount cgroup v1 at all: bind the host's
+            // hierarchy instead (as runc does), made read-only with the rest below.
+            let host = Path::new("/sys/fs/cgroup").join(dir_name);
+            bind_host_cgroup(sys, &host, &dir, &dir)?;
+        } else {
+            sys.mount(
+                Some(Path::new("cgroup")),
+                &dir,
+                Some("cgroup"),
+                flags,
+                Some(&data),
+            )
+            .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
+        }
         if h.controllers.contains(',') {
             for single in h.controllers.split(',') {
                 let link = dest.join(single);
@@ -691,6 +740,31 @@ fn mount_cgroups(
         .map_err(sys_err("remount cgroup tmpfs read-only", dest))?;
     }
     Ok(())
+}
+
+/// Binds a host cgroup hierarchy at `target` (inside a user namespace, where cgroup
+/// file systems cannot be mounted), read-only.
+fn bind_host_cgroup(
+    sys: &dyn Syscall,
+    host: &Path,
+    target: &Path,
+    dest: &Path,
+) -> Result<(), RootfsError> {
+    sys.mount(Some(host), target, None, MsFlags::MS_BIND, None)
+        .map_err(sys_err("bind host cgroup hierarchy", dest))?;
+    sys.mount(
+        None,
+        dest,
+        None,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None,
+    )
+    .map_err(sys_err("remount host cgroup hierarchy read-only", dest))
 }
 
 /// The devices every container gets (runc's list), in addition to the spec's.
@@ -944,6 +1018,7 @@ mod tests {
             rootfs: &rootfs,
             cgroups: vec![],
             in_user_ns: false,
+            idmapped: &[],
         };
         prepare_rootfs(&sys, &plan).unwrap();
         pivot_into(&sys, &spec, &rootfs).unwrap();
@@ -1002,6 +1077,7 @@ mod tests {
                 },
             ],
             in_user_ns: false,
+            idmapped: &[],
         };
         prepare_rootfs(&sys, &plan).unwrap();
         pivot_into(&sys, &spec, &rootfs).unwrap();
@@ -1078,6 +1154,7 @@ mod tests {
             rootfs: &rootfs,
             cgroups: parse_proc_cgroup("12:cpu,cpuacct:/a\n3:memory:/a\n1:name=systemd:/\n0::/\n"),
             in_user_ns: false,
+            idmapped: &[],
         };
         prepare_rootfs(&sys, &plan).unwrap();
         let calls = sys.calls();
@@ -1125,6 +1202,7 @@ mod tests {
             rootfs: &rootfs,
             cgroups: vec![],
             in_user_ns: false,
+            idmapped: &[],
         };
         prepare_rootfs(&sys, &plan).unwrap();
         // The absolute symlink to the host dir is resolved inside the rootfs.
@@ -1156,6 +1234,7 @@ mod tests {
             rootfs: &rootfs,
             cgroups: vec![],
             in_user_ns: false,
+            idmapped: &[],
         };
         let err = prepare_rootfs(&sys, &plan).unwrap_err();
         assert_eq!(err.errno(), libc::EPERM);
