@@ -3,7 +3,7 @@
 #   - Debian packages (CNI plugins, registry, busybox, libseccomp, ...);
 #   - Go-based clients from the Go module proxy: crictl and critest (cri-tools),
 #     grpcurl; built once into a cache directory and reused;
-#   - cargo-nextest.
+#   - cargo-nextest and cargo-fuzz.
 # Idempotent and quiet when everything is present. Source it or run it; it prints
 # the tools directory to add to PATH as its last line when run.
 # With --runtime it installs only the Debian packages berthd needs on a node.
@@ -12,6 +12,7 @@ set -euo pipefail
 CRI_TOOLS_VERSION=v1.37.0
 GRPCURL_VERSION=v1.9.4   # v1.9.3 ignores -unix and dials TCP
 NEXTEST_VERSION=0.9.143
+CARGO_FUZZ_VERSION=0.13.2  # integration/scripts/fuzz.sh (needs a nightly toolchain)
 : "${BERTH_TOOLS_DIR:=/var/cache/berth/tools}"
 TOOLS_BIN="$BERTH_TOOLS_DIR/bin"
 mkdir -p "$TOOLS_BIN"
@@ -119,6 +120,13 @@ if ! stamp_ok cargo-nextest "$NEXTEST_VERSION"; then
   log "building cargo-nextest $NEXTEST_VERSION (once; a few minutes)"
   cargo install --locked --quiet --root "$BERTH_TOOLS_DIR" cargo-nextest --version "$NEXTEST_VERSION"
   stamp cargo-nextest "$NEXTEST_VERSION"
+fi
+
+# --- cargo-fuzz (the fuzz/ targets; run on nightly by fuzz.sh) --------------------
+if ! stamp_ok cargo-fuzz "$CARGO_FUZZ_VERSION"; then
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION (once)"
+  cargo install --locked --quiet --root "$BERTH_TOOLS_DIR" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  stamp cargo-fuzz "$CARGO_FUZZ_VERSION"
 fi
 
 export PATH="$TOOLS_BIN:$PATH"

@@ -32,3 +32,8 @@ cargo build --workspace --bins --locked
 
 step "tests"
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
+
+step "fuzz targets, briefly (BERTH_FUZZ_SECONDS per target; 0 skips)"
+if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
+  integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"
+fi
