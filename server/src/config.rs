@@ -32,6 +32,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The streaming server behind Exec, Attach and PortForward.
     pub stream: StreamServerConfig,
+    /// The Prometheus `/metrics` endpoint.
+    pub metrics: MetricsConfig,
     /// OCI runtimes (runc, crun, berth-runtime) a pod can pick by runtime handler name
     /// (a Kubernetes RuntimeClass's `handler`), besides the native one.
     pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
@@ -46,6 +48,30 @@ pub struct RuntimeHandlerConfig {
     /// Its `--root` state directory; `<state_dir>/oci/<name>` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_root: Option<PathBuf>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:port` serving `GET /metrics`; empty turns the endpoint off.
+    pub address: String,
+}
+
+impl MetricsConfig {
+    /// The address to bind, `None` when the endpoint is off, or why `address` is unusable.
+    pub fn socket_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let address = self.address.trim();
+        if address.is_empty() {
+            return Ok(None);
+        }
+        address.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics.address {:?} is not an IP:port address (e.g. \"127.0.0.1:9338\")",
+                self.address
+            ))
+        })
+    }
 }
 
 /// The HTTP server that carries `crictl exec -it`, `attach` and `port-forward`.
@@ -167,6 +193,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             stream: StreamServerConfig::default(),
+            metrics: MetricsConfig::default(),
             runtime_handlers: BTreeMap::new(),
         }
     }
@@ -292,6 +319,7 @@ impl Config {
             ));
         }
         self.stream.socket_addr()?;
+        self.metrics.socket_addr()?;
         for (name, h) in &self.runtime_handlers {
             validate_handler(name, h)?;
         }
@@ -359,6 +387,12 @@ address = "{stream_addr}"
 # Its TCP port; 0 picks a free port at start-up.
 port = {stream_port}
 
+[metrics]
+# IP:port of the Prometheus endpoint (GET /metrics, plain HTTP, no authentication).
+# Empty turns it off. Keep it on loopback, e.g. "127.0.0.1:9338", unless the
+# network in front of it is trusted.
+address = "{metrics_addr}"
+
 # OCI runtimes a pod can pick by runtime handler (a Kubernetes RuntimeClass's
 # `handler`), besides the native one ("" or "berth"). None by default. Example:
 # [runtime_handlers.runc]
@@ -378,6 +412,7 @@ port = {stream_port}
             downloads = d.registry.max_concurrent_downloads,
             stream_addr = d.stream.address,
             stream_port = d.stream.port,
+            metrics_addr = d.metrics.address,
         )
     }
 
@@ -532,6 +567,20 @@ mod tests {
         );
         let e = Config::parse("[stream]\naddress = \"localhost\"\n").expect_err("not an IP");
         assert!(e.to_string().contains("stream.address"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_checked() {
+        assert_eq!(Config::default().metrics.socket_addr().expect("ok"), None);
+        let c = Config::parse("[metrics]\naddress = \"127.0.0.1:9338\"\n").expect("parses");
+        assert_eq!(
+            c.metrics.socket_addr().expect("addr"),
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9338)))
+        );
+        let e = Config::parse("[metrics]\naddress = \"localhost:9338\"\n").expect_err("no IP");
+        assert!(e.to_string().contains("metrics.address"), "{e}");
+        let e = Config::parse("[metrics]\naddress = \"127.0.0.1\"\n").expect_err("no port");
+        assert!(e.to_string().contains("metrics.address"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub enum StartError {
     /// The streaming server (exec, attach, port-forward) could not start.
     #[error("streaming server: {0}")]
     Stream(String),
+    /// The Prometheus endpoint (`metrics.address`) could not start.
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
 }
 
 /// Held for the daemon's lifetime: proves this process owns the state dir.
@@ -214,6 +217,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .stream
         .socket_addr()
         .map_err(|e| StartError::Stream(e.to_string()))?;
+    let metrics_addr = config
+        .metrics
+        .socket_addr()
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
     let cri =
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
@@ -227,6 +234,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         StartError::Stream(msg)
     })?;
     tracing::info!(url = %stream_url, "streaming server listening");
+    // Dropped (and so stopped) when run() returns.
+    let _metrics = match metrics_addr {
+        Some(addr) => {
+            let server =
+                crate::prom::MetricsServer::start(addr, crate::prom::global(), cri.state_source())
+                    .await
+                    .map_err(|e| StartError::Metrics(e.to_string()))?;
+            tracing::info!(address = %server.local_addr(), "metrics endpoint listening on /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let runtime =
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);

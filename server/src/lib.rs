@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod error;
 pub mod fsinfo;
 pub mod pod;
+pub mod prom;
 pub mod store;
 pub mod stream;

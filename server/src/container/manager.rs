@@ -720,6 +720,7 @@ impl ContainerManager {
             // would record its exit any more, so end it rather than leave an
             // unsupervised process that berthd reports as exited.
             tracing::warn!(container = %ctr.id, "berth-monitor died; killing its container");
+            crate::prom::global().monitor_died();
             self.kill(ctr, libc::SIGKILL, true);
         }
         ctr.update(|s| {
@@ -747,6 +748,7 @@ impl ContainerManager {
                 }
             }
         });
+        crate::prom::global().container_exited(&ctr.state().reason);
         if let Err(e) = self.persist(ctr) {
             tracing::warn!(container = %ctr.id, error = %e, "could not persist exit");
         }
@@ -1327,6 +1329,7 @@ impl ContainerManager {
             self.write().insert(id.clone(), Arc::clone(&ctr));
             if state.phase != Phase::Exited {
                 if monitor_alive(state.monitor_pid, &id) {
+                    crate::prom::global().monitor_reattached();
                     self.watch(Arc::clone(&ctr), None, state.monitor_pid);
                 } else {
                     self.record_exit(&ctr);

@@ -85,12 +85,14 @@ impl ImageService for CriService {
     ) -> Result<Response<PullImageResponse>, Status> {
         let req = request.into_inner();
         let name = image_name(req.image)?;
-        let image = self
-            .shared
-            .images
-            .pull(&name, &auth(req.auth))
-            .await
-            .map_err(Error::from)?;
+        let started = std::time::Instant::now();
+        let pulled = self.shared.images.pull(&name, &auth(req.auth)).await;
+        crate::prom::global().observe_pull(
+            pulled.is_ok(),
+            started.elapsed(),
+            pulled.as_ref().ok().map(|i| i.size),
+        );
+        let image = pulled.map_err(Error::from)?;
         Ok(Response::new(PullImageResponse {
             image_ref: image.id.to_string(),
         }))

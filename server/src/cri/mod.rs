@@ -93,6 +93,42 @@ impl CriService {
         Ok(url)
     }
 
+    /// Pods and containers by state for the metrics endpoint, read at each scrape
+    /// (without keeping the daemon's state alive).
+    pub fn state_source(&self) -> crate::prom::StateSource {
+        use berth_proto::v1::{ContainerState, PodSandboxState};
+        let shared = Arc::downgrade(&self.shared);
+        Arc::new(move || {
+            let mut counts = crate::prom::StateCounts::default();
+            let Some(shared) = shared.upgrade() else {
+                return counts;
+            };
+            for state in ["ready", "notready"] {
+                counts.pods.insert(state, 0);
+            }
+            for state in ["created", "running", "exited", "unknown"] {
+                counts.containers.insert(state, 0);
+            }
+            for pod in shared.pods.list(None) {
+                let state = match PodSandboxState::try_from(pod.state) {
+                    Ok(PodSandboxState::SandboxReady) => "ready",
+                    _ => "notready",
+                };
+                *counts.pods.entry(state).or_insert(0) += 1;
+            }
+            for ctr in shared.containers.list(None) {
+                let state = match ContainerState::try_from(ctr.state) {
+                    Ok(ContainerState::ContainerCreated) => "created",
+                    Ok(ContainerState::ContainerRunning) => "running",
+                    Ok(ContainerState::ContainerExited) => "exited",
+                    _ => "unknown",
+                };
+                *counts.containers.entry(state).or_insert(0) += 1;
+            }
+            counts
+        })
+    }
+
     fn streams(&self) -> crate::error::Result<&berth_stream::StreamServer> {
         self.shared.streams.get().ok_or_else(|| {
             crate::error::Error::Unavailable("the streaming server is not running".into())

@@ -126,11 +126,17 @@ where
                     None => future.await,
                 };
                 drop(guard);
-                let ms = start.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = start.elapsed();
+                let ms = elapsed.as_secs_f64() * 1000.0;
                 match &result {
                     Ok(response) => {
                         // Handler errors come back "trailers-only": grpc-status in the headers.
                         let code = header(response.headers(), "grpc-status");
+                        crate::prom::global().observe_rpc(
+                            &method,
+                            &metric_code(code.as_deref()),
+                            elapsed,
+                        );
                         match code.as_deref() {
                             None | Some("0") => tracing::debug!(duration_ms = ms, "rpc ok"),
                             Some(code) => {
@@ -141,7 +147,10 @@ where
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(duration_ms = ms, error = %e, "rpc transport error"),
+                    Err(e) => {
+                        crate::prom::global().observe_rpc(&method, "transport_error", elapsed);
+                        tracing::warn!(duration_ms = ms, error = %e, "rpc transport error");
+                    }
                 }
                 result
             }
@@ -184,6 +193,15 @@ fn code_name(code: &str) -> String {
     code.parse::<i32>()
         .map(|c| format!("{:?}", tonic::Code::from_i32(c)))
         .unwrap_or_else(|_| code.to_owned())
+}
+
+/// The `code` label of the RPC metrics: gRPC's canonical `OK` for success (no
+/// grpc-status in the headers, or 0), else the code's name (`NotFound`, ...).
+fn metric_code(grpc_status: Option<&str>) -> String {
+    match grpc_status {
+        None | Some("0") => "OK".to_owned(),
+        Some(code) => code_name(code),
+    }
 }
 
 /// grpc-message is percent-encoded on the wire.
@@ -257,5 +275,8 @@ mod tests {
     fn codes_are_named() {
         assert_eq!(code_name("12"), "Unimplemented");
         assert_eq!(code_name("x"), "x");
+        assert_eq!(metric_code(None), "OK");
+        assert_eq!(metric_code(Some("0")), "OK");
+        assert_eq!(metric_code(Some("5")), "NotFound");
     }
 }
