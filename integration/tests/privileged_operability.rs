@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use berth_integration::daemon::DaemonOptions;
+use berth_integration::daemon::{DaemonOptions, TestDaemon};
 use berth_integration::setup::Node;
 use berth_proto::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, PodSandboxConfig,
@@ -478,4 +478,95 @@ fn the_parser_rejects_malformed_expositions() {
             "accepted {bad:?}"
         );
     }
+}
+
+/// Runs `berthd --config <config> check`; returns (success, stdout).
+fn berthd_check(config: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(TestDaemon::binary().expect("berthd"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .output()
+        .expect("running berthd check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn line<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.get(6..).is_some_and(|rest| rest.starts_with(name)))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{out}"))
+}
+
+#[test]
+fn check_passes_on_this_host_and_fails_without_cni_plugins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "root_dir = {:?}\nstate_dir = {:?}\n[grpc]\nsocket = {:?}\n[cni]\nconf_dir = {:?}\nplugin_dirs = [\"/usr/lib/cni\"]\nbuiltin_default = true\n",
+            p("root"),
+            p("state"),
+            p("s/berth.sock"),
+            p("net.d")
+        ),
+    )
+    .expect("write config");
+    let (ok, out) = berthd_check(&good);
+    assert!(ok, "berthd check fails on this host:\n{out}");
+    for name in ["kernel", "root", "namespaces", "overlayfs", "cni", "lock"] {
+        assert!(line(&out, name).starts_with("ok "), "{name}:\n{out}");
+    }
+    // This host has cgroup v1 (hybrid); the line names the version found.
+    assert!(line(&out, "cgroups").contains("cgroup v"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+
+    // A network whose plugins are nowhere: the cni line fails and says what to do.
+    let conf = dir.path().join("net.d");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::write(
+        conf.join("10-x.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge","bridge":"x0"}]}"#,
+    )
+    .expect("write conflist");
+    std::fs::create_dir_all(dir.path().join("empty-bin")).expect("mkdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "root_dir = {:?}\nstate_dir = {:?}\n[grpc]\nsocket = {:?}\n[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\nbuiltin_default = false\n",
+            p("root"),
+            p("state"),
+            p("s/berth.sock"),
+            p("net.d"),
+            p("empty-bin")
+        ),
+    )
+    .expect("write config");
+    let (ok, out) = berthd_check(&bad);
+    assert!(!ok, "berthd check must fail without CNI plugins:\n{out}");
+    let cni = line(&out, "cni");
+    assert!(cni.starts_with("FAIL"), "{out}");
+    assert!(
+        cni.contains("\"bridge\"") && cni.contains("containernetworking-plugins"),
+        "{cni}"
+    );
+    assert!(out.contains("essential check(s) failed"), "{out}");
+}
+
+#[tokio::test]
+async fn check_reports_a_running_berthd() {
+    let d = TestDaemon::start().await.expect("daemon");
+    let (_, out) = berthd_check(&d.config_path);
+    let lock = line(&out, "lock");
+    assert!(lock.starts_with("warn"), "{out}");
+    assert!(
+        lock.contains(&format!("pid {}", d.pid().expect("pid"))),
+        "{lock}"
+    );
+    assert!(line(&out, "socket").contains("listening"), "{out}");
 }

@@ -44,6 +44,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Preflight: check, line by line, whether this host can run Berth with this
+    /// configuration; exits non-zero when something essential is missing.
+    Check,
     /// The node's image store, offline (run while berthd is stopped).
     Image {
         #[command(subcommand)]
@@ -120,6 +123,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     if let Some(Command::Image { command }) = cli.command {
         return image_command(&config, command);
+    }
+
+    if let Some(Command::Check) = cli.command {
+        let findings = berth_server::check::run(&config);
+        for finding in &findings {
+            println!("{finding}");
+        }
+        let failed = berth_server::check::failed(&findings);
+        if failed > 0 {
+            anyhow::bail!("{failed} essential check(s) failed; see the FAIL lines above");
+        }
+        println!("berthd check: this host can run Berth");
+        return Ok(());
     }
 
     init_logging(&config)?;
