@@ -199,6 +199,14 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
 /// Runs berthd until SIGTERM or SIGINT, then stops accepting, lets in-flight RPCs
 /// finish (up to a grace period) and removes the socket.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    if matches!(config.cgroup_driver, crate::config::CgroupDriver::Systemd)
+        && !crate::pod::systemd::systemd_running()
+    {
+        tracing::warn!(
+            "{}; every RunPodSandbox will fail",
+            crate::pod::systemd::needs_systemd_message()
+        );
+    }
     prepare_dirs(&config)?;
     let _lock = lock_instance(&config)?;
     let listener = bind_socket(&config.grpc.socket, config.grpc.socket_mode)?;

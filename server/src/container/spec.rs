@@ -1284,6 +1284,23 @@ mod tests {
             ),
             "kubepods-burstable-podx.slice:berth:abc"
         );
+        // runtime-core turns the OCI form into the same path berthd computes: the
+        // container's `berth-<id>.scope` inside the pod slice's nested path.
+        for (parent, id) in [
+            ("kubepods-burstable-podx.slice", "abc"),
+            ("kubepods.slice", "c1"),
+            ("", "c2"),
+        ] {
+            let oci = cgroups_path(CgroupDriver::Systemd, parent, id);
+            assert_eq!(
+                berth_runtime_core::cgroups::resolve_cgroups_path(&oci, id)
+                    .expect("resolves")
+                    .display()
+                    .to_string(),
+                crate::pod::systemd::container_cgroup_path(parent, id).expect("valid"),
+                "{oci}"
+            );
+        }
         assert_eq!(
             cgroups_path(CgroupDriver::Cgroupfs, "", "abc"),
             "/berth/abc"

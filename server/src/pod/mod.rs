@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod namespaces;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -727,6 +728,10 @@ impl PodManager {
             .as_ref()
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
+        if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+            systemd::validate_pod_slice(&parent, systemd::systemd_running())?;
+            return Ok(parent);
+        }
         if parent.is_empty() {
             return Ok(parent);
         }
@@ -739,11 +744,6 @@ impl PodManager {
             CgroupDriver::Cgroupfs if parent.ends_with(".slice") => {
                 Err(Error::InvalidArgument(format!(
                     "linux.cgroup_parent {parent:?} is a systemd slice, but berthd uses the cgroupfs driver (set cgroup_driver = \"systemd\" or give a path like /kubepods/pod<uid>)"
-                )))
-            }
-            CgroupDriver::Systemd if !parent.ends_with(".slice") => {
-                Err(Error::InvalidArgument(format!(
-                    "linux.cgroup_parent {parent:?} is not a systemd slice, but berthd uses the systemd driver"
                 )))
             }
             _ => Ok(parent),
