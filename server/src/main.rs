@@ -139,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     init_logging(&config)?;
+    mark_inherited_fds_cloexec();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
@@ -211,4 +212,27 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().with_current_span(true).init(),
     }
     Ok(())
+}
+
+/// Descriptors berthd inherited beyond stdio (a lock held by the shell that started
+/// it, a socket of a supervisor) must not reach what berthd spawns: infra processes,
+/// monitors and containers would keep them open for their whole life. Everything
+/// berthd opens itself is close-on-exec already.
+fn mark_inherited_fds_cloexec() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on our own
+    // descriptors from 3 up; it closes nothing and touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not mark inherited file descriptors close-on-exec"
+        );
+    }
 }
