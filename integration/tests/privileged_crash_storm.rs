@@ -26,9 +26,9 @@ use berth_proto::v1::{
     StopPodSandboxRequest,
 };
 use reliability_common::{
-    BUSYBOX, CgroupParent, Rng, become_reaper, bridge_ports, cgroups_under, entries, env_number,
-    is_pinned_ns, leases_of, monitor_pids, mounts_under, paths_naming, pod_config, seed_from_env,
-    sleeper,
+    BUSYBOX, CgroupParent, Rng, SERIAL, become_reaper, bridge_ports, cgroups_under, entries,
+    env_number, is_pinned_ns, leases_of, monitor_pids, mounts_under, paths_naming, pod_config,
+    seed_from_env, sleeper,
 };
 
 /// Images the storm pulls and removes (no container uses them).
@@ -1076,6 +1076,7 @@ async fn storm(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() {
+    let _serial = SERIAL.lock().await;
     become_reaper();
     let seed = seed_from_env("BERTH_CRASH_SEED");
     let kills = env_number("BERTH_CRASH_KILLS", 40);
@@ -1116,8 +1117,9 @@ async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() 
 /// made exactly: a ready pod's record is rewritten as it stood before those steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
+    let _serial = SERIAL.lock().await;
     become_reaper();
-    let cgroup_parent = format!("/berthstorm{}", std::process::id());
+    let cgroup_parent = format!("/berthmidcreate{}", std::process::id());
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
     let monitors_before = monitor_pids();
@@ -1197,8 +1199,9 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
 /// container rewritten as `created`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_started_as_berthd_died_is_running_with_a_start_time() {
+    let _serial = SERIAL.lock().await;
     become_reaper();
-    let cgroup_parent = format!("/berthstorm{}", std::process::id());
+    let cgroup_parent = format!("/berthstarted{}", std::process::id());
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
     let mut c = node.daemon.client().await.expect("client");

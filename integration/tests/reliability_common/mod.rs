@@ -18,6 +18,11 @@ use berth_proto::v1::{
 /// The image every churned container runs.
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
+/// Serialises the tests of one binary: `cargo test` runs them on parallel threads of
+/// one process, and each checks host-wide state (monitor processes, the test bridge)
+/// and owns a cgroup parent. nextest runs them in separate processes anyway.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// splitmix64: small, seedable, and the same sequence on every machine.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
