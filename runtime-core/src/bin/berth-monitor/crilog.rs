@@ -89,8 +89,40 @@ impl CriLog {
             buf.extend_from_slice(msg);
             buf.push(b'\n');
         }
-        f.write_all(&buf)
+        append_records(f, &buf)
     }
+}
+
+/// Appends `buf` (whole records) to `f`. When the disk fills up part-way, the part
+/// that made it is cut off again: a torn record would otherwise run into the next
+/// one written once space is back, and kubelet would read a corrupt line.
+fn append_records(f: &mut File, buf: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < buf.len() {
+        match f.write(&buf[written..]) {
+            Ok(0) => {
+                return Err(undo_partial(
+                    f,
+                    written,
+                    std::io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(undo_partial(f, written, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Truncates the `written` bytes of a failed append; returns the write's error.
+fn undo_partial(f: &File, written: usize, err: std::io::Error) -> std::io::Error {
+    if written > 0
+        && let Ok(meta) = f.metadata()
+    {
+        let _ = f.set_len(meta.len().saturating_sub(written as u64));
+    }
+    err
 }
 
 #[cfg(test)]
