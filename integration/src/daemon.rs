@@ -95,6 +95,13 @@ impl TestDaemon {
             .prefix("berth-it-")
             .tempdir_in("/tmp")
             .context("creating the daemon's temp dir")?;
+        // Traversable (not listable) by others, as /var/lib is: containers of pods with
+        // their own user namespace reach their rootfs as an unprivileged host uid.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .context("making the daemon's temp dir traversable")?;
         let socket = dir.path().join("berth.sock");
         let root_dir = dir.path().join("root");
         let state_dir = dir.path().join("state");

@@ -29,7 +29,9 @@ pub struct Features {
 pub const NATIVE_FEATURES: Features = Features {
     // runtime-core applies `rro` with mount_setattr(AT_RECURSIVE).
     recursive_read_only_mounts: true,
-    user_namespaces: false,
+    // Pod user namespaces (mode POD): pinned by pod/namespaces.rs, joined by path,
+    // volumes idmapped by runtime-core.
+    user_namespaces: true,
 };
 
 /// How long one runtime command (start, kill, delete, state, features) may take.

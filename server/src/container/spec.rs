@@ -151,6 +151,8 @@ pub struct PodContext {
     pub ipcns: Option<PathBuf>,
     /// Pinned UTS namespace; `None` = host UTS.
     pub utsns: Option<PathBuf>,
+    /// The pod's own user namespace; `None` = the host's.
+    pub userns: Option<PodUserNamespace>,
     /// PID namespace of the pod's infra process when the pod shares one.
     pub pidns: Option<PathBuf>,
     /// The pod uses the host PID namespace.
@@ -165,6 +167,17 @@ pub struct PodContext {
     pub hostname: PathBuf,
     /// Cgroup parent of the pod (already validated against the driver).
     pub cgroup_parent: String,
+}
+
+/// A pod's pinned user namespace and the mappings it was created with.
+#[derive(Debug, Clone, Default)]
+pub struct PodUserNamespace {
+    /// The pin file.
+    pub path: PathBuf,
+    /// uid mappings.
+    pub uids: Vec<crate::pod::namespaces::IdMapping>,
+    /// gid mappings.
+    pub gids: Vec<crate::pod::namespaces::IdMapping>,
 }
 
 /// Everything needed to build one container's spec.
@@ -262,6 +275,19 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
             namespaces.push(json!({ "type": kind, "path": p }));
         }
     }
+    if let Some(u) = &input.pod.userns {
+        for (what, id, maps) in [("uid", user.uid, &u.uids), ("gid", user.gid, &u.gids)] {
+            if !maps
+                .iter()
+                .any(|m| id >= m.container_id && id - m.container_id < m.length)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the container's {what} {id} is not mapped by the pod's user namespace (namespace_options.userns_options.{what}s)"
+                )));
+            }
+        }
+        namespaces.push(json!({ "type": "user", "path": u.path }));
+    }
     let pid_mode = NamespaceMode::try_from(ns_options.pid).unwrap_or(NamespaceMode::Pod);
     match (pid_mode, &input.pod.pidns) {
         (NamespaceMode::Node, _) => {}
@@ -282,6 +308,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
         "devices": devices(config, privileged)?,
         "rootfsPropagation": rootfs_propagation,
     });
+    if let Some(u) = &input.pod.userns {
+        let oci = |maps: &[crate::pod::namespaces::IdMapping]| -> Vec<Value> {
+            maps.iter()
+                .map(|m| json!({ "containerID": m.container_id, "hostID": m.host_id, "size": m.length }))
+                .collect()
+        };
+        linux_spec["uidMappings"] = json!(oci(&u.uids));
+        linux_spec["gidMappings"] = json!(oci(&u.gids));
+    }
     if !privileged {
         linux_spec["maskedPaths"] = json!(if sc.masked_paths.is_empty() {
             DEFAULT_MASKED_PATHS
@@ -777,14 +812,47 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
         if m.recursive_read_only {
             options.push("rro");
         }
-        out.push(json!({
+        let mut mount = json!({
             "destination": clean_container_path(&m.container_path),
             "type": "bind",
             "source": source,
             "options": options,
-        }));
+        });
+        if let Some(u) = &input.pod.userns {
+            // In a pod user namespace volumes are idmapped (runtime-core), with the
+            // mount's own mappings when kubelet gives them, else the pod's.
+            idmap_mount(&mut mount, m, u);
+        }
+        out.push(mount);
     }
     Ok(out)
+}
+
+fn idmap_mount(mount: &mut Value, m: &berth_proto::v1::Mount, pod: &PodUserNamespace) {
+    let own = |maps: &[berth_proto::v1::IdMapping]| -> Vec<Value> {
+        maps.iter()
+            .map(
+                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
+            )
+            .collect()
+    };
+    let pods = |maps: &[crate::pod::namespaces::IdMapping]| -> Vec<Value> {
+        maps.iter()
+            .map(
+                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
+            )
+            .collect()
+    };
+    let (uids, gids) = if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+        (pods(&pod.uids), pods(&pod.gids))
+    } else {
+        (own(&m.uid_mappings), own(&m.gid_mappings))
+    };
+    mount["uidMappings"] = json!(uids);
+    mount["gidMappings"] = json!(gids);
+    if let Some(opts) = mount["options"].as_array_mut() {
+        opts.push(json!("ridmap"));
+    }
 }
 
 fn clean_container_path(p: &str) -> String {

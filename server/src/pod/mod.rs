@@ -233,6 +233,10 @@ impl PodManager {
             netns: state.pins.net.clone(),
             ipcns: state.pins.ipc.clone(),
             utsns: state.pins.uts.clone(),
+            userns: state.pins.user.clone().and_then(|path| {
+                let (uids, gids) = pod_user_mappings(&opts).ok().flatten()?;
+                Some(crate::container::spec::PodUserNamespace { path, uids, gids })
+            }),
             pidns: state
                 .infra_pid
                 .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid"))),
@@ -398,8 +402,16 @@ impl PodManager {
             .unwrap_or_default();
         sysctls.sort();
         let pin_dir = self.pin_dir(&sb.id);
+        let userns = match pod_user_mappings(&opts)? {
+            Some((uids, gids)) => Some(namespaces::UserNamespaceRequest {
+                uids,
+                gids,
+                holder: monitor_path()?,
+            }),
+            None => None,
+        };
         let pins = tokio::task::spawn_blocking(move || {
-            namespaces::create_and_pin(&pin_dir, set, &hostname, &sysctls)
+            namespaces::create_and_pin(&pin_dir, set, &hostname, &sysctls, userns.as_ref())
         })
         .await
         .map_err(|e| Error::Internal(format!("namespace task: {e}")))?
@@ -431,7 +443,7 @@ impl PodManager {
             .map_err(|e| Error::io("writing hostname", e))?;
 
         if opts.pid == i32::from(NamespaceMode::Pod) {
-            let pid = start_infra(&sb.id).await?;
+            let pid = start_infra(pins.user.as_deref(), &sb.id).await?;
             self.update_state(sb, |s| s.infra_pid = Some(pid));
             self.persist(sb)?;
         }
@@ -755,16 +767,37 @@ impl PodManager {
 /// containers join, reaping orphans. `unshare --pid --fork` does the namespace
 /// creation in its own single-threaded process (berthd never forks containers);
 /// the infra is `berth-monitor pause`, found next to berthd.
-async fn start_infra(sandbox_id: &str) -> Result<i32> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
-    let monitor = exe.with_file_name("berth-monitor");
-    if !monitor.exists() {
-        return Err(Error::FailedPrecondition(format!(
-            "berth-monitor not found next to berthd ({})",
-            monitor.display()
-        )));
+///
+/// With `userns` (the pod's pinned user namespace) `unshare` runs inside it as its root,
+/// so the pid namespace is owned by it and the pod's containers may mount /proc.
+async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
+    let monitor = monitor_path()?;
+    let mut cmd = tokio::process::Command::new("unshare");
+    if let Some(pin) = userns {
+        let fd = std::fs::File::open(pin).map_err(|e| {
+            Error::io(
+                format!("opening the pod's user namespace {}", pin.display()),
+                e,
+            )
+        })?;
+        // SAFETY: runs in the forked child before exec; setns(2), setresgid(2),
+        // setresuid(2) and setgroups(2) are async-signal-safe. `fd` is moved into the
+        // closure and stays open (it is close-on-exec) until the child execs.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+                    || libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(0, 0, 0) != 0
+                    || libc::setresuid(0, 0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
-    let child = tokio::process::Command::new("unshare")
+    let child = cmd
         .arg("--pid")
         .arg("--fork")
         .arg("--kill-child=SIGKILL")
@@ -806,6 +839,19 @@ async fn start_infra(sandbox_id: &str) -> Result<i32> {
     Err(Error::Internal(
         "the pod infra process did not start within 1s".into(),
     ))
+}
+
+/// `berth-monitor`, next to berthd: the pod infra and user namespace holder.
+fn monitor_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
+    let monitor = exe.with_file_name("berth-monitor");
+    if !monitor.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "berth-monitor not found next to berthd ({})",
+            monitor.display()
+        )));
+    }
+    Ok(monitor)
 }
 
 /// The environment variable naming an infra process's sandbox.
@@ -856,6 +902,56 @@ fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
         .unwrap_or_default()
 }
 
+/// The validated uid and gid mappings of a pod with its own user namespace
+/// (`userns_options` mode POD), `None` for mode NODE (the host's user namespace).
+/// Errors are InvalidArgument naming the offending field.
+pub fn pod_user_mappings(
+    opts: &NamespaceOption,
+) -> Result<Option<(Vec<namespaces::IdMapping>, Vec<namespaces::IdMapping>)>> {
+    let Some(userns) = &opts.userns_options else {
+        return Ok(None);
+    };
+    match NamespaceMode::try_from(userns.mode) {
+        Ok(NamespaceMode::Node) => return Ok(None),
+        Ok(NamespaceMode::Pod) => {}
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "namespace_options.userns_options.mode: mode {} is not valid, only POD and NODE are",
+                userns.mode
+            )));
+        }
+    }
+    for (field, mode) in [
+        ("network", opts.network),
+        ("pid", opts.pid),
+        ("ipc", opts.ipc),
+    ] {
+        if mode == i32::from(NamespaceMode::Node) {
+            return Err(Error::InvalidArgument(format!(
+                "namespace_options.{field}: the host's {field} namespace cannot be used with userns_options mode POD"
+            )));
+        }
+    }
+    let convert = |maps: &[berth_proto::v1::IdMapping]| -> Vec<namespaces::IdMapping> {
+        maps.iter()
+            .map(|m| namespaces::IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    let uids = convert(&userns.uids);
+    let gids = convert(&userns.gids);
+    for (field, maps) in [
+        ("namespace_options.userns_options.uids", &uids),
+        ("namespace_options.userns_options.gids", &gids),
+    ] {
+        namespaces::validate_mappings(field, maps).map_err(Error::InvalidArgument)?;
+    }
+    Ok(Some((uids, gids)))
+}
+
 /// The unique name kubelet's metadata gives a sandbox (as containerd forms it).
 pub fn sandbox_name(meta: &PodSandboxMetadata) -> String {
     format!(
@@ -901,13 +997,7 @@ fn validate(config: &PodSandboxConfig) -> Result<PodSandboxMetadata> {
             }
         }
     }
-    if let Some(userns) = &opts.userns_options
-        && userns.mode == i32::from(NamespaceMode::Pod)
-    {
-        return Err(Error::FailedPrecondition(
-            "user namespaces are not supported by berthd yet (Status advertises user_namespaces=false)".into(),
-        ));
-    }
+    pod_user_mappings(&opts)?;
     if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
         return Err(Error::InvalidArgument(format!(
             "config.log_directory {:?} must be an absolute path",

@@ -6,6 +6,15 @@
 //! writes the namespaced sysctls and the hostname from inside, bind-mounts its
 //! `/proc/thread-self/ns/*` files onto the pin files, and exits. No process is forked
 //! from berthd's runtime, and no tokio worker ever changes namespace.
+//!
+//! A pod with its own user namespace (`userns_options` mode POD) cannot be set up that
+//! way: a multi-threaded process may neither create nor join a user namespace. A
+//! short-lived holder process (`berth-monitor pause`) unshares the user namespace
+//! together with the pod's net, IPC and UTS namespaces (so that they are owned by it
+//! and containers inside may mount sysfs and mqueue), berthd writes its uid/gid maps
+//! and pins all four; the thread then only *joins* the pinned net/IPC/UTS namespaces
+//! (host root is privileged over every child user namespace) to set the hostname,
+//! bring up `lo` and write sysctls. The holder is killed once everything is pinned.
 
 use std::ffi::CString;
 use std::io;
@@ -32,13 +41,86 @@ pub struct PinnedNamespaces {
     pub ipc: Option<PathBuf>,
     /// UTS namespace pin.
     pub uts: Option<PathBuf>,
+    /// User namespace pin (pods with `userns_options` mode POD).
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 impl PinnedNamespaces {
     /// All pins, for cleanup.
     pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.net, &self.ipc, &self.uts].into_iter().flatten()
+        [&self.net, &self.ipc, &self.uts, &self.user]
+            .into_iter()
+            .flatten()
     }
+}
+
+/// One line of a uid_map/gid_map: `length` ids from `container_id` inside map to
+/// `host_id` outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdMapping {
+    /// First id inside the user namespace.
+    pub container_id: u32,
+    /// First id on the host.
+    pub host_id: u32,
+    /// Number of ids.
+    pub length: u32,
+}
+
+/// The user namespace a pod gets: its uid and gid mappings (validated by
+/// [`validate_mappings`]) and the program that holds it while it is pinned.
+#[derive(Debug, Clone)]
+pub struct UserNamespaceRequest {
+    /// uid mappings.
+    pub uids: Vec<IdMapping>,
+    /// gid mappings.
+    pub gids: Vec<IdMapping>,
+    /// `berth-monitor`, run as `berth-monitor pause` to hold the namespaces.
+    pub holder: PathBuf,
+}
+
+/// Checks one list of mappings (`field` names it in the message): berthd supports
+/// exactly one mapping (as containerd does), which must map container id 0, have a
+/// non-zero length and not overflow 32-bit ids.
+pub fn validate_mappings(field: &str, maps: &[IdMapping]) -> Result<(), String> {
+    let m = match maps {
+        [] => return Err(format!("{field}: mode POD needs a mapping, none given")),
+        [m] => m,
+        _ => {
+            return Err(format!(
+                "{field}: {} mappings given, berthd supports exactly one",
+                maps.len()
+            ));
+        }
+    };
+    if m.length == 0 {
+        return Err(format!("{field}[0]: length must not be 0"));
+    }
+    if m.container_id != 0 {
+        return Err(format!(
+            "{field}[0]: container id 0 must be mapped (the mapping starts at container id {})",
+            m.container_id
+        ));
+    }
+    if m.host_id.checked_add(m.length).is_none() || m.container_id.checked_add(m.length).is_none() {
+        return Err(format!(
+            "{field}[0]: host id {} + length {} overflows 32-bit ids",
+            m.host_id, m.length
+        ));
+    }
+    if m.host_id == 0 {
+        return Err(format!(
+            "{field}[0]: host id 0 would make the container's root the host's root"
+        ));
+    }
+    Ok(())
+}
+
+/// The text of a uid_map/gid_map file for `maps`.
+pub fn map_file_text(maps: &[IdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.length))
+        .collect()
 }
 
 /// Why namespaces could not be set up; names the step.
@@ -88,14 +170,15 @@ pub fn sysctl_namespace(name: &str) -> Result<&'static str, NamespaceError> {
     }
 }
 
-/// Creates the namespaces of `set` in `dir` (files `net`, `ipc`, `uts`), sets
-/// `hostname` in the UTS namespace and `sysctls` in the namespaces they belong to.
-/// On failure nothing stays pinned.
+/// Creates the namespaces of `set` in `dir` (files `net`, `ipc`, `uts`, and `user` when
+/// `userns` is given), sets `hostname` in the UTS namespace and `sysctls` in the
+/// namespaces they belong to. On failure nothing stays pinned.
 pub fn create_and_pin(
     dir: &Path,
     set: NamespaceSet,
     hostname: &str,
     sysctls: &[(String, String)],
+    userns: Option<&UserNamespaceRequest>,
 ) -> Result<PinnedNamespaces, NamespaceError> {
     for (name, _) in sysctls {
         let ns = sysctl_namespace(name)?;
@@ -110,24 +193,124 @@ pub fn create_and_pin(
             )));
         }
     }
-    if !(set.net || set.ipc || set.uts) {
+    if !(set.net || set.ipc || set.uts) && userns.is_none() {
         return Ok(PinnedNamespaces::default());
     }
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     ensure_shared_mount(dir.parent().unwrap_or(dir))?;
 
+    let pre_pinned = match userns {
+        Some(req) => Some(pin_with_user_namespace(dir, set, req)?),
+        None => None,
+    };
     let dir = dir.to_path_buf();
     let hostname = hostname.to_owned();
     let sysctls = sysctls.to_vec();
-    std::thread::Builder::new()
+    let joined = pre_pinned.clone();
+    let result = std::thread::Builder::new()
         .name("berth-netns".into())
-        .spawn(move || pin_on_this_thread(&dir, set, &hostname, &sysctls))
-        .map_err(io_err("starting the namespace thread"))?
-        .join()
-        .map_err(|_| NamespaceError::Io {
-            step: "namespace thread".into(),
-            source: io::Error::other("panicked"),
-        })?
+        .spawn(move || pin_on_this_thread(&dir, set, &hostname, &sysctls, joined))
+        .map_err(io_err("starting the namespace thread"))
+        .and_then(|t| {
+            t.join().map_err(|_| NamespaceError::Io {
+                step: "namespace thread".into(),
+                source: io::Error::other("panicked"),
+            })?
+        });
+    if result.is_err()
+        && let Some(p) = &pre_pinned
+    {
+        unpin(p);
+    }
+    result
+}
+
+/// Has a holder process unshare a user namespace plus the net/IPC/UTS namespaces of
+/// `set` (owned by it), writes the mappings and pins them all in `dir`.
+fn pin_with_user_namespace(
+    dir: &Path,
+    set: NamespaceSet,
+    req: &UserNamespaceRequest,
+) -> Result<PinnedNamespaces, NamespaceError> {
+    use std::os::unix::process::CommandExt;
+    let mut flags = libc::CLONE_NEWUSER;
+    for (wanted, flag) in [
+        (set.net, libc::CLONE_NEWNET),
+        (set.ipc, libc::CLONE_NEWIPC),
+        (set.uts, libc::CLONE_NEWUTS),
+    ] {
+        if wanted {
+            flags |= flag;
+        }
+    }
+    let mut cmd = std::process::Command::new(&req.holder);
+    cmd.arg("pause")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // unshare(2) and prctl(2), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::unshare(flags) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut holder = cmd.spawn().map_err(io_err(format!(
+        "starting the user namespace holder {} (unshare user, net, ipc, uts)",
+        req.holder.display()
+    )))?;
+    let pid = holder.id();
+    let mut pinned = PinnedNamespaces::default();
+    let result = (|| {
+        for (file, maps) in [("gid_map", &req.gids), ("uid_map", &req.uids)] {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, map_file_text(maps))
+                .map_err(io_err(format!("writing {path}")))?;
+        }
+        for (kind, wanted, slot) in [
+            ("user", true, &mut pinned.user),
+            ("net", set.net, &mut pinned.net),
+            ("ipc", set.ipc, &mut pinned.ipc),
+            ("uts", set.uts, &mut pinned.uts),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let target = dir.join(kind);
+            std::fs::File::create(&target)
+                .map_err(io_err(format!("creating {}", target.display())))?;
+            bind_mount(Path::new(&format!("/proc/{pid}/ns/{kind}")), &target).map_err(io_err(
+                format!("pinning the {kind} namespace at {}", target.display()),
+            ))?;
+            *slot = Some(target);
+        }
+        Ok(())
+    })();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    match result {
+        Ok(()) => Ok(pinned),
+        Err(e) => {
+            unpin(&pinned);
+            Err(e)
+        }
+    }
+}
+
+fn join_pinned(kind: &str, pin: &Path, flag: libc::c_int) -> Result<(), NamespaceError> {
+    let f = std::fs::File::open(pin).map_err(io_err(format!("opening {}", pin.display())))?;
+    // SAFETY: setns(2) on an open namespace fd; it changes only this thread, which
+    // exits right after.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), flag) } != 0 {
+        return Err(io_err(format!("joining the pod's {kind} namespace"))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn pin_on_this_thread(
@@ -135,7 +318,21 @@ fn pin_on_this_thread(
     set: NamespaceSet,
     hostname: &str,
     sysctls: &[(String, String)],
+    already_pinned: Option<PinnedNamespaces>,
 ) -> Result<PinnedNamespaces, NamespaceError> {
+    if let Some(pinned) = already_pinned {
+        for (kind, pin, flag) in [
+            ("net", &pinned.net, libc::CLONE_NEWNET),
+            ("ipc", &pinned.ipc, libc::CLONE_NEWIPC),
+            ("uts", &pinned.uts, libc::CLONE_NEWUTS),
+        ] {
+            if let Some(p) = pin {
+                join_pinned(kind, p, flag)?;
+            }
+        }
+        configure_on_this_thread(set, hostname, sysctls)?;
+        return Ok(pinned);
+    }
     let mut flags = 0;
     if set.net {
         flags |= libc::CLONE_NEWNET;
@@ -153,23 +350,7 @@ fn pin_on_this_thread(
     }
     let mut pinned = PinnedNamespaces::default();
     let result = (|| {
-        if set.uts && !hostname.is_empty() {
-            // SAFETY: the pointer and length describe `hostname`'s bytes, alive for the call.
-            let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
-            if rc != 0 {
-                return Err(io_err(format!("sethostname({hostname:?})"))(
-                    io::Error::last_os_error(),
-                ));
-            }
-        }
-        if set.net {
-            bring_up_loopback()?;
-        }
-        for (name, value) in sysctls {
-            let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
-            std::fs::write(&path, value)
-                .map_err(io_err(format!("setting sysctl {name}={value}")))?;
-        }
+        configure_on_this_thread(set, hostname, sysctls)?;
         for (kind, wanted, slot) in [
             ("net", set.net, &mut pinned.net),
             ("ipc", set.ipc, &mut pinned.ipc),
@@ -198,6 +379,31 @@ fn pin_on_this_thread(
             Err(e)
         }
     }
+}
+
+/// Hostname, loopback and sysctls, in the namespaces this thread is in.
+fn configure_on_this_thread(
+    set: NamespaceSet,
+    hostname: &str,
+    sysctls: &[(String, String)],
+) -> Result<(), NamespaceError> {
+    if set.uts && !hostname.is_empty() {
+        // SAFETY: the pointer and length describe `hostname`'s bytes, alive for the call.
+        let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+        if rc != 0 {
+            return Err(io_err(format!("sethostname({hostname:?})"))(
+                io::Error::last_os_error(),
+            ));
+        }
+    }
+    if set.net {
+        bring_up_loopback()?;
+    }
+    for (name, value) in sysctls {
+        let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(io_err(format!("setting sysctl {name}={value}")))?;
+    }
+    Ok(())
 }
 
 /// Brings `lo` up inside the thread's network namespace (CNI's loopback plugin is not
@@ -340,6 +546,39 @@ mod tests {
         assert!(e.to_string().contains("kernel.panic"), "{e}");
     }
 
+    fn map(container_id: u32, host_id: u32, length: u32) -> IdMapping {
+        IdMapping {
+            container_id,
+            host_id,
+            length,
+        }
+    }
+
+    #[test]
+    fn user_namespace_mappings_are_validated_naming_the_field() {
+        assert!(validate_mappings("uids", &[map(0, 100_000, 65_536)]).is_ok());
+        let e = validate_mappings("uids", &[]).expect_err("none");
+        assert!(e.starts_with("uids:"), "{e}");
+        let e = validate_mappings("gids", &[map(0, 1000, 10), map(10, 5000, 10)]).expect_err("two");
+        assert!(e.starts_with("gids:") && e.contains("exactly one"), "{e}");
+        let e = validate_mappings("uids", &[map(1, 1000, 100_000)]).expect_err("no root");
+        assert!(e.contains("container id 0"), "{e}");
+        let e = validate_mappings("uids", &[map(0, 1000, 0)]).expect_err("empty");
+        assert!(e.contains("length"), "{e}");
+        let e = validate_mappings("uids", &[map(0, u32::MAX - 5, 10)]).expect_err("overflow");
+        assert!(e.contains("overflows"), "{e}");
+        let e = validate_mappings("uids", &[map(0, 0, 65_536)]).expect_err("host root");
+        assert!(e.contains("host id 0"), "{e}");
+    }
+
+    #[test]
+    fn map_files_have_one_line_per_mapping() {
+        assert_eq!(
+            map_file_text(&[map(0, 100_000, 65_536)]),
+            "0 100000 65536\n"
+        );
+    }
+
     #[test]
     fn host_network_pods_cannot_set_net_sysctls() {
         let d = tempfile::tempdir().expect("tempdir");
@@ -352,6 +591,7 @@ mod tests {
             },
             "h",
             &[("net.ipv4.ip_forward".into(), "1".into())],
+            None,
         )
         .expect_err("must be refused");
         assert!(err.to_string().contains("host's"), "{err}");
