@@ -1,0 +1,418 @@
+//! Resource exhaustion: the disk under berthd's root fills up during a pull and
+//! during a container create, and a container floods its log onto a full disk. Each
+//! time the client gets a clear error naming the cause, the daemon keeps serving, a
+//! later pod works once space is back, nothing half-made is visible, and after a
+//! restart berthd recovers its records.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use berth_integration::client::CriClient;
+use berth_integration::setup::Node;
+use berth_proto::v1 as cri;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// A tmpfs mounted by the test; lazily unmounted on drop (after the daemon that
+/// used it stopped, when declared before the node).
+struct Tmpfs(Option<PathBuf>);
+
+impl Tmpfs {
+    fn mount(&mut self, at: &Path, size: &str) {
+        std::fs::create_dir_all(at).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a tmpfs at {}", at.display());
+        self.0 = Some(at.to_owned());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = Command::new("umount").arg("-l").arg(&p).status();
+        }
+    }
+}
+
+/// Fills the filesystem holding `dir` with `dir/filler` until ENOSPC.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let block = vec![0u8; 1 << 16];
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    // Single bytes too, so not even a page is left.
+    while f.write(&[0]).is_ok_and(|n| n == 1) {}
+    path
+}
+
+fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("{name}-uid"),
+            namespace: "default".to_owned(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: BUSYBOX.to_owned(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn pull(client: &mut CriClient) -> Result<(), tonic::Status> {
+    client
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: BUSYBOX.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
+    client
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    client: &mut CriClient,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(client
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn start(client: &mut CriClient, id: &str) {
+    client
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.to_owned(),
+        })
+        .await
+        .expect("StartContainer");
+}
+
+async fn containers(client: &mut CriClient) -> Vec<cri::Container> {
+    client
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
+async fn images(client: &mut CriClient) -> Vec<String> {
+    client
+        .image
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect()
+}
+
+/// The error a full disk must produce: a code kubelet reports as a failure (not a
+/// retryable Unavailable) with the kernel's words in it.
+fn assert_enospc(what: &str, status: &tonic::Status) {
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::Internal | tonic::Code::Unknown
+        ),
+        "{what}: unexpected code {status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .to_lowercase()
+            .contains("no space left on device"),
+        "{what}: the message does not name the cause: {}",
+        status.message()
+    );
+}
+
+fn assert_cri_log(path: &Path) -> usize {
+    let text = std::fs::read(path).expect("read container log");
+    let mut n = 0;
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let line = String::from_utf8_lossy(line);
+        let mut parts = line.splitn(4, ' ');
+        let (time, stream, tag) = (parts.next(), parts.next(), parts.next());
+        assert!(
+            time.is_some_and(|t| t.contains('T') && t.ends_with('Z'))
+                && matches!(stream, Some("stdout" | "stderr"))
+                && matches!(tag, Some("F" | "P")),
+            "corrupt CRI log line: {line:?}"
+        );
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test]
+async fn disk_full_during_pull_and_create_then_recovery() {
+    let mut root_fs = Tmpfs(None);
+    let mut node = Node::start().await.expect("node");
+    // Put the daemon's root (content store, snapshots, records) on a small tmpfs.
+    node.daemon.stop().expect("stop berthd");
+    let root = node.daemon.root_dir.clone();
+    let saved = node.daemon.dir().join("root.saved");
+    std::fs::rename(&root, &saved).expect("move root aside");
+    root_fs.mount(&root, "64m");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.display()))
+        .arg(&root)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    node.daemon
+        .restart()
+        .await
+        .expect("restart on the tmpfs root");
+    let mut client = node.daemon.client().await.expect("client");
+    let logs = tempfile::tempdir().expect("log dir");
+
+    // Pull onto a full disk.
+    let filler = fill(&root);
+    let err = pull(&mut client)
+        .await
+        .expect_err("a pull onto a full disk fails");
+    assert_enospc("PullImage", &err);
+    assert!(
+        !images(&mut client).await.iter().any(|t| t == BUSYBOX),
+        "a failed pull left the image listed"
+    );
+    client
+        .runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("berthd serves after a failed pull");
+    std::fs::remove_file(&filler).expect("free space");
+    pull(&mut client)
+        .await
+        .expect("the pull works once space is back");
+
+    // Create onto a full disk.
+    let pod = pod_config("full", logs.path());
+    let pod_id = run_pod(&mut client, &pod).await;
+    let filler = fill(&root);
+    let err = create(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("c1", &["sleep", "3600"]),
+    )
+    .await
+    .expect_err("a create onto a full disk fails");
+    assert_enospc("CreateContainer", &err);
+    assert!(
+        containers(&mut client).await.is_empty(),
+        "a failed create left a container behind"
+    );
+    std::fs::remove_file(&filler).expect("free space");
+    let id = create(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config("c2", &["sleep", "3600"]),
+    )
+    .await
+    .expect("a create works once space is back");
+    start(&mut client, &id).await;
+
+    // A restart recovers exactly the pod and the one container.
+    node.daemon.stop().expect("stop");
+    node.daemon.restart().await.expect("restart");
+    let mut client = node.daemon.client().await.expect("client");
+    let listed = containers(&mut client).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, id);
+    assert_eq!(
+        listed[0].state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert!(images(&mut client).await.iter().any(|t| t == BUSYBOX));
+    let _ = client
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    client
+        .runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
+#[tokio::test]
+async fn a_container_flooding_its_log_onto_a_full_disk() {
+    let mut log_fs = Tmpfs(None);
+    let node = Node::start().await.expect("node");
+    let mut client = node.daemon.client().await.expect("client");
+    let logs = tempfile::tempdir().expect("log dir");
+    log_fs.mount(logs.path(), "4m");
+    pull(&mut client).await.expect("pull");
+    let pod = pod_config("flood", logs.path());
+    let pod_id = run_pod(&mut client, &pod).await;
+    let id = create(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config(
+            "flood",
+            &[
+                "sh",
+                "-c",
+                "while :; do echo 0123456789abcdefghijklmnopqrstuvwxyz-$RANDOM; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start(&mut client, &id).await;
+    let log_path = logs.path().join("flood.log");
+    // Wait until the disk is full.
+    let mut full = false;
+    for _ in 0..300 {
+        let out = Command::new("df")
+            .arg("--output=avail")
+            .arg(logs.path())
+            .output()
+            .expect("df");
+        let avail: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        if avail < 64 {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(full, "the container never filled its log disk");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The container runs on, the daemon answers, exec works.
+    let st = client
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    let r = client
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "alive".into()],
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync on a container whose log disk is full")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "alive");
+
+    // kubelet's rotation: move the full log away, reopen, and the log resumes with
+    // whole records only.
+    std::fs::remove_file(&log_path).expect("remove the full log");
+    client
+        .runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("ReopenContainerLog");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop the flood before the disk fills again, then check every record.
+    client
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 5,
+        })
+        .await
+        .expect("StopContainer");
+    let lines = assert_cri_log(&log_path);
+    assert!(lines > 0, "nothing was logged after the reopen");
+    client
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .expect("RemovePodSandbox");
+    drop(node);
+}
