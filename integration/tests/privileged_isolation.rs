@@ -599,12 +599,12 @@ fn tcp_listeners(port: u16) -> Vec<String> {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 3 && f[3] == "0A" {
-                if let Some((a, p)) = f[1].split_once(':')
-                    && u16::from_str_radix(p, 16).ok() == Some(port)
-                {
-                    out.push(a.to_owned());
-                }
+            if f.len() > 3
+                && f[3] == "0A"
+                && let Some((a, p)) = f[1].split_once(':')
+                && u16::from_str_radix(p, 16).ok() == Some(port)
+            {
+                out.push(a.to_owned());
             }
         }
     }
