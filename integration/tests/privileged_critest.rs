@@ -11,10 +11,7 @@ use berth_integration::setup::Node;
 use berth_integration::tools;
 
 /// Specs that do not pass yet, with why. Keep in step with README.md ("Conformance").
-const NOT_YET: &[(&str, &str)] = &[(
-    "Image Volume",
-    "image volumes (Mount.image) are not implemented yet",
-)];
+const NOT_YET: &[(&str, &str)] = &[];
 
 /// Cannot pass offline: the spec pulls by the upstream manifest digest.
 const OFFLINE_IMPOSSIBLE: &str = "public image with digest";
