@@ -206,7 +206,9 @@ pub fn create_and_pin(
     let dir = dir.to_path_buf();
     let hostname = hostname.to_owned();
     let sysctls = sysctls.to_vec();
-    let joined = pre_pinned.clone();
+    let joined = pre_pinned
+        .clone()
+        .zip(userns.map(|r| (r.uids.clone(), r.gids.clone())));
     let result = std::thread::Builder::new()
         .name("berth-netns".into())
         .spawn(move || pin_on_this_thread(&dir, set, &hostname, &sysctls, joined))
@@ -313,14 +315,17 @@ fn join_pinned(kind: &str, pin: &Path, flag: libc::c_int) -> Result<(), Namespac
     Ok(())
 }
 
+/// A user namespace's uid and gid mappings.
+type UidGidMaps = (Vec<IdMapping>, Vec<IdMapping>);
+
 fn pin_on_this_thread(
     dir: &Path,
     set: NamespaceSet,
     hostname: &str,
     sysctls: &[(String, String)],
-    already_pinned: Option<PinnedNamespaces>,
+    already_pinned: Option<(PinnedNamespaces, UidGidMaps)>,
 ) -> Result<PinnedNamespaces, NamespaceError> {
-    if let Some(pinned) = already_pinned {
+    if let Some((pinned, root_ids)) = already_pinned {
         for (kind, pin, flag) in [
             ("net", &pinned.net, libc::CLONE_NEWNET),
             ("ipc", &pinned.ipc, libc::CLONE_NEWIPC),
@@ -330,7 +335,43 @@ fn pin_on_this_thread(
                 join_pinned(kind, p, flag)?;
             }
         }
-        configure_on_this_thread(set, hostname, sysctls)?;
+        // IPC sysctls of an IPC namespace owned by a child user namespace are writable
+        // only by that namespace's root (no CAP_SYS_RESOURCE here): write them last, as
+        // that uid (this thread only: raw setresuid, and the thread exits right after).
+        let (ipc, rest): (Vec<_>, Vec<_>) = sysctls
+            .iter()
+            .cloned()
+            .partition(|(n, _)| matches!(sysctl_namespace(n), Ok("ipc")));
+        configure_on_this_thread(set, hostname, &rest)?;
+        if !ipc.is_empty() {
+            let root = |maps: &[IdMapping]| maps.first().map(|m| m.host_id).unwrap_or(0);
+            let (uid, gid) = (root(&root_ids.0), root(&root_ids.1));
+            // SAFETY: raw setresgid/setresuid syscalls change this thread's credentials
+            // only (unlike the libc wrappers, which change every thread's).
+            let rc = unsafe {
+                if libc::syscall(libc::SYS_setresgid, -1i64, i64::from(gid), -1i64) == 0 {
+                    libc::syscall(libc::SYS_setresuid, -1i64, i64::from(uid), -1i64)
+                } else {
+                    -1
+                }
+            };
+            if rc != 0 {
+                return Err(
+                    io_err("becoming the user namespace's root for IPC sysctls")(
+                        io::Error::last_os_error(),
+                    ),
+                );
+            }
+            configure_on_this_thread(
+                NamespaceSet {
+                    net: false,
+                    ipc: true,
+                    uts: false,
+                },
+                "",
+                &ipc,
+            )?;
+        }
         return Ok(pinned);
     }
     let mut flags = 0;
