@@ -12,8 +12,17 @@
 //! `cargo build --release -p berth-server -p berth-runtime-core --bins` (the bench
 //! starts `target/release/berthd`, or `$BERTHD_BIN`).
 //! Environment: `BENCH_SAMPLES` (iterations, default 50), `BENCH_PODS` (pods running
-//! for the memory figures, default 10), `BENCH_BERTH_LOG` (berthd's log level,
-//! default `info` like containerd's; `debug` logs every RPC's duration).
+//! for the memory figures, default 10), `BENCH_SCALE` (comma-separated pod counts for
+//! the scale steps, default `100`; `100,500` for the full run), `BENCH_CLIENTS`
+//! (concurrent clients in the scale steps, default 10), `BENCH_CHART_DIR` (where the
+//! SVG charts go, default `target/bench-charts`), `BENCH_BERTH_LOG` (berthd's log
+//! level, default `info` like containerd's; `debug` logs every RPC's duration).
+//!
+//! Each scale step starts N pods (pod + container) from `BENCH_CLIENTS` concurrent
+//! clients (throughput), polls ListPodSandbox / ListContainers / ContainerStatus /
+//! ListContainerStats like kubelet with them running (latency), reads the daemon's RSS
+//! and the summed PSS of the per-pod monitors or shims (runtime-side memory), then
+//! tears them all down concurrently.
 //!
 //! The peer is Debian's containerd (1.6) with its CRI plugin, runc, its own root,
 //! state and socket in a temp dir, mirrors to the same local registry as berthd's
@@ -570,6 +579,7 @@ fn sum_memory(pids: &[u32]) -> (u64, u64) {
 // ---------------------------------------------------------------------------------
 
 /// The two runtimes, under one client type.
+#[derive(Clone)]
 struct Runtime {
     name: &'static str,
     client: CriClient,
@@ -922,11 +932,314 @@ async fn memory_with_pods(
 }
 
 // ---------------------------------------------------------------------------------
+// Scale: many pods started by concurrent clients, kubelet-like polling with them
+// running, memory, and concurrent teardown.
+
+/// Figures of one scale step on one runtime.
+struct Scale {
+    n: usize,
+    start_total: Duration,
+    teardown_total: Duration,
+    /// Median and p99 per polled RPC, in the order of `POLLED`.
+    polls: Vec<(f64, f64)>,
+    daemon_rss_kb: u64,
+    procs: usize,
+    pss_kb: u64,
+}
+
+impl Scale {
+    fn pods_per_sec(&self) -> f64 {
+        self.n as f64 / self.start_total.as_secs_f64()
+    }
+    /// Daemon RSS plus the summed PSS of the per-pod processes (monitors or shims).
+    fn runtime_side_kb(&self) -> u64 {
+        self.daemon_rss_kb + self.pss_kb
+    }
+}
+
+const POLLED: [&str; 4] = [
+    "ListPodSandbox",
+    "ListContainers",
+    "ContainerStatus",
+    "ListContainerStats",
+];
+const POLL_SAMPLES: usize = 20;
+
+/// Runs `work(i)` for i in 0..n on `clients` concurrent tasks, each with its own copy
+/// of the runtime's client; returns the wall time and the first error.
+async fn concurrently<F, Fut, T>(
+    rt: &Runtime,
+    n: usize,
+    clients: usize,
+    work: F,
+) -> (Duration, Vec<T>, Option<anyhow::Error>)
+where
+    F: Fn(Runtime, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send,
+    T: Send + 'static,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (rt, next, work) = (rt.clone(), next.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n || INTERRUPTED.load(Ordering::SeqCst) {
+                    return (done, None);
+                }
+                match work(rt.clone(), i).await {
+                    Ok(v) => done.push(v),
+                    Err(e) => {
+                        // Stop the other clients too.
+                        next.store(n, Ordering::SeqCst);
+                        return (done, Some(e));
+                    }
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for t in tasks {
+        match t.await {
+            Ok((done, err)) => {
+                out.extend(done);
+                if first_err.is_none() {
+                    first_err = err;
+                }
+            }
+            Err(e) => first_err = first_err.or(Some(anyhow::anyhow!("client task: {e}"))),
+        }
+    }
+    (t0.elapsed(), out, first_err)
+}
+
+async fn poll_latencies(rt: &mut Runtime) -> anyhow::Result<Vec<(f64, f64)>> {
+    let ctrs = rpc(
+        "ListContainers",
+        rt.client
+            .runtime
+            .list_containers(cri::ListContainersRequest::default()),
+    )
+    .await?
+    .containers;
+    ensure!(!ctrs.is_empty(), "{}: no containers to poll", rt.name);
+    let mut out = Vec::new();
+    for name in POLLED {
+        let mut d = Vec::with_capacity(POLL_SAMPLES);
+        for i in 0..POLL_SAMPLES {
+            let t0 = Instant::now();
+            match name {
+                "ListPodSandbox" => {
+                    rpc(
+                        name,
+                        rt.client
+                            .runtime
+                            .list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+                    )
+                    .await?;
+                }
+                "ListContainers" => {
+                    rpc(
+                        name,
+                        rt.client
+                            .runtime
+                            .list_containers(cri::ListContainersRequest::default()),
+                    )
+                    .await?;
+                }
+                "ContainerStatus" => {
+                    rpc(
+                        name,
+                        rt.client
+                            .runtime
+                            .container_status(cri::ContainerStatusRequest {
+                                container_id: ctrs[i % ctrs.len()].id.clone(),
+                                verbose: false,
+                            }),
+                    )
+                    .await?;
+                }
+                _ => {
+                    rpc(
+                        name,
+                        rt.client
+                            .runtime
+                            .list_container_stats(cri::ListContainerStatsRequest::default()),
+                    )
+                    .await?;
+                }
+            }
+            d.push(t0.elapsed());
+        }
+        let d = sorted(d.into_iter());
+        out.push((pct(&d, 50), pct(&d, 99)));
+    }
+    Ok(out)
+}
+
+async fn scale(
+    rt: &mut Runtime,
+    n: usize,
+    clients: usize,
+    per_pod: &dyn Fn(&str, &str) -> bool,
+) -> anyhow::Result<Scale> {
+    let base = 100_000 + n * 10;
+    let (start_total, pods, err) = concurrently(rt, n, clients, move |mut rt, i| async move {
+        start_pod(&mut rt, base + i)
+            .await
+            .with_context(|| format!("{}: starting pod {i}", rt.name))
+            .map(|(id, _)| id)
+    })
+    .await;
+    let measured = async {
+        if let Some(e) = err {
+            return Err(e.context(format!("{}: starting {n} pods", rt.name)));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let polls = poll_latencies(rt).await?;
+        let pids = pids_where(per_pod);
+        let (_, pss_kb) = sum_memory(&pids);
+        Ok::<_, anyhow::Error>((polls, rss_kb(rt.pid)?, pids.len(), pss_kb))
+    }
+    .await;
+    let pods = std::sync::Arc::new(pods);
+    let ids = pods.clone();
+    let (teardown_total, _, terr) = concurrently(rt, pods.len(), clients, move |mut rt, i| {
+        let ids = ids.clone();
+        async move { remove_pod(&mut rt, &ids[i]).await }
+    })
+    .await;
+    let (polls, daemon_rss_kb, procs, pss_kb) = measured?;
+    if let Some(e) = terr {
+        return Err(e.context(format!("{}: tearing down {n} pods", rt.name)));
+    }
+    Ok(Scale {
+        n,
+        start_total,
+        teardown_total,
+        polls,
+        daemon_rss_kb,
+        procs,
+        pss_kb,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Charts: small hand-written SVG line charts (no plotting dependency for two charts).
+
+struct Series<'a> {
+    name: &'a str,
+    color: &'a str,
+    points: Vec<(f64, f64)>,
+}
+
+fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
+    let (w, h, l, r, t, b) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
+    let all = series.iter().flat_map(|s| s.points.iter());
+    let x_max = all.clone().map(|p| p.0).fold(0.0_f64, f64::max).max(1e-9) * 1.05;
+    let y_max = all.map(|p| p.1).fold(0.0_f64, f64::max).max(1e-9) * 1.1;
+    let sx = |x: f64| l + x / x_max * (w - l - r);
+    let sy = |y: f64| h - b - y / y_max * (h - t - b);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n",
+        w / 2.0
+    );
+    for k in 0..=5 {
+        let (xv, yv) = (x_max * k as f64 / 5.0, y_max * k as f64 / 5.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{x2}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{yv:.0}</text>\
+             <text x=\"{xx:.1}\" y=\"{xy}\" text-anchor=\"middle\">{xv:.0}</text>",
+            y = sy(yv),
+            x2 = w - r,
+            tx = l - 6.0,
+            ty = sy(yv) + 4.0,
+            xx = sx(xv),
+            xy = h - b + 16.0,
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{yb}\" stroke=\"black\"/>\
+         <line x1=\"{l}\" y1=\"{yb}\" x2=\"{xr}\" y2=\"{yb}\" stroke=\"black\"/>\
+         <text x=\"{xc}\" y=\"{xl}\" text-anchor=\"middle\">{x_label}</text>\
+         <text x=\"16\" y=\"{yc}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {yc})\">{y_label}</text>",
+        yb = h - b,
+        xr = w - r,
+        xc = (l + w - r) / 2.0,
+        xl = h - 12.0,
+        yc = (t + h - b) / 2.0,
+    );
+    for (i, s) in series.iter().enumerate() {
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{p}\"/>",
+            c = s.color,
+            p = pts.join(" ")
+        );
+        for &(x, y) in s.points.iter().filter(|_| s.points.len() <= 12) {
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+                sx(x),
+                sy(y),
+                s.color
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{tx}\" y=\"{ty}\">{n}</text>",
+            x = l + 10.0,
+            y = t + 6.0 + 18.0 * i as f64,
+            c = s.color,
+            tx = l + 28.0,
+            ty = t + 16.0 + 18.0 * i as f64,
+            n = s.name
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Sorted samples as a cumulative distribution: (latency ms, percent of samples).
+fn cdf(sorted: &[Duration]) -> Vec<(f64, f64)> {
+    let n = sorted.len() as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_secs_f64() * 1e3, (i + 1) as f64 / n * 100.0))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let samples = env_usize("BENCH_SAMPLES", 50)?;
     let n_pods = env_usize("BENCH_PODS", 10)?;
+    let clients = env_usize("BENCH_CLIENTS", 10)?;
+    let scale_counts: Vec<usize> = std::env::var("BENCH_SCALE")
+        .unwrap_or_else(|_| "100".to_owned())
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .with_context(|| format!("BENCH_SCALE entry {s:?} is not a number"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     ensure!(samples > 0, "BENCH_SAMPLES must be at least 1");
     // SAFETY: geteuid(2) has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -1041,6 +1354,28 @@ async fn main() -> anyhow::Result<()> {
     ensure_empty(&mut berth).await?;
     ensure_empty(&mut containerd).await?;
 
+    let mut scales: Vec<(Scale, Scale)> = Vec::new();
+    for n in &scale_counts {
+        let n = *n;
+        println!("scale: {n} pods started by {clients} concurrent clients on each runtime…");
+        let b = scale(&mut berth, n, clients, &|comm, cmdline| {
+            comm == "berth-monitor" && cmdline.contains(&berth_dir)
+        })
+        .await?;
+        ensure_empty(&mut berth).await?;
+        let c = scale(&mut containerd, n, clients, &|comm, cmdline| {
+            comm.starts_with("containerd-shim") && cmdline.contains(&ctd_socket)
+        })
+        .await?;
+        ensure_empty(&mut containerd).await?;
+        println!(
+            "  {n} pods: berthd {:.1} pods/s, containerd {:.1} pods/s",
+            b.pods_per_sec(),
+            c.pods_per_sec()
+        );
+        scales.push((b, c));
+    }
+
     // Report, as a markdown table.
     let mut out = String::new();
     let _ = writeln!(
@@ -1115,6 +1450,63 @@ async fn main() -> anyhow::Result<()> {
         mb(mem_c.pss_kb / n),
         "MB",
     );
+    for (b, c) in &scales {
+        let n = b.n;
+        row(
+            &mut out,
+            &format!("{n} pods, {clients} clients: throughput (pods/s, higher is better)"),
+            b.pods_per_sec(),
+            c.pods_per_sec(),
+            "",
+        );
+        row(
+            &mut out,
+            &format!("{n} pods: time to start all"),
+            b.start_total.as_secs_f64(),
+            c.start_total.as_secs_f64(),
+            "s",
+        );
+        row(
+            &mut out,
+            &format!("{n} pods: time to stop and remove all"),
+            b.teardown_total.as_secs_f64(),
+            c.teardown_total.as_secs_f64(),
+            "s",
+        );
+        for (k, name) in POLLED.iter().enumerate() {
+            row(
+                &mut out,
+                &format!("{n} pods: {name} median"),
+                b.polls[k].0,
+                c.polls[k].0,
+                "ms",
+            );
+            row(
+                &mut out,
+                &format!("{n} pods: {name} p99"),
+                b.polls[k].1,
+                c.polls[k].1,
+                "ms",
+            );
+        }
+        row(
+            &mut out,
+            &format!("{n} pods: daemon RSS"),
+            mb(b.daemon_rss_kb),
+            mb(c.daemon_rss_kb),
+            "MB",
+        );
+        row(
+            &mut out,
+            &format!(
+                "{n} pods: runtime-side memory (daemon RSS + PSS of {} monitors / {} shims)",
+                b.procs, c.procs
+            ),
+            mb(b.runtime_side_kb()),
+            mb(c.runtime_side_kb()),
+            "MB",
+        );
+    }
     let ratio = pct(&tb, 50) / pct(&tc, 50);
     let _ = writeln!(
         out,
@@ -1122,6 +1514,81 @@ async fn main() -> anyhow::Result<()> {
         if ratio <= 0.25 { "met" } else { "MISSED" }
     );
     println!("{out}");
+
+    let chart_dir = PathBuf::from(
+        std::env::var("BENCH_CHART_DIR").unwrap_or_else(|_| "target/bench-charts".to_owned()),
+    );
+    fs::create_dir_all(&chart_dir).with_context(|| format!("creating {}", chart_dir.display()))?;
+    let latency = svg_chart(
+        &format!("Pod + container start latency, {samples} serial samples"),
+        "latency (ms)",
+        "% of samples at or below",
+        &[
+            Series {
+                name: "berthd",
+                color: "#1f77b4",
+                points: cdf(&tb),
+            },
+            Series {
+                name: "containerd",
+                color: "#d62728",
+                points: cdf(&tc),
+            },
+        ],
+    );
+    let mem_points = |f: &dyn Fn(&Scale) -> u64, second: bool| -> Vec<(f64, f64)> {
+        scales
+            .iter()
+            .map(|(b, c)| {
+                let s = if second { c } else { b };
+                (s.n as f64, mb(f(s)))
+            })
+            .collect()
+    };
+    let time_points = |second: bool| -> Vec<(f64, f64)> {
+        scales
+            .iter()
+            .map(|(b, c)| {
+                let s = if second { c } else { b };
+                (s.n as f64, s.start_total.as_secs_f64())
+            })
+            .collect()
+    };
+    let cost = svg_chart(
+        &format!("Cost vs number of pods ({clients} concurrent clients)"),
+        "pods",
+        "seconds to start all / runtime-side MB ÷ 10",
+        &[
+            Series {
+                name: "berthd: start time (s)",
+                color: "#1f77b4",
+                points: time_points(false),
+            },
+            Series {
+                name: "containerd: start time (s)",
+                color: "#d62728",
+                points: time_points(true),
+            },
+            Series {
+                name: "berthd: memory (MB/10)",
+                color: "#aec7e8",
+                points: mem_points(&|s| s.runtime_side_kb() / 10, false),
+            },
+            Series {
+                name: "containerd: memory (MB/10)",
+                color: "#ff9896",
+                points: mem_points(&|s| s.runtime_side_kb() / 10, true),
+            },
+        ],
+    );
+    for (name, svg) in [
+        ("pod-start-latency.svg", latency),
+        ("cost-vs-pods.svg", cost),
+    ] {
+        let path = chart_dir.join(name);
+        fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("chart: {}", path.display());
+    }
     drop(containerd);
     drop(berth);
     Ok(())

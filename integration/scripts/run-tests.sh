@@ -33,6 +33,16 @@ cargo build --workspace --bins --locked
 step "tests"
 cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
 
+# A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
+# cannot rot; the full run is `cargo bench -p berth-integration --bench pod_start`
+# (docs/benchmarks.md). Skipped when a test filter was given.
+if [ "$#" -eq 0 ]; then
+  step "benchmark smoke run (pod_start, a few iterations)"
+  BENCH_SAMPLES=3 BENCH_PODS=2 BENCH_SCALE=4 BENCH_CLIENTS=2 \
+    BENCH_CHART_DIR="${CARGO_TARGET_DIR:-target}/bench-charts" \
+    cargo test --locked -p berth-integration --bench pod_start
+fi
+
 step "fuzz targets, briefly (BERTH_FUZZ_SECONDS per target; 0 skips)"
 if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
   integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"
