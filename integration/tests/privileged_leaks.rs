@@ -1,7 +1,8 @@
 //! Leaks over time: pod create/start/stop/remove cycles (a pod with one running
 //! container each), sampling berthd's RSS, open fds and threads and the host's mounts
-//! and cgroups early in the run and at its end. Fds, mounts and cgroups must be equal
-//! (every cycle ends with nothing left); threads and RSS may move only within bounds
+//! and cgroups early in the run and at its end. Mounts and cgroups must be equal and
+//! fds must not grow (every cycle ends with nothing left); threads and RSS may move
+//! only within bounds
 //! that a per-cycle leak would exceed. The figures are printed.
 //!
 //! `BERTH_LEAK_CYCLES` sets the number of cycles: 150 by default (CI), 1000 for the
@@ -167,8 +168,10 @@ async fn run(node: &Node, cycles: u64, cgroup_parent: &str) -> anyhow::Result<()
     ] {
         eprintln!("{what:<20}{a:>11}  {b:>11}");
     }
+    // Not one more fd (a transient one open at the early sample may be gone: the
+    // 1000-cycle run went from 18 to 16).
     ensure!(
-        last.fds == first.fds,
+        last.fds <= first.fds,
         "berthd fds grew: {first:?} → {last:?}"
     );
     ensure!(
