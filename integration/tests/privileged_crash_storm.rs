@@ -1292,3 +1292,87 @@ async fn a_container_started_as_berthd_died_is_running_with_a_start_time() {
         .expect("status");
     assert_eq!(again.started_at, s.started_at, "start time not persisted");
 }
+
+/// Regression (crash storm with seed 1795950652294594646): a container whose
+/// runtime state berthd could not load when removing it left `<state>/rt/<id>`
+/// behind. The state of that kill is made exactly: an exited container whose
+/// runtime state file is cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_with_unreadable_runtime_state_is_removed_entirely() {
+    let _serial = SERIAL.lock().await;
+    become_reaper();
+    let cgroup_parent = format!("/berthrtstate{}", std::process::id());
+    let _cg = CgroupParent(cgroup_parent.clone());
+    let mut node = Node::start().await.expect("node");
+    let mut c = node.daemon.client().await.expect("client");
+    c.image
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = c
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("rt-state", &cgroup_parent)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = c
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(sleeper("main")),
+            sandbox_config: Some(pod_config("rt-state", &cgroup_parent)),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    c.runtime
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer");
+    node.daemon.kill().expect("SIGKILL berthd");
+
+    let rt_dir = node.daemon.state_dir.join("rt").join(&id);
+    assert!(rt_dir.is_dir(), "{} missing before the test", rt_dir.display());
+    let state = rt_dir.join("state.json");
+    std::fs::write(&state, b"{\"id\":").expect("cut the runtime state short");
+
+    node.daemon.restart().await.expect("restart");
+    let mut c = node.daemon.client().await.expect("client");
+    c.runtime
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    assert!(
+        !rt_dir.exists(),
+        "{} left behind after RemoveContainer",
+        rt_dir.display()
+    );
+    c.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .expect("RemovePodSandbox");
+}

@@ -961,7 +961,7 @@ impl ContainerManager {
             Ok(Handler::Oci(rt)) => Some(rt),
             _ => None,
         };
-        if let Some(rt) = oci.clone() {
+        if let Some(rt) = oci {
             let cid = ctr.id.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Err(e) = rt.delete(&cid) {
@@ -984,9 +984,14 @@ impl ContainerManager {
             // The monitor exits by itself once the container is gone.
             Self::wait_exited(ctr, KILL_WAIT).await;
         }
-        if oci.is_some() {
-            // The monitor's sockets, should it have died before removing them.
-            let _ = std::fs::remove_dir_all(self.runtime_root().join(&ctr.id));
+        // The runtime's state dir: the monitor's sockets should it have died before
+        // removing them, and, for a native container whose create was cut short (its
+        // state could not be loaded, so `delete` above had nothing to work on), the
+        // half-written state itself. The crash storm found it left behind.
+        if let Err(e) = std::fs::remove_dir_all(self.runtime_root().join(&ctr.id))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = %ctr.id, error = %e, "removing runtime state dir");
         }
         let dir = self.dir(&ctr.id);
         if let Err(e) = crate::pod::namespaces::unmount(&dir.join("rootfs")) {
