@@ -66,7 +66,7 @@ async fn pod_user_namespace_maps_root_and_idmaps_volumes() {
         "ctr.json",
         &format!(
             r#"{{"metadata":{{"name":"main"}},"image":{{"image":"{BUSYBOX}"}},
-                "command":["sh","-c","cat /proc/self/uid_map; id -u; head -c 5 /etc/passwd; echo; echo from-ctr > /vol/made && echo wrote; exec sleep 3600"],
+                "command":["sh","-c","cat /proc/self/uid_map; id -u; head -n 1 /etc/passwd | cut -c 1-5; echo from-ctr > /vol/made && echo wrote; exec sleep 3600"],
                 "mounts":[{{"container_path":"/vol","host_path":"{}"}}],
                 "log_path":"main.log"}}"#,
             vol.display()

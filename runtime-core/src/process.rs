@@ -393,6 +393,13 @@ fn stage1(
     } else {
         Vec::new()
     };
+    if cfg.exec_in.is_none()
+        && namespaces
+            .iter()
+            .any(|n| matches!(n, NsAction::Join(CloneFlags::CLONE_NEWUSER, _)))
+    {
+        rootfs::precreate_bind_mount_points(cfg.spec, &cfg.rootfs);
+    }
     let mut new_flags = CloneFlags::empty();
     let mut new_user = false;
     let mut joined_user = false;

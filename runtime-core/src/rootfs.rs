@@ -525,7 +525,7 @@ fn readonly_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
 }
 
 /// Create the mount point: a file for bind mounts of files, a directory otherwise.
-fn create_mount_point(dest: &Path, source_is_file: bool) -> Result<(), RootfsError> {
+pub(crate) fn create_mount_point(dest: &Path, source_is_file: bool) -> Result<(), RootfsError> {
     if source_is_file {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err("create mount point parent", parent))?;
@@ -614,6 +614,26 @@ fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<()
             .map_err(sys_err("set mount propagation", &dest))?;
     }
     Ok(())
+}
+
+/// Creates the bind mounts' mount points in the rootfs while still privileged on the
+/// host: inside a joined user namespace the rootfs (not idmapped) belongs to an
+/// unmapped owner, so e.g. /etc/resolv.conf could not be created there. Best effort:
+/// a failure here shows up, named, when the init mounts.
+pub fn precreate_bind_mount_points(spec: &Spec, rootfs: &Path) {
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
+        let is_bind = opts.flags.contains(MsFlags::MS_BIND) || m.typ().as_deref() == Some("bind");
+        let (Some(source), true) = (m.source().as_deref(), is_bind) else {
+            continue;
+        };
+        let Ok(dest) = resolve_in_root(rootfs, m.destination()) else {
+            continue;
+        };
+        if let Ok(meta) = fs::metadata(source) {
+            let _ = create_mount_point(&dest, !meta.is_dir());
+        }
+    }
 }
 
 /// Attaches a prepared idmapped tree at the mount's destination, then applies the
