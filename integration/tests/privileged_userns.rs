@@ -39,13 +39,14 @@ fn pod_json(name: &str, logs: &Path, userns: &str) -> String {
 
 const MAPPING: &str = r#"{"mode":0,"uids":[{"host_id":100000,"container_id":0,"length":65536}],"gids":[{"host_id":100000,"container_id":0,"length":65536}]}"#;
 
-/// Mount points under `dir` in berthd's mount namespace (the host's).
+/// Mount points below `dir` in berthd's mount namespace (the host's).
 fn mounts_under(dir: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
+        // `dir` itself is a shared bind mount on itself (as `ip netns` makes /run/netns).
+        .filter(|m| Path::new(m).starts_with(dir) && Path::new(m) != dir)
         .map(str::to_owned)
         .collect()
 }
