@@ -114,6 +114,9 @@ if ! stamp_ok grpcurl "$GRPCURL_VERSION"; then
   GOBIN="$TOOLS_BIN" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
   stamp grpcurl "$GRPCURL_VERSION"
 fi
+# kubelet for the end-to-end test (privileged_kubelet): built outside the kubernetes
+# tree from the Go module proxy, ~5 minutes once, then cached.
+BERTH_TOOLS_DIR="$BERTH_TOOLS_DIR" "$(dirname "${BASH_SOURCE[0]}")/build-kubelet.sh" >&2
 
 # --- cargo-nextest ---------------------------------------------------------------
 if ! stamp_ok cargo-nextest "$NEXTEST_VERSION"; then
