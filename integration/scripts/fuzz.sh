@@ -21,6 +21,8 @@ export PATH="$BERTH_TOOLS_DIR/bin:$PATH"
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is missing; run integration/scripts/install-deps.sh" >&2; exit 1; }
 rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz.sh: a nightly toolchain is needed (rustup toolchain install nightly)" >&2; exit 1; }
 
+# Built outside the checkout so a fresh clone (as CI makes) reuses the last build.
+export CARGO_TARGET_DIR="${BERTH_FUZZ_TARGET_DIR:-/var/cache/berth/fuzz-target}"
 cargo +nightly fuzz build -O
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
