@@ -1352,7 +1352,11 @@ async fn a_container_with_unreadable_runtime_state_is_removed_entirely() {
     node.daemon.kill().expect("SIGKILL berthd");
 
     let rt_dir = node.daemon.state_dir.join("rt").join(&id);
-    assert!(rt_dir.is_dir(), "{} missing before the test", rt_dir.display());
+    assert!(
+        rt_dir.is_dir(),
+        "{} missing before the test",
+        rt_dir.display()
+    );
     let state = rt_dir.join("state.json");
     std::fs::write(&state, b"{\"id\":").expect("cut the runtime state short");
 
