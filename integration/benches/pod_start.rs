@@ -1536,24 +1536,18 @@ async fn main() -> anyhow::Result<()> {
             },
         ],
     );
-    let mem_points = |f: &dyn Fn(&Scale) -> u64, second: bool| -> Vec<(f64, f64)> {
+    // (pods, value) per scale step, for berthd (`second` false) or containerd.
+    let points = |second: bool, value: &dyn Fn(&Scale) -> f64| -> Vec<(f64, f64)> {
         scales
             .iter()
             .map(|(b, c)| {
                 let s = if second { c } else { b };
-                (s.n as f64, mb(f(s)))
+                (s.n as f64, value(s))
             })
             .collect()
     };
-    let time_points = |second: bool| -> Vec<(f64, f64)> {
-        scales
-            .iter()
-            .map(|(b, c)| {
-                let s = if second { c } else { b };
-                (s.n as f64, s.start_total.as_secs_f64())
-            })
-            .collect()
-    };
+    let start_secs = |s: &Scale| s.start_total.as_secs_f64();
+    let mem_tenths = |s: &Scale| mb(s.runtime_side_kb() / 10);
     let cost = svg_chart(
         &format!("Cost vs number of pods ({clients} concurrent clients)"),
         "pods",
@@ -1562,22 +1556,22 @@ async fn main() -> anyhow::Result<()> {
             Series {
                 name: "berthd: start time (s)",
                 color: "#1f77b4",
-                points: time_points(false),
+                points: points(false, &start_secs),
             },
             Series {
                 name: "containerd: start time (s)",
                 color: "#d62728",
-                points: time_points(true),
+                points: points(true, &start_secs),
             },
             Series {
                 name: "berthd: memory (MB/10)",
                 color: "#aec7e8",
-                points: mem_points(&|s| s.runtime_side_kb() / 10, false),
+                points: points(false, &mem_tenths),
             },
             Series {
                 name: "containerd: memory (MB/10)",
                 color: "#ff9896",
-                points: mem_points(&|s| s.runtime_side_kb() / 10, true),
+                points: points(true, &mem_tenths),
             },
         ],
     );
