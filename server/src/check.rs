@@ -497,6 +497,13 @@ fn seccomp(proc_status: &str) -> Finding {
 
 fn cni(config: &Config) -> Finding {
     match crate::cni::check_ready(&config.cni, &[]) {
+        Ok(net) if net.plugin_types.is_empty() => Finding::ok(
+            "cni",
+            format!(
+                "network {:?} from {}, no plugins needed",
+                net.name, net.source
+            ),
+        ),
         Ok(net) => Finding::ok(
             "cni",
             format!(
@@ -864,6 +871,7 @@ mod tests {
         assert_eq!(f.level, Level::Fail);
         assert!(f.message.contains("no network config"), "{f}");
         config.cni.builtin_default = true;
+        config.cni.builtin_mode = crate::config::BuiltinMode::Plugins;
         let f = cni(&config);
         assert_eq!(f.level, Level::Fail);
         assert!(f.message.contains("bridge"), "{f}");

@@ -180,6 +180,24 @@ pub struct CniConfig {
     /// When `conf_dir` holds no config, use Berth's built-in bridge network
     /// (bridge + host-local IPAM + portmap) so pods get an IP out of the box.
     pub builtin_default: bool,
+    /// How the built-in network is set up: in-process over netlink (`native`) or by
+    /// exec'ing the bridge, host-local and portmap plugins (`plugins`).
+    pub builtin_mode: BuiltinMode,
+    /// The built-in network's bridge device.
+    pub builtin_bridge: String,
+    /// The built-in network's IPv4 pod subnet (a pod CIDR from kubelet wins).
+    pub builtin_subnet: String,
+}
+
+/// How the built-in network is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuiltinMode {
+    /// berthd sets up the bridge, veth pairs, addresses and routes itself; only
+    /// hostPort pods exec the portmap plugin.
+    Native,
+    /// berthd runs the built-in conflist through the CNI plugins.
+    Plugins,
 }
 
 impl Default for Config {
@@ -223,6 +241,9 @@ impl Default for CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             plugin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             builtin_default: true,
+            builtin_mode: BuiltinMode::Native,
+            builtin_bridge: "berth0".to_owned(),
+            builtin_subnet: "10.88.0.0/16".to_owned(),
         }
     }
 }
@@ -318,6 +339,19 @@ impl Config {
                 "registry.stall_timeout_secs and registry.max_concurrent_downloads must be at least 1".to_owned(),
             ));
         }
+        crate::cni::native::Subnet::parse(&self.cni.builtin_subnet)
+            .map_err(|e| ConfigError::Invalid(format!("cni.builtin_subnet: {e}")))?;
+        let bridge = &self.cni.builtin_bridge;
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || bridge.contains(['/', ' ', '\0', ':'])
+            || bridge == "."
+            || bridge == ".."
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cni.builtin_bridge {bridge:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
+            )));
+        }
         self.stream.socket_addr()?;
         self.metrics.socket_addr()?;
         for (name, h) in &self.runtime_handlers {
@@ -370,6 +404,15 @@ conf_dir = "{conf_dir}"
 plugin_dirs = [{plugin_dirs}]
 # With no config in conf_dir, use a built-in bridge network (bridge, host-local, portmap).
 builtin_default = {builtin}
+# How the built-in network is set up: "native" (berthd configures the bridge, veth
+# pairs, addresses and routes itself over netlink; only hostPort pods exec the portmap
+# plugin) or "plugins" (exec the bridge, host-local and portmap plugins).
+builtin_mode = "native"
+# The built-in network's bridge device (created if missing).
+builtin_bridge = "{builtin_bridge}"
+# The built-in network's IPv4 pod subnet; its first host is the bridge's address. A pod
+# CIDR set by kubelet (UpdateRuntimeConfig) takes precedence.
+builtin_subnet = "{builtin_subnet}"
 
 [registry]
 # containerd-style certs.d: <registry host>/hosts.toml with mirrors, plain-HTTP or
@@ -407,6 +450,8 @@ address = "{metrics_addr}"
             level = d.log.level,
             conf_dir = d.cni.conf_dir.display(),
             builtin = d.cni.builtin_default,
+            builtin_bridge = d.cni.builtin_bridge,
+            builtin_subnet = d.cni.builtin_subnet,
             registry = d.registry.config_path.display(),
             stall = d.registry.stall_timeout_secs,
             downloads = d.registry.max_concurrent_downloads,

@@ -80,7 +80,17 @@ pub struct CniRunner {
 impl CniRunner {
     /// ADD through every plugin in order; returns the final result and caches it.
     pub async fn add(&self, net: &NetworkConfig, att: &Attachment) -> Result<Value, CniError> {
-        let mut prev: Option<Value> = None;
+        self.add_after(net, att, None).await
+    }
+
+    /// Like [`Self::add`], with `prev` as the first plugin's `prevResult` (the native
+    /// network chains portmap after its own attachment this way).
+    pub async fn add_after(
+        &self,
+        net: &NetworkConfig,
+        att: &Attachment,
+        mut prev: Option<Value>,
+    ) -> Result<Value, CniError> {
         for plugin in plugins(net) {
             let conf = plugin_conf(net, &plugin, prev.as_ref(), &att.capabilities);
             let result = self.invoke("ADD", &plugin, &conf, att).await?;

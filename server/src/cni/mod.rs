@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 pub mod exec;
+pub mod native;
+pub mod netlink;
 
-use crate::config::CniConfig;
+use crate::config::{BuiltinMode, CniConfig};
 
 /// Name of the built-in network and its bridge device.
 pub const BUILTIN_NETWORK_NAME: &str = "berth";
@@ -23,8 +25,10 @@ pub const BUILTIN_SUBNET: &str = "10.88.0.0/16";
 pub enum ConfigSource {
     /// A file in the conf dir.
     File(PathBuf),
-    /// Berth's built-in bridge network.
+    /// Berth's built-in bridge network, run through the CNI plugins.
     Builtin,
+    /// Berth's built-in bridge network, set up by berthd itself.
+    BuiltinNative,
 }
 
 impl std::fmt::Display for ConfigSource {
@@ -32,6 +36,7 @@ impl std::fmt::Display for ConfigSource {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
             Self::Builtin => f.write_str("built-in default"),
+            Self::BuiltinNative => f.write_str("built-in default (native)"),
         }
     }
 }
@@ -77,9 +82,9 @@ pub enum NotReady {
 }
 
 /// The built-in network: a bridge with host-local IPAM and portmap, like podman's default.
-pub fn builtin_conflist(pod_cidrs: &[String]) -> Value {
+pub fn builtin_conflist(cfg: &CniConfig, pod_cidrs: &[String]) -> Value {
     let ranges: Vec<Value> = if pod_cidrs.is_empty() {
-        vec![json!([{ "subnet": BUILTIN_SUBNET }])]
+        vec![json!([{ "subnet": cfg.builtin_subnet }])]
     } else {
         pod_cidrs.iter().map(|c| json!([{ "subnet": c }])).collect()
     };
@@ -89,7 +94,7 @@ pub fn builtin_conflist(pod_cidrs: &[String]) -> Value {
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": "berth0",
+                "bridge": cfg.builtin_bridge,
                 "isGateway": true,
                 "ipMasq": true,
                 "hairpinMode": true,
@@ -113,8 +118,11 @@ pub fn load_network(cfg: &CniConfig, pod_cidrs: &[String]) -> Result<NetworkConf
             Err(why) => skipped.push(format!("{}: {why}", path.display())),
         }
     }
+    if cfg.builtin_default && cfg.builtin_mode == BuiltinMode::Native {
+        return Ok(native_network(cfg, pod_cidrs));
+    }
     if cfg.builtin_default {
-        let conflist = builtin_conflist(pod_cidrs);
+        let conflist = builtin_conflist(cfg, pod_cidrs);
         return Ok(from_conflist(ConfigSource::Builtin, conflist)
             .unwrap_or_else(|_| unreachable!("the built-in conflist is well formed")));
     }
@@ -126,6 +134,41 @@ pub fn load_network(cfg: &CniConfig, pod_cidrs: &[String]) -> Result<NetworkConf
             format!(" (skipped {})", skipped.join("; "))
         },
     })
+}
+
+/// The native built-in network: no plugins to run (portmap only for hostPort pods); the
+/// conflist-shaped description is what `crictl info` and `berthd check` show.
+fn native_network(cfg: &CniConfig, pod_cidrs: &[String]) -> NetworkConfig {
+    let subnet =
+        native::pod_subnet(&cfg.builtin_subnet, pod_cidrs).map_or_else(|e| e, |s| s.to_string());
+    NetworkConfig {
+        source: ConfigSource::BuiltinNative,
+        name: native::NATIVE_NETWORK_NAME.to_owned(),
+        conflist: json!({
+            "cniVersion": "1.0.0",
+            "name": native::NATIVE_NETWORK_NAME,
+            "type": "berth-native",
+            "bridge": cfg.builtin_bridge,
+            "subnet": subnet,
+            "plugins": [],
+        }),
+        plugin_types: Vec::new(),
+    }
+}
+
+/// The portmap plugin alone, chained after a native attachment for hostPort pods (its
+/// ADD result is cached under the native network's name, so DEL works after a restart).
+pub fn native_portmap() -> NetworkConfig {
+    NetworkConfig {
+        source: ConfigSource::BuiltinNative,
+        name: native::NATIVE_NETWORK_NAME.to_owned(),
+        conflist: json!({
+            "cniVersion": "1.0.0",
+            "name": native::NATIVE_NETWORK_NAME,
+            "plugins": [{ "type": "portmap", "capabilities": { "portMappings": true } }],
+        }),
+        plugin_types: vec!["portmap".to_owned()],
+    }
 }
 
 /// Loads the pod network and checks that every plugin it chains is installed.
@@ -241,6 +284,13 @@ mod tests {
             conf_dir: dir.to_path_buf(),
             plugin_dirs: vec![plugins.to_path_buf()],
             builtin_default: builtin,
+            builtin_mode: if builtin {
+                BuiltinMode::Plugins
+            } else {
+                BuiltinMode::Native
+            },
+            builtin_bridge: "berth0".into(),
+            builtin_subnet: BUILTIN_SUBNET.into(),
         }
     }
 
@@ -266,11 +316,39 @@ mod tests {
 
     #[test]
     fn pod_cidr_becomes_the_builtin_subnet() {
-        let v = builtin_conflist(&["10.244.1.0/24".to_owned()]);
+        let d = tempfile::tempdir().expect("tempdir");
+        let v = builtin_conflist(
+            &cfg(d.path(), d.path(), true),
+            &["10.244.1.0/24".to_owned()],
+        );
         assert_eq!(
             v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.244.1.0/24"
         );
+    }
+
+    #[test]
+    fn native_builtin_is_ready_without_any_plugin() {
+        let conf = tempfile::tempdir().expect("tempdir");
+        let bin = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(conf.path(), bin.path(), true);
+        c.builtin_mode = BuiltinMode::Native;
+        c.builtin_bridge = "berthnat0".into();
+        c.builtin_subnet = "10.93.0.0/16".into();
+        let net = check_ready(&c, &[]).expect("ready with no plugins installed");
+        assert_eq!(net.source, ConfigSource::BuiltinNative);
+        assert_eq!(net.name, native::NATIVE_NETWORK_NAME);
+        assert_eq!(net.conflist["bridge"], "berthnat0");
+        assert_eq!(net.conflist["subnet"], "10.93.0.0/16");
+        let net = check_ready(&c, &["10.244.1.0/24".to_owned()]).expect("ready");
+        assert_eq!(net.conflist["subnet"], "10.244.1.0/24");
+        // A config file in the conf dir still wins over the built-in network.
+        std::fs::write(
+            conf.path().join("10-a.conf"),
+            r#"{"cniVersion":"1.0.0","name":"a","type":"loopback"}"#,
+        )
+        .expect("write");
+        assert_eq!(load_network(&c, &[]).expect("loads").name, "a");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::cni::exec::{Attachment, CniRunner, result_ips};
+use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
 use crate::cri::now_nanos;
@@ -178,6 +179,8 @@ impl Sandbox {
             "runtimeHandler": self.runtime_handler,
             "cgroupParent": self.cgroup_parent,
             "network": state.network,
+            "hostInterface": (state.network.as_deref() == Some(NATIVE_NETWORK_NAME))
+                .then(|| cni::native::host_veth_name(&self.id)),
             "ips": state.ips,
             "namespaces": state.pins,
             "shm": state.shm,
@@ -206,6 +209,8 @@ pub struct PodManager {
     config: Config,
     pod_cidrs: Arc<RwLock<Vec<String>>>,
     pods: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// The native built-in network (used when `cni.builtin_mode` is `native`).
+    native: Arc<NativeNetwork>,
     /// Reserved sandbox names (`name_namespace_uid_attempt`) → id.
     names: Mutex<HashMap<String, String>>,
 }
@@ -214,6 +219,7 @@ impl PodManager {
     /// A manager over `config`'s directories; call [`Self::recover`] before serving.
     pub fn new(config: Config, pod_cidrs: Arc<RwLock<Vec<String>>>) -> Self {
         Self {
+            native: Arc::new(NativeNetwork::new(&config.state_dir)),
             config,
             pod_cidrs,
             pods: RwLock::new(HashMap::new()),
@@ -452,13 +458,17 @@ impl PodManager {
         if let Some(netns) = &pins.net {
             let net = self.network()?;
             self.update_state(sb, |s| s.network = Some(net.name.clone()));
-            let att = self.attachment(sb, netns);
-            let result = self
-                .cni_runner()
-                .add(&net, &att)
-                .await
-                .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
-            ips = result_ips(&result);
+            if net.source == cni::ConfigSource::BuiltinNative {
+                ips = self.native_add(sb, netns).await?;
+            } else {
+                let att = self.attachment(sb, netns);
+                let result = self
+                    .cni_runner()
+                    .add(&net, &att)
+                    .await
+                    .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+                ips = result_ips(&result);
+            }
         }
         store::write_atomic(&dir.join("hosts"), files::hosts(&hostname, &ips).as_bytes())
             .map_err(|e| Error::io("writing hosts", e))?;
@@ -467,6 +477,70 @@ impl PodManager {
             s.phase = Phase::Ready;
         });
         self.persist(sb)
+    }
+
+    /// Attaches the pod to the native built-in network; a pod with hostPorts then runs
+    /// the portmap plugin with the native attachment as its `prevResult`. On error the
+    /// caller's teardown undoes what was done.
+    async fn native_add(&self, sb: &Sandbox, netns: &Path) -> Result<Vec<String>> {
+        let att = self.attachment(sb, netns);
+        let runner = self.cni_runner();
+        let has_ports = att.capabilities.contains_key("portMappings");
+        if has_ports && cni::find_plugin(&runner.plugin_dirs, "portmap").is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "the pod has hostPort mappings, which need CNI plugin \"portmap\", but it is not in {} (install containernetworking-plugins)",
+                runner
+                    .plugin_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let cidrs = self
+            .pod_cidrs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let subnet = cni::native::pod_subnet(&self.config.cni.builtin_subnet, &cidrs)
+            .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
+        let native = Arc::clone(&self.native);
+        let bridge = self.config.cni.builtin_bridge.clone();
+        let id = sb.id.clone();
+        let path = netns.to_path_buf();
+        let result = tokio::task::spawn_blocking(move || native.add(&bridge, &subnet, &id, &path))
+            .await
+            .map_err(|e| Error::Internal(format!("pod network task: {e}")))?
+            .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+        if has_ports {
+            runner
+                .add_after(&cni::native_portmap(), &att, Some(result.clone()))
+                .await
+                .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+        }
+        Ok(result_ips(&result))
+    }
+
+    /// Detaches the pod from the native network: portmap DEL (hostPort pods only), then
+    /// the host veth and the pod's addresses. Idempotent.
+    async fn native_del(&self, sb: &Sandbox, netns: &Path) -> std::result::Result<(), String> {
+        let att = self.attachment(sb, netns);
+        let mut first_error = None;
+        if att.capabilities.contains_key("portMappings")
+            && let Err(e) = self.cni_runner().del(&cni::native_portmap(), &att).await
+        {
+            first_error = Some(e.to_string());
+        }
+        let native = Arc::clone(&self.native);
+        let id = sb.id.clone();
+        let res = tokio::task::spawn_blocking(move || native.del(&id))
+            .await
+            .map_err(|e| format!("pod network task: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match (first_error, res) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
     }
 
     fn network(&self) -> Result<NetworkConfig> {
@@ -544,7 +618,16 @@ impl PodManager {
     /// CNI error is returned so the caller (and kubelet) can retry.
     async fn teardown(&self, sb: &Sandbox, state: &SandboxState) -> Option<Error> {
         let mut first_error = None;
-        if let (Some(netns), Some(network)) = (&state.pins.net, &state.network) {
+        if let (Some(netns), Some(network)) = (&state.pins.net, &state.network)
+            && network == NATIVE_NETWORK_NAME
+        {
+            if let Err(e) = self.native_del(sb, netns).await {
+                tracing::warn!(pod = %sb.id, error = %e, "native network teardown failed");
+                first_error = Some(Error::Internal(format!(
+                    "tearing down the pod network: {e}"
+                )));
+            }
+        } else if let (Some(netns), Some(network)) = (&state.pins.net, &state.network) {
             // Use the network the pod was attached to, even if the config changed.
             let net = self
                 .network()
@@ -708,6 +791,12 @@ impl PodManager {
                     self.remove_files(&id);
                 }
             }
+        }
+        // Addresses of the native network whose pod has no record any more (berthd died
+        // between allocating and recording, or the record was lost) go back to the pool.
+        let live: std::collections::HashSet<String> = self.pods_read().keys().cloned().collect();
+        for ip in self.native.ipam().release_orphans(&live) {
+            tracing::info!(ip = %ip, "released a native network address no pod holds");
         }
         Ok(())
     }
