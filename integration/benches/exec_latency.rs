@@ -18,7 +18,7 @@
 //!
 //! The peer is Debian's containerd (1.6) with its CRI plugin and runc, started with its
 //! own root, state, socket, certs.d mirrors to the same local registry as berthd's, and
-//! a bridge network of its own (`berthbench2`, 10.91.0.0/24; distinct from
+//! a bridge network of its own (`berthbench2`, 10.91.0.0/16; distinct from
 //! pod_start's) and its pods under cgroup parent `/berth-bench-exec` (not `k8s.io`,
 //! which pod_start uses); its streaming server listens on 127.0.0.1 (the CRI
 //! plugin's default). Everything containerd creates (processes, shims, mounts, network
@@ -46,7 +46,7 @@ const PAUSE: &str = "registry.k8s.io/pause:3.9";
 /// containerd's CNI network: distinct from berthd's test network (berthtest0).
 const BENCH_NETWORK: &str = "berth-bench-exec";
 const BENCH_BRIDGE: &str = "berthbench2";
-const BENCH_SUBNET: &str = "10.91.0.0/24";
+const BENCH_SUBNET: &str = "10.91.0.0/16";
 /// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
 /// The cgroup parent of containerd's pods here, instead of its default `k8s.io`: a
 /// pod_start bench running at the same time uses (and cleans up) `k8s.io`, and this
@@ -197,6 +197,7 @@ impl Containerd {
                     "type": "bridge",
                     "bridge": BENCH_BRIDGE,
                     "isGateway": true,
+                    "forceAddress": true,
                     "ipMasq": true,
                     "hairpinMode": true,
                     "ipam": {

@@ -28,7 +28,7 @@
 //! state and socket in a temp dir, mirrors to the same local registry as berthd's
 //! (its own certs.d: containerd 1.6 rejects the `server`-only hosts.toml berthd
 //! reads), network namespaces under its state dir, and a bridge network of its own
-//! (`berthbench1`, 10.90.0.0/24). Everything it creates
+//! (`berthbench1`, 10.90.0.0/16). Everything it creates
 //! (processes, mounts, network namespaces, CNI state, cgroups) is removed on exit,
 //! also when the bench fails.
 
@@ -50,10 +50,8 @@ use berth_proto::v1 as cri;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const PAUSE: &str = "registry.k8s.io/pause:3.9";
-/// containerd's CNI network: distinct from berthd's test network (berthtest0).
-const BENCH_NETWORK: &str = "berth-bench";
-const BENCH_BRIDGE: &str = "berthbench1";
-const BENCH_SUBNET: &str = "10.90.0.0/24";
+/// containerd 2.x as integration/scripts/build-containerd2.sh caches it.
+const CONTAINERD2_DIR: &str = "/var/cache/berth/tools/bin/containerd2";
 /// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,8 +129,94 @@ async fn rpc<T>(
 // containerd, started and torn down by the bench
 // ---------------------------------------------------------------------------------
 
+/// One containerd peer: which binaries, which OCI runtime, and its own CNI network
+/// (distinct from berthd's and from the other peers', so each cleans up its own).
+#[derive(Debug, Clone)]
+struct PeerSpec {
+    /// Short name: pod uids, log dirs, `BENCH_PEERS`.
+    key: &'static str,
+    /// Directory holding `containerd` and `containerd-shim-runc-v2`; `None`: Debian's
+    /// on PATH.
+    bin_dir: Option<PathBuf>,
+    /// Config format: 2 (containerd 1.x) or 3 (containerd 2.x).
+    config_version: u8,
+    /// The OCI runtime binary the runc shim runs (`runc` or `crun`).
+    oci_runtime: &'static str,
+    network: &'static str,
+    bridge: &'static str,
+    subnet: &'static str,
+}
+
+/// The containerd peers the bench knows, in report order.
+fn peer_specs() -> Vec<PeerSpec> {
+    vec![
+        PeerSpec {
+            key: "containerd",
+            bin_dir: None,
+            config_version: 2,
+            oci_runtime: "runc",
+            network: "berth-bench",
+            bridge: "berthbench1",
+            subnet: "10.90.0.0/16",
+        },
+        PeerSpec {
+            key: "containerd2",
+            bin_dir: Some(PathBuf::from(CONTAINERD2_DIR)),
+            config_version: 3,
+            oci_runtime: "runc",
+            network: "berth-bench-c2",
+            bridge: "berthbench3",
+            subnet: "10.93.0.0/16",
+        },
+        PeerSpec {
+            key: "containerd-crun",
+            bin_dir: None,
+            config_version: 2,
+            oci_runtime: "crun",
+            network: "berth-bench-crun",
+            bridge: "berthbench4",
+            subnet: "10.94.0.0/16",
+        },
+    ]
+}
+
+impl PeerSpec {
+    fn bin(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// Why this peer cannot run here, if it cannot.
+    fn missing(&self) -> Option<String> {
+        let present = |name: &str| match &self.bin_dir {
+            Some(d) => d.join(name).is_file(),
+            None => on_path(name),
+        };
+        for bin in ["containerd", "containerd-shim-runc-v2"] {
+            if !present(bin) {
+                let hint = if self.bin_dir.is_some() {
+                    "run integration/scripts/build-containerd2.sh (install-deps.sh does)"
+                } else {
+                    "install Debian's containerd (integration/scripts/install-deps.sh)"
+                };
+                return Some(format!("{} not found: {hint}", self.bin(bin).display()));
+            }
+        }
+        if !on_path(self.oci_runtime) {
+            return Some(format!(
+                "{} not on PATH: apt-get install {}",
+                self.oci_runtime, self.oci_runtime
+            ));
+        }
+        None
+    }
+}
+
 /// A containerd with its CRI plugin on, owned by the bench.
 struct Containerd {
+    spec: PeerSpec,
     child: Option<Child>,
     dir: tempfile::TempDir,
     socket: PathBuf,
@@ -163,9 +247,62 @@ fn cgroup_controllers() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The same set-up as the 1.x config, in containerd 2.x's config version 3: the CRI
+/// plugin is split into `io.containerd.cri.v1.images` (snapshotter, sandbox image as
+/// `pinned_images.sandbox`, registry) and `io.containerd.cri.v1.runtime` (runtimes,
+/// CNI with `bin_dirs`, OOM score and netns options); NRI is off so it does not
+/// claim the host-wide /var/run/nri socket.
+fn containerd2_config(
+    spec: &PeerSpec,
+    p: &Path,
+    socket: &Path,
+    cni_dir: &Path,
+    certs: &Path,
+) -> String {
+    format!(
+        r#"version = 3
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE}"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{certs}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "{oci}"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{cni}"
+"#,
+        root = p.join("root").display(),
+        state = p.join("state").display(),
+        socket = socket.display(),
+        cni = cni_dir.display(),
+        certs = certs.display(),
+        oci = spec.oci_runtime,
+    )
+}
+
 impl Containerd {
     /// Starts containerd with the CRI plugin, mirroring `hosts` to `registry_url`.
-    async fn start(registry_url: &str, hosts: &[&str]) -> anyhow::Result<Self> {
+    async fn start(spec: &PeerSpec, registry_url: &str, hosts: &[&str]) -> anyhow::Result<Self> {
         // Short path: the socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("berth-bench-ctd-")
@@ -191,18 +328,19 @@ impl Containerd {
         fs::create_dir(&cni_dir)?;
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": BENCH_NETWORK,
+            "name": spec.network,
             "plugins": [
                 {
                     "type": "bridge",
-                    "bridge": BENCH_BRIDGE,
+                    "bridge": spec.bridge,
                     "isGateway": true,
+                    "forceAddress": true,
                     "ipMasq": true,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
                         "routes": [{ "dst": "0.0.0.0/0" }],
-                        "ranges": [[{ "subnet": BENCH_SUBNET }]]
+                        "ranges": [[{ "subnet": spec.subnet }]]
                     }
                 },
                 { "type": "portmap", "capabilities": { "portMappings": true } }
@@ -214,8 +352,11 @@ impl Containerd {
         )?;
         // restrict_oom_score_adj: containerd's sandbox default of -998 needs
         // CAP_SYS_RESOURCE, which root lacks here (lab-containerd.md, obstacle 1).
-        let config = format!(
-            r#"version = 2
+        let config = if spec.config_version >= 3 {
+            containerd2_config(spec, p, &socket, &cni_dir, &certs)
+        } else {
+            format!(
+                r#"version = 2
 root = "{root}"
 state = "{state}"
 
@@ -233,18 +374,21 @@ state = "{state}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        BinaryName = "{oci}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
 "#,
-            root = p.join("root").display(),
-            state = p.join("state").display(),
-            socket = socket.display(),
-            cni = cni_dir.display(),
-            certs = certs.display(),
-        );
+                root = p.join("root").display(),
+                state = p.join("state").display(),
+                socket = socket.display(),
+                cni = cni_dir.display(),
+                certs = certs.display(),
+                oci = spec.oci_runtime,
+            )
+        };
         fs::write(p.join("config.toml"), config)?;
         let new_k8s_cgroups = cgroup_controllers()
             .into_iter()
@@ -252,15 +396,24 @@ state = "{state}"
             .filter(|c| !c.exists())
             .collect();
         let log = fs::File::create(p.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let mut cmd = Command::new(spec.bin("containerd"));
+        if let Some(d) = &spec.bin_dir {
+            // containerd finds its shim on PATH: this build's shim, not Debian's.
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![d.clone()];
+            dirs.extend(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs)?);
+        }
+        let child = cmd
             .arg("--config")
             .arg(p.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawning containerd")?;
+            .with_context(|| format!("spawning {}", spec.bin("containerd").display()))?;
         let mut ctd = Self {
+            spec: spec.clone(),
             child: Some(child),
             dir,
             socket,
@@ -426,12 +579,12 @@ fn split_iptables(line: &str) -> Vec<String> {
 }
 
 /// Removes the NAT rules and chains the bridge plugin's ipMasq added for pods of the
-/// bench network, for pods whose CNI DEL never ran (containerd died).
-fn remove_bench_iptables() {
+/// CNI network `network`, for pods whose CNI DEL never ran (the runtime died).
+fn remove_bench_iptables(network: &str) {
     let Ok(out) = Command::new("iptables").args(["-t", "nat", "-S"]).output() else {
         return;
     };
-    let marker = format!("name: \\\"{BENCH_NETWORK}\\\"");
+    let marker = format!("name: \\\"{network}\\\"");
     let mut chains = HashSet::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if !(line.starts_with("-A POSTROUTING ") && line.contains(&marker)) {
@@ -504,25 +657,30 @@ impl Drop for Containerd {
         // Network namespaces are pinned under the state dir
         // (netns_mounts_under_state_dir), so this releases them too.
         unmount_below(self.dir.path());
+        let network = self.spec.network;
         let _ = Command::new("ip")
-            .args(["link", "del", BENCH_BRIDGE])
+            .args(["link", "del", self.spec.bridge])
             .stderr(Stdio::null())
             .status();
-        let _ = fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(BENCH_NETWORK));
+        let _ = fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(network));
         if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if ids.iter().any(|id| {
-                    name == format!("{BENCH_NETWORK}-{id}-eth0")
+                    name == format!("{network}-{id}-eth0")
                         || name == format!("cni-loopback-{id}-lo")
                 }) {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-        remove_bench_iptables();
+        remove_bench_iptables(network);
         if std::thread::panicking() {
-            eprintln!("---- containerd log ----\n{}---- end ----", self.log());
+            eprintln!(
+                "---- {} log ----\n{}---- end ----",
+                self.spec.key,
+                self.log()
+            );
         }
     }
 }
@@ -578,20 +736,37 @@ fn sum_memory(pids: &[u32]) -> (u64, u64) {
 // The workload
 // ---------------------------------------------------------------------------------
 
-/// The two runtimes, under one client type.
+/// One runtime under test (a berthd or a containerd peer), under one client type.
 #[derive(Clone)]
 struct Runtime {
-    name: &'static str,
+    /// Display name, with the version for peers.
+    name: String,
+    /// Short name for pod uids and log dirs.
+    key: &'static str,
+    /// berthd (the numerator of the ratios) or a peer (a denominator).
+    berth: bool,
+    /// Only in the serial start step (a second berthd configuration).
+    serial_only: bool,
     client: CriClient,
     pid: u32,
     logs: PathBuf,
+    /// Its per-pod processes (monitors or shims): `comm` prefix, and a string their
+    /// command line holds (the daemon's dir or socket).
+    per_pod_comm: &'static str,
+    per_pod_needle: String,
+}
+
+impl Runtime {
+    fn is_per_pod(&self, comm: &str, cmdline: &str) -> bool {
+        comm.starts_with(self.per_pod_comm) && cmdline.contains(&self.per_pod_needle)
+    }
 }
 
 fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: format!("bench-{i}"),
-            uid: format!("bench-{}-{i}", rt.name),
+            uid: format!("bench-{}-{i}", rt.key),
             namespace: "bench".to_owned(),
             attempt: 0,
         }),
@@ -807,12 +982,64 @@ fn sorted(v: impl Iterator<Item = Duration>) -> Vec<Duration> {
     v
 }
 
-fn row(out: &mut String, label: &str, berth: f64, ctd: f64, unit: &str) {
-    let _ = writeln!(
-        out,
-        "| {label} | {berth:.1} {unit} | {ctd:.1} {unit} | {:.2} |",
-        berth / ctd
-    );
+/// The report table: one value column per runtime, then one ratio column per
+/// (berthd, peer) pair.
+struct Table<'a> {
+    out: String,
+    rts: &'a [Runtime],
+}
+
+impl<'a> Table<'a> {
+    fn new(rts: &'a [Runtime]) -> Self {
+        let mut out = String::from("|");
+        for rt in rts {
+            let _ = write!(out, " | {}", rt.name);
+        }
+        for (b, p) in Self::pairs(rts) {
+            let _ = write!(out, " | {}/{}", rts[b].name, rts[p].name);
+        }
+        out.push_str(" |\n|---|");
+        for _ in 0..rts.len() + Self::pairs(rts).len() {
+            out.push_str("---|");
+        }
+        out.push('\n');
+        Self { out, rts }
+    }
+
+    fn pairs(rts: &[Runtime]) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        for (b, _) in rts.iter().enumerate().filter(|(_, r)| r.berth) {
+            for (p, _) in rts.iter().enumerate().filter(|(_, r)| !r.berth) {
+                v.push((b, p));
+            }
+        }
+        v
+    }
+
+    /// A row; `None` where a runtime was not measured for it.
+    fn row(&mut self, label: &str, vals: &[Option<f64>], unit: &str) {
+        let _ = write!(self.out, "| {label}");
+        for v in vals {
+            match v {
+                Some(v) if unit.is_empty() => {
+                    let _ = write!(self.out, " | {v:.1}");
+                }
+                Some(v) => {
+                    let _ = write!(self.out, " | {v:.1} {unit}");
+                }
+                None => self.out.push_str(" | —"),
+            }
+        }
+        for (b, p) in Self::pairs(self.rts) {
+            match (vals[b], vals[p]) {
+                (Some(b), Some(p)) => {
+                    let _ = write!(self.out, " | {:.2}", b / p);
+                }
+                _ => self.out.push_str(" | —"),
+            }
+        }
+        self.out.push_str(" |\n");
+    }
 }
 
 fn mb(kb: u64) -> f64 {
@@ -891,11 +1118,7 @@ struct PodsMemory {
     pss_kb: u64,
 }
 
-async fn memory_with_pods(
-    rt: &mut Runtime,
-    n: usize,
-    per_pod: &dyn Fn(&str, &str) -> bool,
-) -> anyhow::Result<PodsMemory> {
+async fn memory_with_pods(rt: &mut Runtime, n: usize) -> anyhow::Result<PodsMemory> {
     let mut pods = Vec::new();
     let mut result = Ok(());
     for i in 0..n {
@@ -915,7 +1138,7 @@ async fn memory_with_pods(
         result?;
         // Let start-up allocations settle before reading memory.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let pids = pids_where(per_pod);
+        let pids = pids_where(|comm, cmdline| rt.is_per_pod(comm, cmdline));
         let (procs_rss, procs_pss) = sum_memory(&pids);
         Ok::<_, anyhow::Error>(PodsMemory {
             daemon_rss_kb: rss_kb(rt.pid)?,
@@ -971,6 +1194,7 @@ async fn concurrently<F, Fut, T>(
     rt: &Runtime,
     n: usize,
     clients: usize,
+    progress: &str,
     work: F,
 ) -> (Duration, Vec<T>, Option<anyhow::Error>)
 where
@@ -979,10 +1203,15 @@ where
     T: Send + 'static,
 {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Progress about five times per step, so a long step shows it is moving.
+    let every = n.div_ceil(5).max(1);
+    let progress = std::sync::Arc::new(progress.to_owned());
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
         let (rt, next, work) = (rt.clone(), next.clone(), work.clone());
+        let (finished, progress) = (finished.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut done = Vec::new();
             loop {
@@ -991,7 +1220,13 @@ where
                     return (done, None);
                 }
                 match work(rt.clone(), i).await {
-                    Ok(v) => done.push(v),
+                    Ok(v) => {
+                        done.push(v);
+                        let k = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                        if k % every == 0 || k == n {
+                            println!("{progress} {k}/{n} ({:.0} s)", t0.elapsed().as_secs_f64());
+                        }
+                    }
                     Err(e) => {
                         // Stop the other clients too.
                         next.store(n, Ordering::SeqCst);
@@ -1081,38 +1316,38 @@ async fn poll_latencies(rt: &mut Runtime) -> anyhow::Result<Vec<(f64, f64)>> {
     Ok(out)
 }
 
-async fn scale(
-    rt: &mut Runtime,
-    n: usize,
-    clients: usize,
-    per_pod: &dyn Fn(&str, &str) -> bool,
-) -> anyhow::Result<Scale> {
+async fn scale(rt: &mut Runtime, n: usize, clients: usize) -> anyhow::Result<Scale> {
     let base = 100_000 + n * 10;
-    let (start_total, pods, err) = concurrently(rt, n, clients, move |mut rt, i| async move {
-        start_pod(&mut rt, base + i)
-            .await
-            .with_context(|| format!("{}: starting pod {i}", rt.name))
-            .map(|(id, _)| id)
-    })
-    .await;
+    let what = format!("  {}: pods started", rt.name);
+    let (start_total, pods, err) =
+        concurrently(rt, n, clients, &what, move |mut rt, i| async move {
+            start_pod(&mut rt, base + i)
+                .await
+                .with_context(|| format!("{}: starting pod {i}", rt.name))
+                .map(|(id, _)| id)
+        })
+        .await;
     let measured = async {
         if let Some(e) = err {
             return Err(e.context(format!("{}: starting {n} pods", rt.name)));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("  {}: polling like kubelet with {n} pods…", rt.name);
         let polls = poll_latencies(rt).await?;
-        let pids = pids_where(per_pod);
+        let pids = pids_where(|comm, cmdline| rt.is_per_pod(comm, cmdline));
         let (_, pss_kb) = sum_memory(&pids);
         Ok::<_, anyhow::Error>((polls, rss_kb(rt.pid)?, pids.len(), pss_kb))
     }
     .await;
     let pods = std::sync::Arc::new(pods);
     let ids = pods.clone();
-    let (teardown_total, _, terr) = concurrently(rt, pods.len(), clients, move |mut rt, i| {
-        let ids = ids.clone();
-        async move { remove_pod(&mut rt, &ids[i]).await }
-    })
-    .await;
+    let what = format!("  {}: pods removed", rt.name);
+    let (teardown_total, _, terr) =
+        concurrently(rt, pods.len(), clients, &what, move |mut rt, i| {
+            let ids = ids.clone();
+            async move { remove_pod(&mut rt, &ids[i]).await }
+        })
+        .await;
     let (polls, daemon_rss_kb, procs, pss_kb) = measured?;
     if let Some(e) = terr {
         return Err(e.context(format!("{}: tearing down {n} pods", rt.name)));
@@ -1225,13 +1460,97 @@ fn cdf(sorted: &[Duration]) -> Vec<(f64, f64)> {
 
 // ---------------------------------------------------------------------------------
 
+/// berthd's built-in default network the bench gives its main berthd: native mode
+/// (in-process bridge/veth/IPAM) on a bridge of its own, with an empty CNI conf dir,
+/// the way a user gets berthd out of the box.
+const NATIVE_BRIDGE: &str = "berthbench0";
+const NATIVE_SUBNET: &str = "10.92.0.0/16";
+
+/// Whether this berthd has the native built-in network (`builtin_mode` in its
+/// default config).
+fn berthd_has_native_network() -> bool {
+    let bin = berth_integration::daemon::TestDaemon::binary();
+    bin.ok()
+        .and_then(|b| Command::new(b).args(["config", "default"]).output().ok())
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains("builtin_mode"))
+}
+
+/// Deletes the native network's bridge and the masquerade rule berthd adds for its
+/// subnet when the bench ends (declared before the daemons, so it drops after them).
+struct NativeBridgeCleanup(bool);
+
+impl Drop for NativeBridgeCleanup {
+    fn drop(&mut self) {
+        if !self.0 {
+            return;
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", NATIVE_BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+        let comment = format!("berth native network {NATIVE_BRIDGE}");
+        let rule = [
+            "POSTROUTING",
+            "-s",
+            NATIVE_SUBNET,
+            "!",
+            "-d",
+            NATIVE_SUBNET,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "MASQUERADE",
+        ];
+        // Once per copy of the rule (berthd adds it once per daemon start).
+        for _ in 0..8 {
+            let removed = Command::new("iptables")
+                .args(["-w", "10", "-t", "nat", "-D"])
+                .args(rule)
+                .stderr(Stdio::null())
+                .status();
+            if !removed.is_ok_and(|s| s.success()) {
+                break;
+            }
+        }
+    }
+}
+
+/// `1.6.20~ds1` → `1.6.20`; `v2.4.2` → `2.4.2`.
+fn short_version(v: &str) -> String {
+    v.trim_start_matches('v')
+        .split(['~', '+', '-'])
+        .next()
+        .unwrap_or(v)
+        .to_owned()
+}
+
+async fn version_of(client: &mut CriClient) -> String {
+    rpc(
+        "Version",
+        client.runtime.version(cri::VersionRequest::default()),
+    )
+    .await
+    .map(|v| short_version(&v.runtime_version))
+    .unwrap_or_default()
+}
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+const LIGHT_COLORS: [&str; 6] = [
+    "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#ffbb78", "#c49c94",
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let bench_start = Instant::now();
     let samples = env_usize("BENCH_SAMPLES", 50)?;
     let n_pods = env_usize("BENCH_PODS", 10)?;
     let clients = env_usize("BENCH_CLIENTS", 10)?;
     let scale_counts: Vec<usize> = std::env::var("BENCH_SCALE")
-        .unwrap_or_else(|_| "100".to_owned())
+        .unwrap_or_else(|_| "100,500".to_owned())
         .split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
@@ -1240,6 +1559,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("BENCH_SCALE entry {s:?} is not a number"))
         })
         .collect::<anyhow::Result<_>>()?;
+    let peer_keys: Vec<String> = std::env::var("BENCH_PEERS")
+        .unwrap_or_else(|_| "containerd,containerd2".to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     ensure!(samples > 0, "BENCH_SAMPLES must be at least 1");
     // SAFETY: geteuid(2) has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -1247,22 +1572,93 @@ async fn main() -> anyhow::Result<()> {
         euid == 0,
         "run as root: sudo cargo bench -p berth-integration --bench pod_start"
     );
-    for bin in ["containerd", "containerd-shim-runc-v2", "runc"] {
+    let known = peer_specs();
+    for k in &peer_keys {
         ensure!(
-            on_path(bin),
-            "{bin} not on PATH: install Debian's containerd and runc (integration/scripts/install-deps.sh)"
+            known.iter().any(|s| s.key == k),
+            "BENCH_PEERS: unknown peer {k:?} (known: containerd, containerd2, containerd-crun)"
         );
     }
+    let mut specs = Vec::new();
+    for spec in known
+        .into_iter()
+        .filter(|s| peer_keys.iter().any(|k| k == s.key))
+    {
+        match spec.missing() {
+            None => specs.push(spec),
+            Some(why) => eprintln!(
+                "\n!!!!!!!! SKIPPING PEER {}: {why}\n!!!!!!!! its figures are missing from this run\n",
+                spec.key
+            ),
+        }
+    }
+    ensure!(
+        !specs.is_empty(),
+        "no containerd peer can run here (see above); nothing to compare berthd with"
+    );
     install_signal_handlers();
     println!("machine: {}", machine());
     println!("load average at start: {}", load_average());
-    println!("starting registry + berthd, and containerd…");
+
+    // berthd the way a user gets it: native built-in network when this berthd has
+    // it (and BENCH_BERTH_NETWORK is not `plugins`); then a second berthd with the
+    // exec'd CNI chain containerd uses, for the serial start step only.
+    let mode = std::env::var("BENCH_BERTH_NETWORK").unwrap_or_else(|_| "auto".to_owned());
+    ensure!(
+        ["auto", "native", "plugins"].contains(&mode.as_str()),
+        "BENCH_BERTH_NETWORK={mode:?}: expected auto, native or plugins"
+    );
+    let native = match mode.as_str() {
+        "plugins" => false,
+        "native" => true,
+        _ => berthd_has_native_network(),
+    };
+    if !native {
+        println!(
+            "berthd: exec'd CNI plugins (bridge + host-local + portmap, like containerd){}",
+            if mode == "auto" {
+                "; this berthd has no native built-in network"
+            } else {
+                ""
+            }
+        );
+    }
+    let _native_cleanup = NativeBridgeCleanup(native);
+    let log_level = std::env::var("BENCH_BERTH_LOG").unwrap_or_else(|_| "info".to_owned());
+    println!("starting registry + berthd…");
+    let empty_conf = tempfile::Builder::new()
+        .prefix("berth-bench-cni-")
+        .tempdir()
+        .context("creating an empty CNI conf dir")?;
     let node = Node::start_with(DaemonOptions {
-        log_level: std::env::var("BENCH_BERTH_LOG").unwrap_or_else(|_| "info".to_owned()),
+        log_level: log_level.clone(),
+        cni_section: native.then(|| {
+            format!(
+                "[cni]\nconf_dir = {:?}\nbuiltin_mode = \"native\"\nbuiltin_bridge = {NATIVE_BRIDGE:?}\nbuiltin_subnet = {NATIVE_SUBNET:?}\n",
+                empty_conf.path().display().to_string()
+            )
+        }),
         ..DaemonOptions::default()
     })
     .await
     .context("starting the registry and berthd")?;
+    let berth_cni = if native {
+        println!("starting a second berthd with the exec'd CNI chain (serial step only)…");
+        Some(
+            berth_integration::daemon::TestDaemon::start_with(DaemonOptions {
+                log_level: log_level.clone(),
+                extra_config: format!(
+                    "\n[registry]\nconfig_path = {:?}\nstall_timeout_secs = 20\n",
+                    node.certs.path().display().to_string()
+                ),
+                ..DaemonOptions::default()
+            })
+            .await
+            .context("starting the second berthd")?,
+        )
+    } else {
+        None
+    };
     node.registry
         .push(
             "e2e-test-images/busybox",
@@ -1279,119 +1675,170 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         .context("pushing the bench pause image")?;
-    let ctd = Containerd::start(&node.registry.url(), CRITEST_HOSTS)
-        .await
-        .context("starting containerd")?;
     let logs = tempfile::Builder::new()
         .prefix("berth-bench-logs-")
         .tempdir()
         .context("creating the pod log dir")?;
-    let mut berth = Runtime {
-        name: "berthd",
+    let mut rts = vec![Runtime {
+        name: if native {
+            "berthd".to_owned()
+        } else {
+            "berthd (CNI plugins)".to_owned()
+        },
+        key: "berthd",
+        berth: true,
+        serial_only: false,
         client: node.daemon.client().await?,
         pid: node.daemon.pid().context("berthd is not running")?,
         logs: logs.path().join("berthd"),
-    };
-    let mut containerd = Runtime {
-        name: "containerd",
-        client: CriClient::connect(&ctd.socket).await?,
-        pid: ctd.pid().context("containerd is not running")?,
-        logs: logs.path().join("containerd"),
-    };
-    let started = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
-    println!("berthd:     {}", describe(&mut berth).await);
-    println!("containerd: {}", describe(&mut containerd).await);
-
-    pull(&mut berth, BUSYBOX).await?;
-    pull(&mut containerd, BUSYBOX).await?;
-    pull(&mut containerd, PAUSE).await?;
+        per_pod_comm: "berth-monitor",
+        per_pod_needle: node.daemon.dir().display().to_string(),
+    }];
+    if let Some(d) = &berth_cni {
+        rts.push(Runtime {
+            name: "berthd (CNI plugins)".to_owned(),
+            key: "berthd-cni",
+            berth: true,
+            serial_only: true,
+            client: d.client().await?,
+            pid: d.pid().context("the second berthd is not running")?,
+            logs: logs.path().join("berthd-cni"),
+            per_pod_comm: "berth-monitor",
+            per_pod_needle: d.dir().display().to_string(),
+        });
+    }
+    // Peers start one after the other; each is dropped (stopped and cleaned up) at the
+    // end, or when the bench fails.
+    let mut peers = Vec::new();
+    for spec in &specs {
+        println!("starting {}…", spec.key);
+        let ctd = Containerd::start(spec, &node.registry.url(), CRITEST_HOSTS)
+            .await
+            .with_context(|| format!("starting {}", spec.key))?;
+        let mut client = CriClient::connect(&ctd.socket).await?;
+        let version = version_of(&mut client).await;
+        let name = match spec.oci_runtime {
+            "runc" => format!("containerd {version}"),
+            other => format!("containerd {version} + {other}"),
+        };
+        rts.push(Runtime {
+            name,
+            key: spec.key,
+            berth: false,
+            serial_only: false,
+            client,
+            pid: ctd.pid().context("containerd is not running")?,
+            logs: logs.path().join(spec.key),
+            per_pod_comm: "containerd-shim",
+            per_pod_needle: ctd.socket.display().to_string(),
+        });
+        peers.push(ctd);
+    }
+    let started: Vec<u64> = rts
+        .iter()
+        .map(|r| rss_kb(r.pid))
+        .collect::<anyhow::Result<_>>()?;
+    for rt in &mut rts {
+        let d = describe(rt).await;
+        println!("{}: {d}", rt.name);
+    }
+    for rt in &mut rts {
+        pull(rt, BUSYBOX).await?;
+        if !rt.berth {
+            pull(rt, PAUSE).await?;
+        }
+    }
 
     // One untimed cycle each: the first pod pays one-time costs (CNI bridge
     // creation, iptables chains, page cache) that a running node has paid already.
-    let warm_b = cycle(&mut berth, 0).await?;
-    let warm_c = cycle(&mut containerd, 0).await?;
-    println!(
-        "warm-up (untimed) start: berthd {:.1} ms, containerd {:.1} ms",
-        warm_b.total().as_secs_f64() * 1e3,
-        warm_c.total().as_secs_f64() * 1e3
-    );
+    let mut warm = Vec::new();
+    for rt in &mut rts {
+        let w = cycle(rt, 0).await?;
+        warm.push(format!(
+            "{} {:.1} ms",
+            rt.name,
+            w.total().as_secs_f64() * 1e3
+        ));
+    }
+    println!("warm-up (untimed) start: {}", warm.join(", "));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_before = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
+    let idle_before: Vec<u64> = rts
+        .iter()
+        .map(|r| rss_kb(r.pid))
+        .collect::<anyhow::Result<_>>()?;
 
-    println!("{samples} iterations, alternating…");
-    let mut sb = Vec::with_capacity(samples);
-    let mut sc = Vec::with_capacity(samples);
+    let n_rt = rts.len();
+    println!("{samples} serial iterations on {n_rt} runtimes, rotating which goes first…");
+    let mut serial: Vec<Vec<Sample>> = vec![Vec::with_capacity(samples); n_rt];
     for i in 1..=samples {
         check_interrupted()?;
-        if i % 2 == 1 {
-            sb.push(cycle(&mut berth, i).await?);
-            sc.push(cycle(&mut containerd, i).await?);
-        } else {
-            sc.push(cycle(&mut containerd, i).await?);
-            sb.push(cycle(&mut berth, i).await?);
+        for k in 0..n_rt {
+            let j = (i + k) % n_rt;
+            serial[j].push(cycle(&mut rts[j], i).await?);
         }
         if i % 10 == 0 || i == samples {
-            println!("  {i}/{samples}");
+            println!(
+                "  {i}/{samples} ({:.0} s since the bench started)",
+                bench_start.elapsed().as_secs_f64()
+            );
         }
     }
     println!("load average after the samples: {}", load_average());
-    ensure_empty(&mut berth).await?;
-    ensure_empty(&mut containerd).await?;
+    for rt in &mut rts {
+        ensure_empty(rt).await?;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_after = (rss_kb(berth.pid)?, rss_kb(containerd.pid)?);
+    let idle_after: Vec<u64> = rts
+        .iter()
+        .map(|r| rss_kb(r.pid))
+        .collect::<anyhow::Result<_>>()?;
 
     println!("memory with {n_pods} pods running on each runtime…");
-    let berth_dir = node.daemon.dir().display().to_string();
-    let ctd_socket = ctd.socket.display().to_string();
-    let mem_b = memory_with_pods(&mut berth, n_pods, &|comm, cmdline| {
-        comm == "berth-monitor" && cmdline.contains(&berth_dir)
-    })
-    .await?;
-    let mem_c = memory_with_pods(&mut containerd, n_pods, &|comm, cmdline| {
-        comm.starts_with("containerd-shim") && cmdline.contains(&ctd_socket)
-    })
-    .await?;
-    ensure_empty(&mut berth).await?;
-    ensure_empty(&mut containerd).await?;
+    let mut mem: Vec<Option<PodsMemory>> = Vec::new();
+    for rt in &mut rts {
+        if rt.serial_only {
+            mem.push(None);
+            continue;
+        }
+        mem.push(Some(memory_with_pods(rt, n_pods).await?));
+        ensure_empty(rt).await?;
+    }
 
-    let mut scales: Vec<(Scale, Scale)> = Vec::new();
-    for n in &scale_counts {
-        let n = *n;
+    let mut scales: Vec<Vec<Option<Scale>>> = Vec::new();
+    for &n in &scale_counts {
         println!("scale: {n} pods started by {clients} concurrent clients on each runtime…");
-        let b = scale(&mut berth, n, clients, &|comm, cmdline| {
-            comm == "berth-monitor" && cmdline.contains(&berth_dir)
-        })
-        .await?;
-        ensure_empty(&mut berth).await?;
-        let c = scale(&mut containerd, n, clients, &|comm, cmdline| {
-            comm.starts_with("containerd-shim") && cmdline.contains(&ctd_socket)
-        })
-        .await?;
-        ensure_empty(&mut containerd).await?;
-        println!(
-            "  {n} pods: berthd {:.1} pods/s, containerd {:.1} pods/s",
-            b.pods_per_sec(),
-            c.pods_per_sec()
-        );
-        scales.push((b, c));
+        let mut step = Vec::new();
+        for rt in &mut rts {
+            if rt.serial_only {
+                step.push(None);
+                continue;
+            }
+            check_interrupted()?;
+            let s = scale(rt, n, clients).await?;
+            ensure_empty(rt).await?;
+            println!(
+                "  {}: {n} pods at {:.1} pods/s ({:.0} s since the bench started)",
+                rt.name,
+                s.pods_per_sec(),
+                bench_start.elapsed().as_secs_f64()
+            );
+            step.push(Some(s));
+        }
+        scales.push(step);
     }
 
     // Report, as a markdown table.
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n{samples} serial samples per runtime (ms; memory in MB)\n"
-    );
-    let _ = writeln!(out, "| | berthd | containerd | berth/containerd |");
-    let _ = writeln!(out, "|---|---|---|---|");
-    let tb = sorted(sb.iter().map(Sample::total));
-    let tc = sorted(sc.iter().map(Sample::total));
+    let mut t = Table::new(&rts);
+    let totals: Vec<Vec<Duration>> = serial
+        .iter()
+        .map(|v| sorted(v.iter().map(Sample::total)))
+        .collect();
+    let all =
+        |f: &dyn Fn(usize) -> f64| -> Vec<Option<f64>> { (0..n_rt).map(|k| Some(f(k))).collect() };
     for (label, p) in [("median", 50), ("p95", 95), ("p99", 99)] {
-        row(
-            &mut out,
+        t.row(
             &format!("pod+container start {label}"),
-            pct(&tb, p),
-            pct(&tc, p),
+            &all(&|k| pct(&totals[k], p)),
             "ms",
         );
     }
@@ -1402,178 +1849,174 @@ async fn main() -> anyhow::Result<()> {
         ("StartContainer", |s| s.start),
     ];
     for (label, f) in phases {
-        row(
-            &mut out,
+        t.row(
             &format!("— {label} median"),
-            pct(&sorted(sb.iter().map(f)), 50),
-            pct(&sorted(sc.iter().map(f)), 50),
+            &all(&|k| pct(&sorted(serial[k].iter().map(f)), 50)),
             "ms",
         );
     }
-    let db = sorted(sb.iter().map(|s| s.teardown));
-    let dc = sorted(sc.iter().map(|s| s.teardown));
+    let teardowns: Vec<Vec<Duration>> = serial
+        .iter()
+        .map(|v| sorted(v.iter().map(|s| s.teardown)))
+        .collect();
     for (label, p) in [("median", 50), ("p95", 95), ("p99", 99)] {
-        row(
-            &mut out,
+        t.row(
             &format!("teardown (Stop+Remove pod) {label}"),
-            pct(&db, p),
-            pct(&dc, p),
+            &all(&|k| pct(&teardowns[k], p)),
             "ms",
         );
     }
-    for (label, (b, c)) in [
-        ("daemon RSS just started", started),
-        ("daemon RSS idle, before the run", idle_before),
-        ("daemon RSS idle, after the run", idle_after),
-        (
-            &*format!("daemon RSS with {n_pods} pods"),
-            (mem_b.daemon_rss_kb, mem_c.daemon_rss_kb),
-        ),
+    for (label, v) in [
+        ("daemon RSS just started", &started),
+        ("daemon RSS idle, before the run", &idle_before),
+        ("daemon RSS idle, after the run", &idle_after),
     ] {
-        row(&mut out, label, mb(b), mb(c), "MB");
+        t.row(label, &all(&|k| mb(v[k])), "MB");
     }
+    let memf = |f: &dyn Fn(&PodsMemory) -> f64| -> Vec<Option<f64>> {
+        mem.iter().map(|m| m.as_ref().map(f)).collect()
+    };
     let n = n_pods.max(1) as u64;
-    row(
-        &mut out,
+    t.row(
+        &format!("daemon RSS with {n_pods} pods"),
+        &memf(&|m| mb(m.daemon_rss_kb)),
+        "MB",
+    );
+    let procs: Vec<String> = mem.iter().flatten().map(|m| m.procs.to_string()).collect();
+    t.row(
         &format!(
-            "monitor ({}) vs shim ({}) RSS per pod",
-            mem_b.procs, mem_c.procs
+            "per pod: monitor / shim RSS ({} processes)",
+            procs.join(" / ")
         ),
-        mb(mem_b.rss_kb / n),
-        mb(mem_c.rss_kb / n),
+        &memf(&|m| mb(m.rss_kb / n)),
         "MB",
     );
-    row(
-        &mut out,
-        "monitor vs shim PSS per pod",
-        mb(mem_b.pss_kb / n),
-        mb(mem_c.pss_kb / n),
+    t.row(
+        "per pod: monitor / shim PSS",
+        &memf(&|m| mb(m.pss_kb / n)),
         "MB",
     );
-    for (b, c) in &scales {
-        let n = b.n;
-        row(
-            &mut out,
+    for step in &scales {
+        let Some(n) = step.iter().flatten().map(|s| s.n).next() else {
+            continue;
+        };
+        let sf = |f: &dyn Fn(&Scale) -> f64| -> Vec<Option<f64>> {
+            step.iter().map(|s| s.as_ref().map(f)).collect()
+        };
+        t.row(
             &format!("{n} pods, {clients} clients: throughput (pods/s, higher is better)"),
-            b.pods_per_sec(),
-            c.pods_per_sec(),
+            &sf(&Scale::pods_per_sec),
             "",
         );
-        row(
-            &mut out,
+        t.row(
             &format!("{n} pods: time to start all"),
-            b.start_total.as_secs_f64(),
-            c.start_total.as_secs_f64(),
+            &sf(&|s| s.start_total.as_secs_f64()),
             "s",
         );
-        row(
-            &mut out,
+        t.row(
             &format!("{n} pods: time to stop and remove all"),
-            b.teardown_total.as_secs_f64(),
-            c.teardown_total.as_secs_f64(),
+            &sf(&|s| s.teardown_total.as_secs_f64()),
             "s",
         );
         for (k, name) in POLLED.iter().enumerate() {
-            row(
-                &mut out,
+            t.row(
                 &format!("{n} pods: {name} median"),
-                b.polls[k].0,
-                c.polls[k].0,
+                &sf(&|s| s.polls[k].0),
                 "ms",
             );
-            row(
-                &mut out,
+            t.row(
                 &format!("{n} pods: {name} p99"),
-                b.polls[k].1,
-                c.polls[k].1,
+                &sf(&|s| s.polls[k].1),
                 "ms",
             );
         }
-        row(
-            &mut out,
+        t.row(
             &format!("{n} pods: daemon RSS"),
-            mb(b.daemon_rss_kb),
-            mb(c.daemon_rss_kb),
+            &sf(&|s| mb(s.daemon_rss_kb)),
             "MB",
         );
-        row(
-            &mut out,
+        let procs: Vec<String> = step.iter().flatten().map(|s| s.procs.to_string()).collect();
+        t.row(
             &format!(
-                "{n} pods: runtime-side memory (daemon RSS + PSS of {} monitors / {} shims)",
-                b.procs, c.procs
+                "{n} pods: runtime-side memory (daemon RSS + PSS of {} monitors / shims)",
+                procs.join(" / ")
             ),
-            mb(b.runtime_side_kb()),
-            mb(c.runtime_side_kb()),
+            &sf(&|s| mb(s.runtime_side_kb())),
             "MB",
         );
     }
-    let ratio = pct(&tb, 50) / pct(&tc, 50);
-    let _ = writeln!(
-        out,
-        "\ntarget: pod+container start median ≤ 0.25 of containerd's — {} ({ratio:.2})",
-        if ratio <= 0.25 { "met" } else { "MISSED" }
+    let mut out = format!(
+        "\n{samples} serial samples per runtime (ms; memory in MB); load average at the end: {}\n\n",
+        load_average()
     );
+    out.push_str(&t.out);
+    for (p, rt) in rts.iter().enumerate().filter(|(_, r)| !r.berth) {
+        let ratio = pct(&totals[0], 50) / pct(&totals[p], 50);
+        let _ = writeln!(
+            out,
+            "\ntarget: pod+container start median ≤ 0.25 of {}'s — {} ({ratio:.2})",
+            rt.name,
+            if ratio <= 0.25 { "met" } else { "MISSED" }
+        );
+    }
     println!("{out}");
 
     let chart_dir = PathBuf::from(
         std::env::var("BENCH_CHART_DIR").unwrap_or_else(|_| "target/bench-charts".to_owned()),
     );
     fs::create_dir_all(&chart_dir).with_context(|| format!("creating {}", chart_dir.display()))?;
+    let latency_series: Vec<Series<'_>> = rts
+        .iter()
+        .enumerate()
+        .map(|(k, rt)| Series {
+            name: &rt.name,
+            color: COLORS[k % COLORS.len()],
+            points: cdf(&totals[k]),
+        })
+        .collect();
     let latency = svg_chart(
         &format!("Pod + container start latency, {samples} serial samples"),
         "latency (ms)",
         "% of samples at or below",
-        &[
-            Series {
-                name: "berthd",
-                color: "#1f77b4",
-                points: cdf(&tb),
-            },
-            Series {
-                name: "containerd",
-                color: "#d62728",
-                points: cdf(&tc),
-            },
-        ],
+        &latency_series,
     );
-    // (pods, value) per scale step, for berthd (`second` false) or containerd.
-    let points = |second: bool, value: &dyn Fn(&Scale) -> f64| -> Vec<(f64, f64)> {
+    // (pods, value) per scale step for runtime k.
+    let points = |k: usize, value: &dyn Fn(&Scale) -> f64| -> Vec<(f64, f64)> {
         scales
             .iter()
-            .map(|(b, c)| {
-                let s = if second { c } else { b };
-                (s.n as f64, value(s))
-            })
+            .filter_map(|step| step[k].as_ref())
+            .map(|s| (s.n as f64, value(s)))
             .collect()
     };
     let start_secs = |s: &Scale| s.start_total.as_secs_f64();
     let mem_tenths = |s: &Scale| mb(s.runtime_side_kb() / 10);
+    let labels: Vec<(String, String)> = rts
+        .iter()
+        .map(|rt| {
+            (
+                format!("{}: start time (s)", rt.name),
+                format!("{}: memory (MB/10)", rt.name),
+            )
+        })
+        .collect();
+    let mut cost_series = Vec::new();
+    for k in (0..rts.len()).filter(|&k| !rts[k].serial_only) {
+        cost_series.push(Series {
+            name: &labels[k].0,
+            color: COLORS[k % COLORS.len()],
+            points: points(k, &start_secs),
+        });
+        cost_series.push(Series {
+            name: &labels[k].1,
+            color: LIGHT_COLORS[k % LIGHT_COLORS.len()],
+            points: points(k, &mem_tenths),
+        });
+    }
     let cost = svg_chart(
         &format!("Cost vs number of pods ({clients} concurrent clients)"),
         "pods",
         "seconds to start all / runtime-side MB ÷ 10",
-        &[
-            Series {
-                name: "berthd: start time (s)",
-                color: "#1f77b4",
-                points: points(false, &start_secs),
-            },
-            Series {
-                name: "containerd: start time (s)",
-                color: "#d62728",
-                points: points(true, &start_secs),
-            },
-            Series {
-                name: "berthd: memory (MB/10)",
-                color: "#aec7e8",
-                points: points(false, &mem_tenths),
-            },
-            Series {
-                name: "containerd: memory (MB/10)",
-                color: "#ff9896",
-                points: points(true, &mem_tenths),
-            },
-        ],
+        &cost_series,
     );
     for (name, svg) in [
         ("pod-start-latency.svg", latency),
@@ -1583,7 +2026,11 @@ async fn main() -> anyhow::Result<()> {
         fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("chart: {}", path.display());
     }
-    drop(containerd);
-    drop(berth);
+    drop(rts);
+    drop(peers);
+    println!(
+        "the bench took {:.1} min (set-up, samples, scale steps and teardown)",
+        bench_start.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }

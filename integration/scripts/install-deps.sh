@@ -117,6 +117,9 @@ fi
 # kubelet for the end-to-end test (privileged_kubelet): built outside the kubernetes
 # tree from the Go module proxy, ~5 minutes once, then cached.
 BERTH_TOOLS_DIR="$BERTH_TOOLS_DIR" "$(dirname "${BASH_SOURCE[0]}")/build-kubelet.sh" >&2
+# containerd 2.x for the pod_start benchmark's second peer (Debian's containerd is
+# 1.6): built from the Go module proxy, a few minutes once, then cached.
+BERTH_TOOLS_DIR="$BERTH_TOOLS_DIR" "$(dirname "${BASH_SOURCE[0]}")/build-containerd2.sh" >&2
 
 # --- cargo-nextest ---------------------------------------------------------------
 if ! stamp_ok cargo-nextest "$NEXTEST_VERSION"; then

@@ -272,8 +272,8 @@ impl TestDaemon {
 pub const TEST_NETWORK: &str = "berth-test";
 /// The test network's bridge device.
 pub const TEST_BRIDGE: &str = "berthtest0";
-/// The test network's pod subnet.
-pub const TEST_SUBNET: &str = "10.89.0.0/24";
+/// The test network's pod subnet: a /16, so a scale benchmark's 500 pods fit.
+pub const TEST_SUBNET: &str = "10.89.0.0/16";
 
 /// Writes the test network's conflist into `dir/cni` and returns the `[cni]` section
 /// pointing at it (with the host's plugin directories).
@@ -288,6 +288,8 @@ fn test_network(dir: &Path) -> anyhow::Result<String> {
                 "type": "bridge",
                 "bridge": TEST_BRIDGE,
                 "isGateway": true,
+                // A bridge left from before the subnet was widened gets the new address.
+                "forceAddress": true,
                 "ipMasq": true,
                 "hairpinMode": true,
                 "ipam": {
