@@ -861,7 +861,7 @@ impl PodManager {
 /// so the pid namespace is owned by it and the pod's containers may mount /proc.
 async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
     let monitor = monitor_path()?;
-    let mut cmd = tokio::process::Command::new("unshare");
+    let mut cmd = tokio::process::Command::new(unshare_path());
     if let Some(pin) = userns {
         let fd = std::fs::File::open(pin).map_err(|e| {
             Error::io(
@@ -907,8 +907,10 @@ async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
             )
         })?;
     let parent = child.id().unwrap_or(0);
-    // The forked child of `unshare` is the infra; it is pid 1 inside.
-    for _ in 0..200 {
+    // The forked child of `unshare` is the infra; it is pid 1 inside. It appears within
+    // a millisecond or two: poll at the timer's finest step rather than make every pod
+    // wait a coarse one.
+    for _ in 0..1000 {
         let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
             .unwrap_or_default();
         if let Some(pid) = children
@@ -923,11 +925,25 @@ async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
             });
             return Ok(pid);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     Err(Error::Internal(
         "the pod infra process did not start within 1s".into(),
     ))
+}
+
+/// util-linux `unshare`, looked up in PATH once (every pod runs it; exec'ing a bare
+/// name walks PATH with a failing execve per directory).
+fn unshare_path() -> &'static Path {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join("unshare"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("unshare"))
+    })
 }
 
 /// `berth-monitor`, next to berthd: the pod infra and user namespace holder.
