@@ -11,7 +11,6 @@ use std::time::Duration;
 use berth_proto::v1::image_service_server::ImageServiceServer;
 use berth_proto::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::CriService;
@@ -266,7 +265,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .add_service(image)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(crate::listener::Incoming::new(listener), {
             let mut rx = stop_rx.clone();
             async move {
                 let _ = rx.wait_for(|stop| *stop).await;

@@ -65,6 +65,20 @@ impl From<Error> for Status {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Status::not_found(msg)
             }
+            // Out of fds or disk: the node is exhausted, not broken; a retry may work.
+            Error::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT)
+                ) =>
+            {
+                Status::resource_exhausted(msg)
+            }
+            // Lower layers (a CNI plugin that could not be run) flatten the errno
+            // into their message; it still says the node ran out of fds.
+            Error::Internal(m) if m.contains("(os error 24)") || m.contains("(os error 23)") => {
+                Status::resource_exhausted(msg)
+            }
             Error::Io { .. } | Error::Internal(_) => Status::internal(msg),
         }
     }
@@ -106,6 +120,17 @@ mod tests {
             (
                 Error::io("reading x", std::io::Error::other("boom")),
                 Code::Internal,
+            ),
+            (
+                Error::io(
+                    "generating an id",
+                    std::io::Error::from_raw_os_error(libc::EMFILE),
+                ),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::io("writing x", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+                Code::ResourceExhausted,
             ),
         ];
         for (e, code) in cases {

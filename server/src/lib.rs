@@ -9,6 +9,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod fsinfo;
+pub mod listener;
 pub mod pod;
 pub mod prom;
 pub mod store;

@@ -22,16 +22,60 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(data)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk must not also leave a torn temp file behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     File::open(dir)?.sync_all()
+}
+
+/// How long [`remove_dir_all_eventually`] keeps retrying.
+const REMOVE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `dir` and everything below it. The rollback of a call that failed because
+/// berthd ran out of fds runs out of them too (`privileged_fd_limit` found the
+/// records of such pods and containers left behind); so when removal fails with
+/// EMFILE/ENFILE it is retried in the background every second, for ten minutes,
+/// until fds are free again. `what` names the owner in warnings. A missing `dir` is
+/// not an error.
+pub fn remove_dir_all_eventually(dir: PathBuf, what: String) {
+    let out_of_fds = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if out_of_fds(&e) => {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!(%what, dir = %dir.display(), error = %e, "could not remove");
+                return;
+            };
+            tracing::warn!(%what, dir = %dir.display(), error = %e, "out of fds; removing it once fds are free");
+            rt.spawn(async move {
+                let deadline = std::time::Instant::now() + REMOVE_RETRY_FOR;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    match fs::remove_dir_all(&dir) {
+                        Ok(()) => return,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                        Err(e) if out_of_fds(&e) && std::time::Instant::now() < deadline => {}
+                        Err(e) => {
+                            tracing::warn!(%what, dir = %dir.display(), error = %e, "could not remove");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(%what, dir = %dir.display(), error = %e, "could not remove"),
+    }
 }
 
 /// Subdirectories of `dir` (one per record), skipping anything else. A missing `dir`

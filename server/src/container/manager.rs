@@ -988,11 +988,10 @@ impl ContainerManager {
         // removing them, and, for a native container whose create was cut short (its
         // state could not be loaded, so `delete` above had nothing to work on), the
         // half-written state itself. The crash storm found it left behind.
-        if let Err(e) = std::fs::remove_dir_all(self.runtime_root().join(&ctr.id))
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(container = %ctr.id, error = %e, "removing runtime state dir");
-        }
+        store::remove_dir_all_eventually(
+            self.runtime_root().join(&ctr.id),
+            format!("runtime state of container {}", ctr.id),
+        );
         let dir = self.dir(&ctr.id);
         if let Err(e) = crate::pod::namespaces::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %ctr.id, error = %e, "unmounting rootfs");
@@ -1004,11 +1003,7 @@ impl ContainerManager {
             // Deleting the dir would reach into a still-mounted image volume.
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(container = %ctr.id, error = %e, "removing container dir");
-        }
+        store::remove_dir_all_eventually(dir, format!("container {}", ctr.id));
     }
 
     /// `ExecSync`: runs `cmd` in the container through `berth-runtime exec` (a

@@ -693,11 +693,7 @@ impl PodManager {
 
     fn remove_files(&self, id: &str) {
         for dir in [self.pod_dir(id), self.volatile_dir(id), self.pin_dir(id)] {
-            if let Err(e) = std::fs::remove_dir_all(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(pod = %id, dir = %dir.display(), error = %e, "could not remove sandbox files");
-            }
+            crate::store::remove_dir_all_eventually(dir, format!("sandbox files of pod {id}"));
         }
     }
 
