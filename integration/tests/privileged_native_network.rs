@@ -384,3 +384,46 @@ async fn teardown_after_sigkill_and_restart_still_cleans_up_and_never_reuses_a_l
     assert!(!link_exists(&veth_b));
     assert!(!ip_file(&d, &ip_b).exists());
 }
+
+#[tokio::test]
+async fn critest_networking_specs_pass_on_the_native_network() {
+    let guard = NetGuard::new();
+    let node = berth_integration::setup::Node::start_with(DaemonOptions {
+        cni_section: Some(guard.cni_section()),
+        ..Default::default()
+    })
+    .await
+    .expect("node");
+    let ep = node.daemon.endpoint();
+    let critest = berth_integration::tools::tool("critest").expect("critest");
+    let out = berth_integration::tools::run(
+        critest.as_os_str(),
+        [
+            "--runtime-endpoint",
+            &ep,
+            "--image-endpoint",
+            &ep,
+            "--ginkgo.focus=Networking",
+            "--ginkgo.no-color",
+        ],
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("critest");
+    let text = out.stdout();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" Passed | "))
+        .unwrap_or("no ginkgo summary")
+        .to_owned();
+    assert!(
+        out.output.status.success() && summary.contains("| 0 Failed |"),
+        "critest networking failed: {summary}\n{text}\n{}",
+        out.stderr()
+    );
+    assert!(
+        !summary.contains(" 0 Passed"),
+        "no networking spec ran: {summary}"
+    );
+    drop(node);
+}
