@@ -59,6 +59,8 @@ pub struct TestDaemon {
     /// The config file it was started with.
     pub config_path: PathBuf,
     log_path: PathBuf,
+    /// Extra environment of the daemon process, from the next (re)start on.
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -132,6 +134,7 @@ impl TestDaemon {
             state_dir,
             config_path,
             log_path,
+            env: Vec::new(),
         };
         daemon.spawn()?;
         daemon.wait_ready().await?;
@@ -147,6 +150,7 @@ impl TestDaemon {
         let child = Command::new(Self::binary()?)
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -192,6 +196,12 @@ impl TestDaemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sets an environment variable of the daemon from its next (re)start on (test
+    /// hooks such as `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN`).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// `unix://<socket>`, as crictl and critest take it.

@@ -1380,3 +1380,160 @@ async fn a_container_with_unreadable_runtime_state_is_removed_entirely() {
         .await
         .expect("RemovePodSandbox");
 }
+
+/// Regression for the window the storms never hit: berthd killed after spawning a
+/// container's berth-monitor and before recording its pid. The test hook
+/// `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN` makes berthd SIGKILL itself at exactly
+/// that point, once with the monitor SIGSTOPped first (so it is certainly still
+/// mid-create when berthd comes back) and once with the monitor left to finish. After
+/// the restart the never-acknowledged container must not be listed and nothing of
+/// it may be left: no monitor, no cgroup, no mount, no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_monitor_was_just_spawned_when_berthd_died_leaves_nothing() {
+    let _serial = SERIAL.lock().await;
+    become_reaper();
+    let cgroup_parent = format!("/berthspawned{}", std::process::id());
+    let _cg = CgroupParent(cgroup_parent.clone());
+    let mut node = Node::start().await.expect("node");
+    let trigger = node.daemon.dir().join("die-after-monitor-spawn");
+    node.daemon.set_env(
+        "BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN",
+        &trigger.display().to_string(),
+    );
+    node.daemon.restart().await.expect("restart with the hook");
+    let mut c = node.daemon.client().await.expect("client");
+    c.image
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod_cfg = pod_config("monitor-spawned", &cgroup_parent);
+    let pod = c
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let containers_dir = node.daemon.root_dir.join("containers");
+
+    for mode in ["stop-monitor", "run"] {
+        let monitors_before = monitor_pids();
+        let ids_before: BTreeSet<String> = entries(&containers_dir).into_iter().collect();
+        std::fs::write(&trigger, mode).expect("arming the hook");
+        let created = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.runtime.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(sleeper(&format!("main-{mode}"))),
+                sandbox_config: Some(pod_cfg.clone()),
+            }),
+        )
+        .await
+        .expect("CreateContainer hung");
+        assert!(
+            created.is_err(),
+            "{mode}: CreateContainer succeeded; the hook did not fire"
+        );
+        assert!(!trigger.exists(), "{mode}: the hook was not reached");
+        let ids: BTreeSet<String> = entries(&containers_dir)
+            .into_iter()
+            .filter(|id| !ids_before.contains(id))
+            .collect();
+        assert_eq!(ids.len(), 1, "{mode}: the container's record dir: {ids:?}");
+        let id = ids.iter().next().expect("one id").clone();
+        let strays: BTreeSet<i32> = monitor_pids()
+            .difference(&monitors_before)
+            .copied()
+            .collect();
+        if mode == "stop-monitor" {
+            assert!(
+                !strays.is_empty(),
+                "{mode}: no monitor alive after berthd died; the window was not reproduced"
+            );
+        }
+        eprintln!("{mode}: container {id}, monitors alive after the kill: {strays:?}");
+
+        node.daemon.restart().await.expect("restart");
+        c = node.daemon.client().await.expect("client");
+        let listed = c
+            .runtime
+            .list_containers(ListContainersRequest::default())
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers;
+        assert!(
+            listed.iter().all(|ctr| ctr.id != id),
+            "{mode}: the never-acknowledged container is listed: {listed:?}"
+        );
+        // Killed monitors are reaped by this test (the subreaper) within 100 ms.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left: Vec<i32> = Vec::new();
+        while Instant::now() < deadline {
+            left = monitor_pids()
+                .difference(&monitors_before)
+                .copied()
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "{mode}: monitor processes left after recovery: {left:?}"
+        );
+        let cgroups: Vec<_> = cgroups_under(&cgroup_parent)
+            .into_iter()
+            .filter(|d| d.to_string_lossy().contains(&id))
+            .collect();
+        assert!(cgroups.is_empty(), "{mode}: cgroups left: {cgroups:?}");
+        let mounts: Vec<_> = mounts_under(node.daemon.dir())
+            .into_iter()
+            .filter(|m| m.contains(&id))
+            .collect();
+        assert!(mounts.is_empty(), "{mode}: mounts left: {mounts:?}");
+        for dir in [&node.daemon.root_dir, &node.daemon.state_dir] {
+            let files = paths_naming(dir, &ids);
+            assert!(files.is_empty(), "{mode}: files left: {files:?}");
+        }
+    }
+
+    // The hook is spent: a container is created and started as usual.
+    let id = c
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(sleeper("after")),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer after recovery")
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(StartContainerRequest { container_id: id })
+        .await
+        .expect("StartContainer after recovery");
+    c.runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    c.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .expect("RemovePodSandbox");
+}

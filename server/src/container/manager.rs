@@ -641,6 +641,7 @@ impl ContainerManager {
             .map_err(|e| Error::io(format!("starting {}", monitor.display()), e))?;
         let monitor_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         ctr.update(|s| s.monitor_pid = monitor_pid);
+        test_hook_die_after_monitor_spawn(monitor_pid);
         let stdout = child
             .stdout
             .take()
@@ -1318,6 +1319,15 @@ impl ContainerManager {
             let state = ctr.state();
             if state.phase == Phase::Creating {
                 tracing::info!(container = %id, "removing a container berthd died creating");
+                // berthd may have died between spawning the monitor and recording its
+                // pid, with the monitor still creating: the record does not name it,
+                // so it is found by its command line (this daemon's bundle of this
+                // container) and killed before its container is torn down.
+                let bundle = self.dir(&id).join("bundle");
+                let strays = kill_monitors_of(&id, &bundle).await;
+                if strays > 0 {
+                    tracing::info!(container = %id, monitors = strays, "killed the monitor of a container berthd died creating");
+                }
                 if state.monitor_pid > 0 {
                     self.kill(&ctr, libc::SIGKILL, true);
                 }
@@ -1501,6 +1511,78 @@ fn kill_tree(pid: i32) {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
+
+/// Test hook for the crash window between spawning a container's monitor and
+/// recording its pid (`privileged_crash_storm`). When the environment variable
+/// `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN` names an existing file, the file is
+/// removed (one shot) and berthd SIGKILLs itself right here; if the file says
+/// `stop-monitor`, the monitor is SIGSTOPped first, so that it is certainly still
+/// mid-create when berthd comes back. Without the variable this does nothing.
+fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
+    let Some(trigger) = std::env::var_os("BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN") else {
+        return;
+    };
+    let Ok(what) = std::fs::read_to_string(&trigger) else {
+        return;
+    };
+    if std::fs::remove_file(&trigger).is_err() {
+        return;
+    }
+    tracing::warn!(
+        monitor = monitor_pid,
+        "test hook: berthd dies right after spawning a monitor"
+    );
+    if what.trim() == "stop-monitor" && monitor_pid > 0 {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(monitor_pid, libc::SIGSTOP) };
+    }
+    // SAFETY: as above; berthd kills itself, as a crash would.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+/// SIGKILLs every berth-monitor whose command line names container `id` and
+/// `bundle` (so this daemon's monitor of it, whoever its parent is now) and waits
+/// (up to 5 s) until they are gone. Returns how many there were.
+async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let bundle = bundle.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut pids = Vec::new();
+    for p in procs.filter_map(std::result::Result::ok) {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_monitor = args.first().is_some_and(|a| {
+            Path::new(std::ffi::OsStr::from_bytes(a))
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("berth-monitor"))
+        });
+        if is_monitor
+            && args.contains(&id.as_bytes())
+            && args.contains(&bundle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    for pid in &pids {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid was just
+        // checked to be a monitor of this container.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    for pid in &pids {
+        let _ = tokio::time::timeout(KILL_WAIT_MONITOR, wait_pid_exit(*pid)).await;
+    }
+    pids.len()
+}
+
+/// How long recovery waits for a killed stray monitor to be gone.
+const KILL_WAIT_MONITOR: Duration = Duration::from_secs(5);
 
 /// Whether `pid` is still a berth-monitor for container `id` (pids are reused).
 fn monitor_alive(pid: i32, id: &str) -> bool {
