@@ -304,6 +304,8 @@ pub struct ContainerManager {
     events: tokio::sync::broadcast::Sender<Event>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     names: Mutex<HashMap<String, String>>,
+    /// Writable-layer usage, seconds old (see `fsinfo::USAGE_MAX_AGE`).
+    layer_usage: crate::fsinfo::UsageCache,
 }
 
 impl ContainerManager {
@@ -315,6 +317,7 @@ impl ContainerManager {
             events: tokio::sync::broadcast::channel(1024).0,
             containers: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            layer_usage: crate::fsinfo::UsageCache::default(),
         }
     }
 
@@ -1004,6 +1007,7 @@ impl ContainerManager {
             // Deleting the dir would reach into a still-mounted image volume.
             return;
         }
+        self.layer_usage.forget(&dir.join("upper"));
         store::remove_dir_all_eventually(dir, format!("container {}", ctr.id));
     }
 
@@ -1141,7 +1145,9 @@ impl ContainerManager {
         })
     }
 
-    /// `ContainerStats` of one container: cgroup cpu/memory and the writable layer.
+    /// `ContainerStats` of one container: cgroup cpu/memory, read now, and the
+    /// writable layer's usage, measured at most `fsinfo::USAGE_MAX_AGE` ago (its
+    /// `timestamp` says when).
     pub fn stats(&self, ctr: &Container) -> ContainerStats {
         let now = now_nanos();
         let cg = match ctr.state().phase {
@@ -1165,8 +1171,14 @@ impl ContainerManager {
             rate
         };
         let upper = self.dir(&ctr.id).join("upper");
-        let layer = crate::fsinfo::usage(&upper).unwrap_or_default();
-        let mountpoint = crate::fsinfo::mountpoint_of(&self.config.root_dir)
+        let layer = self.layer_usage.usage(&upper);
+        let (layer, layer_at) = match layer {
+            Ok(m) => (m.usage, crate::fsinfo::nanos_since_epoch(m.at)),
+            Err(_) => (crate::fsinfo::Usage::default(), now),
+        };
+        let mountpoint = self
+            .layer_usage
+            .mountpoint(&self.config.root_dir)
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let v = |value: u64| Some(UInt64Value { value });
@@ -1190,7 +1202,7 @@ impl ContainerManager {
                 ..Default::default()
             }),
             writable_layer: Some(FilesystemUsage {
-                timestamp: now,
+                timestamp: layer_at,
                 fs_id: Some(FilesystemIdentifier { mountpoint }),
                 used_bytes: v(layer.used_bytes),
                 inodes_used: v(layer.inodes_used),
