@@ -1954,7 +1954,7 @@ async fn main() -> anyhow::Result<()> {
         let ratio = pct(&totals[0], 50) / pct(&totals[p], 50);
         let _ = writeln!(
             out,
-            "\ntarget: pod+container start median ≤ 0.25 of {}'s — {} ({ratio:.2})",
+            "\ntarget: pod+container start median ≤ 0.25 of {}'s — {} ({ratio:.3})",
             rt.name,
             if ratio <= 0.25 { "met" } else { "MISSED" }
         );
