@@ -1,22 +1,24 @@
-//! Pod + container start latency, berthd against containerd, in the same run on the
-//! same machine, through the same CRI client with the same pod and container configs.
+//! Pod + container start latency, throughput, kubelet-like polling and memory: berthd
+//! against containerd peers, in the same run on the same machine, through the same CRI
+//! client with the same pod and container configs.
 //!
-//! Each iteration runs, on both runtimes (alternating which goes first):
+//! Runtimes: berthd the way a user gets it (when it has the native built-in network:
+//! an empty CNI conf dir and `builtin_mode = "native"` on its own bridge
+//! `berthbench0`, 10.92.0.0/16), plus — for the serial step only — a second berthd with
+//! the exec'd CNI chain the peers use (bridge + host-local + portmap on the shared test
+//! bridge `berthtest0`); then every peer of `BENCH_PEERS` that can run here:
+//! `containerd` (Debian's 1.6 + runc, `berthbench1` 10.90.0.0/16), `containerd2`
+//! (2.x built by integration/scripts/build-containerd2.sh + Debian's runc,
+//! `berthbench3` 10.93.0.0/16), `containerd-crun` (Debian's 1.6 + crun,
+//! `berthbench4` 10.94.0.0/16; crun 1.8 refuses hybrid cgroup hosts). A peer whose
+//! binaries are missing is skipped with a loud message.
+//!
+//! Serial step: each iteration runs on every runtime (rotating which goes first):
 //! RunPodSandbox (CNI bridge) + CreateContainer + StartContainer of busybox
 //! `sleep 3600`, image present (timed), then StopPodSandbox + RemovePodSandbox (timed
-//! separately). It prints median / p95 / p99 per runtime and the berth/containerd
-//! ratio, the daemons' RSS (started, idle before and after the run, with pods running)
-//! and the per-pod monitor/shim memory (RSS and PSS) with `BENCH_PODS` pods running.
-//!
-//! Run as root: `sudo cargo bench -p berth-integration --bench pod_start`, after
-//! `cargo build --release -p berth-server -p berth-runtime-core --bins` (the bench
-//! starts `target/release/berthd`, or `$BERTHD_BIN`).
-//! Environment: `BENCH_SAMPLES` (iterations, default 50), `BENCH_PODS` (pods running
-//! for the memory figures, default 10), `BENCH_SCALE` (comma-separated pod counts for
-//! the scale steps, default `100`; `100,500` for the full run), `BENCH_CLIENTS`
-//! (concurrent clients in the scale steps, default 10), `BENCH_CHART_DIR` (where the
-//! SVG charts go, default `target/bench-charts`), `BENCH_BERTH_LOG` (berthd's log
-//! level, default `info` like containerd's; `debug` logs every RPC's duration).
+//! separately): median / p95 / p99 per runtime and the berthd/peer ratios, the
+//! daemons' RSS (started, idle before and after the run, with pods running) and the
+//! per-pod monitor/shim memory (RSS and PSS) with `BENCH_PODS` pods running.
 //!
 //! Each scale step starts N pods (pod + container) from `BENCH_CLIENTS` concurrent
 //! clients (throughput), polls ListPodSandbox / ListContainers / ContainerStatus /
@@ -24,13 +26,23 @@
 //! and the summed PSS of the per-pod monitors or shims (runtime-side memory), then
 //! tears them all down concurrently.
 //!
-//! The peer is Debian's containerd (1.6) with its CRI plugin, runc, its own root,
-//! state and socket in a temp dir, mirrors to the same local registry as berthd's
-//! (its own certs.d: containerd 1.6 rejects the `server`-only hosts.toml berthd
-//! reads), network namespaces under its state dir, and a bridge network of its own
-//! (`berthbench1`, 10.90.0.0/16). Everything it creates
-//! (processes, mounts, network namespaces, CNI state, cgroups) is removed on exit,
-//! also when the bench fails.
+//! Run as root: `sudo cargo bench -p berth-integration --bench pod_start`, after
+//! `cargo build --release -p berth-server -p berth-runtime-core --bins` (the bench
+//! starts `target/release/berthd`, or `$BERTHD_BIN`).
+//! Environment: `BENCH_SAMPLES` (iterations, default 50), `BENCH_PODS` (pods running
+//! for the memory figures, default 10), `BENCH_SCALE` (comma-separated pod counts for
+//! the scale steps, default `100,500`), `BENCH_CLIENTS` (concurrent clients in the
+//! scale steps, default 10), `BENCH_PEERS` (default `containerd,containerd2`),
+//! `BENCH_BERTH_NETWORK` (`auto`, `native` or `plugins`), `BENCH_CHART_DIR` (where the
+//! SVG charts go, default `target/bench-charts`), `BENCH_BERTH_LOG` (berthd's log
+//! level, default `info` like containerd's; `debug` logs every RPC's duration).
+//!
+//! Each peer runs its CRI plugin with its own root, state and socket in a temp dir,
+//! mirrors to the same local registry as berthd's (its own certs.d: containerd 1.6
+//! rejects the `server`-only hosts.toml berthd reads), network namespaces under its
+//! state dir, and its own bridge network. Everything the runtimes create (processes,
+//! shims, mounts, network namespaces, CNI state, NAT rules, bridges, cgroups) is
+//! removed on exit, also when the bench fails.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
