@@ -182,8 +182,9 @@ impl Ipam {
             .unwrap_or_else(|| Err(NativeError::Exhausted(subnet.to_string())));
         let _ = std::fs::remove_file(&tmp);
         let ip = result?;
-        // Only a hint for the next search: losing it costs nothing.
-        let _ = crate::store::write_atomic(&last_path, ip.to_string().as_bytes());
+        // Only a hint for the next search: a torn or lost write costs nothing, so it
+        // is not worth an fsync.
+        let _ = std::fs::write(&last_path, ip.to_string());
         Ok(ip)
     }
 
@@ -276,7 +277,18 @@ impl NativeNetwork {
             source,
         })?;
         let mut sock = Socket::open()?;
-        let bridge_index = netlink::index_of(bridge)?;
+        let bridge_index = match netlink::index_of(bridge) {
+            Ok(index) => index,
+            Err(_) => {
+                // Someone deleted the bridge since this daemon set it up: again.
+                self.ensured
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(bridge.to_owned(), *subnet));
+                self.ensure_host(bridge, subnet)?;
+                netlink::index_of(bridge)?
+            }
+        };
         sock.call(&netlink::new_veth(
             &host,
             bridge_index,

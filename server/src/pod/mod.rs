@@ -435,7 +435,10 @@ impl PodManager {
         }
         let resolv = files::resolv_conf(sb.config.dns_config.as_ref())
             .map_err(|e| Error::io("reading the host's /etc/resolv.conf", e))?;
-        store::write_atomic(&dir.join("resolv.conf"), resolv.as_bytes())
+        // resolv.conf, hostname and hosts are derived files, complete before any
+        // container can see them and useless after a reboot (the pod is gone then): no
+        // fsync (write_atomic's two per file were a good part of RunPodSandbox).
+        std::fs::write(dir.join("resolv.conf"), resolv.as_bytes())
             .map_err(|e| Error::io("writing resolv.conf", e))?;
         let hostname = if sb.config.hostname.is_empty() {
             rustix::system::uname()
@@ -445,7 +448,7 @@ impl PodManager {
         } else {
             sb.config.hostname.clone()
         };
-        store::write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n").as_bytes())
             .map_err(|e| Error::io("writing hostname", e))?;
 
         if opts.pid == i32::from(NamespaceMode::Pod) {
@@ -470,7 +473,7 @@ impl PodManager {
                 ips = result_ips(&result);
             }
         }
-        store::write_atomic(&dir.join("hosts"), files::hosts(&hostname, &ips).as_bytes())
+        std::fs::write(dir.join("hosts"), files::hosts(&hostname, &ips).as_bytes())
             .map_err(|e| Error::io("writing hosts", e))?;
         self.update_state(sb, |s| {
             s.ips = ips.clone();
@@ -508,10 +511,16 @@ impl PodManager {
         let bridge = self.config.cni.builtin_bridge.clone();
         let id = sb.id.clone();
         let path = netns.to_path_buf();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || native.add(&bridge, &subnet, &id, &path))
             .await
             .map_err(|e| Error::Internal(format!("pod network task: {e}")))?
             .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+        tracing::debug!(
+            pod = %sb.id,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "attached to the native network"
+        );
         if has_ports {
             runner
                 .add_after(&cni::native_portmap(), &att, Some(result.clone()))
