@@ -205,6 +205,39 @@ fn assert_cri_log(path: &Path) -> usize {
     n
 }
 
+/// Checks that every whole line of the flood container's log (the last one may still
+/// be being written) is one CRI record: one timestamp, `stdout`, `F` or `P`, and a
+/// message of flood characters only (the flood prints no spaces). A record torn by
+/// ENOSPC and continued by the next one shows up as a line with a second header in
+/// it. Records dropped whole while the disk was full are allowed. Returns the number
+/// of lines.
+fn assert_flood_records(path: &Path) -> usize {
+    let text = std::fs::read(path).expect("read container log");
+    let whole = text
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(&text[..0], |end| &text[..end]);
+    let mut n = 0;
+    for line in whole.split(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let mut parts = line.splitn(4, ' ');
+        let (time, stream, tag, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let time_ok = time.is_some_and(|t| {
+            t.matches('T').count() == 1 && t.matches('Z').count() == 1 && t.ends_with('Z')
+        });
+        let msg_ok = msg.is_some_and(|m| {
+            m.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        assert!(
+            time_ok && stream == Some("stdout") && matches!(tag, Some("F" | "P")) && msg_ok,
+            "line {n} of the log is not one whole CRI record: {line:?}"
+        );
+        n += 1;
+    }
+    n
+}
+
 #[tokio::test]
 async fn disk_full_during_pull_and_create_then_recovery() {
     let mut root_fs = Tmpfs(None);
@@ -311,6 +344,10 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
     let mut client = node.daemon.client().await.expect("client");
     let logs = tempfile::tempdir().expect("log dir");
     log_fs.mount(logs.path(), "4m");
+    // Ballast on the same disk: deleting it later gives space back without
+    // rotating the log, so the monitor appends to the very file it tore a record in.
+    let ballast = logs.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 256 * 1024]).expect("ballast");
     pull(&mut client).await.expect("pull");
     let pod = pod_config("flood", logs.path());
     let pod_id = run_pod(&mut client, &pod).await;
@@ -377,6 +414,13 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
         .expect("ExecSync on a container whose log disk is full")
         .into_inner();
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "alive");
+
+    // Space comes back under the same log (no rotation): what is appended next must
+    // not run into a record torn by ENOSPC. Every whole line is one flood record.
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = assert_flood_records(&log_path);
+    assert!(records > 0, "nothing in the log");
 
     // kubelet's rotation: move the full log away, reopen, and the log resumes with
     // whole records only.
