@@ -1575,10 +1575,7 @@ async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("berth-monitor"))
         });
-        if is_monitor
-            && args.contains(&id.as_bytes())
-            && args.contains(&bundle.as_bytes())
-        {
+        if is_monitor && args.contains(&id.as_bytes()) && args.contains(&bundle.as_bytes()) {
             pids.push(pid);
         }
     }
