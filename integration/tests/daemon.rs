@@ -79,7 +79,7 @@ async fn status_reports_both_conditions_ready_with_plugins_installed() {
     let conf = tempfile::tempdir().expect("tempdir");
     let d = TestDaemon::start_with(DaemonOptions {
         cni_section: Some(format!(
-            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\nbuiltin_mode = \"plugins\"\n",
             conf.path().display().to_string(),
             plugins.path().display().to_string()
         )),
@@ -128,7 +128,7 @@ async fn network_not_ready_names_the_missing_plugin() {
     let empty = tempfile::tempdir().expect("tempdir");
     let d = TestDaemon::start_with(DaemonOptions {
         cni_section: Some(format!(
-            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\nbuiltin_mode = \"plugins\"\n",
             empty.path().display().to_string(),
             empty.path().display().to_string()
         )),
@@ -157,6 +157,41 @@ async fn network_not_ready_names_the_missing_plugin() {
         "{}",
         network.message
     );
+}
+
+/// The default (native) built-in network needs no plugin binary: with an empty conf dir
+/// and no plugins at all, the node's network is ready and says where it comes from.
+#[tokio::test]
+async fn native_builtin_network_is_ready_without_any_plugin() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let d = TestDaemon::start_with(DaemonOptions {
+        cni_section: Some(format!(
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+            empty.path().display().to_string(),
+            empty.path().display().to_string()
+        )),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let s = c
+        .runtime
+        .status(StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let network = s
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    assert!(network.status, "{network:?}");
+    let cni: serde_json::Value =
+        serde_json::from_str(s.info.get("cni").expect("verbose cni")).expect("json");
+    assert_eq!(cni["source"], "built-in default (native)");
 }
 
 #[tokio::test]
