@@ -34,7 +34,8 @@
 //! the scale steps, default `100,500`), `BENCH_CLIENTS` (concurrent clients in the
 //! scale steps, default 10), `BENCH_PEERS` (default `containerd,containerd2`),
 //! `BENCH_BERTH_NETWORK` (`auto`, `native` or `plugins`), `BENCH_CHART_DIR` (where the
-//! SVG charts go, default `target/bench-charts`), `BENCH_BERTH_LOG` (berthd's log
+//! SVG charts go, default `target/bench-charts`; cargo runs benches in the package
+//! directory, so give an absolute path), `BENCH_BERTH_LOG` (berthd's log
 //! level, default `info` like containerd's; `debug` logs every RPC's duration).
 //!
 //! Each peer runs its CRI plugin with its own root, state and socket in a temp dir,

@@ -39,7 +39,7 @@ cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
 if [ "$#" -eq 0 ]; then
   step "benchmark smoke run (pod_start, a few iterations)"
   BENCH_SAMPLES=3 BENCH_PODS=2 BENCH_SCALE=4 BENCH_CLIENTS=2 \
-    BENCH_CHART_DIR="${CARGO_TARGET_DIR:-target}/bench-charts" \
+    BENCH_CHART_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/bench-charts" \
     cargo test --locked -p berth-integration --bench pod_start
 fi
 
