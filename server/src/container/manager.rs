@@ -136,6 +136,15 @@ impl Container {
             .clone()
     }
 
+    /// The current phase, without copying the rest of the state (List and Status
+    /// calls read it for every container).
+    pub fn phase(&self) -> Phase {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .phase
+    }
+
     fn update(&self, f: impl FnOnce(&mut CtrState)) {
         let phase = {
             let mut s = self
@@ -149,7 +158,7 @@ impl Container {
     }
 
     fn cri_state(&self) -> ContainerState {
-        match self.state().phase {
+        match self.phase() {
             Phase::Creating | Phase::Created => ContainerState::ContainerCreated,
             Phase::Running => ContainerState::ContainerRunning,
             Phase::Exited => ContainerState::ContainerExited,
@@ -397,7 +406,7 @@ impl ContainerManager {
         let all = self.read();
         let mut v: Vec<&Arc<Container>> = all
             .values()
-            .filter(|c| c.state().phase != Phase::Creating)
+            .filter(|c| c.phase() != Phase::Creating)
             .filter(|c| filter.is_none_or(|f| c.matches(f)))
             .collect();
         v.sort_by_key(|c| std::cmp::Reverse(c.created_at));
@@ -1233,7 +1242,7 @@ impl ContainerManager {
     pub fn list_stats(&self, filter: Option<&ContainerStatsFilter>) -> Vec<ContainerStats> {
         let all: Vec<Arc<Container>> = self.read().values().cloned().collect();
         all.into_iter()
-            .filter(|c| c.state().phase != Phase::Creating)
+            .filter(|c| c.phase() != Phase::Creating)
             .filter(|c| {
                 filter.is_none_or(|f| {
                     (f.id.is_empty() || c.id.starts_with(&f.id))

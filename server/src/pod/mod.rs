@@ -103,6 +103,15 @@ impl Sandbox {
             .clone()
     }
 
+    /// The current phase, without copying the rest of the state (List and Status
+    /// calls read it for every pod).
+    pub fn phase(&self) -> Phase {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .phase
+    }
+
     fn set_state(&self, s: SandboxState) {
         *self
             .state
@@ -112,7 +121,7 @@ impl Sandbox {
 
     /// Whether the sandbox is ready for containers.
     pub fn is_ready(&self) -> bool {
-        self.state().phase == Phase::Ready
+        self.phase() == Phase::Ready
     }
 
     fn metadata(&self) -> PodSandboxMetadata {
@@ -120,7 +129,7 @@ impl Sandbox {
     }
 
     fn cri_state(&self) -> PodSandboxState {
-        match self.state().phase {
+        match self.phase() {
             Phase::Ready => PodSandboxState::SandboxReady,
             Phase::Creating | Phase::NotReady => PodSandboxState::SandboxNotready,
         }
@@ -311,7 +320,7 @@ impl PodManager {
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
         self.pods_read()
             .values()
-            .filter(|p| p.state().phase != Phase::Creating)
+            .filter(|p| p.phase() != Phase::Creating)
             .cloned()
             .collect()
     }
@@ -321,7 +330,7 @@ impl PodManager {
         let pods = self.pods_read();
         let mut out: Vec<&Arc<Sandbox>> = pods
             .values()
-            .filter(|p| p.state().phase != Phase::Creating)
+            .filter(|p| p.phase() != Phase::Creating)
             .filter(|p| filter.is_none_or(|f| p.matches(f)))
             .collect();
         out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
