@@ -500,12 +500,26 @@ impl Container {
             what: "signal number",
             errno,
         })?;
-        nix::sys::signal::kill(Pid::from_raw(self.state.pid), sig).map_err(|errno| {
-            ContainerError::Sys {
-                what: "kill",
-                errno,
-            }
+        // A container whose creation was cut short has no init pid (0) recorded:
+        // kill(2) with 0 or -1 would signal the caller's process group or every process.
+        let Some(init) = self.init_pid() else {
+            return Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                status: self.state.status,
+                action: "kill",
+                wanted: "an init process (its creation did not get that far)",
+            });
+        };
+        nix::sys::signal::kill(init, sig).map_err(|errno| ContainerError::Sys {
+            what: "kill",
+            errno,
         })
+    }
+
+    /// The init's pid, if one was recorded (a container whose creation was cut short
+    /// has 0). Never 0 or negative: kill(2) and waitpid(2) read those as groups.
+    fn init_pid(&self) -> Option<Pid> {
+        (self.state.pid > 0).then(|| Pid::from_raw(self.state.pid))
     }
 
     /// Record the init's exit code (for callers that waited for it).
@@ -557,7 +571,9 @@ impl Container {
                 rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
             });
             let _ = self.kill(libc::SIGKILL, true);
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            if let Some(init) = self.init_pid() {
+                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+            }
             if let Some(fd) = &pidfd {
                 let mut pfd = [nix::poll::PollFd::new(
                     fd.as_fd(),
@@ -584,7 +600,9 @@ impl Container {
                 .as_ref()
                 .and_then(|c| c.procs().ok())
                 .is_some_and(|p| !p.is_empty());
-            if (self.state.status == Status::Stopped && !procs_left) || Instant::now() > deadline {
+            // Without an init pid there is nothing to wait for but the cgroup's processes.
+            let init_gone = self.state.status == Status::Stopped || self.init_pid().is_none();
+            if (init_gone && !procs_left) || Instant::now() > deadline {
                 break;
             }
             if procs_left && force {
@@ -712,5 +730,67 @@ mod tests {
         assert_eq!(Container::list(tmp.path()).unwrap(), vec!["c1".to_string()]);
         c.delete(false).unwrap();
         assert!(!dir.exists());
+    }
+
+    /// A container whose creation was cut short has no init pid (0) in its state.
+    /// Deleting it (what berthd's recovery does) once sent SIGKILL to pid 0, that is
+    /// to the caller's whole process group: berthd and whoever started it. Run in a
+    /// child of this test binary, in a process group of its own, so the bug kills
+    /// only that child.
+    #[test]
+    fn a_container_without_an_init_pid_is_deleted_without_signalling_anyone() {
+        if std::env::var_os("BERTH_TEST_DELETE_WITHOUT_PID").is_some() {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("c0");
+            fs::create_dir_all(&dir).unwrap();
+            let st = State {
+                id: "c0".into(),
+                status: Status::Creating,
+                pid: 0,
+                pid_start_time: 0,
+                bundle: "/b".into(),
+                rootfs: "/b/rootfs".into(),
+                created: 1,
+                cgroup: None,
+                exit_code: None,
+                annotations: Default::default(),
+                hooks: None,
+            };
+            write_state(&dir, &st).unwrap();
+            let c = Container::load(tmp.path(), "c0").unwrap();
+            assert!(matches!(
+                c.kill(libc::SIGTERM, false),
+                Err(ContainerError::WrongState { .. })
+            ));
+            let started = Instant::now();
+            c.delete(true).unwrap();
+            assert!(!dir.exists());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "delete waited {:?} for an init that never existed",
+                started.elapsed()
+            );
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().expect("current_exe");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "container::tests::a_container_without_an_init_pid_is_deleted_without_signalling_anyone",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BERTH_TEST_DELETE_WITHOUT_PID", "1")
+            .process_group(0)
+            .output()
+            .expect("running the test in a child");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "child run failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

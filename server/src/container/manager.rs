@@ -1515,6 +1515,10 @@ impl Drop for ExecGuard {
 
 /// SIGKILLs `pid` and all its descendants (children first listed via /proc).
 fn kill_tree(pid: i32) {
+    // kill(2) reads 0 and -1 as "my process group" and "every process".
+    if pid <= 0 {
+        return;
+    }
     let mut stack = vec![pid];
     let mut all = Vec::new();
     while let Some(p) = stack.pop() {
