@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsinfo;
 pub mod listener;
 pub mod pod;
+pub mod procs;
 pub mod prom;
 pub mod store;
 pub mod stream;

@@ -1569,29 +1569,10 @@ fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
 /// `bundle` (so this daemon's monitor of it, whoever its parent is now) and waits
 /// (up to 5 s) until they are gone. Returns how many there were.
 async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
-    use std::os::unix::ffi::OsStrExt;
     let bundle = bundle.display().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut pids = Vec::new();
-    for p in procs.filter_map(std::result::Result::ok) {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_monitor = args.first().is_some_and(|a| {
-            Path::new(std::ffi::OsStr::from_bytes(a))
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("berth-monitor"))
-        });
-        if is_monitor && args.contains(&id.as_bytes()) && args.contains(&bundle.as_bytes()) {
-            pids.push(pid);
-        }
-    }
+    let pids = crate::procs::berth_monitors(|_, args| {
+        args.contains(&id.as_bytes()) && args.contains(&bundle.as_bytes())
+    });
     for pid in &pids {
         // SAFETY: kill(2) has no memory-safety preconditions; the pid was just
         // checked to be a monitor of this container.

@@ -980,28 +980,18 @@ const INFRA_ID_ENV: &str = "BERTH_SANDBOX_ID";
 /// have died between starting one and recording its pid.
 fn kill_unrecorded_infra(id: &str) {
     let needle = format!("{INFRA_ID_ENV}={id}");
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.filter_map(std::result::Result::ok) {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let mut args = cmdline.split(|b| *b == 0);
-        let is_infra = args.next().is_some_and(|a| a.ends_with(b"berth-monitor"))
-            && args.next() == Some(b"pause".as_slice());
-        if is_infra
-            && std::fs::read(p.path().join("environ"))
+    let infras = crate::procs::berth_monitors(|dir, args| {
+        args.get(1) == Some(&b"pause".as_slice())
+            && std::fs::read(dir.join("environ"))
                 .unwrap_or_default()
                 .split(|b| *b == 0)
                 .any(|v| v == needle.as_bytes())
-        {
-            tracing::info!(pod = %id, pid, "killing an infra process berthd died starting");
-            // SAFETY: kill(2) has no memory preconditions; the process was checked to
-            // be this sandbox's infra.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    });
+    for pid in infras {
+        tracing::info!(pod = %id, pid, "killing an infra process berthd died starting");
+        // SAFETY: kill(2) has no memory preconditions; the process was checked to
+        // be this sandbox's infra.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
