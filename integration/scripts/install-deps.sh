@@ -20,17 +20,18 @@ mkdir -p "$TOOLS_BIN"
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------
-# What berthd itself needs on a node.
+# What berthd itself needs on a node, and what building it needs (quickstart builds it).
 RUNTIME_PACKAGES=(
   containernetworking-plugins   # bridge, host-local, portmap, loopback
   iproute2 iptables util-linux  # CNI's iptables rules, ip netns, unshare
   ca-certificates
+  libseccomp-dev pkg-config     # seccomp filters (runtime-core links libseccomp)
+  build-essential               # cc and the linker for crates with C parts
 )
-# What building and testing needs on top.
+# What testing needs on top.
 TEST_PACKAGES=(
   docker-registry               # the local registry tests pull from
   busybox-static                # test rootfs and images
-  libseccomp-dev pkg-config     # seccomp filters (runtime-core)
   containerd                    # the image-pull benchmark compares against it
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
