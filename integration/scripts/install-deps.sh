@@ -6,7 +6,8 @@
 #   - cargo-nextest and cargo-fuzz.
 # Idempotent and quiet when everything is present. Source it or run it; it prints
 # the tools directory to add to PATH as its last line when run.
-# With --runtime it installs only the Debian packages berthd needs on a node.
+# With --runtime it installs only what building and running berthd needs (Debian
+# packages) plus crictl, to talk to it: what deploy/quickstart.sh uses.
 set -euo pipefail
 
 CRI_TOOLS_VERSION=v1.37.0
@@ -53,16 +54,13 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ "${1:-}" = "--runtime" ]; then
-  if [ "${BASH_SOURCE[0]}" = "$0" ]; then exit 0; else return 0; fi
-fi
 
 # --- dynamically linked busybox for critest's images ----------------------------
 # Debian's `busybox` conflicts with busybox-static, so it is downloaded and unpacked
 # into the cache instead of installed; forge.rs builds critest's busybox image from
 # it (its sh execs commands, the static one runs applets in-process).
 BUSYBOX_DIR=/var/cache/berth/busybox
-if [ ! -x "$BUSYBOX_DIR/bin/busybox" ]; then
+if [ "${1:-}" != "--runtime" ] && [ ! -x "$BUSYBOX_DIR/bin/busybox" ]; then
   debs=/var/cache/berth/debs
   mkdir -p "$debs"
   if ! ls "$debs"/busybox_*.deb >/dev/null 2>&1; then
@@ -90,6 +88,9 @@ if ! stamp_ok crictl "$CRI_TOOLS_VERSION"; then
   CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "$LDF" \
     "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
   stamp crictl "$CRI_TOOLS_VERSION"
+fi
+if [ "${1:-}" = "--runtime" ]; then
+  if [ "${BASH_SOURCE[0]}" = "$0" ]; then echo "$TOOLS_BIN"; exit 0; else return 0; fi
 fi
 if ! stamp_ok critest "$CRI_TOOLS_VERSION"; then
   log "building critest $CRI_TOOLS_VERSION"
