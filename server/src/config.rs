@@ -716,6 +716,22 @@ mod tests {
         assert_eq!(c.registry.stall_timeout_secs, 60);
         let e = Config::parse("[registry]\nstall_timeout_secs = 0\n").expect_err("zero");
         assert!(e.to_string().contains("stall_timeout_secs"), "{e}");
+        for key in [
+            "request_timeout_secs",
+            "header_timeout_secs",
+            "connect_timeout_secs",
+            "max_manifest_bytes",
+        ] {
+            let e = Config::parse(&format!("[registry]\n{key} = 0\n")).expect_err("zero");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let c = Config::parse("[registry]\nrequest_timeout_secs = 7\n[image]\nmax_layer_entries = 10\n")
+            .expect("parses");
+        let o = c.store_options();
+        assert_eq!(o.request_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(o.unpack.max_entries, 10);
+        let e = Config::parse("[image]\nmax_layer_entries = 0\n").expect_err("zero");
+        assert!(e.to_string().contains("image.max_layer_entries"), "{e}");
     }
 
     #[test]
