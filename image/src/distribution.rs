@@ -429,13 +429,26 @@ impl Session {
         url: &Url,
         what: &str,
     ) -> Result<Response, RegistryError> {
-        let deadline = || RegistryError::Deadline {
-            url: url.to_string(),
-            what: format!("response headers of {what}"),
-            secs: self.timeouts.headers.as_secs(),
-            setting: "registry.header_timeout_secs",
+        // Waiting for the headers is also receiving no data: a stall timeout shorter
+        // than the header timeout bounds it too.
+        let wait = self.timeouts.headers.min(self.timeouts.stall);
+        let deadline = || {
+            if self.timeouts.stall < self.timeouts.headers {
+                RegistryError::Stalled {
+                    endpoint: url.to_string(),
+                    what: format!("response headers of {what}"),
+                    secs: self.timeouts.stall.as_secs(),
+                }
+            } else {
+                RegistryError::Deadline {
+                    url: url.to_string(),
+                    what: format!("response headers of {what}"),
+                    secs: self.timeouts.headers.as_secs(),
+                    setting: "registry.header_timeout_secs",
+                }
+            }
         };
-        match tokio::time::timeout(self.timeouts.headers, req.send()).await {
+        match tokio::time::timeout(wait, req.send()).await {
             Err(_) => Err(deadline()),
             Ok(Err(source)) if source.is_connect() && source.is_timeout() => {
                 Err(RegistryError::Deadline {

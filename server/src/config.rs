@@ -725,8 +725,10 @@ mod tests {
             let e = Config::parse(&format!("[registry]\n{key} = 0\n")).expect_err("zero");
             assert!(e.to_string().contains(key), "{e}");
         }
-        let c = Config::parse("[registry]\nrequest_timeout_secs = 7\n[image]\nmax_layer_entries = 10\n")
-            .expect("parses");
+        let c = Config::parse(
+            "[registry]\nrequest_timeout_secs = 7\n[image]\nmax_layer_entries = 10\n",
+        )
+        .expect("parses");
         let o = c.store_options();
         assert_eq!(o.request_timeout, std::time::Duration::from_secs(7));
         assert_eq!(o.unpack.max_entries, 10);
