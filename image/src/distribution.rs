@@ -1,6 +1,12 @@
 //! A small OCI distribution (registry v2) client: manifests and blobs over HTTP(S),
-//! with anonymous, basic and bearer-token auth, mirrors with `ns=`, and a
-//! no-progress timeout on every read.
+//! with anonymous, basic, bearer-token and OAuth2 refresh-token auth, and mirrors
+//! with `ns=`.
+//!
+//! A registry is untrusted: every body that is read into memory (token responses,
+//! manifests, indexes, configs, error bodies) is bounded before it is read, every
+//! request has a connect and a response-header timeout, small requests have a total
+//! deadline (so a trickle of one byte every few seconds cannot keep one alive), and
+//! layer bodies, which stream to disk, have a no-progress timeout and a minimum rate.
 //!
 //! We use our own client on reqwest rather than oci-client because mirrors need
 //! per-endpoint TLS settings, headers and `ns=` with fallback across endpoints, and
@@ -11,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
@@ -47,6 +53,12 @@ pub struct Auth {
     pub auth: String,
     /// A bearer token to send as is.
     pub registry_token: String,
+    /// An OAuth2 refresh token, exchanged at the registry's token service for an
+    /// access token (`grant_type=refresh_token`).
+    pub identity_token: String,
+    /// The registry these credentials belong to (CRI's `AuthConfig.server_address`):
+    /// they are never sent anywhere else. Empty: the registry the image names.
+    pub server_address: String,
 }
 
 impl std::fmt::Debug for Auth {
@@ -57,6 +69,8 @@ impl std::fmt::Debug for Auth {
             .field("has_password", &!self.password.is_empty())
             .field("has_auth", &!self.auth.is_empty())
             .field("has_registry_token", &!self.registry_token.is_empty())
+            .field("has_identity_token", &!self.identity_token.is_empty())
+            .field("server_address", &self.server_address)
             .finish()
     }
 }
@@ -76,6 +90,28 @@ impl Auth {
         }
     }
 
+    /// Whether there is anything to authenticate with.
+    pub fn is_anonymous(&self) -> bool {
+        self.username.is_empty()
+            && self.password.is_empty()
+            && self.auth.is_empty()
+            && self.registry_token.is_empty()
+            && self.identity_token.is_empty()
+    }
+
+    /// These credentials if they belong to registry `host` (as a reference names it,
+    /// e.g. `docker.io`, `localhost:5000`), else none: credentials kubelet found for
+    /// one registry must not be handed to another.
+    pub fn scoped_to(&self, host: &str) -> Auth {
+        if self.server_address.trim().is_empty()
+            || canonical_registry(&self.server_address) == canonical_registry(host)
+        {
+            self.clone()
+        } else {
+            Auth::anonymous()
+        }
+    }
+
     fn user_password(&self) -> Option<(String, String)> {
         if !self.username.is_empty() || !self.password.is_empty() {
             return Some((self.username.clone(), self.password.clone()));
@@ -89,6 +125,72 @@ impl Auth {
             return Some((u.to_owned(), p.to_owned()));
         }
         None
+    }
+}
+
+/// `host[:port]` of a registry address as kubelet or a docker config writes it
+/// (`https://index.docker.io/v1/`, `registry.example:5000`, `docker.io`), lowercased,
+/// with Docker Hub's aliases folded into `docker.io`.
+fn canonical_registry(address: &str) -> String {
+    let a = address.trim();
+    let a = a.split_once("://").map_or(a, |(_, rest)| rest);
+    let host = a.split('/').next().unwrap_or("").to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
+        _ => host,
+    }
+}
+
+/// Largest token-service response read (tokens are a few KiB of JWT).
+pub const TOKEN_LIMIT: u64 = 1 << 20;
+/// Largest error body read; only its start is shown.
+const ERROR_BODY_LIMIT: u64 = 64 << 10;
+
+/// How long registry transfers may take. See `docs/configuration.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (and TLS handshake) to a registry.
+    pub connect: Duration,
+    /// From sending a request to receiving the response's headers.
+    pub headers: Duration,
+    /// Whole small requests (token, manifest, index, config), body included.
+    pub request: Duration,
+    /// A layer body that receives nothing for this long is abandoned.
+    pub stall: Duration,
+    /// A layer body must average at least this many bytes per second over each
+    /// `stall` window (0: no minimum).
+    pub min_rate: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            headers: Duration::from_secs(30),
+            request: Duration::from_secs(60),
+            stall: Duration::from_secs(60),
+            min_rate: 1024,
+        }
+    }
+}
+
+/// Largest bodies read into memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A manifest or index.
+    pub manifest: u64,
+    /// An image config.
+    pub config: u64,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            manifest: 4 << 20,
+            config: 16 << 20,
+        }
     }
 }
 
@@ -122,11 +224,30 @@ pub enum RegistryError {
         status: u16,
         body: String,
     },
-    #[error("{what} from {endpoint} is larger than {limit} bytes")]
+    #[error("{what} from {url} is larger than {limit} bytes (the limit is {setting})")]
     TooLarge {
-        endpoint: String,
+        url: String,
         what: String,
         limit: u64,
+        setting: &'static str,
+    },
+    #[error("{what} from {url} did not complete within {secs}s (the limit is {setting})")]
+    Deadline {
+        url: String,
+        what: String,
+        secs: u64,
+        setting: &'static str,
+    },
+    #[error(
+        "{what} from {endpoint} is too slow: {bytes} bytes in {secs}s, below the minimum of \
+         {min_rate} bytes/s (registry.min_layer_rate_bytes_per_sec)"
+    )]
+    TooSlow {
+        endpoint: String,
+        what: String,
+        bytes: u64,
+        secs: u64,
+        min_rate: u64,
     },
     #[error("token service {realm} failed: {detail}")]
     Token { realm: String, detail: String },
@@ -156,6 +277,8 @@ impl RegistryError {
             Self::NotFound { .. }
             | Self::Unreachable { .. }
             | Self::Stalled { .. }
+            | Self::Deadline { .. }
+            | Self::TooSlow { .. }
             | Self::Body { .. } => true,
             Self::Status { status, .. } => *status >= 500,
             _ => false,
@@ -166,25 +289,26 @@ impl RegistryError {
 /// Builds and caches one HTTP client per TLS configuration.
 #[derive(Debug)]
 pub struct HttpClients {
-    stall: Duration,
+    timeouts: Timeouts,
+    limits: BodyLimits,
     clients: Mutex<HashMap<(bool, Vec<PathBuf>), reqwest::Client>>,
 }
 
 impl HttpClients {
-    /// `stall` is both the connect timeout and the longest wait for any read.
-    pub fn new(stall: Duration) -> Self {
+    pub fn new(timeouts: Timeouts, limits: BodyLimits) -> Self {
         // reqwest is built without a bundled crypto provider; install ring once for
         // the process. A provider someone else installed first is fine too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
-            stall,
+            timeouts,
+            limits,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The no-progress timeout.
-    pub fn stall(&self) -> Duration {
-        self.stall
+    /// The transfer timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
@@ -199,8 +323,9 @@ impl HttpClients {
         };
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(self.stall)
-            .read_timeout(self.stall)
+            .connect_timeout(self.timeouts.connect)
+            // A backstop under the per-request deadlines: no single read waits longer.
+            .read_timeout(self.timeouts.stall)
             .no_proxy()
             .danger_accept_invalid_certs(endpoint.skip_verify);
         for path in &endpoint.ca {
@@ -226,7 +351,8 @@ pub struct Session {
     repo: String,
     ns: Option<String>,
     auth: Auth,
-    stall: Duration,
+    timeouts: Timeouts,
+    limits: BodyLimits,
     authorization: tokio::sync::Mutex<Option<String>>,
 }
 
@@ -237,9 +363,19 @@ pub struct FetchedManifest {
     pub bytes: Vec<u8>,
 }
 
+/// What a token service answers.
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    access_token: String,
+}
+
 impl Session {
     /// Opens a session for `repo` (e.g. `library/busybox`) of registry `host` on
-    /// `endpoint`.
+    /// `endpoint`. The caller decides which credentials this endpoint may see (see
+    /// [`Auth::scoped_to`]).
     pub fn new(
         clients: &HttpClients,
         endpoint: Endpoint,
@@ -257,7 +393,8 @@ impl Session {
             repo: repo.to_owned(),
             ns,
             auth,
-            stall: clients.stall,
+            timeouts: clients.timeouts,
+            limits: clients.limits,
             authorization: tokio::sync::Mutex::new(authorization),
         })
     }
@@ -285,6 +422,51 @@ impl Session {
         self.endpoint.name().to_owned()
     }
 
+    /// Sends `req`, waiting at most the header timeout for the response headers.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &Url,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        // Waiting for the headers is also receiving no data: a stall timeout shorter
+        // than the header timeout bounds it too.
+        let wait = self.timeouts.headers.min(self.timeouts.stall);
+        let deadline = || {
+            if self.timeouts.stall < self.timeouts.headers {
+                RegistryError::Stalled {
+                    endpoint: url.to_string(),
+                    what: format!("response headers of {what}"),
+                    secs: self.timeouts.stall.as_secs(),
+                }
+            } else {
+                RegistryError::Deadline {
+                    url: url.to_string(),
+                    what: format!("response headers of {what}"),
+                    secs: self.timeouts.headers.as_secs(),
+                    setting: "registry.header_timeout_secs",
+                }
+            }
+        };
+        match tokio::time::timeout(wait, req.send()).await {
+            Err(_) => Err(deadline()),
+            Ok(Err(source)) if source.is_connect() && source.is_timeout() => {
+                Err(RegistryError::Deadline {
+                    url: url.to_string(),
+                    what: format!("connecting for {what}"),
+                    secs: self.timeouts.connect.as_secs(),
+                    setting: "registry.connect_timeout_secs",
+                })
+            }
+            Ok(Err(source)) if source.is_timeout() => Err(deadline()),
+            Ok(Err(source)) => Err(RegistryError::Unreachable {
+                endpoint: url.to_string(),
+                source,
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
     /// GET with auth: on 401 answer the challenge (basic, or a bearer token from the
     /// realm) and retry once.
     async fn get(
@@ -305,29 +487,7 @@ impl Session {
             if let Some(a) = self.authorization.lock().await.clone() {
                 req = req.header(AUTHORIZATION, a);
             }
-            let resp = match tokio::time::timeout(self.stall, req.send()).await {
-                Err(_) => {
-                    return Err(RegistryError::Stalled {
-                        endpoint: self.name(),
-                        what: what.to_owned(),
-                        secs: self.stall.as_secs(),
-                    });
-                }
-                Ok(Err(source)) if source.is_timeout() => {
-                    return Err(RegistryError::Stalled {
-                        endpoint: self.name(),
-                        what: what.to_owned(),
-                        secs: self.stall.as_secs(),
-                    });
-                }
-                Ok(Err(source)) => {
-                    return Err(RegistryError::Unreachable {
-                        endpoint: self.name(),
-                        source,
-                    });
-                }
-                Ok(Ok(r)) => r,
-            };
+            let resp = self.send(req, &url, what).await?;
             match resp.status() {
                 s if s.is_success() => return Ok(resp),
                 StatusCode::UNAUTHORIZED if !answered => {
@@ -338,7 +498,18 @@ impl Session {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned();
-                    let authorization = self.answer_challenge(&header).await?;
+                    // The body is not needed; dropping the response closes it.
+                    drop(resp);
+                    let authorization =
+                        tokio::time::timeout(self.timeouts.request, self.answer_challenge(&header))
+                            .await
+                            .map_err(|_| RegistryError::Token {
+                                realm: header.clone(),
+                                detail: format!(
+                                    "no token within {}s (registry.request_timeout_secs)",
+                                    self.timeouts.request.as_secs()
+                                ),
+                            })??;
                     match authorization {
                         Some(a) => *self.authorization.lock().await = Some(a),
                         None => return Err(self.unauthorized(what, 401)),
@@ -354,16 +525,19 @@ impl Session {
                     });
                 }
                 status => {
-                    let body = tokio::time::timeout(self.stall, resp.text())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_default();
+                    // Only the start of an error body is shown: read at most
+                    // ERROR_BODY_LIMIT bytes, for at most the stall timeout.
+                    let body = tokio::time::timeout(
+                        self.timeouts.stall.min(self.timeouts.request),
+                        read_prefix(resp, ERROR_BODY_LIMIT),
+                    )
+                    .await
+                    .unwrap_or_default();
                     return Err(RegistryError::Status {
-                        endpoint: self.name(),
+                        endpoint: url.to_string(),
                         what: what.to_owned(),
                         status: status.as_u16(),
-                        body: body.chars().take(300).collect(),
+                        body: String::from_utf8_lossy(&body).chars().take(300).collect(),
                     });
                 }
             }
@@ -391,34 +565,63 @@ impl Session {
                 let Some(realm) = challenge.params.get("realm") else {
                     return Ok(None);
                 };
+                let token_err = |detail: String| RegistryError::Token {
+                    realm: realm.clone(),
+                    detail,
+                };
                 let scope = challenge
                     .params
                     .get("scope")
                     .cloned()
                     .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
-                let mut url = Url::parse(realm).map_err(|e| RegistryError::Token {
-                    realm: realm.clone(),
-                    detail: e.to_string(),
-                })?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(service) = challenge.params.get("service") {
-                        q.append_pair("service", service);
+                let service = challenge.params.get("service");
+                let realm_url = Url::parse(realm).map_err(|e| token_err(e.to_string()))?;
+                if !matches!(realm_url.scheme(), "http" | "https") {
+                    return Err(token_err("the realm is not an http(s) URL".into()));
+                }
+                let (req, url) = if self.auth.identity_token.is_empty() {
+                    // Docker's token protocol: GET with the scope, basic credentials
+                    // if we have them.
+                    let mut url = realm_url;
+                    {
+                        let mut q = url.query_pairs_mut();
+                        if let Some(service) = service {
+                            q.append_pair("service", service);
+                        }
+                        q.append_pair("scope", &scope);
                     }
-                    q.append_pair("scope", &scope);
-                }
-                let mut req = self.http.get(url);
-                if let Some((u, p)) = &creds {
-                    req = req.header(AUTHORIZATION, basic_header(u, p));
-                }
-                let token_err = |detail: String| RegistryError::Token {
-                    realm: realm.clone(),
-                    detail,
+                    let mut req = self.http.get(url.clone());
+                    if let Some((u, p)) = &creds {
+                        req = req.header(AUTHORIZATION, basic_header(u, p));
+                    }
+                    (req, url)
+                } else {
+                    // An identity token is an OAuth2 refresh token: exchange it at the
+                    // realm (RFC 6749 section 6), as containerd and docker do.
+                    let mut form =
+                        Url::parse("http://form.invalid/").map_err(|e| token_err(e.to_string()))?;
+                    {
+                        let mut q = form.query_pairs_mut();
+                        q.append_pair("grant_type", "refresh_token");
+                        q.append_pair("refresh_token", &self.auth.identity_token);
+                        if let Some(service) = service {
+                            q.append_pair("service", service);
+                        }
+                        q.append_pair("scope", &scope);
+                        q.append_pair("client_id", "berth");
+                    }
+                    let body = form.query().unwrap_or("").to_owned();
+                    let req = self
+                        .http
+                        .post(realm_url.clone())
+                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(body);
+                    (req, realm_url)
                 };
-                let resp = tokio::time::timeout(self.stall, req.send())
-                    .await
-                    .map_err(|_| token_err("timed out".into()))?
-                    .map_err(|e| token_err(e.to_string()))?;
+                let resp = self.send(req, &url, "token").await.map_err(|e| match e {
+                    RegistryError::Unreachable { source, .. } => token_err(source.to_string()),
+                    other => other,
+                })?;
                 if resp.status() == StatusCode::UNAUTHORIZED
                     || resp.status() == StatusCode::FORBIDDEN
                 {
@@ -427,23 +630,15 @@ impl Session {
                 if !resp.status().is_success() {
                     return Err(token_err(format!("HTTP {}", resp.status())));
                 }
-                let body = tokio::time::timeout(self.stall, resp.bytes())
-                    .await
-                    .map_err(|_| token_err("timed out".into()))?
-                    .map_err(|e| token_err(e.to_string()))?;
-                #[derive(serde::Deserialize)]
-                struct TokenResponse {
-                    #[serde(default)]
-                    token: String,
-                    #[serde(default)]
-                    access_token: String,
-                }
+                let body = self
+                    .read_small(resp, &url, "token response", TOKEN_LIMIT, "1 MiB (fixed)")
+                    .await?;
                 let t: TokenResponse =
                     serde_json::from_slice(&body).map_err(|e| token_err(e.to_string()))?;
-                let token = if t.token.is_empty() {
-                    t.access_token
-                } else {
+                let token = if t.access_token.is_empty() {
                     t.token
+                } else {
+                    t.access_token
                 };
                 if token.is_empty() {
                     return Err(token_err("response has no token".into()));
@@ -454,61 +649,121 @@ impl Session {
         }
     }
 
-    /// Fetches a manifest or index by tag or digest (at most 4 MiB).
-    pub async fn manifest(&self, object: &str) -> Result<FetchedManifest, RegistryError> {
-        let what = format!("manifest {}:{object}", self.repo);
-        let resp = self
-            .get(self.url("manifests", object), Some(MANIFEST_ACCEPT), &what)
-            .await?;
-        let media_type = content_type(resp.headers());
-        let bytes = self.read_small(resp, &what, 4 << 20).await?;
-        Ok(FetchedManifest { media_type, bytes })
+    /// Runs a small request under the total request deadline.
+    async fn small<T>(
+        &self,
+        url: &Url,
+        what: &str,
+        fetch: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        tokio::time::timeout(self.timeouts.request, fetch)
+            .await
+            .map_err(|_| RegistryError::Deadline {
+                url: url.to_string(),
+                what: what.to_owned(),
+                secs: self.timeouts.request.as_secs(),
+                setting: "registry.request_timeout_secs",
+            })?
     }
 
-    /// Fetches a small blob (a config) into memory.
-    pub async fn small_blob(&self, digest: &str, limit: u64) -> Result<Vec<u8>, RegistryError> {
-        let what = format!("blob {digest}");
-        let resp = self.get(self.url("blobs", digest), None, &what).await?;
-        self.read_small(resp, &what, limit).await
+    /// Fetches a manifest or index by tag or digest (at most the manifest limit).
+    pub async fn manifest(&self, object: &str) -> Result<FetchedManifest, RegistryError> {
+        let what = format!("manifest {}:{object}", self.repo);
+        let url = self.url("manifests", object);
+        self.small(&url, &what, async {
+            let resp = self.get(url.clone(), Some(MANIFEST_ACCEPT), &what).await?;
+            let media_type = content_type(resp.headers());
+            let bytes = self
+                .read_small(
+                    resp,
+                    &url,
+                    &what,
+                    self.limits.manifest,
+                    "registry.max_manifest_bytes",
+                )
+                .await?;
+            Ok(FetchedManifest { media_type, bytes })
+        })
+        .await
+    }
+
+    /// Fetches a config blob into memory (at most the config limit).
+    pub async fn config_blob(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("config {digest}");
+        let url = self.url("blobs", digest);
+        self.small(&url, &what, async {
+            let resp = self.get(url.clone(), None, &what).await?;
+            self.read_small(
+                resp,
+                &url,
+                &what,
+                self.limits.config,
+                "registry.max_config_bytes",
+            )
+            .await
+        })
+        .await
+    }
+
+    /// The configured config size limit.
+    pub fn config_limit(&self) -> u64 {
+        self.limits.config
     }
 
     /// Starts streaming a blob; read it with [`BlobStream::chunk`].
     pub async fn blob(&self, digest: &str) -> Result<BlobStream, RegistryError> {
         let what = format!("blob {digest} of {}", self.repo);
         let resp = self.get(self.url("blobs", digest), None, &what).await?;
-        Ok(BlobStream {
-            resp,
-            endpoint: self.name(),
-            what,
-            stall: self.stall,
-        })
+        Ok(BlobStream::new(resp, self.name(), what, self.timeouts))
     }
 
+    /// Reads a whole body of at most `limit` bytes (the caller bounds the time).
     async fn read_small(
         &self,
         resp: Response,
+        url: &Url,
         what: &str,
         limit: u64,
+        setting: &'static str,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut stream = BlobStream {
-            resp,
-            endpoint: self.name(),
+        let too_large = || RegistryError::TooLarge {
+            url: url.to_string(),
             what: what.to_owned(),
-            stall: self.stall,
+            limit,
+            setting,
         };
+        // Refuse a declared size over the limit before reading anything.
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let timeouts = Timeouts {
+            min_rate: 0,
+            ..self.timeouts
+        };
+        let mut stream = BlobStream::new(resp, url.to_string(), what.to_owned(), timeouts);
         let mut out = Vec::new();
         while let Some(chunk) = stream.chunk().await? {
-            out.extend_from_slice(chunk.as_ref());
-            if out.len() as u64 > limit {
-                return Err(RegistryError::TooLarge {
-                    endpoint: self.name(),
-                    what: what.to_owned(),
-                    limit,
-                });
+            let chunk = chunk.as_ref();
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
             }
+            out.extend_from_slice(chunk);
         }
         Ok(out)
     }
+}
+
+/// Up to `limit` bytes of a body, ignoring errors (for error messages).
+async fn read_prefix(mut resp: Response, limit: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = usize::try_from(limit.saturating_sub(out.len() as u64)).unwrap_or(usize::MAX);
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() as u64 >= limit {
+            break;
+        }
+    }
+    out
 }
 
 /// A blob body being received.
@@ -517,31 +772,65 @@ pub struct BlobStream {
     resp: Response,
     endpoint: String,
     what: String,
-    stall: Duration,
+    timeouts: Timeouts,
+    /// Start of the current rate window and the bytes received in it.
+    window_start: Instant,
+    window_bytes: u64,
 }
 
 impl BlobStream {
-    /// The next piece of the body, `None` at the end. Fails if no data arrives
-    /// within the no-progress timeout.
-    pub async fn chunk(&mut self) -> Result<Option<impl AsRef<[u8]> + use<>>, RegistryError> {
-        match tokio::time::timeout(self.stall, self.resp.chunk()).await {
-            Err(_) => Err(RegistryError::Stalled {
-                endpoint: self.endpoint.clone(),
-                what: self.what.clone(),
-                secs: self.stall.as_secs(),
-            }),
-            Ok(Err(source)) if source.is_timeout() => Err(RegistryError::Stalled {
-                endpoint: self.endpoint.clone(),
-                what: self.what.clone(),
-                secs: self.stall.as_secs(),
-            }),
-            Ok(Err(source)) => Err(RegistryError::Body {
-                endpoint: self.endpoint.clone(),
-                what: self.what.clone(),
-                source,
-            }),
-            Ok(Ok(c)) => Ok(c),
+    fn new(resp: Response, endpoint: String, what: String, timeouts: Timeouts) -> Self {
+        Self {
+            resp,
+            endpoint,
+            what,
+            timeouts,
+            window_start: Instant::now(),
+            window_bytes: 0,
         }
+    }
+
+    /// The next piece of the body, `None` at the end. Fails if no data arrives
+    /// within the no-progress timeout, or if a whole window of that length carried
+    /// less than the minimum rate.
+    pub async fn chunk(&mut self) -> Result<Option<impl AsRef<[u8]> + use<>>, RegistryError> {
+        let stall = self.timeouts.stall;
+        let stalled = || RegistryError::Stalled {
+            endpoint: self.endpoint.clone(),
+            what: self.what.clone(),
+            secs: stall.as_secs(),
+        };
+        let chunk = match tokio::time::timeout(stall, self.resp.chunk()).await {
+            Err(_) => return Err(stalled()),
+            Ok(Err(source)) if source.is_timeout() => return Err(stalled()),
+            Ok(Err(source)) => {
+                return Err(RegistryError::Body {
+                    endpoint: self.endpoint.clone(),
+                    what: self.what.clone(),
+                    source,
+                });
+            }
+            Ok(Ok(c)) => c,
+        };
+        if let Some(c) = &chunk {
+            self.window_bytes += c.len() as u64;
+        }
+        let elapsed = self.window_start.elapsed();
+        if self.timeouts.min_rate > 0 && chunk.is_some() && elapsed >= stall {
+            let secs = elapsed.as_secs().max(1);
+            if self.window_bytes < self.timeouts.min_rate.saturating_mul(secs) {
+                return Err(RegistryError::TooSlow {
+                    endpoint: self.endpoint.clone(),
+                    what: self.what.clone(),
+                    bytes: self.window_bytes,
+                    secs,
+                    min_rate: self.timeouts.min_rate,
+                });
+            }
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(chunk)
     }
 
     /// The endpoint serving this blob.
@@ -665,7 +954,7 @@ mod tests {
 
     #[test]
     fn mirror_urls_carry_the_upstream_namespace() {
-        let clients = HttpClients::new(Duration::from_secs(5));
+        let clients = HttpClients::new(Timeouts::default(), BodyLimits::default());
         let ep = Endpoint {
             api: Url::parse("http://127.0.0.1:5000/v2").unwrap(),
             capabilities: crate::hosts::Capabilities {
@@ -683,5 +972,27 @@ mod tests {
             s.url("manifests", "3.9").as_str(),
             "http://127.0.0.1:5000/v2/pause/manifests/3.9?ns=registry.k8s.io"
         );
+    }
+
+    #[test]
+    fn credentials_are_scoped_to_their_registry() {
+        let hub = Auth {
+            username: "u".into(),
+            password: "p".into(),
+            server_address: "https://index.docker.io/v1/".into(),
+            ..Auth::default()
+        };
+        assert_eq!(hub.scoped_to("docker.io"), hub);
+        assert!(hub.scoped_to("ghcr.io").is_anonymous());
+        let local = Auth {
+            registry_token: "t".into(),
+            server_address: "http://127.0.0.1:5000/v2/".into(),
+            ..Auth::default()
+        };
+        assert_eq!(local.scoped_to("127.0.0.1:5000"), local);
+        assert!(local.scoped_to("127.0.0.1:5001").is_anonymous());
+        // No server address: the credentials are for whatever registry is pulled from.
+        let any = Auth::basic("u", "p");
+        assert_eq!(any.scoped_to("registry.example"), any);
     }
 }

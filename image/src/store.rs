@@ -29,30 +29,41 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
 
-use crate::distribution::{Auth, HttpClients, RegistryError, Session};
+use crate::distribution::{Auth, BodyLimits, HttpClients, RegistryError, Session, Timeouts};
 use crate::hosts::{HostsError, RegistryHosts};
 use crate::locks::KeyedLocks;
 use crate::oci::{
     self, ConfigFile, Descriptor, ImageConfig, ManifestError, ManifestKind, Platform,
 };
 use crate::reference::{Digest, Reference, ReferenceError};
-use crate::unpack::{self, UnpackError};
+use crate::unpack::{self, UnpackError, UnpackLimits};
 
 mod import;
 
 /// How often a running pull logs its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Largest manifest or config document accepted.
-const CONFIG_LIMIT: u64 = 16 << 20;
-
 /// How the store reaches registries.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// `certs.d`-style registry host configuration.
     pub hosts: RegistryHosts,
-    /// A pull that receives nothing for this long is cancelled.
+    /// A layer download that receives nothing for this long is abandoned.
     pub stall_timeout: Duration,
+    /// Connecting (TCP and TLS) to a registry.
+    pub connect_timeout: Duration,
+    /// From a request sent to its response headers.
+    pub header_timeout: Duration,
+    /// A whole small request (token, manifest, index, config).
+    pub request_timeout: Duration,
+    /// Least average layer download rate over each `stall_timeout` window, bytes/s.
+    pub min_layer_rate: u64,
+    /// Largest manifest or index read.
+    pub max_manifest_bytes: u64,
+    /// Largest image config read.
+    pub max_config_bytes: u64,
+    /// Limits on what one layer may unpack to.
+    pub unpack: UnpackLimits,
     /// Layers downloaded at the same time per pull.
     pub max_concurrent_downloads: usize,
     /// The platform picked from image indexes.
@@ -61,11 +72,39 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
+        let t = Timeouts::default();
+        let l = BodyLimits::default();
         Self {
             hosts: RegistryHosts::default(),
-            stall_timeout: Duration::from_secs(60),
+            stall_timeout: t.stall,
+            connect_timeout: t.connect,
+            header_timeout: t.headers,
+            request_timeout: t.request,
+            min_layer_rate: t.min_rate,
+            max_manifest_bytes: l.manifest,
+            max_config_bytes: l.config,
+            unpack: UnpackLimits::default(),
             max_concurrent_downloads: 3,
             platform: oci::host_platform(),
+        }
+    }
+}
+
+impl StoreOptions {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            headers: self.header_timeout,
+            request: self.request_timeout,
+            stall: self.stall_timeout,
+            min_rate: self.min_layer_rate,
+        }
+    }
+
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            manifest: self.max_manifest_bytes,
+            config: self.max_config_bytes,
         }
     }
 }
@@ -175,13 +214,22 @@ impl StoreError {
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Unauthorized { .. } => ErrorKind::PermissionDenied,
             Self::Registry { source, .. } => match source {
-                RegistryError::Unreachable { .. } | RegistryError::Stalled { .. } => {
-                    ErrorKind::Unavailable
+                RegistryError::Unreachable { .. }
+                | RegistryError::Stalled { .. }
+                | RegistryError::Body { .. }
+                | RegistryError::Token { .. } => ErrorKind::Unavailable,
+                RegistryError::Deadline { .. } | RegistryError::TooSlow { .. } => {
+                    ErrorKind::DeadlineExceeded
                 }
                 RegistryError::NotFound { .. } => ErrorKind::NotFound,
                 RegistryError::Unauthorized { .. } => ErrorKind::PermissionDenied,
+                // The registry served something no image may be: bad image input.
+                RegistryError::TooLarge { .. } => ErrorKind::InvalidArgument,
+                RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
+            Self::Config { .. } => ErrorKind::InvalidArgument,
+            Self::Unpack { source, .. } if source.is_limit() => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
     }
@@ -344,7 +392,7 @@ impl ImageStore {
         }
         let leases = load_leases(&root.join("leases"))?;
         info!(root = %root.display(), images = images.len(), leases = leases.len(), "image store opened");
-        let http = HttpClients::new(options.stall_timeout);
+        let http = HttpClients::new(options.timeouts(), options.body_limits());
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
@@ -690,23 +738,34 @@ impl ImageStore {
         auth: &Auth,
     ) -> Result<(Vec<Session>, crate::distribution::FetchedManifest), StoreError> {
         let endpoints = self.inner.options.hosts.endpoints(r.domain())?;
+        // Credentials go only to the registry they were given for, never to a mirror
+        // (a mirror that needs credentials gets them from its hosts.toml `header`).
+        let auth = auth.scoped_to(r.domain());
+        let auth_for = |ep: &crate::hosts::Endpoint| {
+            if ep.mirror {
+                Auth::anonymous()
+            } else {
+                auth.clone()
+            }
+        };
         let mut tried = Vec::new();
         let mut not_found = false;
         let mut denied = false;
+        let mut definitive = None;
         let mut endpoints = endpoints.into_iter();
         while let Some(ep) = endpoints.next() {
             if !ep.capabilities.pull || (r.digest().is_none() && !ep.capabilities.resolve) {
                 continue;
             }
             let name = ep.name().to_owned();
-            let session =
-                match Session::new(&self.inner.http, ep, r.domain(), r.path(), auth.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tried.push(e.to_string());
-                        continue;
-                    }
-                };
+            let ep_auth = auth_for(&ep);
+            let session = match Session::new(&self.inner.http, ep, r.domain(), r.path(), ep_auth) {
+                Ok(s) => s,
+                Err(e) => {
+                    tried.push(e.to_string());
+                    continue;
+                }
+            };
             match session.manifest(r.object()).await {
                 Ok(m) => {
                     debug!(reference = %r, endpoint = %name, "manifest resolved");
@@ -714,8 +773,9 @@ impl ImageStore {
                     // endpoints after it (a mirror may lack some blobs).
                     let mut sources = vec![session];
                     for ep in endpoints.filter(|e| e.capabilities.pull) {
+                        let ep_auth = auth_for(&ep);
                         if let Ok(s) =
-                            Session::new(&self.inner.http, ep, r.domain(), r.path(), auth.clone())
+                            Session::new(&self.inner.http, ep, r.domain(), r.path(), ep_auth)
                         {
                             sources.push(s);
                         }
@@ -727,12 +787,23 @@ impl ImageStore {
                     not_found |= e.is_not_found();
                     denied |= matches!(e, RegistryError::Unauthorized { .. });
                     tried.push(e.to_string());
+                    if !e.is_retryable() && !matches!(e, RegistryError::Unauthorized { .. }) {
+                        definitive = Some(e);
+                    }
                 }
             }
         }
         let reference = r.to_string();
         if tried.is_empty() {
             tried.push("no endpoint with pull/resolve capability configured".into());
+        }
+        // An endpoint that answered with something no image may be (over a limit)
+        // is reported as such, not as "unreachable".
+        if !not_found
+            && !denied
+            && let Some(source) = definitive
+        {
+            return Err(StoreError::Registry { reference, source });
         }
         Err(if not_found {
             StoreError::NotFound { reference, tried }
@@ -753,21 +824,23 @@ impl ImageStore {
         if let Ok(bytes) = tokio::fs::read(&path).await {
             return Ok(bytes);
         }
-        if desc.size > CONFIG_LIMIT {
+        let limit = self.inner.options.max_config_bytes;
+        if desc.size > limit {
             return Err(StoreError::Config {
                 reference: name.to_owned(),
                 digest: desc.digest.clone(),
-                detail: format!("{} bytes is too large", desc.size),
+                detail: format!(
+                    "the manifest declares {} bytes, more than registry.max_config_bytes = {limit}",
+                    desc.size
+                ),
             });
         }
-        let bytes = from_sources(sources, |s| {
-            s.small_blob(desc.digest.as_str(), CONFIG_LIMIT)
-        })
-        .await
-        .map_err(|source| StoreError::Registry {
-            reference: name.to_owned(),
-            source,
-        })?;
+        let bytes = from_sources(sources, |s| s.config_blob(desc.digest.as_str()))
+            .await
+            .map_err(|source| StoreError::Registry {
+                reference: name.to_owned(),
+                source,
+            })?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
             return Err(StoreError::DigestMismatch {
@@ -880,7 +953,8 @@ impl ImageStore {
         }
         let snapshots = root.join("snapshots");
         let layer = layer.clone();
-        tokio::task::spawn_blocking(move || unpack_snapshot(&snapshots, &blob, &layer))
+        let limits = self.inner.options.unpack;
+        tokio::task::spawn_blocking(move || unpack_snapshot(&snapshots, &blob, &layer, &limits))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(downloaded)
@@ -1266,7 +1340,12 @@ fn snapshot_fs(root: &Path, chain_id: &Digest) -> PathBuf {
 
 /// Unpacks `blob` into a temporary directory and renames it into place as the
 /// layer's snapshot. Runs on a blocking thread.
-fn unpack_snapshot(snapshots: &Path, blob: &Path, layer: &Layer) -> Result<(), StoreError> {
+fn unpack_snapshot(
+    snapshots: &Path,
+    blob: &Path,
+    layer: &Layer,
+    limits: &UnpackLimits,
+) -> Result<(), StoreError> {
     let tmp = tempfile::Builder::new()
         .prefix("tmp-")
         .tempdir_in(snapshots)
@@ -1277,11 +1356,12 @@ fn unpack_snapshot(snapshots: &Path, blob: &Path, layer: &Layer) -> Result<(), S
     set_mode(tmp.path(), 0o700)?;
     set_mode(&fs, 0o755)?;
     let started = Instant::now();
-    let bytes =
-        unpack::unpack_layer(blob, &fs, &layer.diff_id).map_err(|source| StoreError::Unpack {
+    let bytes = unpack::unpack_layer(blob, &fs, &layer.diff_id, limits).map_err(|source| {
+        StoreError::Unpack {
             digest: layer.digest.clone(),
             source,
-        })?;
+        }
+    })?;
     let dest = snapshots.join(layer.chain_id.hex());
     let kept = tmp.keep();
     match std::fs::rename(&kept, &dest) {

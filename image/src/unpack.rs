@@ -1,7 +1,9 @@
 //! Unpacking one layer blob (tar, gzip or zstd) into a snapshot directory that can be
 //! an overlayfs lower dir: OCI whiteouts become overlay whiteouts, no entry can write
-//! outside the directory, and ownership, modes, device nodes, xattrs and hard links
-//! are kept. Synchronous: run it on a blocking thread.
+//! outside the directory, and ownership, modes, device nodes and hard links are
+//! kept. Extended attributes are filtered (see [`xattr_allowed`]), and the unpacked
+//! size and entry count are bounded so a decompression bomb fails instead of
+//! filling the disk. Synchronous: run it on a blocking thread.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -13,6 +15,40 @@ use crate::reference::Digest;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const PAX_XATTR: &str = "SCHILY.xattr.";
+
+/// How much one layer may unpack to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Uncompressed tar stream bytes (file data plus headers).
+    pub max_bytes: u64,
+    /// Tar entries (files, directories, links, whiteouts...).
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// Whether an extended attribute from a layer may be applied. `trusted.*` is
+/// overlayfs' own namespace (`trusted.overlay.opaque`, `.redirect`, `.metacopy`,
+/// `.origin`): a layer that set it could forge whiteouts or redirect lookups to
+/// other paths of the lower stack, so only Berth writes it. Of `security.*` only
+/// file capabilities are kept: labels (`security.selinux`, `security.SMACK64`) are
+/// the runtime's to set, and `security.ima`/`security.evm` belong to the host's
+/// integrity policy. ACLs and `user.*` are ordinary file metadata.
+pub fn xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.")
+        || matches!(
+            name,
+            "security.capability" | "system.posix_acl_access" | "system.posix_acl_default"
+        )
+}
 
 /// A layer that could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +74,31 @@ pub enum UnpackError {
     },
     #[error("layer content digest is {actual}, the image config says {expected}")]
     DiffIdMismatch { expected: Digest, actual: Digest },
+    #[error(
+        "layer unpacks to more than {limit} bytes (the limit is image.max_layer_unpacked_bytes)"
+    )]
+    TooLarge { limit: u64 },
+    #[error("layer has more than {limit} entries (the limit is image.max_layer_entries)")]
+    TooManyEntries { limit: u64 },
+}
+
+impl UnpackError {
+    /// Whether the layer broke a configured limit.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::TooLarge { .. } | Self::TooManyEntries { .. })
+    }
 }
 
 /// Unpacks the layer blob at `blob` into the existing, empty directory `dest` and
 /// checks that the uncompressed stream hashes to `diff_id`. Returns the number of
-/// uncompressed bytes.
-pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &Digest) -> Result<u64, UnpackError> {
+/// uncompressed bytes. On error `dest` may hold part of the layer: the caller
+/// removes it.
+pub fn unpack_layer(
+    blob: &Path,
+    dest: &Path,
+    diff_id: &Digest,
+    limits: &UnpackLimits,
+) -> Result<u64, UnpackError> {
     let file = File::open(blob).map_err(|source| UnpackError::Open {
         path: blob.to_owned(),
         source,
@@ -66,11 +121,23 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &Digest) -> Result<u64, U
         inner: decompressed,
         hasher: sha2::Sha256::new(),
         bytes: 0,
+        limit: limits.max_bytes,
     };
-    unpack_tar(&mut hashing, dest)?;
+    let too_large = UnpackError::TooLarge {
+        limit: limits.max_bytes,
+    };
+    let unpacked = unpack_tar_limited(&mut hashing, dest, limits);
+    if hashing.bytes > limits.max_bytes {
+        return Err(too_large);
+    }
+    unpacked?;
     // The tar reader may stop at the end-of-archive marker; the diff id covers the
     // whole stream, padding included.
-    io::copy(&mut hashing, &mut io::sink()).map_err(|source| UnpackError::Archive { source })?;
+    let drained = io::copy(&mut hashing, &mut io::sink());
+    if hashing.bytes > limits.max_bytes {
+        return Err(too_large);
+    }
+    drained.map_err(|source| UnpackError::Archive { source })?;
     let actual = Digest::from_sha256(hashing.hasher.finalize().into());
     if &actual != diff_id {
         return Err(UnpackError::DiffIdMismatch {
@@ -81,14 +148,20 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &Digest) -> Result<u64, U
     Ok(hashing.bytes)
 }
 
+/// Hashes and counts the decompressed stream, and stops it once it passes `limit`
+/// (the caller sees `bytes > limit` and reports the limit).
 struct HashingReader<R> {
     inner: R,
     hasher: sha2::Sha256,
     bytes: u64,
+    limit: u64,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.bytes > self.limit {
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
@@ -96,19 +169,37 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Unpacks an uncompressed tar stream into `dest`.
+/// Unpacks an uncompressed tar stream into `dest` with the default limits.
 pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<(), UnpackError> {
+    unpack_tar_limited(reader, dest, &UnpackLimits::default())
+}
+
+/// Unpacks an uncompressed tar stream into `dest`, refusing more than
+/// `limits.max_entries` entries.
+pub fn unpack_tar_limited<R: Read>(
+    reader: R,
+    dest: &Path,
+    limits: &UnpackLimits,
+) -> Result<(), UnpackError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    // Applied by us, filtered (see `xattr_allowed`).
+    archive.set_unpack_xattrs(false);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     let entries = archive
         .entries()
         .map_err(|source| UnpackError::Archive { source })?;
+    let mut count: u64 = 0;
     for entry in entries {
         let mut entry = entry.map_err(|source| UnpackError::Archive { source })?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
         let raw = entry
             .path()
             .map_err(|source| UnpackError::Archive { source })?
@@ -168,9 +259,55 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<(), UnpackError> {
             make_node(entry.header(), &dir.join(file_name)).map_err(entry_err)?;
             continue;
         }
+        let xattrs = layer_xattrs(&mut entry).map_err(entry_err)?;
         let unpacked = entry.unpack_in(dest).map_err(entry_err)?;
         if !unpacked {
             return Err(UnpackError::PathEscape { entry: name });
+        }
+        apply_xattrs(&dest.join(&rel), &xattrs).map_err(entry_err)?;
+    }
+    Ok(())
+}
+
+/// The entry's `SCHILY.xattr.*` records that [`xattr_allowed`] lets through.
+fn layer_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(out);
+    };
+    for ext in extensions {
+        let ext = ext?;
+        let Ok(key) = ext.key() else { continue };
+        let Some(name) = key.strip_prefix(PAX_XATTR) else {
+            continue;
+        };
+        if xattr_allowed(name) {
+            out.push((name.to_owned(), ext.value_bytes().to_vec()));
+        } else {
+            tracing::debug!(
+                xattr = name,
+                "dropping a layer xattr outside the allowed set"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `xattrs` on `path` itself (never through a symlink). Filesystems without
+/// xattr support, and `user.*` on files that cannot carry it, are skipped as
+/// containerd skips them.
+fn apply_xattrs(path: &Path, xattrs: &[(String, Vec<u8>)]) -> io::Result<()> {
+    for (name, value) in xattrs {
+        match rustix::fs::lsetxattr(path, name.as_str(), value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOTSUP) => {}
+            Err(rustix::io::Errno::PERM) if name.starts_with("user.") => {
+                let meta = std::fs::symlink_metadata(path)?;
+                if meta.is_file() || meta.is_dir() {
+                    return Err(io::Error::from(rustix::io::Errno::PERM));
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -427,27 +564,157 @@ mod tests {
         let dest = dir.path().join("snap");
         std::fs::create_dir(&dest).unwrap();
         let right = Digest::of(&data);
+        let limits = UnpackLimits::default();
         assert_eq!(
-            unpack_layer(&blob, &dest, &right).unwrap(),
+            unpack_layer(&blob, &dest, &right, &limits).unwrap(),
             data.len() as u64
         );
         let dest2 = dir.path().join("snap2");
         std::fs::create_dir(&dest2).unwrap();
         let wrong = Digest::of(b"other");
         assert!(matches!(
-            unpack_layer(&blob, &dest2, &wrong),
+            unpack_layer(&blob, &dest2, &wrong, &limits),
             Err(UnpackError::DiffIdMismatch { .. })
         ));
         // zstd and uncompressed blobs are detected by their magic.
         std::fs::write(&blob, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
         let dest3 = dir.path().join("snap3");
         std::fs::create_dir(&dest3).unwrap();
-        unpack_layer(&blob, &dest3, &right).unwrap();
+        unpack_layer(&blob, &dest3, &right, &limits).unwrap();
         assert_eq!(std::fs::read(dest3.join("a")).unwrap(), b"a");
         std::fs::write(&blob, &data).unwrap();
         let dest4 = dir.path().join("snap4");
         std::fs::create_dir(&dest4).unwrap();
-        unpack_layer(&blob, &dest4, &right).unwrap();
+        unpack_layer(&blob, &dest4, &right, &limits).unwrap();
         assert_eq!(std::fs::read(dest4.join("a")).unwrap(), b"a");
+    }
+
+    /// One PAX record, `"<len> key=value\n"` with `len` counting itself.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        let mut out = format!("{len} {key}=").into_bytes();
+        out.extend_from_slice(value);
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn layer_xattrs_outside_the_allowed_set_are_dropped() {
+        // As root on ext4 or tmpfs, trusted.* and user.* can both be set.
+        let dest = tempfile::tempdir().unwrap();
+        let data = tar_with(|b| {
+            let mut records = Vec::new();
+            for (k, v) in [
+                ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+                (
+                    "SCHILY.xattr.security.selinux",
+                    b"system_u:object_r:shadow_t:s0",
+                ),
+                ("SCHILY.xattr.user.kept", b"1"),
+            ] {
+                records.extend(pax_record(k, v));
+            }
+            let mut x = tar::Header::new_ustar();
+            x.set_entry_type(tar::EntryType::XHeader);
+            x.set_path("PaxHeaders/dir").unwrap();
+            x.set_size(records.len() as u64);
+            x.set_mode(0o644);
+            x.set_cksum();
+            b.append(&x, &records[..]).unwrap();
+            let mut d = file_header("dir", 0);
+            d.set_entry_type(tar::EntryType::Directory);
+            d.set_mode(0o755);
+            d.set_cksum();
+            b.append(&d, io::empty()).unwrap();
+        });
+        unpack_tar(&data[..], dest.path()).unwrap();
+        let dir = dest.path().join("dir");
+        assert!(dir.is_dir());
+        let mut buf = vec![0u8; 256];
+        for name in [
+            "trusted.overlay.opaque",
+            "trusted.overlay.redirect",
+            "security.selinux",
+        ] {
+            let got = rustix::fs::lgetxattr(&dir, name, &mut buf[..]);
+            // An SELinux host labels every file itself; the layer's label must not be it.
+            if name == "security.selinux"
+                && let Ok(n) = got
+            {
+                assert_ne!(&buf[..n], b"system_u:object_r:shadow_t:s0");
+                continue;
+            }
+            assert!(got.is_err(), "{name} from the layer was applied");
+        }
+        match rustix::fs::lgetxattr(&dir, "user.kept", &mut buf[..]) {
+            Ok(n) => assert_eq!(&buf[..n], b"1"),
+            // A filesystem without user xattrs: skipped, as containerd does.
+            Err(e) => assert_eq!(e, rustix::io::Errno::NOTSUP),
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // 12 MiB of zeros in one file: a few KiB gzipped.
+        let size = 12u64 << 20;
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&file_header("zeros", size), io::repeat(0).take(size))
+            .unwrap();
+        let data = b.into_inner().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, gzip(&data)).unwrap();
+        assert!(std::fs::metadata(&blob).unwrap().len() < 1 << 20);
+        let dest = dir.path().join("snap");
+        std::fs::create_dir(&dest).unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 2 << 20,
+            ..UnpackLimits::default()
+        };
+        let err = unpack_layer(&blob, &dest, &Digest::of(&data), &limits).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::TooLarge { limit } if limit == 2 << 20),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("image.max_layer_unpacked_bytes"),
+            "{err}"
+        );
+        // What was written before the limit hit is bounded by the limit.
+        let written = std::fs::metadata(dest.join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= 2 << 20, "{written} bytes written");
+    }
+
+    #[test]
+    fn too_many_entries_stop_at_the_entry_limit() {
+        let dest = tempfile::tempdir().unwrap();
+        let data = tar_with(|b| {
+            for i in 0..50 {
+                b.append(&file_header(&format!("f{i}"), 0), io::empty())
+                    .unwrap();
+            }
+        });
+        let limits = UnpackLimits {
+            max_entries: 10,
+            ..UnpackLimits::default()
+        };
+        let err = unpack_tar_limited(&data[..], dest.path(), &limits).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::TooManyEntries { limit: 10 }),
+            "{err}"
+        );
+        assert!(!dest.path().join("f10").exists());
+        assert!(std::fs::read_dir(dest.path()).unwrap().count() <= 10);
     }
 }

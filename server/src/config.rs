@@ -30,6 +30,8 @@ pub struct Config {
     pub cni: CniConfig,
     /// Image pulls: registry hosts, mirrors, timeouts.
     pub registry: RegistryConfig,
+    /// Limits on unpacked image layers.
+    pub image: ImageConfig,
     /// The streaming server behind Exec, Attach and PortForward.
     pub stream: StreamServerConfig,
     /// The Prometheus `/metrics` endpoint.
@@ -106,26 +108,117 @@ impl StreamServerConfig {
     }
 }
 
-/// Registry access for image pulls.
+/// Registry access for image pulls. Every registry is untrusted: these bound what
+/// one can make berthd hold or wait for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// containerd-style `certs.d` directory: `<host>/hosts.toml` with mirrors,
     /// plain-HTTP/insecure endpoints, CAs and headers per registry.
     pub config_path: PathBuf,
-    /// A pull that receives no data for this many seconds is cancelled.
+    /// A layer download that receives no data for this many seconds is abandoned.
     pub stall_timeout_secs: u64,
+    /// A layer download must average at least this many bytes per second over each
+    /// `stall_timeout_secs` window (0 turns the check off).
+    pub min_layer_rate_bytes_per_sec: u64,
+    /// Connecting (TCP and TLS) to a registry.
+    pub connect_timeout_secs: u64,
+    /// From a request sent to its response headers.
+    pub header_timeout_secs: u64,
+    /// Whole small requests (token, manifest, index, config), body included.
+    pub request_timeout_secs: u64,
+    /// Largest manifest or index accepted.
+    pub max_manifest_bytes: u64,
+    /// Largest image config accepted.
+    pub max_config_bytes: u64,
     /// Layers downloaded at the same time by one pull.
     pub max_concurrent_downloads: usize,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
+        let d = berth_image::StoreOptions::default();
         Self {
             config_path: PathBuf::from("/etc/berth/certs.d"),
-            stall_timeout_secs: 60,
-            max_concurrent_downloads: 3,
+            stall_timeout_secs: d.stall_timeout.as_secs(),
+            min_layer_rate_bytes_per_sec: d.min_layer_rate,
+            connect_timeout_secs: d.connect_timeout.as_secs(),
+            header_timeout_secs: d.header_timeout.as_secs(),
+            request_timeout_secs: d.request_timeout.as_secs(),
+            max_manifest_bytes: d.max_manifest_bytes,
+            max_config_bytes: d.max_config_bytes,
+            max_concurrent_downloads: d.max_concurrent_downloads,
         }
+    }
+}
+
+/// Limits on what one image layer may unpack to (decompression bombs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Largest uncompressed size of one layer (its tar stream), in bytes.
+    pub max_layer_unpacked_bytes: u64,
+    /// Most entries (files, directories, links) in one layer.
+    pub max_layer_entries: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        let d = berth_image::unpack::UnpackLimits::default();
+        Self {
+            max_layer_unpacked_bytes: d.max_bytes,
+            max_layer_entries: d.max_entries,
+        }
+    }
+}
+
+impl Config {
+    /// How the image store reaches registries and unpacks layers.
+    pub fn store_options(&self) -> berth_image::StoreOptions {
+        use std::time::Duration;
+        let r = &self.registry;
+        berth_image::StoreOptions {
+            hosts: berth_image::RegistryHosts::new(Some(r.config_path.clone())),
+            stall_timeout: Duration::from_secs(r.stall_timeout_secs),
+            connect_timeout: Duration::from_secs(r.connect_timeout_secs),
+            header_timeout: Duration::from_secs(r.header_timeout_secs),
+            request_timeout: Duration::from_secs(r.request_timeout_secs),
+            min_layer_rate: r.min_layer_rate_bytes_per_sec,
+            max_manifest_bytes: r.max_manifest_bytes,
+            max_config_bytes: r.max_config_bytes,
+            unpack: berth_image::unpack::UnpackLimits {
+                max_bytes: self.image.max_layer_unpacked_bytes,
+                max_entries: self.image.max_layer_entries,
+            },
+            max_concurrent_downloads: r.max_concurrent_downloads,
+            ..berth_image::StoreOptions::default()
+        }
+    }
+
+    fn validate_registry(&self) -> Result<(), ConfigError> {
+        let r = &self.registry;
+        for (key, value) in [
+            ("registry.stall_timeout_secs", r.stall_timeout_secs),
+            ("registry.connect_timeout_secs", r.connect_timeout_secs),
+            ("registry.header_timeout_secs", r.header_timeout_secs),
+            ("registry.request_timeout_secs", r.request_timeout_secs),
+            ("registry.max_manifest_bytes", r.max_manifest_bytes),
+            ("registry.max_config_bytes", r.max_config_bytes),
+            (
+                "registry.max_concurrent_downloads",
+                r.max_concurrent_downloads as u64,
+            ),
+            (
+                "image.max_layer_unpacked_bytes",
+                self.image.max_layer_unpacked_bytes,
+            ),
+            ("image.max_layer_entries", self.image.max_layer_entries),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +303,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            image: ImageConfig::default(),
             stream: StreamServerConfig::default(),
             metrics: MetricsConfig::default(),
             runtime_handlers: BTreeMap::new(),
@@ -334,11 +428,7 @@ impl Config {
                 self.grpc.socket_mode
             )));
         }
-        if self.registry.stall_timeout_secs == 0 || self.registry.max_concurrent_downloads == 0 {
-            return Err(ConfigError::Invalid(
-                "registry.stall_timeout_secs and registry.max_concurrent_downloads must be at least 1".to_owned(),
-            ));
-        }
+        self.validate_registry()?;
         crate::cni::native::Subnet::parse(&self.cni.builtin_subnet)
             .map_err(|e| ConfigError::Invalid(format!("cni.builtin_subnet: {e}")))?;
         let bridge = &self.cni.builtin_bridge;
@@ -418,10 +508,27 @@ builtin_subnet = "{builtin_subnet}"
 # containerd-style certs.d: <registry host>/hosts.toml with mirrors, plain-HTTP or
 # insecure endpoints, CAs and headers. Loopback registries need no configuration.
 config_path = "{registry}"
-# A pull that receives no data for this many seconds is cancelled.
+# A layer download that receives no data for this many seconds is abandoned.
 stall_timeout_secs = {stall}
+# A layer download must average at least this many bytes/s over each
+# stall_timeout_secs window (0 turns the check off).
+min_layer_rate_bytes_per_sec = {min_rate}
+# Connecting (TCP and TLS) to a registry.
+connect_timeout_secs = {connect}
+# From a request sent to its response headers.
+header_timeout_secs = {header}
+# Whole small requests (token, manifest, index, config), body included.
+request_timeout_secs = {request}
+# Largest manifest or index, and largest image config, accepted (bytes).
+max_manifest_bytes = {max_manifest}
+max_config_bytes = {max_config}
 # Layers downloaded at the same time by one pull.
 max_concurrent_downloads = {downloads}
+
+[image]
+# Largest uncompressed size (bytes) and most entries of one image layer.
+max_layer_unpacked_bytes = {max_unpacked}
+max_layer_entries = {max_entries}
 
 [stream]
 # Address of the streaming server behind Exec, Attach and PortForward (HTTP:
@@ -454,7 +561,15 @@ address = "{metrics_addr}"
             builtin_subnet = d.cni.builtin_subnet,
             registry = d.registry.config_path.display(),
             stall = d.registry.stall_timeout_secs,
+            min_rate = d.registry.min_layer_rate_bytes_per_sec,
+            connect = d.registry.connect_timeout_secs,
+            header = d.registry.header_timeout_secs,
+            request = d.registry.request_timeout_secs,
+            max_manifest = d.registry.max_manifest_bytes,
+            max_config = d.registry.max_config_bytes,
             downloads = d.registry.max_concurrent_downloads,
+            max_unpacked = d.image.max_layer_unpacked_bytes,
+            max_entries = d.image.max_layer_entries,
             stream_addr = d.stream.address,
             stream_port = d.stream.port,
             metrics_addr = d.metrics.address,
@@ -601,6 +716,24 @@ mod tests {
         assert_eq!(c.registry.stall_timeout_secs, 60);
         let e = Config::parse("[registry]\nstall_timeout_secs = 0\n").expect_err("zero");
         assert!(e.to_string().contains("stall_timeout_secs"), "{e}");
+        for key in [
+            "request_timeout_secs",
+            "header_timeout_secs",
+            "connect_timeout_secs",
+            "max_manifest_bytes",
+        ] {
+            let e = Config::parse(&format!("[registry]\n{key} = 0\n")).expect_err("zero");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let c = Config::parse(
+            "[registry]\nrequest_timeout_secs = 7\n[image]\nmax_layer_entries = 10\n",
+        )
+        .expect("parses");
+        let o = c.store_options();
+        assert_eq!(o.request_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(o.unpack.max_entries, 10);
+        let e = Config::parse("[image]\nmax_layer_entries = 0\n").expect_err("zero");
+        assert!(e.to_string().contains("image.max_layer_entries"), "{e}");
     }
 
     #[test]

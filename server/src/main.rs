@@ -149,26 +149,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
-    use berth_image::{ImageStore, RegistryHosts, StoreOptions};
+    use berth_image::ImageStore;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         std::fs::create_dir_all(config.image_store_dir())?;
-        let store = ImageStore::open(
-            config.image_store_dir(),
-            StoreOptions {
-                hosts: RegistryHosts::new(Some(config.registry.config_path.clone())),
-                ..StoreOptions::default()
+        let store = ImageStore::open(config.image_store_dir(), config.store_options()).map_err(
+            |e| match e {
+                berth_image::StoreError::Locked(_) => anyhow::anyhow!(
+                    "the image store {} is in use (is berthd running?); stop berthd first",
+                    config.image_store_dir().display()
+                ),
+                other => other.into(),
             },
-        )
-        .map_err(|e| match e {
-            berth_image::StoreError::Locked(_) => anyhow::anyhow!(
-                "the image store {} is in use (is berthd running?); stop berthd first",
-                config.image_store_dir().display()
-            ),
-            other => other.into(),
-        })?;
+        )?;
         match command {
             ImageCommand::Import { file } => {
                 let images = store.import_archive(&file).await?;

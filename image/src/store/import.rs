@@ -61,6 +61,7 @@ impl ImageStore {
         let _no_gc = self.inner.gc.read().await;
         let root = self.inner.root.clone();
         let platform = self.inner.options.platform.clone();
+        let limits = self.inner.options.unpack;
         let archive = path.to_owned();
         let staged = tokio::task::spawn_blocking(move || {
             let work = tempfile::Builder::new()
@@ -88,6 +89,7 @@ impl ImageStore {
                             &root.join("snapshots"),
                             &blob_path(&root, &layer.digest),
                             layer,
+                            &limits,
                         )?;
                     }
                 }

@@ -40,13 +40,11 @@ fn auth(config: Option<AuthConfig>) -> Auth {
             username: a.username,
             password: a.password,
             auth: a.auth,
-            // An identity token is a refresh token for the token service; registries
-            // that hand them out also accept it where a bearer token goes.
-            registry_token: if a.registry_token.is_empty() {
-                a.identity_token
-            } else {
-                a.registry_token
-            },
+            registry_token: a.registry_token,
+            // A refresh token, exchanged at the registry's token service.
+            identity_token: a.identity_token,
+            // The store sends these credentials only to this registry.
+            server_address: a.server_address,
         },
     }
 }

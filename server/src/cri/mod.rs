@@ -9,7 +9,7 @@ pub mod trace;
 
 use std::sync::{Arc, RwLock};
 
-use berth_image::{ImageStore, RegistryHosts, StoreOptions};
+use berth_image::ImageStore;
 
 use crate::config::Config;
 use crate::container::manager::ContainerManager;
@@ -49,15 +49,7 @@ impl CriService {
     /// A service over `config`: opens the image store (cleaning up interrupted pulls).
     pub fn new(config: Config) -> Result<Self, berth_image::StoreError> {
         let pod_cidrs = Arc::new(RwLock::new(Vec::new()));
-        let images = ImageStore::open(
-            config.image_store_dir(),
-            StoreOptions {
-                hosts: RegistryHosts::new(Some(config.registry.config_path.clone())),
-                stall_timeout: std::time::Duration::from_secs(config.registry.stall_timeout_secs),
-                max_concurrent_downloads: config.registry.max_concurrent_downloads,
-                ..StoreOptions::default()
-            },
-        )?;
+        let images = ImageStore::open(config.image_store_dir(), config.store_options())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 pods: PodManager::new(config.clone(), Arc::clone(&pod_cidrs)),
