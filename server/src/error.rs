@@ -210,17 +210,24 @@ pub fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
 }
 
 /// `text` with every `(os error N)` — how `std::io::Error` prints an errno, also when
-/// a lower layer flattened one into a string — replaced by `(ENAME)`.
+/// a lower layer flattened one into a string — and every `(errno N)` (runtime-core's
+/// and the monitor's reports) replaced by `(ENAME)`.
 pub fn with_errno_names(text: &str) -> String {
-    const MARK: &str = "(os error ";
+    let mut out = text.to_owned();
+    for mark in ["(os error ", "(errno "] {
+        out = replace_errnos(&out, mark);
+    }
+    out
+}
+
+fn replace_errnos(text: &str, mark: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(MARK) {
-        let after = &rest[at + MARK.len()..];
+    while let Some(at) = rest.find(mark) {
+        let after = &rest[at + mark.len()..];
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        let number = after[..digits].parse::<i32>().ok();
-        match number {
-            Some(n) if after[digits..].starts_with(')') => {
+        match after[..digits].parse::<i32>() {
+            Ok(n) if after[digits..].starts_with(')') => {
                 out.push_str(&rest[..at]);
                 out.push('(');
                 out.push_str(&errno_name(n));
@@ -228,7 +235,7 @@ pub fn with_errno_names(text: &str) -> String {
                 rest = &after[digits + 1..];
             }
             _ => {
-                out.push_str(&rest[..at + MARK.len()]);
+                out.push_str(&rest[..at + mark.len()]);
                 rest = after;
             }
         }
@@ -311,6 +318,11 @@ mod tests {
         assert_eq!(
             with_errno_names("a: x (os error 2): y (os error 22) (os error z)"),
             "a: x (ENOENT): y (EINVAL) (os error z)"
+        );
+        // How the monitor reports a failed step of container set-up.
+        assert_eq!(
+            with_errno_names("container init failed at chdir: /no/such/dir (errno 2)"),
+            "container init failed at chdir: /no/such/dir (ENOENT)"
         );
     }
 
