@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod forge;
+pub mod peer;
 pub mod registry;
 pub mod setup;
 pub mod tools;
