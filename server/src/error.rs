@@ -292,6 +292,18 @@ mod tests {
                 Error::io("writing x", std::io::Error::from_raw_os_error(libc::ENOSPC)),
                 Code::ResourceExhausted,
             ),
+            (
+                Error::io("forking", std::io::Error::from_raw_os_error(libc::ENOMEM)),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::io("opening x", std::io::Error::from_raw_os_error(libc::ENOENT)),
+                Code::NotFound,
+            ),
+            (
+                Error::Internal("running a CNI plugin: (os error 24)".into()),
+                Code::ResourceExhausted,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);
