@@ -211,6 +211,7 @@ impl StoreError {
         match self {
             Self::Reference(_) | Self::InvalidHolder(_) => ErrorKind::InvalidArgument,
             Self::NotFound { .. } | Self::NoPlatform { .. } => ErrorKind::NotFound,
+            Self::Unpack { source, .. } if source.is_bad_layer() => ErrorKind::InvalidArgument,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Unauthorized { .. } => ErrorKind::PermissionDenied,
             Self::Registry { source, .. } => match source {

@@ -89,6 +89,14 @@ impl UnpackError {
     }
 }
 
+impl UnpackError {
+    /// Whether the layer itself is at fault (an entry escaping the snapshot), not the
+    /// host: the pull fails with InvalidArgument naming the entry, never Internal.
+    pub fn is_bad_layer(&self) -> bool {
+        matches!(self, Self::PathEscape { .. })
+    }
+}
+
 /// Unpacks the layer blob at `blob` into the existing, empty directory `dest` and
 /// checks that the uncompressed stream hashes to `diff_id`. Returns the number of
 /// uncompressed bytes. On error `dest` may hold part of the layer: the caller

@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod forge;
 pub mod hostile_registry;
+pub mod peer;
 pub mod registry;
 pub mod setup;
 pub mod tools;

@@ -432,7 +432,9 @@ impl PodManager {
         .map_err(|e| Error::Internal(format!("namespace task: {e}")))?
         .map_err(|e| match e {
             NamespaceError::Sysctl(m) => Error::InvalidArgument(format!("linux.sysctls: {m}")),
-            other => Error::Internal(format!("setting up pod namespaces: {other}")),
+            NamespaceError::Io { step, source } => {
+                Error::io(format!("setting up pod namespaces: {step}"), source)
+            }
         })?;
         self.update_state(sb, |s| s.pins = pins.clone());
 

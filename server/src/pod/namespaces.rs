@@ -442,9 +442,23 @@ fn configure_on_this_thread(
     }
     for (name, value) in sysctls {
         let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
-        std::fs::write(&path, value).map_err(io_err(format!("setting sysctl {name}={value}")))?;
+        std::fs::write(&path, value).map_err(|e| sysctl_write_error(name, value, e))?;
     }
     Ok(())
+}
+
+/// Why writing `value` to the sysctl `name` failed. The kernel refusing the value
+/// (EINVAL, ERANGE, EOVERFLOW), a sysctl that does not exist (ENOENT) or is read-only
+/// (EACCES) is the pod spec's fault and says so; anything else is the host's.
+fn sysctl_write_error(name: &str, value: &str, e: io::Error) -> NamespaceError {
+    let why = match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ERANGE | libc::EOVERFLOW) => "the kernel rejects this value",
+        Some(libc::ENOENT) => "no such sysctl in this kernel",
+        Some(libc::EACCES) => "the sysctl is read-only",
+        _ => return io_err(format!("setting sysctl {name}={value:?}"))(e),
+    };
+    let errno = crate::error::errno_name(e.raw_os_error().unwrap_or(0));
+    NamespaceError::Sysctl(format!("{name}={value:?}: {why} ({errno})"))
 }
 
 /// Brings `lo` up inside the thread's network namespace (CNI's loopback plugin is not
