@@ -262,7 +262,9 @@ impl Container {
         let spawned = (|| {
             cgroup.create()?;
             if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
-                cgroup.apply(r)?;
+                let devices =
+                    crate::cgroups::DevicePolicy::from_annotations(spec.annotations().as_ref());
+                cgroup.apply_with(r, devices)?;
             }
             let cfg = SpawnConfig {
                 spec,
