@@ -77,6 +77,9 @@ enum Entry {
         major: u32,
         minor: u32,
     },
+    Fifo {
+        path: String,
+    },
     /// A file whose name is written into the header verbatim (no `..` checks), for
     /// forging malicious layers.
     RawName {
@@ -241,6 +244,12 @@ impl LayerBuilder {
         self
     }
 
+    /// A named pipe (FIFO).
+    pub fn fifo(mut self, path: &str) -> Self {
+        self.entries.push(Entry::Fifo { path: rel(path) });
+        self
+    }
+
     /// An OCI whiteout deleting `path` from the layers below.
     pub fn whiteout(self, path: &str) -> Self {
         let p = rel(path);
@@ -327,6 +336,12 @@ impl LayerBuilder {
                     h.set_size(0);
                     h.set_device_major(*major)?;
                     h.set_device_minor(*minor)?;
+                    b.append_data(&mut h, path, std::io::empty())?;
+                }
+                Entry::Fifo { path } => {
+                    h.set_entry_type(tar::EntryType::Fifo);
+                    h.set_mode(0o644);
+                    h.set_size(0);
                     b.append_data(&mut h, path, std::io::empty())?;
                 }
                 Entry::RawName { name, data } => {

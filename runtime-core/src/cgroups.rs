@@ -42,6 +42,39 @@ pub enum CgroupError {
     InvalidPath(String),
     #[error("{0} is not supported by this host's cgroups")]
     Unsupported(String),
+    /// On cgroup v2 the device rules are an eBPF program; without it the container
+    /// could open any device node it can create (and it has CAP_MKNOD by default).
+    #[error(
+        "the device rules could not be enforced ({0}); set allow_degraded_device_filter = true in berthd's config to run containers without them"
+    )]
+    Devices(#[source] crate::devices_bpf::BpfError),
+}
+
+/// The OCI annotation with which berthd lets a container run when its cgroup v2
+/// device program cannot be loaded (`allow_degraded_device_filter`); any other value
+/// than `"true"`, or none, fails the container instead.
+pub const DEGRADED_DEVICES_ANNOTATION: &str = "io.berth.devices.allow-degraded";
+
+/// What to do when the device rules cannot be enforced (cgroup v2: the eBPF program
+/// does not load or attach, e.g. no CONFIG_CGROUP_BPF or no CAP_BPF when nested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevicePolicy {
+    /// Fail (the default).
+    #[default]
+    Enforce,
+    /// Go on without them, logging loudly: the container can then open every
+    /// device node in its /dev, and create more with CAP_MKNOD.
+    AllowDegraded,
+}
+
+impl DevicePolicy {
+    /// The policy a spec's annotations ask for ([`DEGRADED_DEVICES_ANNOTATION`]).
+    pub fn from_annotations(a: Option<&std::collections::HashMap<String, String>>) -> Self {
+        match a.and_then(|a| a.get(DEGRADED_DEVICES_ANNOTATION)) {
+            Some(v) if v == "true" => Self::AllowDegraded,
+            _ => Self::Enforce,
+        }
+    }
 }
 
 /// Which cgroup hierarchy layout the host has.
@@ -353,11 +386,18 @@ impl Cgroup {
             .collect())
     }
 
-    /// Apply (or update) the spec's resources.
+    /// Apply (or update) the spec's resources; device rules that cannot be enforced
+    /// are an error ([`DevicePolicy::Enforce`]).
     pub fn apply(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        self.apply_with(r, DevicePolicy::Enforce)
+    }
+
+    /// Apply (or update) the spec's resources, with `devices` saying what to do when
+    /// the device rules cannot be enforced.
+    pub fn apply_with(&self, r: &LinuxResources, devices: DevicePolicy) -> Result<(), CgroupError> {
         match self.version {
             Version::V1 => self.apply_v1(r),
-            Version::V2 => self.apply_v2(r),
+            Version::V2 => self.apply_v2(r, devices),
         }
     }
 
@@ -479,7 +519,7 @@ impl Cgroup {
         Ok(())
     }
 
-    fn apply_v2(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+    fn apply_v2(&self, r: &LinuxResources, policy: DevicePolicy) -> Result<(), CgroupError> {
         let d = self.dir("");
         if let Some(cpu) = r.cpu() {
             if let Some(s) = cpu.shares().filter(|s| *s > 0) {
@@ -553,12 +593,22 @@ impl Cgroup {
                 &h.limit().to_string(),
             )?;
         }
-        // Device rules become an eBPF program on v2. Hosts where it cannot be loaded
-        // (no CONFIG_CGROUP_BPF, no CAP_BPF in a nested container) must not fail
-        // creation: the devices the container can open are then still limited to the
-        // nodes created in its /dev. Callers that need it strict use `apply_devices_v2`.
-        if let Some(devs) = r.devices().as_deref().filter(|d| !d.is_empty()) {
-            let _ = self.apply_devices_v2(devs);
+        // Device rules become an eBPF program on v2. Where it cannot be loaded (no
+        // CONFIG_CGROUP_BPF, no CAP_BPF in a nested container) the container would
+        // otherwise open any device node in its /dev or that it mknods (CAP_MKNOD is
+        // in the default set): that fails the container unless the operator chose the
+        // degraded mode, which is logged loudly.
+        if let Some(devs) = r.devices().as_deref().filter(|d| !d.is_empty())
+            && let Err(e) = self.apply_devices_v2(devs)
+        {
+            match policy {
+                DevicePolicy::Enforce => return Err(CgroupError::Devices(e)),
+                // berthd also warns at start-up that the mode is on.
+                DevicePolicy::AllowDegraded => eprintln!(
+                    "berth: WARNING: device rules NOT enforced for cgroup {}: {e}; the container can open any device node it can reach (allow_degraded_device_filter)",
+                    self.path.display()
+                ),
+            }
         }
         for (k, v) in r.unified().clone().unwrap_or_default() {
             if k.contains('/') || k.contains("..") {
@@ -733,21 +783,56 @@ mod tests {
         fs::write(d.join("pids.current"), "7\n").unwrap();
     }
 
+    /// On the fake v2 tree (a plain directory, where no device program can be
+    /// attached, as on a host without CONFIG_CGROUP_BPF) device rules that cannot be
+    /// enforced fail the container, unless the degraded mode was chosen. The error
+    /// used to be discarded while CAP_MKNOD stayed granted.
     #[test]
-    fn v2_resources_are_written_in_v2_units_and_devices_do_not_fail() {
+    fn v2_device_rules_that_cannot_be_enforced_fail_the_container() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_v2(tmp.path(), "berth/c2");
+        let cg = Cgroup::new(tmp.path(), "/berth/c2", "c2").unwrap();
+        cg.create().unwrap();
+        let rules = res(
+            r#"{"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}"#,
+        );
+        let err = cg.apply(&rules).unwrap_err();
+        assert!(matches!(err, CgroupError::Devices(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("allow_degraded_device_filter"),
+            "{err}"
+        );
+        cg.apply_with(&rules, DevicePolicy::AllowDegraded)
+            .expect("the operator chose to run without device rules");
+        // No device rules, nothing to enforce.
+        cg.apply(&res(r#"{"pids": {"limit": 3}}"#)).unwrap();
+        let mut annotations = std::collections::HashMap::new();
+        assert_eq!(
+            DevicePolicy::from_annotations(Some(&annotations)),
+            DevicePolicy::Enforce
+        );
+        annotations.insert(DEGRADED_DEVICES_ANNOTATION.to_owned(), "true".to_owned());
+        assert_eq!(
+            DevicePolicy::from_annotations(Some(&annotations)),
+            DevicePolicy::AllowDegraded
+        );
+    }
+
+    #[test]
+    fn v2_resources_are_written_in_v2_units() {
         let tmp = tempfile::tempdir().unwrap();
         fake_v2(tmp.path(), "berth/c1");
         let cg = Cgroup::new(tmp.path(), "/berth/c1", "c1").unwrap();
         assert_eq!(cg.version, Version::V2);
         cg.create().unwrap();
-        cg.apply(&res(r#"{
+        cg.apply_with(&res(r#"{
             "cpu": {"shares": 1024, "quota": 5000, "period": 100000, "cpus": "0-1"},
             "memory": {"limit": 104857600, "swap": 209715200, "reservation": 1048576},
             "pids": {"limit": 20},
             "blockIO": {"weight": 500},
             "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
             "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]
-        }"#)).unwrap();
+        }"#), DevicePolicy::AllowDegraded).unwrap();
         let d = tmp.path().join("berth/c1");
         let rd = |f: &str| fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(rd("cpu.weight"), "39");

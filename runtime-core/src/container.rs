@@ -175,7 +175,15 @@ fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
         path: path.clone(),
         source,
     })?;
-    let mut f = fs::File::create(&tmp).map_err(io_err("write state", &tmp))?;
+    // 0600: the state dir must stay traversable (the init opens exec.fifo after
+    // switching user), so the file itself keeps other users out.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("write state", &tmp))?;
     // No fsync: the state root is volatile (like runc's /run/runc); atomicity is what
     // matters, and rename gives it.
     f.write_all(&data).map_err(io_err("write state", &tmp))?;
@@ -262,7 +270,9 @@ impl Container {
         let spawned = (|| {
             cgroup.create()?;
             if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
-                cgroup.apply(r)?;
+                let devices =
+                    crate::cgroups::DevicePolicy::from_annotations(spec.annotations().as_ref());
+                cgroup.apply_with(r, devices)?;
             }
             let cfg = SpawnConfig {
                 spec,

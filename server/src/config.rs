@@ -26,6 +26,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Which cgroup driver kubelet must use with this runtime (RuntimeConfig RPC).
     pub cgroup_driver: CgroupDriver,
+    /// On cgroup v2, run containers even when their device rules (an eBPF program)
+    /// cannot be loaded, instead of failing them. Off by default: without the
+    /// program a container can open any device node it can reach or create.
+    pub allow_degraded_device_filter: bool,
     /// Pod networking through CNI plugins.
     pub cni: CniConfig,
     /// Image pulls: registry hosts, mirrors, timeouts.
@@ -301,6 +305,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            allow_degraded_device_filter: false,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
@@ -474,6 +479,10 @@ root_dir = "{root}"
 state_dir = "{state}"
 # Cgroup driver kubelet must use with this runtime: "cgroupfs" or "systemd".
 cgroup_driver = "cgroupfs"
+# cgroup v2: run containers whose device rules (an eBPF program) cannot be loaded,
+# without them, instead of failing them (each such container can then open any
+# device node it can reach). Logged loudly.
+allow_degraded_device_filter = false
 
 [grpc]
 # Unix socket serving runtime.v1 RuntimeService and ImageService.

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::cri::CriService;
 use crate::cri::trace::{InFlight, RpcTraceLayer};
+use crate::store;
 
 /// Largest request berthd decodes; kubelet's CRI client uses the same limit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -24,6 +25,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Once no handler runs, how long responses get to reach their clients before berthd
 /// exits without waiting for clients to close idle connections.
 const RESPONSE_FLUSH: Duration = Duration::from_millis(200);
+/// After "berthd stopped", how long the runtime may take to wind down its threads
+/// before the process exits regardless.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// A start-up failure, each naming the path or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -102,21 +106,106 @@ pub fn prepare_dirs(config: &Config) -> Result<(), StartError> {
                 source,
             })?;
     }
+    // Closed to other users (CVE-2021-41091): listing them would show container and
+    // pod ids, and their contents hold environments, rootfs and logs. They stay
+    // traversable (0711) for containers in user namespaces, whose set-up runs as a
+    // host uid other than 0 and must reach their rootfs, pod files and pinned
+    // namespaces; each container's and pod's own dir is then 0700 (or 0710 for its
+    // user namespace's root group). Modes are set on existing dirs too: older
+    // berthds made them 0755.
+    for (what, dir, mode) in [
+        (
+            "root_dir",
+            config.root_dir.clone(),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "state_dir",
+            config.state_dir.clone(),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "root_dir",
+            config.root_dir.join("containers"),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "root_dir",
+            config.root_dir.join("pods"),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "state_dir",
+            config.state_dir.join("rt"),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "state_dir",
+            config.state_dir.join("ns"),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+        (
+            "state_dir",
+            config.state_dir.join("pods"),
+            store::TRAVERSE_ONLY_DIR,
+        ),
+    ] {
+        store::ensure_dir(&dir, mode).map_err(|source| StartError::StateDir {
+            what,
+            path: dir,
+            source,
+        })?;
+    }
+    repair_record_modes(config);
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(dir)?;
-    if !fs::metadata(dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        ));
+/// Start-up repair of what older berthds left open: each container's dir, bundle
+/// and records, each pod's records. Best effort: a failure is logged and the
+/// daemon starts (the container still works; it is only more visible).
+fn repair_record_modes(config: &Config) {
+    let warn = |path: &Path, e: io::Error| {
+        tracing::warn!(path = %path.display(), error = %e, "could not restrict the mode");
+    };
+    // A dir more open than 0710 becomes 0700; a userns one's 0710 stays.
+    let own_dir = |dir: &Path| {
+        let open = fs::symlink_metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o067 != 0);
+        if open && let Err(e) = store::restrict(dir, store::PRIVATE_DIR) {
+            warn(dir, e);
+        }
+    };
+    for dir in store::record_dirs(&config.root_dir.join("containers")).unwrap_or_default() {
+        own_dir(&dir);
+        for (sub, mode) in [
+            ("bundle", store::PRIVATE_DIR),
+            ("work", store::PRIVATE_DIR),
+            ("bundle/config.json", 0o600),
+            ("config.pb", 0o600),
+            ("record.json", 0o600),
+            ("exit.json", 0o600),
+            ("console.log", 0o600),
+        ] {
+            let path = dir.join(sub);
+            if let Err(e) = store::restrict(&path, mode) {
+                warn(&path, e);
+            }
+        }
     }
-    Ok(())
+    for dir in store::record_dirs(&config.root_dir.join("pods")).unwrap_or_default() {
+        own_dir(&dir);
+        for (path, mode) in [
+            (dir.join("config.pb"), 0o600),
+            (dir.join("record.json"), 0o600),
+        ] {
+            if let Err(e) = store::restrict(&path, mode) {
+                warn(&path, e);
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    store::ensure_dir(dir, store::TRAVERSE_ONLY_DIR)
 }
 
 fn probe_writable(dir: &Path) -> io::Result<()> {
@@ -139,6 +228,7 @@ pub fn lock_instance(config: &Config) -> Result<InstanceLock, StartError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(dir_error)?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -158,6 +248,8 @@ pub fn lock_instance(config: &Config) -> Result<InstanceLock, StartError> {
         }
         Err(e) => return Err(dir_error(e.into())),
     }
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(dir_error)?;
     file.set_len(0).map_err(dir_error)?;
     file.rewind().map_err(dir_error)?;
     writeln!(file, "{}", std::process::id()).map_err(dir_error)?;
@@ -208,6 +300,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     prepare_dirs(&config)?;
     let _lock = lock_instance(&config)?;
+    if config.allow_degraded_device_filter {
+        tracing::warn!(
+            "allow_degraded_device_filter is on: on cgroup v2, containers whose device rules cannot be loaded run WITHOUT them and can open any device node they reach"
+        );
+    }
     let listener = bind_socket(&config.grpc.socket, config.grpc.socket_mode)?;
     let socket = config.grpc.socket.clone();
 
@@ -303,7 +400,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(socket = %socket.display(), error = %e, "could not remove socket");
     }
     tracing::info!("berthd stopped");
+    exit_within(EXIT_GRACE, i32::from(result.is_err()));
     result
+}
+
+/// Makes sure the process ends within `grace` of now, exiting with `code`. Dropping
+/// the tokio runtime after run() waits for every worker and blocking thread; one
+/// stuck in a syscall on something an image or a peer controls (issue 16: an open(2)
+/// of a FIFO) would keep berthd alive forever after it said it stopped.
+fn exit_within(grace: Duration, code: i32) {
+    let spawned = std::thread::Builder::new()
+        .name("berthd-exit".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            tracing::warn!(
+                grace_ms = grace.as_millis(),
+                "a handler thread is still busy after shutdown; exiting without it"
+            );
+            std::process::exit(code);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the exit watchdog");
+    }
 }
 
 async fn wait_for_stop_signal() -> &'static str {

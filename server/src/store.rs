@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Writes `data` to `path` atomically and durably.
@@ -22,10 +23,19 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(data)?;
-        f.sync_all()
-    });
+    // 0600 whatever the umask: records hold the container's environment (secrets).
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(data)?;
+            f.sync_all()
+        });
     if let Err(e) = written {
         // A full disk must not also leave a torn temp file behind.
         let _ = fs::remove_file(&tmp);
@@ -36,6 +46,59 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         return Err(e);
     }
     File::open(dir)?.sync_all()
+}
+
+/// Mode of a directory only root may enter (a container's or a pod's own).
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of a directory others may pass through but not list: on the path to
+/// something a process in a user namespace (host uid not 0) must still reach.
+pub const TRAVERSE_ONLY_DIR: u32 = 0o711;
+
+/// Creates `dir` (and missing parents, these with `mode` too) and sets `mode` on it
+/// whatever the umask and whatever mode an older berthd left it with. A symlink or
+/// non-directory at `dir` is refused.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Creates (or fixes) the own directory of a container or pod: root's alone
+/// (0700), or, for one in a user namespace whose root is host gid `userns_root_gid`,
+/// 0710 with that group, so that its set-up, running as that uid/gid, can still pass
+/// through to its rootfs, bundle and files, and nobody else can.
+pub fn ensure_owned_dir(dir: &Path, userns_root_gid: Option<u32>) -> io::Result<()> {
+    ensure_dir(dir, PRIVATE_DIR)?;
+    if let Some(gid) = userns_root_gid {
+        std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+        ensure_dir(dir, 0o710)?;
+    }
+    Ok(())
+}
+
+/// Sets `mode` on `path` if it exists and is not a symlink (chmod follows links).
+/// For start-up repairs of what older berthds created world-readable.
+pub fn restrict(path: &Path, mode: u32) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Ok(()),
+        Ok(m) if m.permissions().mode() & 0o7777 == mode => Ok(()),
+        Ok(_) => fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// How long [`remove_dir_all_eventually`] keeps retrying.
@@ -146,6 +209,29 @@ pub fn is_valid_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_private_whatever_the_umask() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("config.json");
+        write_atomic(&p, b"{\"env\":[\"TOKEN=secret\"]}").expect("write");
+        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+
+    #[test]
+    fn ensure_dir_fixes_the_mode_of_an_existing_dir_and_refuses_links() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("containers");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_dir(&dir, PRIVATE_DIR).expect("ensure");
+        let mode = fs::metadata(&dir).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+        assert!(ensure_dir(&link, PRIVATE_DIR).is_err());
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

@@ -60,6 +60,10 @@ pub struct CtrState {
     pub pid: i32,
     /// The monitor's pid.
     pub monitor_pid: i32,
+    /// The monitor's start time (clock ticks since boot, /proc/<pid>/stat): with the
+    /// pid, what identifies it after a berthd restart (0 in older records).
+    #[serde(default)]
+    pub monitor_start: u64,
     /// Start time, ns.
     pub started_at: i64,
     /// Exit time, ns.
@@ -478,15 +482,13 @@ impl ContainerManager {
         let log_path = if config.log_path.is_empty() || pod.config.log_directory.is_empty() {
             PathBuf::new()
         } else {
-            let p = Path::new(&pod.config.log_directory).join(&config.log_path);
-            if config.log_path.split('/').any(|c| c == "..") {
-                self.names().remove(&name);
-                return Err(Error::InvalidArgument(format!(
-                    "log_path {:?} must stay inside the pod's log directory",
-                    config.log_path
-                )));
+            match container_log_path(&pod.config.log_directory, &config.log_path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.names().remove(&name);
+                    return Err(e);
+                }
             }
-            p
         };
         let image_name = if image_spec.user_specified_image.is_empty() {
             wanted.clone()
@@ -514,6 +516,7 @@ impl ContainerManager {
                 phase: Phase::Creating,
                 pid: 0,
                 monitor_pid: 0,
+                monitor_start: 0,
                 started_at: 0,
                 finished_at: 0,
                 exit_code: 0,
@@ -566,9 +569,24 @@ impl ContainerManager {
         volumes: &[super::image_volume::Resolved],
     ) -> Result<()> {
         let dir = self.dir(&ctr.id);
-        for sub in ["upper", "work", "rootfs", "bundle"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| Error::io(format!("creating {}", dir.join(sub).display()), e))?;
+        // The container's dir is root's alone: below it are the rootfs (the image's
+        // setuid binaries and device nodes, the container's files) and config.json
+        // (its environment, secrets included), CVE-2021-41091. `upper` keeps the
+        // default mode: overlayfs shows its mode as the container's `/`.
+        create_container_dir(&dir, pod_ctx.userns.as_ref())
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for (sub, mode) in [
+            ("upper", None),
+            ("work", Some(store::PRIVATE_DIR)),
+            ("rootfs", None),
+            ("bundle", Some(store::PRIVATE_DIR)),
+        ] {
+            let path = dir.join(sub);
+            match mode {
+                Some(mode) => store::ensure_dir(&path, mode),
+                None => std::fs::create_dir_all(&path),
+            }
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         }
         store::write_atomic(&dir.join("config.pb"), &ctr.config.encode_to_vec())
             .map_err(|e| Error::io("persisting the container config", e))?;
@@ -592,7 +610,7 @@ impl ContainerManager {
             super::image_volume::mount_all(&self.images, &ctr.id, &dir, &ctr.config, volumes)
                 .await?;
 
-        let spec = spec::build(&SpecInput {
+        let mut spec = spec::build(&SpecInput {
             id: &ctr.id,
             config: &spec_config,
             image: image_config,
@@ -601,6 +619,10 @@ impl ContainerManager {
             pod: pod_ctx,
             cgroup_driver: self.config.cgroup_driver,
         })?;
+        if self.config.allow_degraded_device_filter {
+            spec["annotations"][berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION] =
+                json!("true");
+        }
         let user = &spec["process"]["user"];
         let id =
             |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
@@ -652,7 +674,14 @@ impl ContainerManager {
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", monitor.display()), e))?;
         let monitor_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        ctr.update(|s| s.monitor_pid = monitor_pid);
+        // Our unreaped child: its pid cannot be reused before we wait for it.
+        let monitor_start = crate::procs::Pid::new(monitor_pid)
+            .and_then(crate::procs::start_time)
+            .unwrap_or(0);
+        ctr.update(|s| {
+            s.monitor_pid = monitor_pid;
+            s.monitor_start = monitor_start;
+        });
         test_hook_die_after_monitor_spawn(monitor_pid);
         let stdout = child
             .stdout
@@ -697,24 +726,19 @@ impl ContainerManager {
             s.phase = Phase::Created;
         });
         self.persist(ctr)?;
-        self.watch(Arc::clone(ctr), Some(child), monitor_pid);
+        self.watch(Arc::clone(ctr), Monitor::Child(child));
         Ok(())
     }
 
     /// Waits for the monitor to exit in the background, then records the exit.
-    fn watch(
-        self: &Arc<Self>,
-        ctr: Arc<Container>,
-        child: Option<tokio::process::Child>,
-        monitor_pid: i32,
-    ) {
+    fn watch(self: &Arc<Self>, ctr: Arc<Container>, monitor: Monitor) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            match child {
-                Some(mut c) => {
+            match monitor {
+                Monitor::Child(mut c) => {
                     let _ = c.wait().await;
                 }
-                None => wait_pid_exit(monitor_pid).await,
+                Monitor::Recovered(v) => wait_pidfd_exit(v.fd).await,
             }
             me.record_exit(&ctr);
         });
@@ -1359,9 +1383,9 @@ impl ContainerManager {
             self.names().insert(ctr.name_key.clone(), id.clone());
             self.write().insert(id.clone(), Arc::clone(&ctr));
             if state.phase != Phase::Exited {
-                if monitor_alive(state.monitor_pid, &id) {
+                if let Some(monitor) = monitor_of(&state, &id) {
                     crate::prom::global().monitor_reattached();
-                    self.watch(Arc::clone(&ctr), None, state.monitor_pid);
+                    self.watch(Arc::clone(&ctr), Monitor::Recovered(monitor));
                 } else {
                     self.record_exit(&ctr);
                 }
@@ -1470,6 +1494,62 @@ fn mount_overlay(
     Ok(())
 }
 
+/// Creates a container's own directory (see `store::ensure_owned_dir`).
+fn create_container_dir(
+    dir: &Path,
+    userns: Option<&spec::PodUserNamespace>,
+) -> std::io::Result<()> {
+    let root_gid = userns.and_then(|u| {
+        u.gids
+            .iter()
+            .find(|m| m.container_id == 0 && m.length > 0)
+            .map(|m| m.host_id)
+    });
+    store::ensure_owned_dir(dir, root_gid)
+}
+
+/// The host path of a container's log: `log_path` (relative, or absolute) must stay
+/// inside the pod's `log_directory`; it names the file the monitor, root, creates
+/// and appends to. Symlinks below the log directory are refused too (the monitor
+/// opens the file itself with O_NOFOLLOW).
+fn container_log_path(log_directory: &str, log_path: &str) -> Result<PathBuf> {
+    let escape = || {
+        Error::InvalidArgument(format!(
+            "log_path {log_path:?} must stay inside the pod's log_directory {log_directory:?}"
+        ))
+    };
+    let dir = Path::new(log_directory);
+    if !dir.is_absolute() || log_directory.split('/').any(|c| c == "..") {
+        return Err(Error::InvalidArgument(format!(
+            "log_directory {log_directory:?} must be an absolute path without '..'"
+        )));
+    }
+    if log_path.split('/').any(|c| c == "..") {
+        return Err(escape());
+    }
+    let lp = Path::new(log_path);
+    let rel = if lp.is_absolute() {
+        lp.strip_prefix(dir).map_err(|_| escape())?
+    } else {
+        lp
+    };
+    if rel.as_os_str().is_empty() || rel.file_name().is_none() {
+        return Err(escape());
+    }
+    let full = dir.join(rel);
+    let mut at = dir.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::InvalidArgument(format!(
+                "log_path {log_path:?}: {} is a symbolic link",
+                at.display()
+            )));
+        }
+    }
+    Ok(full)
+}
+
 /// The signal that asks a container to stop: the CRI's, else the image's STOPSIGNAL,
 /// else SIGTERM.
 fn stop_signal(image: &str, cri: i32) -> i32 {
@@ -1515,8 +1595,8 @@ impl Drop for ExecGuard {
 
 /// SIGKILLs `pid` and all its descendants (children first listed via /proc).
 fn kill_tree(pid: i32) {
-    // kill(2) reads 0 and -1 as "my process group" and "every process".
-    if pid <= 0 {
+    // kill(2) reads 0 and -1 as "my process group" and "every process"; 1 is init.
+    if crate::procs::Pid::new(pid).is_none() {
         return;
     }
     let mut stack = vec![pid];
@@ -1570,44 +1650,50 @@ fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
 /// (up to 5 s) until they are gone. Returns how many there were.
 async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
     let bundle = bundle.display().to_string();
-    let pids = crate::procs::berth_monitors(|_, args| {
+    // Only real monitors (procs::is_host_monitor): a container process that names
+    // itself after this container's monitor is left alone.
+    let monitors = crate::procs::berth_monitors(|_, args| {
         args.contains(&id.as_bytes()) && args.contains(&bundle.as_bytes())
     });
-    for pid in &pids {
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid was just
-        // checked to be a monitor of this container.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    let count = monitors.len();
+    for m in &monitors {
+        m.signal(libc::SIGKILL);
     }
-    for pid in &pids {
-        let _ = tokio::time::timeout(KILL_WAIT_MONITOR, wait_pid_exit(*pid)).await;
+    for m in monitors {
+        let _ = tokio::time::timeout(KILL_WAIT_MONITOR, wait_pidfd_exit(m.fd)).await;
     }
-    pids.len()
+    count
+}
+
+/// How berthd follows a container's monitor: its own child, or, after a restart,
+/// a verified process held by a pidfd.
+enum Monitor {
+    Child(tokio::process::Child),
+    Recovered(crate::procs::Verified),
 }
 
 /// How long recovery waits for a killed stray monitor to be gone.
 const KILL_WAIT_MONITOR: Duration = Duration::from_secs(5);
 
-/// Whether `pid` is still a berth-monitor for container `id` (pids are reused).
-fn monitor_alive(pid: i32, id: &str) -> bool {
-    if pid <= 0 {
-        return false;
+/// The recorded monitor of container `id`, if it still runs: the same pid with the
+/// same start time (pids are reused, and a container can name its processes
+/// anything). Records from before start times were kept fall back to what a
+/// container cannot forge (procs::is_host_monitor) plus the id in its arguments.
+fn monitor_of(state: &CtrState, id: &str) -> Option<crate::procs::Verified> {
+    let pid = crate::procs::Pid::new(state.monitor_pid)?;
+    let monitor = crate::procs::verify(pid, state.monitor_start)?;
+    if state.monitor_start == 0 {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.raw())).ok()?;
+        if !cmdline.split(|b| *b == 0).any(|a| a == id.as_bytes()) {
+            return None;
+        }
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            let text = String::from_utf8_lossy(&c);
-            text.contains("berth-monitor") && text.contains(id)
-        })
-        .unwrap_or(false)
+    Some(monitor)
 }
 
-/// Waits for a process that is not our child to exit, through a pidfd.
-async fn wait_pid_exit(pid: i32) {
-    let Some(p) = rustix::process::Pid::from_raw(pid) else {
-        return;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK) else {
-        return; // already gone
-    };
+/// Waits until the process behind `fd`, a pidfd (not our child), exits.
+async fn wait_pidfd_exit(fd: std::os::fd::OwnedFd) {
+    let spare = fd.try_clone();
     // SAFETY: `fd` is an open pidfd owned by the AsyncFd for its whole lifetime; its
     // raw fd never changes.
     let registered = unsafe {
@@ -1618,9 +1704,21 @@ async fn wait_pid_exit(pid: i32) {
             let _ = afd.readable().await;
         }
         Err(_) => {
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let Ok(spare) = spare else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                use std::os::fd::AsRawFd;
+                let mut p = libc::pollfd {
+                    fd: spare.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `p` is one valid pollfd for the call; `spare` stays open.
+                while unsafe { libc::poll(&raw mut p, 1, -1) } < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                }
+            })
+            .await;
         }
     }
 }
@@ -1677,6 +1775,36 @@ mod tests {
             Some(1_795_935_600_123_456_789)
         );
         assert_eq!(parse_rfc3339_nanos("garbage"), None);
+    }
+
+    #[test]
+    fn log_path_cannot_leave_the_log_directory() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let logs = d.path().join("pod-logs");
+        std::fs::create_dir(&logs).expect("mkdir");
+        let dir = logs.display().to_string();
+        assert_eq!(
+            container_log_path(&dir, "app/0.log").expect("relative"),
+            logs.join("app/0.log")
+        );
+        assert_eq!(
+            container_log_path(&dir, &format!("{dir}/app/0.log")).expect("absolute inside"),
+            logs.join("app/0.log")
+        );
+        for bad in ["/etc/cron.d/x", "../x.log", "app/../../x.log", "/", ""] {
+            let e = container_log_path(&dir, bad).expect_err(bad);
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
+        }
+        let e = container_log_path(&dir, &format!("{dir}-evil/x.log")).expect_err("sibling");
+        assert!(e.to_string().contains("log_directory"), "{e}");
+        std::os::unix::fs::symlink("/etc", logs.join("app2")).expect("link");
+        let e = container_log_path(&dir, "app2/passwd").expect_err("through a link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink("/etc/passwd", logs.join("1.log")).expect("link");
+        assert!(
+            container_log_path(&dir, "1.log").is_err(),
+            "a link as the log"
+        );
     }
 
     #[test]

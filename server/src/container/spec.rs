@@ -340,6 +340,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
     }
 
     let mut annotations: HashMap<String, String> = config.annotations.clone();
+    // Berth's own annotations are berthd's to set (the device-rule policy comes from
+    // its config), never a pod spec's.
+    annotations.retain(|k, _| !k.starts_with("io.berth."));
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
         "container".into(),
@@ -447,15 +450,104 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-fn read_in_rootfs(rootfs: &Path, path: &str) -> String {
-    berth_runtime_core::rootfs::resolve_in_root(rootfs, Path::new(path))
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
+/// Largest `/etc/passwd` or `/etc/group` berthd reads from an image. Real ones are a
+/// few KiB; the cap keeps a sparse multi-GiB file from being read into berthd's memory.
+pub const IMAGE_FILE_MAX: u64 = 4 * 1024 * 1024;
+
+/// Reads `path` (absolute, as the container sees it) from the image's root filesystem
+/// at `rootfs`. The image's author controls every byte of it, so: the path is resolved
+/// by the kernel as if `rootfs` were `/` (openat2 RESOLVE_IN_ROOT: symlinks and `..`
+/// cannot leave it, magic /proc links are refused), opened O_PATH and checked before
+/// it is opened for reading (a FIFO cannot hang the open), and read only when it is a regular file of at most
+/// [`IMAGE_FILE_MAX`] bytes. A missing file is `Ok(None)`; a FIFO, device, socket,
+/// directory, symlink loop, dangling symlink or oversized file is InvalidArgument
+/// naming the file, at once.
+pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let bad = |why: String| Error::InvalidArgument(format!("image file {path}: {why}"));
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("opening the rootfs {}", rootfs.display()), e.into()))?;
+    let rel = path.trim_start_matches('/');
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    // O_PATH first: opening a FIFO or a device for reading has effects (a FIFO
+    // blocks until a writer comes); an O_PATH fd has none and pins the inode.
+    let opened = rustix::fs::openat2(
+        &root,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve,
+    );
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => {
+            // Absent is fine (scratch images have no /etc/passwd). A link that exists
+            // but leads nowhere inside the image is the author pointing at the host
+            // (`/proc/self/...`, `../../etc/shadow`): said, not silently ignored.
+            let link = rustix::fs::openat2(
+                &root,
+                rel,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            );
+            return match link {
+                Ok(_) => Err(bad(
+                    "is a symbolic link that leads nowhere inside the image".into(),
+                )),
+                Err(_) => Ok(None),
+            };
+        }
+        Err(rustix::io::Errno::LOOP) => return Err(bad("symbolic link loop".into())),
+        Err(rustix::io::Errno::XDEV) => {
+            return Err(bad("resolves through a /proc magic link".into()));
+        }
+        Err(rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
+    };
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::io(format!("stat of image file {path}"), e.into()))?;
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(bad(format!("is a {kind:?}, not a regular file")));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > IMAGE_FILE_MAX {
+        return Err(bad(format!(
+            "is {size} bytes, more than the {IMAGE_FILE_MAX} berthd reads"
+        )));
+    }
+    // The same inode, now for reading (non-blocking all the same).
+    let file = rustix::fs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| bad(format!("cannot be opened: {e}")))?;
+    let mut text = Vec::new();
+    std::fs::File::from(file)
+        .take(IMAGE_FILE_MAX + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if text.len() as u64 > IMAGE_FILE_MAX {
+        return Err(bad(format!(
+            "is more than the {IMAGE_FILE_MAX} bytes berthd reads"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
 }
 
-fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {
-    read_in_rootfs(rootfs, "/etc/passwd")
+fn read_in_rootfs(rootfs: &Path, path: &str) -> Result<String> {
+    Ok(read_image_file(rootfs, path)?.unwrap_or_default())
+}
+
+fn passwd(rootfs: &Path) -> Result<Vec<PasswdEntry>> {
+    Ok(read_in_rootfs(rootfs, "/etc/passwd")?
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -466,11 +558,11 @@ fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {
                 home: f.get(5).map(|s| (*s).to_owned()).unwrap_or_default(),
             })
         })
-        .collect()
+        .collect())
 }
 
-fn groups(rootfs: &Path) -> Vec<GroupEntry> {
-    read_in_rootfs(rootfs, "/etc/group")
+fn groups(rootfs: &Path) -> Result<Vec<GroupEntry>> {
+    Ok(read_in_rootfs(rootfs, "/etc/group")?
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -488,7 +580,7 @@ fn groups(rootfs: &Path) -> Vec<GroupEntry> {
                     .unwrap_or_default(),
             })
         })
-        .collect()
+        .collect())
 }
 
 /// Resolves the process user: CRI run_as_user / run_as_username / run_as_group, else
@@ -498,8 +590,8 @@ pub fn resolve_user(
     sc: &LinuxContainerSecurityContext,
     image_user: &str,
 ) -> Result<ResolvedUser> {
-    let users = passwd(rootfs);
-    let grps = groups(rootfs);
+    let users = passwd(rootfs)?;
+    let grps = groups(rootfs)?;
     let (user_part, group_part): (String, Option<String>) = if let Some(uid) = &sc.run_as_user {
         (uid.value.to_string(), None)
     } else if !sc.run_as_username.is_empty() {
@@ -1088,6 +1180,27 @@ mod tests {
         })
     }
 
+    /// A pod spec cannot switch off device-rule enforcement by setting berthd's own
+    /// annotation: only berthd's config can.
+    #[test]
+    fn pod_annotations_cannot_set_berths_own() {
+        let r = rootfs();
+        let mut c = ctr(&["sh"]);
+        c.annotations.insert(
+            berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION.into(),
+            "true".into(),
+        );
+        c.annotations.insert("team".into(), "a".into());
+        let spec = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        let a = &spec["annotations"];
+        assert!(
+            a.get(berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION)
+                .is_none(),
+            "{a}"
+        );
+        assert_eq!(a["team"], "a");
+    }
+
     #[test]
     fn entrypoint_and_cmd_merge_like_containerd() {
         let image = ImageConfig {
@@ -1127,6 +1240,79 @@ mod tests {
         assert_eq!(env[1], "B=3");
         assert!(env.iter().any(|e| e.starts_with("PATH=/usr/local/sbin")));
         assert!(env.contains(&"HOME=/root".to_owned()));
+    }
+
+    /// The image's /etc/passwd is each hostile shape in turn; resolving the user must
+    /// answer InvalidArgument naming the file, at once (the FIFO used to block
+    /// CreateContainer forever in open(2)).
+    #[test]
+    fn hostile_passwd_files_are_refused_at_once() {
+        use std::os::unix::fs::symlink;
+        let sc = LinuxContainerSecurityContext::default();
+        let check = |make: &dyn Fn(&Path), what: &str| {
+            let r = rootfs();
+            let passwd = r.path().join("etc/passwd");
+            std::fs::remove_file(&passwd).expect("rm passwd");
+            make(&passwd);
+            let started = std::time::Instant::now();
+            let err = resolve_user(r.path(), &sc, "").expect_err(what);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{what}"
+            );
+            assert!(matches!(err, Error::InvalidArgument(_)), "{what}: {err:?}");
+            assert!(err.to_string().contains("/etc/passwd"), "{what}: {err}");
+        };
+        check(
+            &|p| {
+                rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from(0o644))
+                    .expect("mkfifo")
+            },
+            "fifo",
+        );
+        check(
+            &|p| symlink("../../../../../../../etc/shadow", p).expect("link"),
+            "link out of the root",
+        );
+        check(
+            &|p| symlink("/proc/self/environ", p).expect("link"),
+            "proc link",
+        );
+        check(&|p| symlink("passwd", p).expect("link"), "loop");
+        check(&|p| std::fs::create_dir(p).expect("dir"), "directory");
+        check(
+            &|p| {
+                std::fs::File::create(p)
+                    .and_then(|f| f.set_len(1 << 30))
+                    .expect("sparse file");
+            },
+            "1 GiB sparse file",
+        );
+    }
+
+    /// A symlink that stays inside the image is followed inside it, even when it is
+    /// absolute or climbs with `..` (it is read as if the rootfs were `/`); a missing
+    /// file is no error.
+    #[test]
+    fn image_files_resolve_inside_the_root() {
+        let r = rootfs();
+        std::fs::create_dir_all(r.path().join("usr/share")).expect("dir");
+        std::fs::rename(r.path().join("etc/passwd"), r.path().join("usr/share/pw")).expect("mv");
+        std::os::unix::fs::symlink("../../../../usr/share/pw", r.path().join("etc/passwd"))
+            .expect("link");
+        let u = resolve_user(
+            r.path(),
+            &LinuxContainerSecurityContext::default(),
+            "www-data",
+        )
+        .expect("in-root link");
+        assert_eq!(u.uid, 33);
+        std::fs::remove_file(r.path().join("etc/group")).expect("rm group");
+        assert!(
+            read_image_file(r.path(), "/etc/group")
+                .expect("missing")
+                .is_none()
+        );
     }
 
     #[test]

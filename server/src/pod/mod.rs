@@ -64,6 +64,10 @@ pub struct SandboxState {
     /// namespace, when the pod shares one.
     #[serde(default)]
     pub infra_pid: Option<i32>,
+    /// The infra process's start time (/proc/<pid>/stat): with the pid, what
+    /// identifies it (0 in older records).
+    #[serde(default)]
+    pub infra_start: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -367,6 +371,7 @@ impl PodManager {
                 shm: None,
                 network: None,
                 infra_pid: None,
+                infra_start: 0,
             }),
             op: tokio::sync::Mutex::new(()),
         });
@@ -389,8 +394,23 @@ impl PodManager {
 
     async fn create(&self, sb: &Arc<Sandbox>) -> Result<()> {
         let dir = self.pod_dir(&sb.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Root's alone (CVE-2021-41091 class): the records hold the pod's config;
+        // with a user namespace, its root's group may pass through to resolv.conf,
+        // hosts and hostname, which its containers' set-up bind-mounts.
+        let userns_root_gid = pod_user_mappings(&sb.namespace_options())
+            .ok()
+            .flatten()
+            .and_then(|(_, gids)| {
+                gids.iter()
+                    .find(|m| m.container_id == 0 && m.length > 0)
+                    .map(|m| m.host_id)
+            });
+        // Likewise its volatile files (its /dev/shm, a tmpfs others could otherwise
+        // read and write) and its pinned namespaces.
+        for d in [dir.clone(), self.volatile_dir(&sb.id), self.pin_dir(&sb.id)] {
+            store::ensure_owned_dir(&d, userns_root_gid)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
         store::write_atomic(&dir.join("config.pb"), &sb.config.encode_to_vec())
             .map_err(|e| Error::io("persisting the sandbox config", e))?;
         self.persist(sb)?;
@@ -464,7 +484,13 @@ impl PodManager {
 
         if opts.pid == i32::from(NamespaceMode::Pod) {
             let pid = start_infra(pins.user.as_deref(), &sb.id).await?;
-            self.update_state(sb, |s| s.infra_pid = Some(pid));
+            let start = crate::procs::Pid::new(pid)
+                .and_then(crate::procs::start_time)
+                .unwrap_or(0);
+            self.update_state(sb, |s| {
+                s.infra_pid = Some(pid);
+                s.infra_start = start;
+            });
             self.persist(sb)?;
         }
 
@@ -667,12 +693,9 @@ impl PodManager {
                 )));
             }
         }
-        if let Some(pid) = state.infra_pid
-            && infra_alive(pid)
-        {
+        if let Some(infra) = infra_of(state) {
             // pid 1 of the pod's pid namespace: every process in it dies with it.
-            // SAFETY: kill(2) has no memory preconditions; the pid was checked to be ours.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            infra.signal(libc::SIGKILL);
         }
         if let Some(shm) = &state.shm
             && let Err(e) = namespaces::unmount(shm)
@@ -739,6 +762,7 @@ impl PodManager {
             s.pins = PinnedNamespaces::default();
             s.shm = None;
             s.infra_pid = None;
+            s.infra_start = 0;
         });
         self.persist(sb)?;
         tracing::info!(pod = %sb.id, "pod sandbox stopped");
@@ -789,7 +813,7 @@ impl PodManager {
                         }
                         Phase::Ready
                             if state.pins.all().any(|p| !p.exists())
-                                || state.infra_pid.is_some_and(|p| !infra_alive(p)) =>
+                                || (state.infra_pid.is_some() && infra_of(&state).is_none()) =>
                         {
                             tracing::info!(pod = %id, "sandbox namespaces are gone (reboot?); stopping it");
                             if let Err(e) = self.stop_locked(&sb).await {
@@ -979,7 +1003,9 @@ fn monitor_path() -> Result<PathBuf> {
 const INFRA_ID_ENV: &str = "BERTH_SANDBOX_ID";
 
 /// SIGKILLs infra processes of sandbox `id` (found by [`INFRA_ID_ENV`]): berthd may
-/// have died between starting one and recording its pid.
+/// have died between starting one and recording its pid. Only real berth-monitors
+/// are considered (procs::berth_monitors); a container process that copies an
+/// infra's arguments and environment is not one.
 fn kill_unrecorded_infra(id: &str) {
     let needle = format!("{INFRA_ID_ENV}={id}");
     let infras = crate::procs::berth_monitors(|dir, args| {
@@ -989,19 +1015,18 @@ fn kill_unrecorded_infra(id: &str) {
                 .split(|b| *b == 0)
                 .any(|v| v == needle.as_bytes())
     });
-    for pid in infras {
-        tracing::info!(pod = %id, pid, "killing an infra process berthd died starting");
-        // SAFETY: kill(2) has no memory preconditions; the process was checked to
-        // be this sandbox's infra.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    for infra in infras {
+        tracing::info!(pod = %id, pid = infra.pid.raw(), "killing an infra process berthd died starting");
+        infra.signal(libc::SIGKILL);
     }
 }
 
-/// Whether `pid` is still an infra process (pids get reused).
-fn infra_alive(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("pause"))
-        .unwrap_or(false)
+/// The recorded infra process of a sandbox if it still runs: the same pid with the
+/// same start time (pids get reused; a container can name a process "pause").
+/// Records without a start time fall back to what a container cannot forge.
+fn infra_of(state: &SandboxState) -> Option<crate::procs::Verified> {
+    let pid = crate::procs::Pid::new(state.infra_pid?)?;
+    crate::procs::verify(pid, state.infra_start)
 }
 
 fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -66,9 +67,14 @@ impl CriLog {
     /// Reopen the file at the same path (after the old one was renamed away).
     pub fn reopen(&mut self) -> std::io::Result<()> {
         self.file = Some(
+            // O_NOFOLLOW: a symlink planted at the log path must not make the monitor
+            // (root) append to whatever file it names. Not world-readable: the log
+            // holds whatever the container prints, secrets included.
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o640)
                 .open(&self.path)?,
         );
         Ok(())
