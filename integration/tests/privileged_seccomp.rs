@@ -7,7 +7,8 @@
 //! userfaultfd), ENOSYS for clone3 so libcs fall back to clone. It then traces a child
 //! the way strace and gdb start (allowed, as on containerd). And ordinary workloads run
 //! under the profile: busybox shell pipelines, nginx serving a page, and a Go program
-//! with goroutines, loopback TCP, file IO and a child process.
+//! with goroutines, loopback TCP, file IO and a child process. And critest's seccomp
+//! specs pass.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use berth_integration::client::CriClient;
 use berth_integration::forge::{ImageBuilder, LayerBuilder};
 use berth_integration::setup::Node;
+use berth_integration::tools;
 use berth_proto::v1 as cri;
 
 /// The probe image, served by the test registry through berthd's docker.io mirror.
@@ -479,11 +481,11 @@ impl Pod {
 /// One node, one pod, for both halves (what must fail, what must work): the node's
 /// registry and the probe image are the expensive part of this test.
 #[tokio::test]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "the probe uses x86_64 syscall numbers"
+)]
 async fn runtime_default_refuses_host_reaching_calls_and_runs_ordinary_workloads() {
-    assert!(
-        cfg!(target_arch = "x86_64"),
-        "the probe uses x86_64 syscall numbers"
-    );
     let node = Node::start().await.expect("node");
     let dir = tempfile::tempdir().expect("tempdir");
     publish_probe(&node, dir.path()).await;
@@ -586,4 +588,41 @@ async fn runtime_default_refuses_host_reaching_calls_and_runs_ordinary_workloads
         std::fs::read_to_string(dir.path().join("logs/nginx.log")).unwrap_or_default()
     );
     pod.remove().await;
+}
+
+/// critest v1.37.0's seccomp specs (RuntimeDefault, docker/default, unconfined,
+/// Localhost profiles, the refusals) keep passing with the allowlist.
+#[tokio::test]
+async fn critest_seccomp_specs_pass() {
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let critest = tools::tool("critest").expect("critest");
+    let out = tools::run(
+        critest.as_os_str(),
+        [
+            "--runtime-endpoint",
+            &ep,
+            "--image-endpoint",
+            &ep,
+            "--ginkgo.focus=(?i)seccomp",
+            "--ginkgo.no-color",
+        ],
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("critest");
+    let text = out.stdout();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" Passed | "))
+        .unwrap_or("no ginkgo summary")
+        .to_owned();
+    println!("critest seccomp specs: {summary}");
+    assert!(
+        out.output.status.success()
+            && summary.contains(" 0 Failed")
+            && !summary.starts_with("0 Passed"),
+        "critest: {summary}\n{text}\n{}",
+        out.stderr()
+    );
 }
