@@ -795,9 +795,11 @@ fn seccomp_profile(
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::InvalidArgument(format!("seccomp profile {}: {e}", path.display()))
             })?;
-            seccomp::from_profile_json(&text).map(Some).map_err(|e| {
-                Error::InvalidArgument(format!("seccomp profile {}: {e}", path.display()))
-            })
+            seccomp::from_profile_json(&text, caps)
+                .map(Some)
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("seccomp profile {}: {e}", path.display()))
+                })
         }
         Err(_) => Err(Error::InvalidArgument(format!(
             "seccomp profile type {} is unknown",
@@ -1453,7 +1455,7 @@ mod tests {
             ..Default::default()
         });
         let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
-        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         c.linux
             .as_mut()
             .expect("linux")
