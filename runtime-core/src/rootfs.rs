@@ -89,7 +89,17 @@ pub fn resolve_in_root(root: &Path, unsafe_path: &Path) -> Result<PathBuf, Rootf
                 if links > 255 {
                     return Err(RootfsError::SymlinkLoop(unsafe_path.to_path_buf()));
                 }
-                let target = fs::read_link(&candidate).map_err(io_err("readlink", &candidate))?;
+                let target = match fs::read_link(&candidate) {
+                    Ok(t) => t,
+                    // Swapped for something else since the lstat (a container renaming
+                    // in a shared volume): look at the component again. Only a path is
+                    // computed here; what is done with it goes through fds in the root.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        pending.push(part);
+                        continue;
+                    }
+                    Err(e) => return Err(io_err("readlink", &candidate)(e)),
+                };
                 if target.is_absolute() {
                     resolved.clear();
                 }
