@@ -7,7 +7,8 @@
 //! namespace, i.e. before the container process joins its user namespace: stage-1
 //! builds a detached, idmapped copy of each such source tree (`open_tree` +
 //! `mount_setattr`) while still on the host; the init then attaches it with
-//! `move_mount` at its destination inside the new mount namespace. The user namespace
+//! `move_mount` onto an fd of its destination opened inside the rootfs (see
+//! `rootfs::attach_idmapped`), never onto a path. The user namespace
 //! that carries a mount's mappings is a throw-away one created by a forked child
 //! (the caller is single-threaded), one per distinct mapping.
 //!
@@ -158,18 +159,6 @@ pub fn idmapped_tree(
         ));
     }
     Ok(tree)
-}
-
-/// Attaches a detached tree from [`idmapped_tree`] at `target`.
-pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    rustix::mount::move_mount(
-        tree,
-        "",
-        rustix::fs::CWD,
-        target,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(io::Error::from)
 }
 
 /// Whether a spec mount asks to be idmapped: a bind mount with uid and gid mappings.

@@ -553,20 +553,34 @@ fn apply_identity(
 /// Ask AppArmor to confine the process from its next execve on. A host without
 /// AppArmor skips this cleanly (the profile cannot be honoured there anyway).
 fn apply_apparmor(enabled: bool, profile: &str) -> Result<(), ChildError> {
+    use std::os::unix::fs::OpenOptionsExt;
     if !enabled {
         return Ok(());
     }
     let data = format!("exec {profile}");
+    let fail =
+        |errno: i32, what: &str| child_err("apparmor profile", errno, format!("{profile}: {what}"));
     for attr in ["/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"] {
-        if Path::new(attr).exists() {
-            return fs::write(attr, &data).map_err(|e| {
-                child_err(
-                    "apparmor profile",
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    profile.to_string(),
-                )
-            });
+        // The container's /proc is what the spec mounted there: write only to a file
+        // the kernel's procfs serves (a bind mount or symlink over it would take the
+        // label for a file of the attacker's choosing), opened without following links.
+        let file = match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(attr)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fail(e.raw_os_error().unwrap_or(libc::EIO), attr)),
+        };
+        let fs_type = nix::sys::statfs::fstatfs(&file)
+            .map_err(|e| fail(e as i32, attr))?
+            .filesystem_type();
+        if fs_type != nix::sys::statfs::PROC_SUPER_MAGIC {
+            return Err(fail(libc::EXDEV, &format!("{attr} is not on procfs")));
         }
+        return std::io::Write::write_all(&mut &file, data.as_bytes())
+            .map_err(|e| fail(e.raw_os_error().unwrap_or(libc::EIO), attr));
     }
     Err(child_err(
         "apparmor profile",

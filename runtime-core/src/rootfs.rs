@@ -3,12 +3,12 @@
 //! unit-tested with the recording fake.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
-use crate::sys::{Errno, MntFlags, MsFlags, Syscall};
+use crate::sys::{Errno, InRootPath, MntFlags, MountPointKind, MsFlags, Syscall};
 
 /// A failure while building the root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,17 @@ pub fn resolve_in_root(root: &Path, unsafe_path: &Path) -> Result<PathBuf, Rootf
                 if links > 255 {
                     return Err(RootfsError::SymlinkLoop(unsafe_path.to_path_buf()));
                 }
-                let target = fs::read_link(&candidate).map_err(io_err("readlink", &candidate))?;
+                let target = match fs::read_link(&candidate) {
+                    Ok(t) => t,
+                    // Swapped for something else since the lstat (a container renaming
+                    // in a shared volume): look at the component again. Only a path is
+                    // computed here; what is done with it goes through fds in the root.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        pending.push(part);
+                        continue;
+                    }
+                    Err(e) => return Err(io_err("readlink", &candidate)(e)),
+                };
                 if target.is_absolute() {
                     resolved.clear();
                 }
@@ -418,12 +428,12 @@ pub fn finish_rootfs(sys: &dyn Syscall, spec: &Spec, root: &Path) -> Result<(), 
         }
         if let Some(ro) = linux.readonly_paths() {
             for p in ro {
-                readonly_path(sys, &join_abs(root, p))?;
+                readonly_path(sys, root, p)?;
             }
         }
         if let Some(masked) = linux.masked_paths() {
             for p in masked {
-                mask_path(sys, &join_abs(root, p))?;
+                mask_path(sys, root, p)?;
             }
         }
     }
@@ -476,150 +486,288 @@ fn statfs_flags(path: &Path) -> MsFlags {
     out
 }
 
-fn mask_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
-    let meta = match fs::metadata(path) {
+/// Open `p` (a path in the container, after pivot_root) inside `root` through a
+/// handle; `None` if it does not exist.
+fn open_existing(
+    sys: &dyn Syscall,
+    root: &Path,
+    p: &str,
+) -> Result<Option<InRootPath>, RootfsError> {
+    let path = join_abs(root, p);
+    match sys.open_in_root(root, &path) {
+        Ok(h) => Ok(Some(h)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(sys_err("open path inside the container", &path)(e)),
+    }
+}
+
+fn mask_path(sys: &dyn Syscall, root: &Path, p: &str) -> Result<(), RootfsError> {
+    let path = join_abs(root, p);
+    let Some(handle) = open_existing(sys, root, p)? else {
+        return Ok(());
+    };
+    // The type of what the handle names, not of whatever the path names by now.
+    let meta = match fs::metadata(handle.path()) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("stat masked path", path)(e)),
+        Err(e) => return Err(io_err("stat masked path", &path)(e)),
     };
     if meta.is_dir() {
         sys.mount(
             Some(Path::new("tmpfs")),
-            path,
+            handle.path(),
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
             None,
         )
-        .map_err(sys_err("mask directory", path))
+        .map_err(sys_err("mask directory", &path))
     } else {
         sys.mount(
             Some(Path::new("/dev/null")),
-            path,
+            handle.path(),
             None,
             MsFlags::MS_BIND,
             None,
         )
-        .map_err(sys_err("mask file", path))
+        .map_err(sys_err("mask file", &path))
     }
 }
 
-fn readonly_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
-    if !path.exists() {
+fn readonly_path(sys: &dyn Syscall, root: &Path, p: &str) -> Result<(), RootfsError> {
+    let path = join_abs(root, p);
+    let Some(handle) = open_existing(sys, root, p)? else {
         return Ok(());
-    }
-    sys.mount(
-        Some(path),
-        path,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(sys_err("bind read-only path", path))?;
+    };
+    // Bind the handle onto itself; the remount then acts on that new mount's fd.
+    let mount = sys
+        .bind_mount_at(handle.path(), &handle, true)
+        .map_err(sys_err("bind read-only path", &path))?;
     let flags = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_RDONLY
         | MsFlags::MS_REC
-        | statfs_flags(path);
-    sys.mount(None, path, None, flags, None)
-        .map_err(sys_err("remount read-only path", path))
+        | statfs_flags(mount.path());
+    sys.mount(None, mount.path(), None, flags, None)
+        .map_err(sys_err("remount read-only path", &path))
 }
 
-/// Create the mount point: a file for bind mounts of files, a directory otherwise.
-pub(crate) fn create_mount_point(dest: &Path, source_is_file: bool) -> Result<(), RootfsError> {
-    if source_is_file {
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create mount point parent", parent))?;
+/// Files under /proc a container may have something mounted on: the ones lxcfs
+/// emulates (the same list as runc's checkProcMount).
+const PROC_MOUNT_ALLOWED: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// `dest` with `.` and `..` applied lexically from `/` (symlinks are not looked at).
+fn lexical_clean(dest: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in dest.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
         }
-        if fs::symlink_metadata(dest).is_err() {
-            fs::File::create(dest).map_err(io_err("create mount point file", dest))?;
-        }
-        Ok(())
-    } else {
-        fs::create_dir_all(dest).map_err(io_err("create mount point", dest))
     }
+    out
+}
+
+/// Refuses a mount at or under /proc, as runc's checkProcMount does: on /proc itself
+/// only procfs (a `proc` mount, or a bind of a procfs source), under it only the
+/// files in [`PROC_MOUNT_ALLOWED`]. Anything else could hide or replace the kernel
+/// files that the masked and read-only paths protect (/proc/sys, /proc/self/attr,
+/// /proc/sysrq-trigger...). `dest` is the container path (cleaned lexically here);
+/// callers check the path resolved in the rootfs too.
+pub fn check_proc_mount(dest: &Path, typ: &str, source: Option<&Path>) -> Result<(), String> {
+    let dest = lexical_clean(dest);
+    let Ok(under) = dest.strip_prefix("/proc") else {
+        return Ok(());
+    };
+    if under.as_os_str().is_empty() {
+        let procfs_source = || {
+            source
+                .and_then(|s| nix::sys::statfs::statfs(s).ok())
+                .is_some_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+        };
+        if typ == "proc" || procfs_source() {
+            return Ok(());
+        }
+        return Err(format!(
+            "mount destination {} must be a proc file system",
+            dest.display()
+        ));
+    }
+    if PROC_MOUNT_ALLOWED.iter().any(|a| dest == Path::new(a)) {
+        return Ok(());
+    }
+    Err(format!(
+        "mount destination {} is inside /proc, which only allows {}",
+        dest.display(),
+        PROC_MOUNT_ALLOWED.join(", ")
+    ))
+}
+
+/// The destination of a spec mount, resolved inside the rootfs, as a path relative
+/// to it. Refuses destinations in /proc (see [`check_proc_mount`]), before and after
+/// following the image's symlinks.
+fn mount_destination(
+    rootfs: &Path,
+    m: &Mount,
+    typ: &str,
+) -> Result<(PathBuf, PathBuf), RootfsError> {
+    let dest = lexical_clean(m.destination());
+    if dest == Path::new("/") {
+        return Err(RootfsError::InvalidSpec(
+            "a mount cannot replace the container's root directory".into(),
+        ));
+    }
+    let source = m.source().as_deref();
+    check_proc_mount(&dest, typ, source).map_err(RootfsError::InvalidSpec)?;
+    let resolved = resolve_in_root(rootfs, &dest)?;
+    let rel = resolved
+        .strip_prefix(rootfs)
+        .map_err(|_| RootfsError::SymlinkLoop(dest.clone()))?
+        .to_path_buf();
+    // An image symlink (/etc/x -> /proc/sys) must not reach /proc either.
+    check_proc_mount(&Path::new("/").join(&rel), typ, source).map_err(|e| {
+        RootfsError::InvalidSpec(format!(
+            "{} (through the image's symlinks): {e}",
+            dest.display()
+        ))
+    })?;
+    Ok((dest, rel))
+}
+
+/// Opens (creating if needed) the mount point of `dest` inside the rootfs, and checks
+/// the handle is not on procfs (unless /proc allows it): the path check in
+/// [`mount_destination`] sees the path, this one sees what the kernel found.
+fn open_mount_point(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    dest: &Path,
+    rel: &Path,
+    kind: MountPointKind,
+) -> Result<InRootPath, RootfsError> {
+    let target = sys
+        .prepare_mount_point(rootfs, rel, kind)
+        .map_err(sys_err("create mount point inside the rootfs", dest))?;
+    let on_proc = sys
+        .is_procfs(&target)
+        .map_err(sys_err("statfs mount point", dest))?;
+    if on_proc && !PROC_MOUNT_ALLOWED.iter().any(|a| dest == Path::new(a)) {
+        return Err(RootfsError::InvalidSpec(format!(
+            "mount destination {} is on the proc file system",
+            dest.display()
+        )));
+    }
+    Ok(target)
+}
+
+fn source_kind(source: &Path) -> Result<MountPointKind, RootfsError> {
+    let meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
+    Ok(if meta.is_dir() {
+        MountPointKind::Dir
+    } else {
+        MountPointKind::File
+    })
+}
+
+/// Remount flags, recursive read-only and propagation of one spec mount, applied to
+/// `mount`, the handle on the mount just made (never to a path the container can
+/// change).
+fn finish_mount(
+    sys: &dyn Syscall,
+    dest: &Path,
+    mount: &InRootPath,
+    opts: &MountOptions,
+    locked: MsFlags,
+    is_bind: bool,
+) -> Result<(), RootfsError> {
+    let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if is_bind && !extra.is_empty() {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked;
+        sys.mount(None, mount.path(), None, flags, None)
+            .map_err(sys_err("remount bind mount with flags", dest))?;
+    }
+    if opts.recursive_readonly {
+        sys.make_readonly_recursive(mount.path())
+            .map_err(sys_err("make mount read-only recursively", dest))?;
+    }
+    if !opts.propagation.is_empty() {
+        sys.mount(None, mount.path(), None, opts.propagation, None)
+            .map_err(sys_err("set mount propagation", dest))?;
+    }
+    Ok(())
 }
 
 fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<(), RootfsError> {
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or("");
-    let dest = resolve_in_root(plan.rootfs, m.destination())?;
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let (dest, rel) = mount_destination(plan.rootfs, m, typ)?;
+    let dest = dest.as_path();
 
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(sys, plan, &dest, &opts);
+        let target = open_mount_point(sys, plan.rootfs, dest, &rel, MountPointKind::Dir)?;
+        return mount_cgroups(sys, plan, dest, &target, &opts);
     }
 
     if is_bind {
         let source = m.source().as_deref().ok_or_else(|| {
-            RootfsError::InvalidSpec(format!("bind mount {dest:?} has no source"))
+            RootfsError::InvalidSpec(format!("bind mount {} has no source", dest.display()))
         })?;
-        let src_meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
-        create_mount_point(&dest, !src_meta.is_dir())?;
-        let bind = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        let target = sys
-            .open_in_root(plan.rootfs, &dest)
-            .map_err(sys_err("open mount target inside rootfs", &dest))?;
-        sys.mount(Some(source), target.path(), None, bind, None)
-            .map_err(sys_err("bind mount", &dest))?;
-        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        if !extra.is_empty() {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | statfs_flags(source);
-            sys.mount(None, &dest, None, flags, None)
-                .map_err(sys_err("remount bind mount with flags", &dest))?;
+        let target = open_mount_point(sys, plan.rootfs, dest, &rel, source_kind(source)?)?;
+        let recursive = opts.flags.contains(MsFlags::MS_REC);
+        let mount = sys
+            .bind_mount_at(source, &target, recursive)
+            .map_err(sys_err("bind mount", dest))?;
+        return finish_mount(sys, dest, &mount, &opts, statfs_flags(source), true);
+    }
+    let target = open_mount_point(sys, plan.rootfs, dest, &rel, MountPointKind::Dir)?;
+    let source = m.source().as_deref().unwrap_or(Path::new(typ));
+    let flags = opts.flags & !MsFlags::MS_REMOUNT;
+    let mount = match sys.mount_fs_at(typ, source, flags, &opts.data, &target) {
+        Ok(mount) => mount,
+        // Without its own network namespace a container may not mount sysfs (the
+        // kernel ties sysfs to the netns owner): bind the host's read-only, as runc does.
+        Err(Errno::EPERM) if typ == "sysfs" => {
+            let mount = sys
+                .bind_mount_at(Path::new("/sys"), &target, true)
+                .map_err(sys_err("bind host sysfs", dest))?;
+            sys.mount(
+                None,
+                mount.path(),
+                None,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                None,
+            )
+            .map_err(sys_err("remount host sysfs read-only", dest))?;
+            mount
         }
-    } else {
-        create_mount_point(&dest, false)?;
-        let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        let source = m.source().as_deref().unwrap_or(Path::new(typ));
-        let fstype = (!typ.is_empty()).then_some(typ);
-        let target = sys
-            .open_in_root(plan.rootfs, &dest)
-            .map_err(sys_err("open mount target inside rootfs", &dest))?;
-        match sys.mount(Some(source), target.path(), fstype, opts.flags, data) {
-            Ok(()) => {}
-            // Without its own network namespace a container may not mount sysfs (the
-            // kernel ties sysfs to the netns owner): bind the host's read-only, as runc does.
-            Err(Errno::EPERM) if typ == "sysfs" => {
-                sys.mount(
-                    Some(Path::new("/sys")),
-                    target.path(),
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None,
-                )
-                .map_err(sys_err("bind host sysfs", &dest))?;
-                sys.mount(
-                    None,
-                    &dest,
-                    None,
-                    MsFlags::MS_BIND
-                        | MsFlags::MS_REMOUNT
-                        | MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    None,
-                )
-                .map_err(sys_err("remount host sysfs read-only", &dest))?;
-            }
-            Err(errno) => return Err(sys_err("mount", &dest)(errno)),
-        }
-    }
-    if opts.recursive_readonly {
-        sys.make_readonly_recursive(&dest)
-            .map_err(sys_err("make mount read-only recursively", &dest))?;
-    }
-    if !opts.propagation.is_empty() {
-        sys.mount(None, &dest, None, opts.propagation, None)
-            .map_err(sys_err("set mount propagation", &dest))?;
-    }
-    Ok(())
+        Err(errno) => return Err(sys_err("mount", dest)(errno)),
+    };
+    finish_mount(sys, dest, &mount, &opts, MsFlags::empty(), false)
 }
 
 /// Creates the bind mounts' mount points in the rootfs while still privileged on the
 /// host: inside a joined user namespace the rootfs (not idmapped) belongs to an
 /// unmapped owner, so e.g. /etc/resolv.conf could not be created there. Best effort:
-/// a failure here shows up, named, when the init mounts.
+/// a failure here shows up, named, when the init mounts. This runs with the host as
+/// root, so it creates through fds inside the rootfs exactly as the init does.
 pub fn precreate_bind_mount_points(spec: &Spec, rootfs: &Path) {
     for m in spec.mounts().as_deref().unwrap_or(&[]) {
         let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
@@ -627,56 +775,48 @@ pub fn precreate_bind_mount_points(spec: &Spec, rootfs: &Path) {
         let (Some(source), true) = (m.source().as_deref(), is_bind) else {
             continue;
         };
-        let Ok(dest) = resolve_in_root(rootfs, m.destination()) else {
+        let Ok((_, rel)) = mount_destination(rootfs, m, "bind") else {
             continue;
         };
-        if let Ok(meta) = fs::metadata(source) {
-            let _ = create_mount_point(&dest, !meta.is_dir());
+        if let Ok(kind) = source_kind(source) {
+            let _ = crate::sys::linux::prepare_mount_point(rootfs, &rel, kind);
         }
     }
 }
 
 /// Attaches a prepared idmapped tree at the mount's destination, then applies the
-/// entry's read-only flag and propagation.
+/// entry's read-only flag and propagation to the attached tree's fd.
 fn attach_idmapped(
     sys: &dyn Syscall,
     plan: &RootfsPlan<'_>,
     m: &Mount,
     tree: &std::os::fd::OwnedFd,
 ) -> Result<(), RootfsError> {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
-    let dest = resolve_in_root(plan.rootfs, m.destination())?;
+    let (dest, rel) = mount_destination(plan.rootfs, m, "bind")?;
+    let dest = dest.as_path();
     let source = m.source().as_deref().unwrap_or(Path::new(""));
-    let src_meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
-    create_mount_point(&dest, !src_meta.is_dir())?;
-    crate::idmap::attach(tree.as_fd(), &dest).map_err(io_err("attach idmapped mount", &dest))?;
-    let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-    if !extra.is_empty() {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | statfs_flags(&dest);
-        sys.mount(None, &dest, None, flags, None)
-            .map_err(sys_err("remount idmapped mount with flags", &dest))?;
-    }
-    if opts.recursive_readonly {
-        sys.make_readonly_recursive(&dest)
-            .map_err(sys_err("make mount read-only recursively", &dest))?;
-    }
-    if !opts.propagation.is_empty() {
-        sys.mount(None, &dest, None, opts.propagation, None)
-            .map_err(sys_err("set mount propagation", &dest))?;
-    }
-    Ok(())
+    let target = open_mount_point(sys, plan.rootfs, dest, &rel, source_kind(source)?)?;
+    sys.attach_tree(tree.as_fd(), &target)
+        .map_err(sys_err("attach idmapped mount", dest))?;
+    // The tree's fd names the attached mount; `plan.idmapped` keeps it open.
+    let mount = InRootPath::plain(Path::new(&format!("/proc/self/fd/{}", tree.as_raw_fd())));
+    let locked = statfs_flags(mount.path());
+    finish_mount(sys, dest, &mount, &opts, locked, true)
 }
 
 /// A `cgroup` mount: a tmpfs with one cgroup v1 mount per hierarchy (plus symlinks for
-/// co-mounted controllers), or a single cgroup2 mount on a pure v2 host.
+/// co-mounted controllers), or a single cgroup2 mount on a pure v2 host. `target` is
+/// the handle on the mount point; everything below it is on the fresh tmpfs, which
+/// only this mount namespace can reach.
 fn mount_cgroups(
     sys: &dyn Syscall,
     plan: &RootfsPlan<'_>,
     dest: &Path,
+    target: &InRootPath,
     opts: &MountOptions,
 ) -> Result<(), RootfsError> {
-    create_mount_point(dest, false)?;
     let flags = opts.flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let v1: Vec<&CgroupHierarchy> = plan
         .cgroups
@@ -684,38 +824,29 @@ fn mount_cgroups(
         .filter(|h| !h.controllers.is_empty())
         .collect();
     if v1.is_empty() {
-        let target = sys
-            .open_in_root(plan.rootfs, dest)
-            .map_err(sys_err("open mount target inside rootfs", dest))?;
         if plan.in_user_ns {
             // cgroup2 can only be mounted by the owner of the cgroup namespace.
-            return bind_host_cgroup(sys, Path::new("/sys/fs/cgroup"), target.path(), dest);
+            return bind_host_cgroup(sys, Path::new("/sys/fs/cgroup"), target, dest);
         }
-        return sys
-            .mount(
-                Some(Path::new("cgroup2")),
-                target.path(),
-                Some("cgroup2"),
-                flags,
-                None,
-            )
-            .map_err(sys_err("mount cgroup2", dest));
+        sys.mount_fs_at("cgroup2", Path::new("cgroup2"), flags, "", target)
+            .map_err(sys_err("mount cgroup2", dest))?;
+        return Ok(());
     }
-    let target = sys
-        .open_in_root(plan.rootfs, dest)
-        .map_err(sys_err("open mount target inside rootfs", dest))?;
-    sys.mount(
-        Some(Path::new("tmpfs")),
-        target.path(),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=755"),
-    )
-    .map_err(sys_err("mount tmpfs for cgroups", dest))?;
+    let tmpfs = sys
+        .mount_fs_at(
+            "tmpfs",
+            Path::new("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            "mode=755",
+            target,
+        )
+        .map_err(sys_err("mount tmpfs for cgroups", dest))?;
     for h in v1 {
         let dir_name = h.controllers.trim_start_matches("name=");
         let dir = dest.join(dir_name);
-        create_mount_point(&dir, false)?;
+        let point = sys
+            .prepare_mount_point(tmpfs.path(), Path::new(dir_name), MountPointKind::Dir)
+            .map_err(sys_err("create cgroup hierarchy mount point", &dir))?;
         let data = if h.controllers.starts_with("name=") {
             format!("none,{}", h.controllers)
         } else {
@@ -725,29 +856,25 @@ fn mount_cgroups(
             // A user namespace may not mount cgroup v1 at all: bind the host's
             // hierarchy instead (as runc does), made read-only with the rest below.
             let host = Path::new("/sys/fs/cgroup").join(dir_name);
-            bind_host_cgroup(sys, &host, &dir, &dir)?;
+            bind_host_cgroup(sys, &host, &point, &dir)?;
         } else {
-            sys.mount(
-                Some(Path::new("cgroup")),
-                &dir,
-                Some("cgroup"),
-                flags,
-                Some(&data),
-            )
-            .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
+            sys.mount_fs_at("cgroup", Path::new("cgroup"), flags, &data, &point)
+                .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
         }
         if h.controllers.contains(',') {
             for single in h.controllers.split(',') {
-                let link = dest.join(single);
-                sys.symlink(Path::new(dir_name), &link)
-                    .map_err(sys_err("symlink co-mounted cgroup controller", &link))?;
+                let link = tmpfs.path().join(single);
+                sys.symlink(Path::new(dir_name), &link).map_err(sys_err(
+                    "symlink co-mounted cgroup controller",
+                    &dest.join(single),
+                ))?;
             }
         }
     }
     if opts.flags.contains(MsFlags::MS_RDONLY) {
         sys.mount(
             None,
-            dest,
+            tmpfs.path(),
             None,
             MsFlags::MS_BIND
                 | MsFlags::MS_REMOUNT
@@ -767,14 +894,15 @@ fn mount_cgroups(
 fn bind_host_cgroup(
     sys: &dyn Syscall,
     host: &Path,
-    target: &Path,
+    target: &InRootPath,
     dest: &Path,
 ) -> Result<(), RootfsError> {
-    sys.mount(Some(host), target, None, MsFlags::MS_BIND, None)
+    let mount = sys
+        .bind_mount_at(host, target, false)
         .map_err(sys_err("bind host cgroup hierarchy", dest))?;
     sys.mount(
         None,
-        dest,
+        mount.path(),
         None,
         MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
@@ -829,27 +957,56 @@ fn create_devices(
     Ok(())
 }
 
+/// The directory that will hold `dest` (a path in the container), opened (created if
+/// missing) through a handle inside the rootfs, and the last component's name: what
+/// is made there goes through `/proc/self/fd/N/<name>`, never through a path the
+/// container can redirect.
+fn parent_handle(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    dest: &Path,
+) -> Result<(InRootPath, std::ffi::OsString), RootfsError> {
+    let clean = lexical_clean(dest);
+    let resolved_parent = resolve_in_root(rootfs, clean.parent().unwrap_or(Path::new("/")))?;
+    let name = clean
+        .file_name()
+        .ok_or_else(|| RootfsError::InvalidSpec(format!("{} has no file name", dest.display())))?
+        .to_os_string();
+    let rel = resolved_parent
+        .strip_prefix(rootfs)
+        .map_err(|_| RootfsError::SymlinkLoop(dest.to_path_buf()))?;
+    let parent = sys
+        .prepare_mount_point(rootfs, rel, MountPointKind::Dir)
+        .map_err(sys_err("create parent directory inside the rootfs", dest))?;
+    Ok((parent, name))
+}
+
 fn create_device(
     sys: &dyn Syscall,
     plan: &RootfsPlan<'_>,
     d: &LinuxDevice,
 ) -> Result<(), RootfsError> {
-    if !d.path().starts_with("/dev") {
+    let dev_path = lexical_clean(d.path());
+    if !dev_path.starts_with("/dev") || dev_path == Path::new("/dev") {
         return Err(RootfsError::InvalidSpec(format!(
             "device {:?} is not under /dev",
             d.path()
         )));
     }
-    let dest = resolve_in_root(plan.rootfs, d.path())?;
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(io_err("create device parent", parent))?;
-    }
+    let dest = dev_path.as_path();
     if plan.in_user_ns {
         // mknod is not allowed in a user namespace: bind the host's node instead.
-        create_mount_point(&dest, true)?;
+        let resolved = resolve_in_root(plan.rootfs, dest)?;
+        let rel = resolved
+            .strip_prefix(plan.rootfs)
+            .map_err(|_| RootfsError::SymlinkLoop(dest.to_path_buf()))?;
+        let target = sys
+            .prepare_mount_point(plan.rootfs, rel, MountPointKind::File)
+            .map_err(sys_err("create device mount point", dest))?;
         return sys
-            .mount(Some(d.path()), &dest, None, MsFlags::MS_BIND, None)
-            .map_err(sys_err("bind device", &dest));
+            .bind_mount_at(d.path(), &target, false)
+            .map(drop)
+            .map_err(sys_err("bind device", dest));
     }
     let kind = match d.typ() {
         LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
@@ -868,25 +1025,46 @@ fn create_device(
     let minor = u64::try_from(d.minor()).map_err(|_| {
         RootfsError::InvalidSpec(format!("device {:?} has a negative minor", d.path()))
     })?;
+    let (parent, name) = parent_handle(sys, plan.rootfs, dest)?;
+    // Every call below names the node as <parent fd>/<name>: the last component is
+    // never followed as a symlink (unlink, mknod, lchown do not follow it).
+    let node = parent.path().join(&name);
     // Replace whatever the image has there (often a plain file or a stale node).
-    if let Ok(meta) = fs::symlink_metadata(&dest) {
-        let ft = meta.file_type();
-        if !(ft.is_char_device() || ft.is_block_device() || ft.is_fifo()) || !meta.is_dir() {
-            let _ = fs::remove_file(&dest);
-        }
+    if let Ok(meta) = fs::symlink_metadata(&node)
+        && !meta.is_dir()
+    {
+        let _ = fs::remove_file(&node);
     }
     let perm = d.file_mode().unwrap_or(0o666) & 0o7777;
-    sys.mknod(&dest, kind, perm, major, minor)
-        .map_err(sys_err("mknod", &dest))?;
-    // mknod honours the umask; the spec's mode is exact.
-    if let Err(e) = fs::set_permissions(&dest, fs::Permissions::from_mode(perm)) {
-        // Under the fake nothing exists on disk.
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(io_err("chmod device", &dest)(e));
+    sys.mknod(&node, kind, perm, major, minor)
+        .map_err(sys_err("mknod", dest))?;
+    // mknod honours the umask; the spec's mode is exact. Opened O_NOFOLLOW and checked
+    // to be the node, so a symlink swapped in cannot pass the chmod elsewhere.
+    match nix::fcntl::open(
+        &node,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let st = nix::sys::stat::fstat(&fd).map_err(sys_err("stat device", dest))?;
+            if st.st_mode & libc::S_IFMT != kind {
+                return Err(sys_err("device replaced while created", dest)(
+                    Errno::EEXIST,
+                ));
+            }
+            let via = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ));
+            fs::set_permissions(&via, fs::Permissions::from_mode(perm))
+                .map_err(io_err("chmod device", dest))?;
         }
+        // Under the fake nothing exists on disk.
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(sys_err("open device", dest)(e)),
     }
-    sys.lchown(&dest, d.uid().unwrap_or(0), d.gid().unwrap_or(0))
-        .map_err(sys_err("chown device", &dest))
+    sys.lchown(&node, d.uid().unwrap_or(0), d.gid().unwrap_or(0))
+        .map_err(sys_err("chown device", dest))
 }
 
 fn create_dev_symlinks(
@@ -895,19 +1073,26 @@ fn create_dev_symlinks(
     pts_is_mounted: bool,
 ) -> Result<(), RootfsError> {
     let mut links = vec![
-        ("/proc/self/fd", "dev/fd"),
-        ("/proc/self/fd/0", "dev/stdin"),
-        ("/proc/self/fd/1", "dev/stdout"),
-        ("/proc/self/fd/2", "dev/stderr"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
     ];
     if Path::new("/proc/kcore").exists() {
-        links.push(("/proc/kcore", "dev/core"));
+        links.push(("/proc/kcore", "core"));
     }
     if pts_is_mounted {
-        links.push(("pts/ptmx", "dev/ptmx"));
+        links.push(("pts/ptmx", "ptmx"));
     }
-    for (target, link) in links {
-        let link = rootfs.join(link);
+    let resolved = resolve_in_root(rootfs, Path::new("/dev"))?;
+    let rel = resolved
+        .strip_prefix(rootfs)
+        .map_err(|_| RootfsError::SymlinkLoop("/dev".into()))?;
+    let dev = sys
+        .prepare_mount_point(rootfs, rel, MountPointKind::Dir)
+        .map_err(sys_err("open /dev inside the rootfs", Path::new("/dev")))?;
+    for (target, name) in links {
+        let link = dev.path().join(name);
         if let Ok(meta) = fs::symlink_metadata(&link) {
             if meta.is_dir() {
                 continue;
@@ -916,7 +1101,7 @@ fn create_dev_symlinks(
         }
         match sys.symlink(Path::new(target), &link) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(sys_err("symlink in /dev", &link)(e)),
+            Err(e) => return Err(sys_err("symlink in /dev", &Path::new("/dev").join(name))(e)),
         }
     }
     Ok(())
@@ -1291,6 +1476,261 @@ mod tests {
         assert!(
             matches!(calls.last(), Some(Call::Mount { target, flags, .. })
             if target == root && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT | MsFlags::MS_BIND))
+        );
+    }
+
+    /// The mount point `dest` resolved and prepared by the real kernel calls, as
+    /// mount_entry does it (no root needed: openat2, mkdirat, open).
+    fn prepare_real(root: &Path, dest: &str, kind: MountPointKind) -> Result<(), RootfsError> {
+        let resolved = resolve_in_root(root, Path::new(dest))?;
+        let rel = resolved.strip_prefix(root).unwrap();
+        crate::sys::linux::LinuxSyscall
+            .prepare_mount_point(root, rel, kind)
+            .map(drop)
+            .map_err(sys_err("prepare", Path::new(dest)))
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn mount_points_through_a_symlink_to_the_host_are_made_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("data")).unwrap();
+        symlink("../../../../..", root.join("etc/up")).unwrap();
+        prepare_real(&root, "/data/a/b/file", MountPointKind::File).unwrap();
+        prepare_real(&root, "/data/dir", MountPointKind::Dir).unwrap();
+        prepare_real(&root, "/etc/up/escaped", MountPointKind::Dir).unwrap();
+        assert!(entries(&outside).is_empty(), "{:?}", entries(&outside));
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert!(inside.join("a/b/file").is_file());
+        assert!(inside.join("dir").is_dir());
+        assert!(root.join("escaped").is_dir());
+        assert!(!tmp.path().join("escaped").exists());
+    }
+
+    #[test]
+    fn an_existing_file_mount_point_is_never_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        prepare_real(root, "/etc/hosts", MountPointKind::File).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        // A dangling symlink is followed inside the root: the file is made there.
+        symlink("/run/resolv.conf", root.join("etc/resolv.conf")).unwrap();
+        prepare_real(root, "/etc/resolv.conf", MountPointKind::File).unwrap();
+        assert!(root.join("run/resolv.conf").is_file());
+    }
+
+    /// Issue 22 without a container: a thread swaps a directory and a symlink to a
+    /// host directory (renameat2 RENAME_EXCHANGE) while mount points are prepared
+    /// through that name. Bounded by count and time.
+    #[test]
+    fn swapping_a_directory_and_a_symlink_never_creates_outside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(root.join("shared/d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f-0"), "host").unwrap();
+        symlink(&outside, root.join("shared/l")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let stop = stop.clone();
+            let a =
+                std::ffi::CString::new(root.join("shared/d").into_os_string().into_encoded_bytes())
+                    .unwrap();
+            let b =
+                std::ffi::CString::new(root.join("shared/l").into_os_string().into_encoded_bytes())
+                    .unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: two NUL-terminated paths that outlive the call.
+                    unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            a.as_ptr(),
+                            libc::AT_FDCWD,
+                            b.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                }
+            })
+        };
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        while n < 3000 && start.elapsed() < std::time::Duration::from_secs(3) {
+            // Losing the race may fail a mount point (ELOOP...); it may never escape.
+            let _ = prepare_real(&root, &format!("/shared/d/f-{n}"), MountPointKind::File);
+            let _ = prepare_real(&root, &format!("/shared/d/dir-{n}"), MountPointKind::Dir);
+            let _ = prepare_real(&root, "/shared/d/f-0", MountPointKind::File);
+            n += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(entries(&outside), ["f-0"], "after {n} rounds");
+        assert_eq!(fs::read_to_string(outside.join("f-0")).unwrap(), "host");
+    }
+
+    #[test]
+    fn proc_mount_destinations_follow_runcs_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = Some(tmp.path());
+        let proc_src = Some(Path::new("/proc"));
+        let ok = [
+            ("/proc", "proc", None),
+            ("/proc", "bind", proc_src),
+            ("/proc/uptime", "bind", plain),
+            ("/proc/sys/kernel/ns_last_pid", "bind", plain),
+            ("/proc/../etc/x", "bind", plain),
+            ("/procfs", "bind", plain),
+            ("/sys/proc", "bind", plain),
+        ];
+        for (dest, typ, src) in ok {
+            assert!(
+                check_proc_mount(Path::new(dest), typ, src).is_ok(),
+                "{dest}"
+            );
+        }
+        let refused = [
+            ("/proc", "bind", plain),
+            ("/proc", "tmpfs", None),
+            ("/proc/", "bind", plain),
+            ("/proc/sys", "bind", plain),
+            ("/proc/self/attr/exec", "bind", plain),
+            ("/tmp/../proc/sysrq-trigger", "bind", plain),
+            ("//proc/./kcore", "bind", plain),
+        ];
+        for (dest, typ, src) in refused {
+            let err = check_proc_mount(Path::new(dest), typ, src).unwrap_err();
+            assert!(err.contains("/proc"), "{dest}: {err}");
+        }
+    }
+
+    fn spec_with_bind(rootfs: &Path, dest: &str, source: &Path) -> Spec {
+        let mut spec = spec_with_mounts(rootfs);
+        let mut m = Mount::default();
+        m.set_destination(dest.into());
+        m.set_source(Some(source.to_path_buf()));
+        m.set_typ(Some("bind".into()));
+        m.set_options(Some(vec!["rbind".into()]));
+        spec.set_mounts(Some(vec![m]));
+        spec
+    }
+
+    #[test]
+    fn binds_into_proc_are_refused_even_through_an_image_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        symlink("/proc/sys", rootfs.join("etc/evil")).unwrap();
+        for dest in ["/proc/sys/kernel", "/etc/evil/kernel"] {
+            let spec = spec_with_bind(&rootfs, dest, tmp.path());
+            let sys = RecordingSyscall::new();
+            let plan = RootfsPlan {
+                spec: &spec,
+                rootfs: &rootfs,
+                cgroups: vec![],
+                in_user_ns: false,
+                idmapped: &[],
+            };
+            let err = prepare_rootfs(&sys, &plan).unwrap_err();
+            assert_eq!(err.errno(), libc::EINVAL, "{dest}: {err}");
+            assert!(err.to_string().contains("/proc"), "{dest}: {err}");
+            assert!(
+                !sys.calls()
+                    .iter()
+                    .any(|c| matches!(c, Call::MountPoint { .. })),
+                "{dest}: a mount point was made"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mount_point_the_kernel_finds_on_procfs_is_refused() {
+        // The real host /proc: the handle is on procfs whatever the path said.
+        let sys = crate::sys::linux::LinuxSyscall;
+        let err = open_mount_point(
+            &sys,
+            Path::new("/"),
+            Path::new("/run/x"),
+            Path::new("proc/sys/kernel"),
+            MountPointKind::Dir,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("proc file system"), "{err}");
+        assert!(
+            open_mount_point(
+                &sys,
+                Path::new("/"),
+                Path::new("/proc/uptime"),
+                Path::new("proc/uptime"),
+                MountPointKind::File,
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bind_mount_flags_and_propagation_act_on_the_new_mount_not_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        let mut spec = spec_with_bind(&rootfs, "/vol", tmp.path());
+        let mut m = spec.mounts().clone().unwrap()[0].clone();
+        m.set_options(Some(vec![
+            "rbind".into(),
+            "ro".into(),
+            "rro".into(),
+            "rprivate".into(),
+        ]));
+        spec.set_mounts(Some(vec![m]));
+        let sys = RecordingSyscall::new();
+        let plan = RootfsPlan {
+            spec: &spec,
+            rootfs: &rootfs,
+            cgroups: vec![],
+            in_user_ns: false,
+            idmapped: &[],
+        };
+        prepare_rootfs(&sys, &plan).unwrap();
+        let calls = sys.calls();
+        let vol = rootfs.join("vol");
+        let at = |pred: &dyn Fn(&Call) -> bool| calls.iter().position(pred).unwrap();
+        let point = at(&|c| {
+            *c == Call::MountPoint {
+                path: vol.clone(),
+                kind: MountPointKind::Dir,
+            }
+        });
+        let bind = at(
+            &|c| matches!(c, Call::Mount { target, flags, .. } if *target == vol && *flags == MsFlags::MS_BIND | MsFlags::MS_REC),
+        );
+        let remount = at(
+            &|c| matches!(c, Call::Mount { target, flags, .. } if *target == vol && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)),
+        );
+        let rro = at(&|c| *c == Call::ReadonlyRecursive(vol.clone()));
+        let prop = at(
+            &|c| matches!(c, Call::Mount { target, flags, .. } if *target == vol && *flags == MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+        );
+        assert!(
+            point < bind && bind < remount && remount < rro && rro < prop,
+            "{calls:?}"
         );
     }
 }

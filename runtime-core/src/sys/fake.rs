@@ -5,7 +5,9 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use super::{CapSet, CloneFlags, Errno, InRootPath, MntFlags, MsFlags, Rlimit, Syscall};
+use super::{
+    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountPointKind, MsFlags, Rlimit, Syscall,
+};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,15 @@ pub enum Call {
     },
     Umask(u32),
     ReadonlyRecursive(PathBuf),
+    /// A mount point prepared (opened or created) at `path` inside the root.
+    MountPoint {
+        path: PathBuf,
+        kind: MountPointKind,
+    },
+    /// A detached tree attached at `target`.
+    AttachTree {
+        target: PathBuf,
+    },
 }
 
 /// Which calls fail, and with what errno.
@@ -263,5 +274,58 @@ impl Syscall for RecordingSyscall {
             return Err(Errno::EXDEV);
         }
         Ok(InRootPath::plain(target))
+    }
+
+    fn prepare_mount_point(
+        &self,
+        root: &Path,
+        rel: &Path,
+        kind: MountPointKind,
+    ) -> Result<InRootPath, Errno> {
+        let path = root.join(rel);
+        self.record(Call::MountPoint {
+            path: path.clone(),
+            kind,
+        })?;
+        Ok(InRootPath::plain(&path))
+    }
+
+    fn bind_mount_at(
+        &self,
+        source: &Path,
+        target: &InRootPath,
+        recursive: bool,
+    ) -> Result<InRootPath, Errno> {
+        let mut flags = MsFlags::MS_BIND;
+        if recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        self.mount(Some(source), target.path(), None, flags, None)?;
+        Ok(InRootPath::plain(target.path()))
+    }
+
+    fn mount_fs_at(
+        &self,
+        fstype: &str,
+        source: &Path,
+        flags: MsFlags,
+        data: &str,
+        target: &InRootPath,
+    ) -> Result<InRootPath, Errno> {
+        let data = (!data.is_empty()).then_some(data);
+        self.mount(Some(source), target.path(), Some(fstype), flags, data)?;
+        Ok(InRootPath::plain(target.path()))
+    }
+
+    fn attach_tree(&self, _tree: BorrowedFd<'_>, target: &InRootPath) -> Result<(), Errno> {
+        self.record(Call::AttachTree {
+            target: target.path().to_path_buf(),
+        })
+    }
+
+    fn is_procfs(&self, target: &InRootPath) -> Result<bool, Errno> {
+        // The fake mounts nothing: report what is really on disk (a missing path is not).
+        Ok(nix::sys::statfs::statfs(target.path())
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC))
     }
 }

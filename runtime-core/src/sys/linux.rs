@@ -5,7 +5,9 @@ use std::path::Path;
 
 use nix::sys::stat::{Mode, SFlag};
 
-use super::{CapSet, CloneFlags, Errno, InRootPath, MntFlags, MsFlags, Rlimit, Syscall};
+use super::{
+    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountPointKind, MsFlags, Rlimit, Syscall,
+};
 
 /// Calls the Linux kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -241,4 +243,254 @@ impl Syscall for LinuxSyscall {
         };
         Errno::result(rc).map(drop)
     }
+
+    fn prepare_mount_point(
+        &self,
+        root: &Path,
+        rel: &Path,
+        kind: MountPointKind,
+    ) -> Result<InRootPath, Errno> {
+        prepare_mount_point(root, rel, kind)
+            .map(InRootPath::from_fd)
+            .map_err(to_errno)
+    }
+
+    fn bind_mount_at(
+        &self,
+        source: &Path,
+        target: &InRootPath,
+        recursive: bool,
+    ) -> Result<InRootPath, Errno> {
+        use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+        let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+        if recursive {
+            flags |= OpenTreeFlags::AT_RECURSIVE;
+        }
+        let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags).map_err(to_errno)?;
+        let to = target.fd().ok_or(Errno::EBADF)?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            to,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(to_errno)?;
+        Ok(InRootPath::from_fd(tree))
+    }
+
+    fn mount_fs_at(
+        &self,
+        fstype: &str,
+        source: &Path,
+        flags: MsFlags,
+        data: &str,
+        target: &InRootPath,
+    ) -> Result<InRootPath, Errno> {
+        use rustix::mount::{
+            FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+            fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+        };
+        let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(to_errno)?;
+        fsconfig_set_string(&fs, "source", source).map_err(to_errno)?;
+        for (flag, key) in [
+            (MsFlags::MS_RDONLY, "ro"),
+            (MsFlags::MS_SYNCHRONOUS, "sync"),
+            (MsFlags::MS_DIRSYNC, "dirsync"),
+            (MsFlags::MS_MANDLOCK, "mand"),
+        ] {
+            if flags.contains(flag) {
+                fsconfig_set_flag(&fs, key).map_err(to_errno)?;
+            }
+        }
+        for opt in data.split(',').filter(|o| !o.is_empty()) {
+            match opt.split_once('=') {
+                Some((k, v)) => fsconfig_set_string(&fs, k, v),
+                None => fsconfig_set_flag(&fs, opt),
+            }
+            .map_err(to_errno)?;
+        }
+        fsconfig_create(&fs).map_err(to_errno)?;
+        let mut attr = MountAttrFlags::empty();
+        for (flag, a) in [
+            (MsFlags::MS_RDONLY, MountAttrFlags::MOUNT_ATTR_RDONLY),
+            (MsFlags::MS_NOSUID, MountAttrFlags::MOUNT_ATTR_NOSUID),
+            (MsFlags::MS_NODEV, MountAttrFlags::MOUNT_ATTR_NODEV),
+            (MsFlags::MS_NOEXEC, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+            (
+                MsFlags::MS_NODIRATIME,
+                MountAttrFlags::MOUNT_ATTR_NODIRATIME,
+            ),
+        ] {
+            if flags.contains(flag) {
+                attr |= a;
+            }
+        }
+        // The atime mode is one value, relatime (0) unless asked otherwise.
+        if flags.contains(MsFlags::MS_NOATIME) {
+            attr |= MountAttrFlags::MOUNT_ATTR_NOATIME;
+        } else if flags.contains(MsFlags::MS_STRICTATIME) {
+            attr |= MountAttrFlags::MOUNT_ATTR_STRICTATIME;
+        }
+        let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attr).map_err(to_errno)?;
+        let to = target.fd().ok_or(Errno::EBADF)?;
+        move_mount(
+            &mnt,
+            "",
+            to,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(to_errno)?;
+        Ok(InRootPath::from_fd(mnt))
+    }
+
+    fn attach_tree(&self, tree: BorrowedFd<'_>, target: &InRootPath) -> Result<(), Errno> {
+        use rustix::mount::MoveMountFlags;
+        let to = target.fd().ok_or(Errno::EBADF)?;
+        rustix::mount::move_mount(
+            tree,
+            "",
+            to,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(to_errno)
+    }
+
+    fn is_procfs(&self, target: &InRootPath) -> Result<bool, Errno> {
+        let st = match target.fd() {
+            Some(fd) => rustix::fs::fstatfs(fd),
+            None => rustix::fs::statfs(target.path()),
+        }
+        .map_err(to_errno)?;
+        Ok(st.f_type == rustix::fs::PROC_SUPER_MAGIC)
+    }
+}
+
+fn to_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+/// How often a component is re-resolved when it vanishes or appears between the
+/// lookup and the creation (another container renaming things in a shared volume).
+const CREATE_RETRIES: usize = 8;
+
+/// See [`Syscall::prepare_mount_point`]. Every step works on fds below `root`: a
+/// component is looked up with openat2(RESOLVE_IN_ROOT) from the root's fd (so `..`
+/// and symlinks, even swapped in mid-walk, stay inside), and created relative to the
+/// fd of the parent that lookup returned.
+pub(crate) fn prepare_mount_point(
+    root: &Path,
+    rel: &Path,
+    kind: MountPointKind,
+) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode as RMode, OFlags};
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        RMode::empty(),
+    )?;
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    if rel
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        // Callers resolve `..` first; one here would mean a bug, not a lookup to do.
+        return Err(rustix::io::Errno::INVAL);
+    }
+    let mut current = rustix::io::fcntl_dupfd_cloexec(&root_fd, 0)?;
+    let mut prefix = std::path::PathBuf::new();
+    for (i, name) in parts.iter().enumerate() {
+        prefix.push(name);
+        let last = i + 1 == parts.len();
+        let file = last && kind == MountPointKind::File;
+        current = open_or_create(&root_fd, &current, &prefix, name, file, last)?;
+    }
+    Ok(current)
+}
+
+fn open_or_create(
+    root_fd: &std::os::fd::OwnedFd,
+    parent: &std::os::fd::OwnedFd,
+    prefix: &Path,
+    name: &std::ffi::OsStr,
+    file: bool,
+    last: bool,
+) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode as RMode, OFlags};
+    use rustix::io::Errno as E;
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if !last {
+        flags |= OFlags::DIRECTORY;
+    }
+    for _ in 0..CREATE_RETRIES {
+        match open_beneath(root_fd, prefix, flags) {
+            Ok(fd) => return Ok(fd),
+            Err(E::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let created = if file {
+            rustix::fs::openat(
+                parent,
+                name,
+                OFlags::RDONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                RMode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(parent, name, RMode::from_raw_mode(0o755))
+        };
+        match created {
+            Ok(()) | Err(E::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(E::LOOP)
+}
+
+/// openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) from the root's fd; on kernels
+/// without openat2, a component-wise openat(O_NOFOLLOW) that refuses any symlink (the
+/// caller's path was resolved already, so a symlink there is one swapped in).
+fn open_beneath(
+    root_fd: &std::os::fd::OwnedFd,
+    rel: &Path,
+    flags: rustix::fs::OFlags,
+) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode as RMode, OFlags, ResolveFlags};
+    match rustix::fs::openat2(
+        root_fd,
+        rel,
+        flags,
+        RMode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Err(rustix::io::Errno::NOSYS) => {}
+        other => return other,
+    }
+    let mut current = rustix::io::fcntl_dupfd_cloexec(root_fd, 0)?;
+    let parts: Vec<_> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(rustix::io::Errno::INVAL);
+        };
+        let mut f = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if i + 1 < parts.len() {
+            f |= OFlags::DIRECTORY;
+        } else {
+            f |= flags & OFlags::DIRECTORY;
+        }
+        let next = rustix::fs::openat(&current, *name, f, RMode::empty())?;
+        if rustix::fs::fstat(&next)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(rustix::io::Errno::LOOP);
+        }
+        current = next;
+    }
+    Ok(current)
 }

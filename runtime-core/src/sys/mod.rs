@@ -41,7 +41,8 @@ pub struct InRootPath {
 }
 
 impl InRootPath {
-    /// A plain path (used by the fake).
+    /// A plain path (used by the fake, and for paths below a handle's
+    /// `/proc/self/fd/N` that a caller keeps alive).
     pub fn plain(path: &Path) -> Self {
         InRootPath {
             _fd: None,
@@ -49,10 +50,36 @@ impl InRootPath {
         }
     }
 
+    /// A handle on `fd`, reached through `/proc/self/fd/N`.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Self {
+        let path = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        InRootPath {
+            _fd: Some(fd),
+            path,
+        }
+    }
+
+    /// The fd behind the handle (`None` for a plain path).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self._fd.as_ref().map(std::os::fd::AsFd::as_fd)
+    }
+
     /// The path to hand to mount(2).
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// What to create at a mount destination that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPointKind {
+    /// A directory (the source is a directory, or the mount is a file system).
+    Dir,
+    /// An empty regular file (the source of a bind mount is a file or a device).
+    File,
 }
 
 /// The system calls used to set up a container process.
@@ -111,4 +138,38 @@ pub trait Syscall {
     fn open_in_root(&self, root: &Path, target: &Path) -> Result<InRootPath, Errno>;
     /// mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): make a mount tree read-only.
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
+    /// Open the mount point `rel` (relative to `root`, already resolved inside it),
+    /// creating what is missing without ever leaving `root`: each component is opened
+    /// with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) from `root`, a missing
+    /// directory is made with mkdirat on its parent's fd, a missing file with
+    /// O_CREAT|O_EXCL|O_NOFOLLOW (an existing file is never truncated).
+    fn prepare_mount_point(
+        &self,
+        root: &Path,
+        rel: &Path,
+        kind: MountPointKind,
+    ) -> Result<InRootPath, Errno>;
+    /// Bind `source` (recursively with `recursive`) onto the handle `target`:
+    /// open_tree(OPEN_TREE_CLONE) then move_mount onto the fd. The returned handle
+    /// is the new mount itself, for remounts and propagation changes.
+    fn bind_mount_at(
+        &self,
+        source: &Path,
+        target: &InRootPath,
+        recursive: bool,
+    ) -> Result<InRootPath, Errno>;
+    /// Mount a new `fstype` file system onto the handle `target` (fsopen, fsconfig,
+    /// fsmount, move_mount); the returned handle is the new mount.
+    fn mount_fs_at(
+        &self,
+        fstype: &str,
+        source: &Path,
+        flags: MsFlags,
+        data: &str,
+        target: &InRootPath,
+    ) -> Result<InRootPath, Errno>;
+    /// Attach a detached mount tree (an idmapped copy) onto the handle `target`.
+    fn attach_tree(&self, tree: BorrowedFd<'_>, target: &InRootPath) -> Result<(), Errno>;
+    /// Whether what the handle names is on procfs (fstatfs of its fd).
+    fn is_procfs(&self, target: &InRootPath) -> Result<bool, Errno>;
 }

@@ -877,6 +877,14 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
                 m.container_path
             )));
         }
+        // Nothing may be mounted over the kernel's files in /proc (runc's
+        // checkProcMount); runtime-core checks again after resolving symlinks.
+        berth_runtime_core::rootfs::check_proc_mount(
+            Path::new(&m.container_path),
+            "bind",
+            Some(Path::new(&m.host_path)),
+        )
+        .map_err(|e| Error::InvalidArgument(format!("mounts: {e}")))?;
         // Symlinks in the host path are resolved here, on the host, where they belong;
         // the target inside the container is resolved in the rootfs by runtime-core.
         let source = std::fs::canonicalize(&m.host_path).map_err(|e| {
