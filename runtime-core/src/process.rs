@@ -656,6 +656,27 @@ fn set_io_priority(process: &oci_spec::runtime::Process) -> Result<(), ChildErro
         .map_err(|e| child_err("ioprio_set", e as i32, format!("{:?}", io.class())))
 }
 
+/// The container's /etc/passwd, which the image controls: a FIFO or a device there
+/// must not block the init, nor a huge file fill its memory. Not a regular file, or
+/// unreadable: empty. At most 1 MiB is read.
+fn read_passwd_bounded() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/etc/passwd")
+    else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = f.take(1 << 20).read_to_string(&mut text);
+    text
+}
+
 /// The home directory of `uid` in a passwd(5) text, or "/".
 fn home_of(passwd: &str, uid: u32) -> String {
     passwd
@@ -990,7 +1011,7 @@ fn init(
     enter_working_dir(process.cwd(), cfg.exec_in.is_none())?;
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         // Like runc: HOME from the container's /etc/passwd, else "/".
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let passwd = read_passwd_bounded();
         env.push(format!("HOME={}", home_of(&passwd, process.user().uid())));
     }
     let exe = find_executable(&arg0, &env)?;
