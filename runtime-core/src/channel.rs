@@ -10,7 +10,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 /// A failure inside a child process, reported to the parent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
-#[error("container init failed at {step}: {message} (errno {errno})")]
+#[error("container init failed at {step}: {message} ({})", errno_name(*.errno))]
 pub struct ChildError {
     /// The set-up step that failed ("mount", "pivot_root", "exec", ...).
     pub step: String,
@@ -18,6 +18,22 @@ pub struct ChildError {
     pub errno: i32,
     /// Details (paths, values).
     pub message: String,
+}
+
+impl ChildError {
+    /// The failure comes from what the pod spec or the image asked for (a working
+    /// directory or an executable that cannot be used), not from Berth or the host.
+    pub fn is_caused_by_spec(&self) -> bool {
+        matches!(self.step.as_str(), "working directory" | "find executable")
+    }
+}
+
+/// The symbolic name of an errno ("ENOENT"), which says more to a reader than "2".
+pub fn errno_name(errno: i32) -> String {
+    match Errno::from_raw(errno) {
+        Errno::UnknownErrno => format!("errno {errno}"),
+        e => format!("{e:?}"),
+    }
 }
 
 /// What travels over the channel.
@@ -161,6 +177,27 @@ mod tests {
         );
         drop(b);
         assert_eq!(a.recv(Duration::from_secs(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn child_errors_name_the_errno_and_know_the_spec_steps() {
+        let err = ChildError {
+            step: "working directory".into(),
+            errno: libc::ENOTDIR,
+            message: "/proc/self/fd/7".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "container init failed at working directory: /proc/self/fd/7 (ENOTDIR)"
+        );
+        assert!(err.is_caused_by_spec());
+        assert_eq!(errno_name(libc::ELOOP), "ELOOP");
+        assert_eq!(errno_name(99_999), "errno 99999");
+        let mount = ChildError {
+            step: "rootfs".into(),
+            ..err
+        };
+        assert!(!mount.is_caused_by_spec());
     }
 
     #[test]

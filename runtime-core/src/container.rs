@@ -263,8 +263,13 @@ impl Container {
         // unprivileged user by the time it opens the fifo. Only `start` reads it.
         fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(io_err("chmod exec.fifo", &fifo))?;
-        let dir_fd: OwnedFd = fs::File::open(dir)
-            .map_err(io_err("open state dir", dir))?
+        // The init holds the fifo itself (O_PATH), never the state directory: a
+        // directory fd of the host in the init is a way out of the container.
+        let fifo_fd: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(io_err("open exec fifo", &fifo))?
             .into();
 
         let spawned = (|| {
@@ -278,7 +283,7 @@ impl Container {
                 spec,
                 rootfs,
                 exec_in: None,
-                start: StartMode::WaitFifo(dir_fd),
+                start: StartMode::WaitFifo(fifo_fd),
                 stdio: opts.stdio,
                 preserve_fds: opts.preserve_fds,
                 hook_state: spec.hooks().as_ref().map(|_| {

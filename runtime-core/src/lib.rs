@@ -4,6 +4,7 @@
 pub mod cgroups;
 pub mod channel;
 pub mod container;
+pub mod exeseal;
 pub mod process;
 pub mod rootfs;
 pub mod security;

@@ -86,7 +86,10 @@ pub enum ProcessError {
 /// What to do once the init process is ready.
 #[derive(Debug)]
 pub enum StartMode {
-    /// Block until a reader opens `exec.fifo` in this directory (create/start split).
+    /// Block until a reader opens this fifo (create/start split). The fd is an `O_PATH`
+    /// descriptor of the fifo itself, reopened for writing through `/proc/self/fd` once
+    /// the init is ready: a descriptor of the state *directory* would be a way out of
+    /// the container (a working directory of `/proc/self/fd/N` lands in it).
     WaitFifo(OwnedFd),
     /// Exec right after reporting Ready (exec into a container, `run`).
     Immediately,
@@ -386,6 +389,11 @@ fn stage1(
     // If the caller dies mid-way, so does set-up.
     let _ = sys.set_pdeathsig(libc::SIGKILL);
     expect_proceed(chan)?;
+    // Inherited by the init. Written here, as the host's root in the host's namespaces:
+    // the non-dumpable init in a user namespace could no longer write its own /proc files.
+    if let Some(adj) = cfg.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        set_oom_score_adj(adj)?;
+    }
     // Idmapped mounts need the host's privileges: made now, attached by the init.
     let idmapped = if cfg.exec_in.is_none() {
         crate::idmap::prepare(cfg.spec)
@@ -438,6 +446,11 @@ fn stage1(
     if new_flags.contains(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
         write_time_offsets(cfg.spec)?;
     }
+    // The init is born non-dumpable and stays so until its execve: until then it is a
+    // copy of a host binary with host descriptors, and the container's processes (same
+    // pid namespace) must not reach its /proc/<pid>/{exe,fd,cwd,mem} (CVE-2019-5736,
+    // CVE-2024-21626). execve makes the container's own program dumpable again.
+    set_dumpable(false)?;
     // SAFETY: a raw fork-like clone (no new stack): the child continues on a copy of
     // this single-threaded process. CLONE_PARENT makes the init a child of the caller
     // so the caller can wait for it; SIGCHLD is its exit signal.
@@ -655,6 +668,27 @@ fn set_io_priority(process: &oci_spec::runtime::Process) -> Result<(), ChildErro
     Errno::result(rc)
         .map(drop)
         .map_err(|e| child_err("ioprio_set", e as i32, format!("{:?}", io.class())))
+}
+
+/// The container's /etc/passwd, which the image controls: a FIFO or a device there
+/// must not block the init, nor a huge file fill its memory. Not a regular file, or
+/// unreadable: empty. At most 1 MiB is read.
+fn read_passwd_bounded() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/etc/passwd")
+    else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = f.take(1 << 20).read_to_string(&mut text);
+    text
 }
 
 /// The home directory of `uid` in a passwd(5) text, or "/".
@@ -904,16 +938,19 @@ fn init(
     let mut env = process.env().clone().unwrap_or_default();
 
     dup_stdio(&cfg.stdio)?;
+    // What the init keeps: the channel and console socket (sockets cannot be entered as
+    // directories) and the O_PATH fd of the exec fifo itself (not of its directory).
     let mut keep = vec![chan.as_raw_fd()];
     keep.extend(cfg.stdio.console_socket.as_ref().map(|s| s.as_raw_fd()));
-    if let StartMode::WaitFifo(dir) = &cfg.start {
-        keep.push(dir.as_raw_fd());
+    if let StartMode::WaitFifo(fifo) = &cfg.start {
+        keep.push(fifo.as_raw_fd());
     }
-    keep.extend(idmapped.iter().map(|(_, fd)| fd.as_raw_fd()));
-    close_fds_except(3 + cfg.preserve_fds, &keep);
-    if let Some(adj) = process.oom_score_adj() {
-        set_oom_score_adj(adj)?;
-    }
+    let keep_for_rootfs: Vec<RawFd> = keep
+        .iter()
+        .copied()
+        .chain(idmapped.iter().map(|(_, fd)| fd.as_raw_fd()))
+        .collect();
+    close_fds_except(3 + cfg.preserve_fds, &keep_for_rootfs);
 
     // Looked up before pivot_root, on the host's /sys.
     let apparmor = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
@@ -945,6 +982,8 @@ fn init(
         }
         rootfs::finish_rootfs(&sys, spec, Path::new("/")).map_err(to_child)?;
     }
+    // The idmapped mounts' fds are detached host directories: gone before any chdir.
+    close_fds_except(3 + cfg.preserve_fds, &keep);
 
     if let Some(sock) = &cfg.stdio.console_socket {
         setup_console(sock.as_fd())?;
@@ -979,12 +1018,14 @@ fn init(
         }
     }
 
-    let cwd = process.cwd();
-    sys.chdir(cwd)
-        .map_err(|e| child_err("chdir", e as i32, cwd.display().to_string()))?;
+    // Nothing the init holds may survive execve but stdio and the preserved fds, and
+    // that is settled before the working directory is entered.
+    cloexec_from(3 + cfg.preserve_fds);
+    // An exec joins a running container: its working directory must exist already.
+    enter_working_dir(process.cwd(), cfg.exec_in.is_none())?;
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         // Like runc: HOME from the container's /etc/passwd, else "/".
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let passwd = read_passwd_bounded();
         env.push(format!("HOME={}", home_of(&passwd, process.user().uid())));
     }
     let exe = find_executable(&arg0, &env)?;
@@ -1027,15 +1068,16 @@ fn init(
         .map_err(|e| child_err("report ready", libc::EPIPE, e.to_string()))?;
     READY_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
 
-    if let StartMode::WaitFifo(dir) = &cfg.start {
-        // Blocks until `start` opens the fifo for reading.
-        let fifo = nix::fcntl::openat(
-            dir.as_fd(),
-            "exec.fifo",
+    if let StartMode::WaitFifo(fifo) = &cfg.start {
+        // Blocks until `start` opens the fifo for reading. Reopening our own O_PATH fd
+        // through the container's /proc reaches the fifo itself and nothing else.
+        let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+        let fifo = nix::fcntl::open(
+            path.as_str(),
             nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map_err(|e| child_err("open exec fifo", e as i32, ""))?;
+        .map_err(|e| child_err("open exec fifo", e as i32, path))?;
         nix::unistd::write(&fifo, b"0").map_err(|e| child_err("write exec fifo", e as i32, ""))?;
     }
     if let (Some(state), Some(h)) = (&hook_state, spec.hooks())
@@ -1052,6 +1094,112 @@ fn init(
     }
     let err = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
     Err(child_err("exec", err as i32, exe.display().to_string()))
+}
+
+/// PR_SET_DUMPABLE: a non-dumpable process's /proc/<pid> files belong to the host's
+/// root and only a CAP_SYS_PTRACE holder of the host may open its exe, fds or memory.
+fn set_dumpable(on: bool) -> Result<(), ChildError> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0|1) only changes a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| child_err("set dumpable", e as i32, on.to_string()))
+}
+
+/// Enter the process's working directory, resolved inside the container root, never
+/// through a magic link (`/proc/self/fd/N`, `/proc/<pid>/cwd`...), and check that the
+/// kernel agrees the result is inside the root. With `create`, missing directories are
+/// made like runc does (mode 0755, owned by the init's root), one component at a time,
+/// each inside the root.
+fn enter_working_dir(cwd: &Path, create: bool) -> Result<(), ChildError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let shown = cwd.display().to_string();
+    let fail = |errno: rustix::io::Errno, why: &str| {
+        let message = if why.is_empty() {
+            shown.clone()
+        } else {
+            format!("{shown}: {why}")
+        };
+        child_err("working directory", errno.raw_os_error(), message)
+    };
+    if !cwd.is_absolute() {
+        return Err(fail(rustix::io::Errno::INVAL, "not an absolute path"));
+    }
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let root = rustix::fs::open("/", dir_flags, Mode::empty())
+        .map_err(|e| fail(e, "opening the container root"))?;
+    let open_in_root = |p: &Path| rustix::fs::openat2(&root, p, dir_flags, Mode::empty(), how);
+    let explain = |e: rustix::io::Errno| match e {
+        rustix::io::Errno::LOOP => {
+            "a magic link (/proc/.../fd/N, /proc/.../cwd) or a symlink loop on the way"
+        }
+        rustix::io::Errno::NOTDIR => "not a directory",
+        rustix::io::Errno::NOENT => "does not exist",
+        _ => "",
+    };
+    let dir = match open_in_root(cwd) {
+        Ok(d) => d,
+        Err(rustix::io::Errno::NOENT) if create => {
+            make_working_dir(&root, cwd, &open_in_root).map_err(|(e, why)| fail(e, &why))?
+        }
+        Err(e) => return Err(fail(e, explain(e))),
+    };
+    rustix::process::fchdir(&dir).map_err(|e| fail(e, "fchdir"))?;
+    // The getcwd syscall answers "(unreachable)/..." for a directory outside our root.
+    match rustix::process::getcwd(Vec::new()) {
+        Ok(now) if now.as_bytes().starts_with(b"/") => Ok(()),
+        Ok(now) => Err(fail(
+            rustix::io::Errno::XDEV,
+            &format!("outside the container root ({})", now.to_string_lossy()),
+        )),
+        Err(e) => Err(fail(e, "getcwd after entering it")),
+    }
+}
+
+/// `mkdir -p` of `cwd` inside `root`: each prefix is resolved from the root (symlinks
+/// the image planted stay inside it, magic links are refused) and a missing component
+/// is made with mkdirat in the directory that resolution returned, by its plain name.
+fn make_working_dir(
+    root: &OwnedFd,
+    cwd: &Path,
+    open_in_root: &dyn Fn(&Path) -> rustix::io::Result<OwnedFd>,
+) -> Result<OwnedFd, (rustix::io::Errno, String)> {
+    use std::path::Component;
+    let mut prefix = PathBuf::from("/");
+    let mut parent = rustix::io::dup(root).map_err(|e| (e, "dup".to_string()))?;
+    let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let res = (|| {
+        for comp in cwd.components() {
+            let name = match comp {
+                Component::RootDir | Component::CurDir => continue,
+                Component::Normal(n) => n,
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err((
+                        rustix::io::Errno::INVAL,
+                        "a missing working directory with '..' in it is not created".into(),
+                    ));
+                }
+            };
+            prefix.push(name);
+            let here = match open_in_root(&prefix) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o755))
+                    {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err((e, format!("mkdir {}", prefix.display()))),
+                    }
+                    open_in_root(&prefix).map_err(|e| (e, format!("open {}", prefix.display())))?
+                }
+                Err(e) => return Err((e, format!("open {}", prefix.display()))),
+            };
+            parent = here;
+        }
+        Ok(parent)
+    })();
+    rustix::process::umask(old_mask);
+    res
 }
 
 /// Wrap a raw fd number owned by the caller (for the CLI's inherited descriptors).

@@ -174,6 +174,14 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = (cli.systemd_cgroup, cli.debug);
+    // These put a copy of this process into a container (the init until it execs, an
+    // exec'd process until it execs): run from a copy of the binary nobody can write.
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. })
+        && let Err(e) = berth_runtime_core::exeseal::ensure_sealed()
+    {
+        eprintln!("berth-runtime: protecting the runtime binary: {e}");
+        return ExitCode::from(1);
+    }
     let log = cli.log.clone();
     let json = cli.log_format.as_deref() == Some("json");
     match run(cli) {

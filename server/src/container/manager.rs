@@ -694,6 +694,8 @@ impl ContainerManager {
                 .map_err(|e| Error::Internal(format!("monitor said {line:?}: {e}")))?,
             Ok(Ok(None)) => {
                 let status = child.wait().await.ok();
+                // Gone: the clean-up must not wait for an exit it will never see.
+                ctr.update(|s| s.monitor_pid = 0);
                 return Err(Error::Internal(format!(
                     "berth-monitor exited ({status:?}) without reporting the container"
                 )));
@@ -701,16 +703,25 @@ impl ContainerManager {
             Ok(Err(e)) => return Err(Error::io("reading the monitor's report", e)),
             Err(_) => {
                 let _ = child.kill().await;
+                ctr.update(|s| s.monitor_pid = 0);
                 return Err(Error::Internal(format!(
                     "berth-monitor did not create the container within {CREATE_TIMEOUT:?}"
                 )));
             }
         };
         if let Some(err) = reply["error"].as_str() {
+            // The monitor exits right after a failed create, having removed what it
+            // made. Reaped here, so the clean-up has no monitor exit to wait for (it
+            // used to wait KILL_WAIT for one: every failed create took 10 s).
             let _ = child.wait().await;
-            // A bad executable or working dir is the caller's mistake, not ours.
+            ctr.update(|s| s.monitor_pid = 0);
+            // A bad executable or working dir is the caller's mistake, not ours: the
+            // monitor says so for the init's failures (spec_fault).
             return Err(
-                if err.contains("executable") || err.contains("no such file") {
+                if reply["spec_fault"].as_bool() == Some(true)
+                    || err.contains("executable")
+                    || err.contains("no such file")
+                {
                     Error::InvalidArgument(format!("creating the container: {err}"))
                 } else {
                     Error::Internal(format!("creating the container: {err}"))

@@ -108,6 +108,20 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` forks the container's init (a copy of this process until its execve) and
+    // `pause` is pid 1 of a pod's shared pid namespace: both are seen by containers, so
+    // both run from a copy of the binary nobody can write (CVE-2019-5736).
+    // `pause` also serves as the holder of a pod's user namespace, started in that
+    // namespace before it has any mapping, where neither an overlay nor a memfd can be
+    // executed: that one (seen by no container) carries on unsealed.
+    if matches!(cli.cmd, Cmd::Run { .. } | Cmd::Pause)
+        && let Err(e) = berth_runtime_core::exeseal::ensure_sealed()
+    {
+        eprintln!("berth-monitor: protecting the monitor binary: {e}");
+        if !matches!(cli.cmd, Cmd::Pause) {
+            return ExitCode::FAILURE;
+        }
+    }
     let res = match cli.cmd {
         Cmd::Run {
             root,
@@ -396,9 +410,26 @@ fn run(
         root, bundle, log_path, exit_file, keep_stdin, oci, id, &mut sync,
     );
     if let Err(e) = &res {
-        report(&mut sync, serde_json::json!({ "error": e.to_string() }));
+        report(&mut sync, error_report(e.as_ref()));
     }
     res
+}
+
+/// The failure as berthd reads it: the message, and for a failure of the container's
+/// init the step and errno name, so berthd can tell the pod spec's fault (a working
+/// directory or executable that cannot be used) from its own.
+fn error_report(e: &(dyn std::error::Error + 'static)) -> serde_json::Value {
+    use berth_runtime_core::ContainerError;
+    use berth_runtime_core::process::ProcessError;
+    let mut v = serde_json::json!({ "error": e.to_string() });
+    if let Some(ContainerError::Process(ProcessError::Child(child))) =
+        e.downcast_ref::<ContainerError>()
+    {
+        v["step"] = child.step.clone().into();
+        v["errno"] = berth_runtime_core::channel::errno_name(child.errno).into();
+        v["spec_fault"] = child.is_caused_by_spec().into();
+    }
+    v
 }
 
 fn detach_stdio() {
