@@ -22,11 +22,20 @@ pub struct ChildError {
 
 impl ChildError {
     /// The failure comes from what the pod spec or the image asked for (a working
-    /// directory or an executable that cannot be used), not from Berth or the host.
+    /// directory or an executable that cannot be used, a mount or device the rootfs
+    /// set-up refuses), not from Berth or the host.
     pub fn is_caused_by_spec(&self) -> bool {
-        matches!(self.step.as_str(), "working directory" | "find executable")
+        matches!(
+            self.step.as_str(),
+            "working directory" | "find executable" | ROOTFS_SPEC_STEP
+        )
     }
 }
+
+/// The step of a rootfs failure caused by the spec or the image (a mount destination
+/// in /proc, directly or through the image's symlinks; a symlink loop), as opposed to
+/// "rootfs", a kernel or I/O failure.
+pub const ROOTFS_SPEC_STEP: &str = "rootfs (refused by the spec checks)";
 
 /// The symbolic name of an errno ("ENOENT"), which says more to a reader than "2".
 pub fn errno_name(errno: i32) -> String {
@@ -195,9 +204,14 @@ mod tests {
         assert_eq!(errno_name(99_999), "errno 99999");
         let mount = ChildError {
             step: "rootfs".into(),
-            ..err
+            ..err.clone()
         };
         assert!(!mount.is_caused_by_spec());
+        let refused = ChildError {
+            step: ROOTFS_SPEC_STEP.into(),
+            ..err
+        };
+        assert!(refused.is_caused_by_spec());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::channel::{self, Channel, ChildError, Message};
+use crate::channel::{self, Channel, ChildError, Message, ROOTFS_SPEC_STEP};
 use crate::rootfs::{self, RootfsPlan};
 use crate::security;
 use crate::sys::{CloneFlags, Errno, Rlimit, Syscall, linux::LinuxSyscall};
@@ -359,6 +359,21 @@ fn write_id_mappings(spec: &Spec, pid: i32) -> Result<(), ProcessError> {
             .map_err(|source| ProcessError::IdMapping { what, pid, source })?;
     }
     Ok(())
+}
+
+/// A rootfs failure as the parent reads it. A spec the rootfs code refuses (a mount
+/// into /proc, also one that reaches it only through the image's symlinks; a device
+/// outside /dev) or an image's symlink loop is the pod spec's or the image's fault:
+/// its own step, so berthd answers InvalidArgument. Kernel and I/O failures stay
+/// "rootfs" (berthd's or the host's).
+fn rootfs_child_err(e: rootfs::RootfsError) -> ChildError {
+    let step = match e {
+        rootfs::RootfsError::InvalidSpec(_) | rootfs::RootfsError::SymlinkLoop(_) => {
+            ROOTFS_SPEC_STEP
+        }
+        rootfs::RootfsError::Sys { .. } | rootfs::RootfsError::Io { .. } => "rootfs",
+    };
+    child_err(step, e.errno(), e.to_string())
 }
 
 fn child_err(step: &str, errno: i32, message: impl Into<String>) -> ChildError {
@@ -973,7 +988,7 @@ fn init(
             in_user_ns: new_user,
             idmapped,
         };
-        let to_child = |e: rootfs::RootfsError| child_err("rootfs", e.errno(), e.to_string());
+        let to_child = rootfs_child_err;
         rootfs::prepare_rootfs(&sys, &plan).map_err(to_child)?;
         hook_state = container_hooks(cfg, chan)?;
         rootfs::pivot_into(&sys, spec, &cfg.rootfs).map_err(to_child)?;
@@ -1214,6 +1229,46 @@ pub unsafe fn owned_fd(fd: RawFd) -> OwnedFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bind whose destination reaches /proc only through an image symlink is refused
+    /// by the rootfs checks; the parent must read that as the spec's fault (berthd:
+    /// InvalidArgument), while a kernel failure stays "rootfs" (Internal).
+    #[test]
+    fn a_mount_into_proc_through_an_image_symlink_is_the_specs_fault() {
+        use crate::sys::fake::RecordingSyscall;
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/proc/sys", rootfs.join("etc/evil")).unwrap();
+        let mut spec = Spec::default();
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination("/etc/evil/kernel".into());
+        m.set_source(Some(tmp.path().to_path_buf()));
+        m.set_typ(Some("bind".into()));
+        m.set_options(Some(vec!["rbind".into()]));
+        spec.set_mounts(Some(vec![m]));
+        let plan = RootfsPlan {
+            spec: &spec,
+            rootfs: &rootfs,
+            cgroups: vec![],
+            in_user_ns: false,
+            idmapped: &[],
+        };
+        let err = rootfs::prepare_rootfs(&RecordingSyscall::new(), &plan).unwrap_err();
+        let child = rootfs_child_err(err);
+        assert!(child.is_caused_by_spec(), "{child}");
+        assert_eq!(child.errno, libc::EINVAL, "{child}");
+        assert!(child.message.contains("/etc/evil/kernel"), "{child}");
+        assert!(child.message.contains("symlinks"), "{child}");
+
+        let kernel = rootfs_child_err(rootfs::RootfsError::Sys {
+            step: "mount",
+            path: "/etc".into(),
+            errno: Errno::EPERM,
+        });
+        assert!(!kernel.is_caused_by_spec(), "{kernel}");
+        assert_eq!(kernel.step, "rootfs");
+    }
 
     fn process_json(json: &str) -> oci_spec::runtime::Process {
         serde_json::from_str(json).unwrap()
