@@ -438,14 +438,40 @@ fn config_default_prints_a_loadable_file() {
     assert!(shown.contains("root_dir = \"/var/lib/berth\""), "{shown}");
 }
 
+/// `--version` names what an operator needs to report a bug: Berth's version, the
+/// commit it was built from, and the CRI API it serves.
 #[test]
-fn version_flag() {
+fn version_flag_names_the_version_commit_and_cri_api() {
     let out = berthd().arg("--version").output().expect("run");
-    assert!(out.status.success());
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], format!("berthd {}", env!("CARGO_PKG_VERSION")));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("berthd {}", env!("CARGO_PKG_VERSION"))
+        lines[2],
+        format!(
+            "CRI API: runtime.v1 (k8s.io/cri-api {})",
+            berth_proto::CRI_API_VERSION
+        )
     );
+    let commit = lines[1].strip_prefix("commit: ").expect("a commit line");
+    if commit != "unknown" {
+        assert!(
+            commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{commit:?}"
+        );
+        // Built from this checkout: the commit is one of its own (not necessarily HEAD:
+        // the binary may predate the last commit).
+        let repo = env!("CARGO_MANIFEST_DIR");
+        if let Ok(found) = std::process::Command::new("git")
+            .args(["-C", repo, "cat-file", "-e"])
+            .arg(format!("{commit}^{{commit}}"))
+            .status()
+        {
+            assert!(found.success(), "commit {commit} is not in {repo}");
+        }
+    }
 }
 
 #[tokio::test]
