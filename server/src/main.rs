@@ -151,13 +151,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // Before any thread exists: it removes NOTIFY_SOCKET from the environment.
+    let notify = berth_server::notify::Notifier::take_from_env();
     init_logging(&config)?;
     mark_inherited_fds_cloexec();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
         .build()?;
-    runtime.block_on(daemon::run(config))?;
+    runtime.block_on(daemon::run(config, notify))?;
     Ok(())
 }
 
