@@ -264,6 +264,7 @@ impl PodManager {
             resolv_conf: dir.join("resolv.conf"),
             hosts: dir.join("hosts"),
             hostname: dir.join("hostname"),
+            hostname_value: pod_hostname(sb),
             cgroup_parent: sb.cgroup_parent.clone(),
         }
     }
@@ -471,14 +472,7 @@ impl PodManager {
         // fsync (write_atomic's two per file were a good part of RunPodSandbox).
         std::fs::write(dir.join("resolv.conf"), resolv.as_bytes())
             .map_err(|e| Error::io("writing resolv.conf", e))?;
-        let hostname = if sb.config.hostname.is_empty() {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            sb.config.hostname.clone()
-        };
+        let hostname = pod_hostname(sb);
         std::fs::write(dir.join("hostname"), format!("{hostname}\n").as_bytes())
             .map_err(|e| Error::io("writing hostname", e))?;
 
@@ -1086,6 +1080,19 @@ pub fn pod_user_mappings(
         namespaces::validate_mappings(field, maps).map_err(Error::InvalidArgument)?;
     }
     Ok(Some((uids, gids)))
+}
+
+/// The pod's hostname: its config's, else the node's (as containerd does): what
+/// /etc/hostname holds and what the containers get as `HOSTNAME`.
+fn pod_hostname(sb: &Sandbox) -> String {
+    if sb.config.hostname.is_empty() {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        sb.config.hostname.clone()
+    }
 }
 
 /// The unique name kubelet's metadata gives a sandbox (as containerd forms it).
