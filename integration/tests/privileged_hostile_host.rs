@@ -330,6 +330,16 @@ async fn other_users_cannot_see_a_running_container_and_logs_stay_in_the_log_dir
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "config.json mode {mode:o}");
+    // Whoever can connect to the monitor's attach socket types into the container's
+    // stdin: only root may, whatever umask berthd runs with (bind takes the umask).
+    for sock in ["attach.sock", "ctl.sock"] {
+        let path = daemon.state_dir.join("rt").join(&id).join(sock);
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{sock} mode {mode:o}");
+    }
 
     // Listing: each of these dirs must refuse nobody.
     let dirs = [
