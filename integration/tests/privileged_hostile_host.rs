@@ -797,22 +797,20 @@ async fn a_shared_pid_namespace_is_pinned_and_never_named_by_a_reused_pid() {
         &image,
         &["sh", "-c", "readlink /proc/self/ns/pid; exec sleep 3600"],
     );
-    if let Ok(id) = create(&mut client, &pod_id, &pod, config).await {
-        let started = client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await;
-        if started.is_ok() {
-            let seen = pid_ns_in_log(&logs.path().join("late.log"));
-            assert_ne!(
-                seen,
-                Some(ns_of(Path::new("/proc/self/ns/pid"))),
-                "a container of the pod joined the host's pid namespace through a reused pid"
-            );
-        }
-    }
+    // Refused as the precondition it is; with a /proc/<pid> path the container ran,
+    // in the host's pid namespace.
+    let err = create(&mut client, &pod_id, &pod, config)
+        .await
+        .expect_err("a container of a pod whose infra is dead");
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("infra"), "{}", err.message());
+    let seen = std::fs::read_to_string(logs.path().join("late.log")).unwrap_or_default();
+    assert!(seen.is_empty(), "the late container ran: {seen}");
     drop(squatter);
 
     remove_pod(&mut client, &pod_id).await;

@@ -249,17 +249,18 @@ impl PodManager {
         // The pinned pid namespace; a pod created before pid namespaces were pinned
         // has only the infra's pid, named by /proc path only while the infra is
         // verifiably the process berthd started (pid and start time).
+        // Either way a dead infra is a clear FailedPrecondition (its pinned namespace
+        // takes no new process: clone would fail with ENOMEM).
+        let infra_gone = || {
+            Error::FailedPrecondition(format!(
+                "pod sandbox {}: its infra process (pid 1 of the pod's shared pid namespace) is gone; stop and recreate the pod",
+                sb.id
+            ))
+        };
         let pidns = match (&state.pins.pid, state.infra_pid) {
+            (_, Some(_)) if infra_of(&state).is_none() => return Err(infra_gone()),
             (Some(pin), _) => Some(pin.clone()),
-            (None, Some(pid)) => match infra_of(&state) {
-                Some(_) => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
-                None => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "pod sandbox {}: its infra process (pid 1 of the pod's shared pid namespace) is gone; stop and recreate the pod",
-                        sb.id
-                    )));
-                }
-            },
+            (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
             (None, None) => None,
         };
         let dir = self.pod_dir(&sb.id);
