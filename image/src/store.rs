@@ -182,6 +182,16 @@ pub enum StoreError {
         digest: Digest,
         detail: String,
     },
+    #[error(
+        "pulling {reference}: layer {digest} declares {size} bytes, more than it may unpack to \
+         (the limit is image.max_layer_unpacked_bytes = {limit})"
+    )]
+    LayerTooLarge {
+        reference: String,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
     #[error("unpacking layer {digest}: {source}")]
     Unpack {
         digest: Digest,
@@ -229,7 +239,7 @@ impl StoreError {
                 RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Self::Config { .. } => ErrorKind::InvalidArgument,
+            Self::Config { .. } | Self::LayerTooLarge { .. } => ErrorKind::InvalidArgument,
             Self::Unpack { source, .. } if source.is_limit() => ErrorKind::InvalidArgument,
             _ => ErrorKind::Internal,
         }
@@ -702,6 +712,17 @@ impl ImageStore {
                 chain_id,
             })
             .collect();
+        // Refuse before any download what could never be unpacked: the blob would
+        // otherwise stream into ingest/ up to its declared size.
+        let max_blob = max_layer_blob(&self.inner.options.unpack);
+        if let Some(l) = layers.iter().find(|l| l.size > max_blob) {
+            return Err(StoreError::LayerTooLarge {
+                reference: name,
+                digest: l.digest.clone(),
+                size: l.size,
+                limit: self.inner.options.unpack.max_bytes,
+            });
+        }
         let downloaded = self.fetch_layers(&sources, &layers, &name).await?;
         // Make the unpacked files durable before the record that makes them visible.
         self.sync_fs().await?;
@@ -1278,6 +1299,17 @@ where
     Err(last.unwrap_or(RegistryError::NoEndpoint))
 }
 
+/// The largest layer blob worth downloading: what `limits` lets a layer unpack to,
+/// plus what compression can add to incompressible data (gzip's stored blocks cost
+/// 5 bytes per 64 KiB, zstd's raw blocks 3 per 128 KiB; 1/1024 is ample), plus
+/// headers.
+fn max_layer_blob(limits: &UnpackLimits) -> u64 {
+    limits
+        .max_bytes
+        .saturating_add(limits.max_bytes / 1024)
+        .saturating_add(1 << 20)
+}
+
 /// A lease holder name is used as a file name: keep it plain.
 fn validate_holder(holder: &str) -> Result<(), StoreError> {
     let ok = !holder.is_empty()
@@ -1658,5 +1690,146 @@ mod tests {
         let err = s.pull("Bad:Ref", &Auth::anonymous()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("Bad:Ref"));
+    }
+
+    /// A tiny registry on loopback serving one image whose single layer declares
+    /// `layer_size` bytes; the layer blob itself is 8 MiB of zeros, then the
+    /// connection closes. Returns the host and a counter of layer blob requests.
+    async fn registry_with_layer_of(
+        layer_size: u64,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let layer_digest = d('a');
+        let diff_id = d('b');
+        let platform = oci::host_platform();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": platform.architecture,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+            "config": {}
+        }))
+        .unwrap();
+        let config_digest = Digest::of(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest.to_string(),
+                "size": config.len()
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest.to_string(),
+                "size": layer_size
+            }]
+        }))
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let layer_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = layer_requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (manifest, config, counter) =
+                    (manifest.clone(), config.clone(), counter.clone());
+                let (config_path, layer_path) = (
+                    format!("/v2/app/blobs/{config_digest}"),
+                    format!("/v2/app/blobs/{layer_digest}"),
+                );
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let reply = |ctype: &str, body: &[u8]| {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(body);
+                        r
+                    };
+                    if path == "/v2/" {
+                        let _ = conn.write_all(&reply("application/json", b"{}")).await;
+                    } else if path.starts_with("/v2/app/manifests/") {
+                        let r = reply("application/vnd.oci.image.manifest.v1+json", &manifest);
+                        let _ = conn.write_all(&r).await;
+                    } else if path == config_path {
+                        let _ = conn.write_all(&reply("application/json", &config)).await;
+                    } else if path == layer_path {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let h = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {layer_size}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = conn.write_all(h.as_bytes()).await;
+                        let zeros = vec![0u8; 64 << 10];
+                        for _ in 0..128 {
+                            if conn.write_all(&zeros).await.is_err() {
+                                break;
+                            }
+                        }
+                    } else {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                });
+            }
+        });
+        (host, layer_requests)
+    }
+
+    /// A registry (or an image's author) declaring a layer larger than any layer
+    /// Berth would unpack gets the pull refused before the layer is requested:
+    /// before, berthd streamed it into `ingest/` up to its declared size (1 TiB
+    /// here), filling the node's disk long before the unpack limit was checked.
+    #[tokio::test]
+    async fn a_layer_declared_larger_than_the_unpack_limit_is_never_downloaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = ImageStore::open(
+            tmp.path(),
+            StoreOptions {
+                hosts: RegistryHosts::new(None),
+                unpack: UnpackLimits {
+                    max_bytes: 4 << 20,
+                    ..UnpackLimits::default()
+                },
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let (host, layer_requests) = registry_with_layer_of(1 << 40).await;
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(60),
+            s.pull(&format!("{host}/app:1"), &Auth::anonymous()),
+        )
+        .await
+        .expect("the pull ends")
+        .unwrap_err();
+        let requested = layer_requests.load(Ordering::SeqCst);
+        assert_eq!(requested, 0, "the layer was requested ({err})");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let msg = err.to_string();
+        for want in [
+            "1099511627776",
+            "image.max_layer_unpacked_bytes",
+            "sha256:aaaa",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -80,12 +80,22 @@ pub enum UnpackError {
     TooLarge { limit: u64 },
     #[error("layer has more than {limit} entries (the limit is image.max_layer_entries)")]
     TooManyEntries { limit: u64 },
+    #[error("layer has an entry whose tar headers (long names, PAX records) pass {limit} bytes")]
+    HeaderTooLarge { limit: u64 },
 }
+
+/// Bytes tar may read between two entries: their GNU long-name/long-link and PAX
+/// headers (tar-rs holds each in memory whole) plus padding. Go's archive/tar, which
+/// containerd uses, refuses such headers above 1 MiB each.
+pub const HEADER_BUDGET: u64 = 4 << 20;
 
 impl UnpackError {
     /// Whether the layer broke a configured limit.
     pub fn is_limit(&self) -> bool {
-        matches!(self, Self::TooLarge { .. } | Self::TooManyEntries { .. })
+        matches!(
+            self,
+            Self::TooLarge { .. } | Self::TooManyEntries { .. } | Self::HeaderTooLarge { .. }
+        )
     }
 }
 
@@ -189,7 +199,13 @@ pub fn unpack_tar_limited<R: Read>(
     dest: &Path,
     limits: &UnpackLimits,
 ) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(reader);
+    // tar-rs reads long-name and PAX headers into memory whole, inside
+    // `entries.next()`: what it reads there is bounded by HEADER_BUDGET.
+    let budget = std::rc::Rc::new(HeaderBudget::default());
+    let mut archive = tar::Archive::new(Budgeted {
+        inner: reader,
+        budget: budget.clone(),
+    });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     // Applied by us, filtered (see `xattr_allowed`).
@@ -200,7 +216,17 @@ pub fn unpack_tar_limited<R: Read>(
         .entries()
         .map_err(|source| UnpackError::Archive { source })?;
     let mut count: u64 = 0;
-    for entry in entries {
+    let mut entries = entries;
+    loop {
+        budget.arm();
+        let next = entries.next();
+        budget.disarm();
+        if budget.tripped.get() {
+            return Err(UnpackError::HeaderTooLarge {
+                limit: HEADER_BUDGET,
+            });
+        }
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(|source| UnpackError::Archive { source })?;
         count += 1;
         if count > limits.max_entries {
@@ -275,6 +301,50 @@ pub fn unpack_tar_limited<R: Read>(
         apply_xattrs(&dest.join(&rel), &xattrs).map_err(entry_err)?;
     }
     Ok(())
+}
+
+/// What tar may still read before the next entry, when armed.
+#[derive(Default)]
+struct HeaderBudget {
+    armed: std::cell::Cell<bool>,
+    used: std::cell::Cell<u64>,
+    tripped: std::cell::Cell<bool>,
+}
+
+impl HeaderBudget {
+    fn arm(&self) {
+        self.used.set(0);
+        self.armed.set(true);
+    }
+
+    fn disarm(&self) {
+        self.armed.set(false);
+    }
+}
+
+/// A reader that fails once more than [`HEADER_BUDGET`] bytes are read while its
+/// budget is armed (between two entries; entry data is read disarmed).
+struct Budgeted<R> {
+    inner: R,
+    budget: std::rc::Rc<HeaderBudget>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let b = &self.budget;
+        if !b.armed.get() {
+            return self.inner.read(buf);
+        }
+        let room = HEADER_BUDGET.saturating_sub(b.used.get());
+        if room == 0 {
+            b.tripped.set(true);
+            return Err(io::Error::other("tar headers too large"));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        b.used.set(b.used.get() + n as u64);
+        Ok(n)
+    }
 }
 
 /// The entry's `SCHILY.xattr.*` records that [`xattr_allowed`] lets through.
@@ -724,5 +794,64 @@ mod tests {
         );
         assert!(!dest.path().join("f10").exists());
         assert!(std::fs::read_dir(dest.path()).unwrap().count() <= 10);
+    }
+
+    /// Counts what is read through it.
+    struct Counted<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// tar-rs reads a GNU long-name (`L`) or PAX (`x`) header's whole body into
+    /// memory, and a few KiB of gzip can declare gigabytes of it: berthd's memory,
+    /// bounded only by the 32 GiB unpack limit. Go's archive/tar (containerd) caps
+    /// such headers at 1 MiB; here the headers before one entry may take
+    /// HEADER_BUDGET bytes, and reading stops there.
+    #[test]
+    fn a_huge_long_name_header_is_refused_without_reading_it() {
+        let long = 256u64 << 20;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNULongName);
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_size(long);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut file = tar::Header::new_gnu();
+        file.set_entry_type(tar::EntryType::Regular);
+        file.set_path("x").unwrap();
+        file.set_size(0);
+        file.set_mode(0o644);
+        file.set_cksum();
+        let stream = io::Cursor::new(header.as_bytes().to_vec())
+            .chain(io::repeat(b'a').take(long))
+            .chain(io::Cursor::new(file.as_bytes().to_vec()))
+            .chain(io::repeat(0).take(1024));
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_tar_limited(
+            Counted {
+                inner: stream,
+                read: read.clone(),
+            },
+            dir.path(),
+            &UnpackLimits::default(),
+        )
+        .expect_err("a 256 MiB long name");
+        let shown: String = err.to_string().chars().take(200).collect();
+        assert!(
+            read.get() <= 2 * HEADER_BUDGET,
+            "{} bytes of header read into memory ({shown})",
+            read.get()
+        );
+        assert!(matches!(err, UnpackError::HeaderTooLarge { .. }), "{shown}");
+        assert!(err.is_limit(), "{shown}");
     }
 }

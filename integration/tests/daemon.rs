@@ -438,14 +438,40 @@ fn config_default_prints_a_loadable_file() {
     assert!(shown.contains("root_dir = \"/var/lib/berth\""), "{shown}");
 }
 
+/// `--version` names what an operator needs to report a bug: Berth's version, the
+/// commit it was built from, and the CRI API it serves.
 #[test]
-fn version_flag() {
+fn version_flag_names_the_version_commit_and_cri_api() {
     let out = berthd().arg("--version").output().expect("run");
-    assert!(out.status.success());
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], format!("berthd {}", env!("CARGO_PKG_VERSION")));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("berthd {}", env!("CARGO_PKG_VERSION"))
+        lines[2],
+        format!(
+            "CRI API: runtime.v1 (k8s.io/cri-api {})",
+            berth_proto::CRI_API_VERSION
+        )
     );
+    let commit = lines[1].strip_prefix("commit: ").expect("a commit line");
+    if commit != "unknown" {
+        assert!(
+            commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{commit:?}"
+        );
+        // Built from this checkout: the commit is one of its own (not necessarily HEAD:
+        // the binary may predate the last commit).
+        let repo = env!("CARGO_MANIFEST_DIR");
+        if let Ok(found) = std::process::Command::new("git")
+            .args(["-C", repo, "cat-file", "-e"])
+            .arg(format!("{commit}^{{commit}}"))
+            .status()
+        {
+            assert!(found.success(), "commit {commit} is not in {repo}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -514,4 +540,103 @@ fn deploy_config_is_the_default_config() {
         String::from_utf8_lossy(&out.stdout),
         "deploy/config.toml drifted: regenerate it with `berthd config default > deploy/config.toml`"
     );
+}
+
+/// The next datagram on the notify socket, or `None` after `wait`.
+async fn notify_message(sock: &tokio::net::UnixDatagram, wait: Duration) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(wait, sock.recv(&mut buf))
+        .await
+        .ok()?
+        .expect("recv on the notify socket");
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Under systemd's `Type=notify`, kubelet (ordered after berthd) starts when berthd
+/// says READY=1: that must mean the CRI socket answers, not "the process exists".
+/// And STOPPING=1 tells systemd a stop is under way, only once it is.
+#[tokio::test]
+async fn systemd_notify_ready_once_the_socket_serves_and_stopping_on_sigterm() {
+    use std::os::linux::net::SocketAddrExt;
+    // An abstract address (`@name`), as systemd may hand out; unique per run.
+    let name = format!(
+        "berth-it-notify-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .expect("abstract address");
+    let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind notify");
+    std_sock.set_nonblocking(true).expect("nonblocking");
+    let sock = tokio::net::UnixDatagram::from_std(std_sock).expect("tokio socket");
+
+    // A daemon whose next start has NOTIFY_SOCKET set.
+    let mut d = TestDaemon::start().await.expect("start");
+    d.stop().expect("stop");
+    assert!(
+        notify_message(&sock, Duration::ZERO).await.is_none(),
+        "nothing without NOTIFY_SOCKET"
+    );
+    d.set_env("NOTIFY_SOCKET", &format!("@{name}"));
+    let socket = d.socket.clone();
+    let restart = tokio::spawn(async move {
+        d.restart().await.expect("restart with NOTIFY_SOCKET");
+        d
+    });
+
+    let ready = notify_message(&sock, Duration::from_secs(20))
+        .await
+        .expect("READY=1 within 20 s");
+    // At READY the socket answers at once: one attempt, no retry.
+    let mut client = tokio::time::timeout(
+        Duration::from_secs(2),
+        berth_integration::CriClient::connect(&socket),
+    )
+    .await
+    .expect("connect within 2 s of READY")
+    .expect("the CRI socket accepts at READY");
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        client.runtime.version(VersionRequest::default()),
+    )
+    .await
+    .expect("Version within 2 s of READY")
+    .expect("Version answers at READY");
+
+    let mut d = restart.await.expect("restart task");
+    let pid = d.pid().expect("running");
+    let lines: Vec<&str> = ready.lines().collect();
+    assert_eq!(lines[0], "READY=1", "{ready}");
+    assert!(
+        lines.contains(&format!("MAINPID={pid}").as_str()),
+        "{ready}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains(&socket.display().to_string())),
+        "{ready}"
+    );
+    // Nothing more until the stop signal: READY is sent once, STOPPING only on stop.
+    assert_eq!(
+        notify_message(&sock, Duration::from_millis(300)).await,
+        None,
+        "{}",
+        d.log()
+    );
+
+    let status = d.stop().expect("SIGTERM");
+    assert!(status.success(), "{status}");
+    let stopping = notify_message(&sock, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no STOPPING=1 after SIGTERM:\n{}", d.log()));
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(
+        stopping.contains("STATUS=stopping on SIGTERM"),
+        "{stopping}"
+    );
+    assert_eq!(notify_message(&sock, Duration::ZERO).await, None);
 }

@@ -1074,6 +1074,56 @@ async fn storm(
     Ok(stats)
 }
 
+/// The harness's reaper (this test process is the subreaper of what a killed berthd
+/// leaves) reaps orphans that exit, but never a child the test forked and waits for
+/// itself: a child that is already a zombie across several reaper passes is still
+/// there for its owner's wait. The old reaper took every zombie child but a few named
+/// ones, and a storm's `busybox --list-full` failed with "No child processes".
+#[test]
+fn the_reaper_reaps_orphans_but_never_the_tests_own_children() {
+    become_reaper();
+    let mut own: Vec<std::process::Child> = (0..5)
+        .map(|i| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("exit {i}"))
+                .spawn()
+                .expect("spawn sh")
+        })
+        .collect();
+    // An orphan in a session of its own, as berth-monitor is: `sh` exits at once,
+    // leaving `setsid sleep` to this process.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("setsid sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!")
+        .output()
+        .expect("spawn the orphan's parent");
+    let orphan: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("orphan pid");
+    // Several reaper passes (every 100 ms) while the own children are zombies.
+    std::thread::sleep(Duration::from_millis(600));
+    for (i, child) in own.iter_mut().enumerate() {
+        let status = child
+            .wait()
+            .expect("the test's own child was reaped by the reaper");
+        assert_eq!(
+            status.code(),
+            i32::try_from(i).ok(),
+            "exit status of child {i}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{orphan}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "the orphan {orphan} was not reaped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn berthd_killed_at_random_loses_nothing_acknowledged_and_leaks_nothing() {
     let _serial = SERIAL.lock().await;

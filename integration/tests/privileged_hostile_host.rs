@@ -330,6 +330,16 @@ async fn other_users_cannot_see_a_running_container_and_logs_stay_in_the_log_dir
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "config.json mode {mode:o}");
+    // Whoever can connect to the monitor's attach socket types into the container's
+    // stdin: only root may, whatever umask berthd runs with (bind takes the umask).
+    for sock in ["attach.sock", "ctl.sock"] {
+        let path = daemon.state_dir.join("rt").join(&id).join(sock);
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{sock} mode {mode:o}");
+    }
 
     // Listing: each of these dirs must refuse nobody.
     let dirs = [
@@ -660,6 +670,166 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
     assert!(!alive(forger), "the forger dies with its container");
 
     remove_pod(&mut client, &pod_id).await;
+    drop(client);
+    daemon.stop().expect("stop");
+}
+
+/// The `pid:[inode]` a container wrote to its log (`readlink /proc/self/ns/pid`),
+/// waiting up to 10 s for it.
+fn pid_ns_in_log(log: &Path) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(at) = text.find("pid:[")
+            && let Some(end) = text[at..].find(']')
+        {
+            return Some(text[at..=at + end].to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn ns_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("pid:[{}]", std::fs::metadata(path).expect("stat ns").ino())
+}
+
+/// Makes the next process forked on the host get `pid`: sets ns_last_pid and forks
+/// `sleep` until one lands on it (other processes on the host may take it first).
+fn take_pid(pid: i32) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).ok()?;
+        let mut child = std::process::Command::new("sleep")
+            .arg("120")
+            .spawn()
+            .ok()?;
+        if i32::try_from(child.id()) == Ok(pid) {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// A host process holding a pid, killed when dropped (even if the test fails).
+struct Squatter(std::process::Child);
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pod sharing one pid namespace: its containers are in the namespace pinned under
+/// the pod's pin dir (the infra's), and once the infra is dead and its pid taken by
+/// a host process, a new container of the pod never lands in that process's
+/// namespace (with a /proc/<pid>/ns/pid path it joined the host's pid namespace).
+/// Removing the pod leaves nothing mounted under the state dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pid_namespace_is_pinned_and_never_named_by_a_reused_pid() {
+    let reg = TestRegistry::start().expect("registry");
+    let mut daemon = TestDaemon::start().await.expect("daemon");
+    let mut client = daemon.client().await.expect("client");
+    let logs = tempfile::tempdir().expect("logs");
+    let image = push(
+        &reg,
+        "busybox-pidns",
+        &ImageBuilder::new()
+            .layer(busybox_layer(&[], &[]).expect("busybox layer"))
+            .cmd(["sh"]),
+    )
+    .await;
+    pull(&mut client, &image).await;
+    let mut pod = pod_config("pidns", logs.path());
+    if let Some(linux) = pod.linux.as_mut() {
+        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let pod_id = run_pod(&mut client, &pod).await;
+    let pin = daemon.state_dir.join("ns").join(&pod_id).join("pid");
+    assert!(pin.exists(), "no pid namespace pin at {}", pin.display());
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            daemon
+                .root_dir
+                .join("pods")
+                .join(&pod_id)
+                .join("record.json"),
+        )
+        .expect("record"),
+    )
+    .expect("record json");
+    let infra =
+        i32::try_from(record["state"]["infra_pid"].as_i64().expect("infra_pid")).expect("pid");
+    let pinned = ns_of(&pin);
+    assert_eq!(
+        pinned,
+        ns_of(Path::new(&format!("/proc/{infra}/ns/pid"))),
+        "the pin is the infra's pid namespace"
+    );
+    assert_ne!(pinned, ns_of(Path::new("/proc/self/ns/pid")));
+
+    for name in ["first", "second"] {
+        let config = container_config(
+            name,
+            &image,
+            &["sh", "-c", "readlink /proc/self/ns/pid; exec sleep 3600"],
+        );
+        let id = create(&mut client, &pod_id, &pod, config)
+            .await
+            .expect("CreateContainer");
+        start(&mut client, &id).await;
+        let seen = pid_ns_in_log(&logs.path().join(format!("{name}.log")));
+        assert_eq!(seen.as_deref(), Some(pinned.as_str()), "container {name}");
+    }
+
+    // The infra dies (its pid namespace with it: the containers are killed) and a
+    // host process takes its pid.
+    // SAFETY: kill(2) on the infra's pid, verified just above to be the pod's infra.
+    unsafe { libc::kill(infra, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = || !Path::new(&format!("/proc/{infra}")).exists();
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(gone(), "the infra did not die and get reaped");
+    let squatter = Squatter(take_pid(infra).expect("a host process on the infra's pid"));
+    let config = container_config(
+        "late",
+        &image,
+        &["sh", "-c", "readlink /proc/self/ns/pid; exec sleep 3600"],
+    );
+    // Refused as the precondition it is; with a /proc/<pid> path the container ran,
+    // in the host's pid namespace.
+    let err = create(&mut client, &pod_id, &pod, config)
+        .await
+        .expect_err("a container of a pod whose infra is dead");
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("infra"), "{}", err.message());
+    let seen = std::fs::read_to_string(logs.path().join("late.log")).unwrap_or_default();
+    assert!(seen.is_empty(), "the late container ran: {seen}");
+    drop(squatter);
+
+    remove_pod(&mut client, &pod_id).await;
+    assert!(!pin.exists(), "the pid namespace pin outlived the pod");
+    let mounts = mount_points_below(&daemon.state_dir)
+        .into_iter()
+        .filter(|m| m.contains(&pod_id))
+        .collect::<Vec<_>>();
+    assert!(mounts.is_empty(), "left mounted: {mounts:?}");
     drop(client);
     daemon.stop().expect("stop");
 }

@@ -288,8 +288,13 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
 }
 
 /// Runs berthd until SIGTERM or SIGINT, then stops accepting, lets in-flight RPCs
-/// finish (up to a grace period) and removes the socket.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// finish (up to a grace period) and removes the socket. `notify` (systemd's
+/// NOTIFY_SOCKET) hears READY=1 once the CRI socket serves and STOPPING=1 at the stop
+/// signal.
+pub async fn run(
+    config: Config,
+    notify: Option<crate::notify::Notifier>,
+) -> Result<(), StartError> {
     if matches!(config.cgroup_driver, crate::config::CgroupDriver::Systemd)
         && !crate::pod::systemd::systemd_running()
     {
@@ -370,9 +375,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         });
 
     tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving");
+    // The listener is bound and recovery done: a client connecting from now on is
+    // answered as soon as the select! below polls the server (its first poll).
+    let mut server = std::pin::pin!(server);
+    if let Some(n) = &notify {
+        let first_poll = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = server.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(r));
+            }
+            std::task::Poll::Ready(None)
+        });
+        if let Some(r) = first_poll.await {
+            return finish(&socket, r.map_err(|e| StartError::Serve(e.to_string())));
+        }
+        n.ready(&format!("serving CRI on {}", socket.display()));
+    }
     tokio::spawn(async move {
         let signal = wait_for_stop_signal().await;
         tracing::info!(%signal, "stopping: no new connections, finishing in-flight RPCs");
+        if let Some(n) = &notify {
+            n.stopping(&format!("stopping on {signal}"));
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -381,7 +404,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // idle connections open, and after the grace period in any case.
     let mut stopping = stop_rx;
     let result = tokio::select! {
-        r = server => r.map_err(|e| StartError::Serve(e.to_string())),
+        r = &mut server => r.map_err(|e| StartError::Serve(e.to_string())),
         () = async {
             let _ = stopping.wait_for(|stop| *stop).await;
             if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait_idle()).await.is_err() {
@@ -394,7 +417,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tokio::time::sleep(RESPONSE_FLUSH).await;
         } => Ok(()),
     };
-    if let Err(e) = fs::remove_file(&socket)
+    finish(&socket, result)
+}
+
+/// Removes the socket after the server stopped.
+fn finish(socket: &Path, result: Result<(), StartError>) -> Result<(), StartError> {
+    if let Err(e) = fs::remove_file(socket)
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(socket = %socket.display(), error = %e, "could not remove socket");

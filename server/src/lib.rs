@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod fsinfo;
 pub mod listener;
+pub mod notify;
 pub mod pod;
 pub mod procs;
 pub mod prom;

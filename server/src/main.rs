@@ -2,15 +2,28 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use berth_server::config::{Config, LogFormat};
 use berth_server::daemon;
 use clap::{Parser, Subcommand};
 
+/// What `berthd --version` prints after the name: Berth's version, the git commit it
+/// was built from (build.rs; "unknown" outside a git checkout) and the CRI API it
+/// serves (the vendored k8s.io/cri-api module version).
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}\ncommit: {}\nCRI API: runtime.v1 (k8s.io/cri-api {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("BERTH_GIT_COMMIT"),
+        berth_proto::CRI_API_VERSION
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "berthd",
-    version,
+    version = VERSION.as_str(),
     about = "Berth: a Kubernetes container runtime (CRI runtime.v1)"
 )]
 struct Cli {
@@ -138,13 +151,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // Before any thread exists: it removes NOTIFY_SOCKET from the environment.
+    let notify = berth_server::notify::Notifier::take_from_env();
     init_logging(&config)?;
     mark_inherited_fds_cloexec();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
         .build()?;
-    runtime.block_on(daemon::run(config))?;
+    runtime.block_on(daemon::run(config, notify))?;
     Ok(())
 }
 

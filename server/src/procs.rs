@@ -104,6 +104,49 @@ fn in_host_mount_ns(pid: Pid) -> bool {
         .is_ok_and(|m| host_mount_namespaces().contains(&(m.dev(), m.ino())))
 }
 
+/// Whether `pid` runs with root's authority, as every berthd helper does: real and
+/// effective uid 0, or (a pod's infra process, root of the pod's user namespace,
+/// which maps it to an unprivileged host uid) a user namespace other than ours
+/// created by root. A local user can run the berth-monitor binary in the host's
+/// mount namespace with a container's arguments, but only as themself, and a user
+/// namespace they create is theirs, not root's.
+fn runs_for_root(pid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", pid.0)) else {
+        return false;
+    };
+    // "Uid:\t<real>\t<effective>\t<saved>\t<fs>", as seen from our user namespace.
+    let uids: Vec<&str> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|l| l.split_ascii_whitespace().collect())
+        .unwrap_or_default();
+    if uids.len() >= 2 && uids[0] == "0" && uids[1] == "0" {
+        return true;
+    }
+    let ns = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let theirs = format!("/proc/{}/ns/user", pid.0);
+    if ns(&theirs).is_none() || ns(&theirs) == ns("/proc/self/ns/user") {
+        return false;
+    }
+    let Ok(file) = std::fs::File::open(&theirs) else {
+        return false;
+    };
+    userns_owner(&file) == Some(0)
+}
+
+/// The uid (in our user namespace) that created the user namespace `ns` names
+/// (ioctl NS_GET_OWNER_UID).
+fn userns_owner(ns: &std::fs::File) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // _IO(0xb7, 0x4), from linux/nsfs.h.
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+    let mut uid: libc::uid_t = libc::uid_t::MAX;
+    // SAFETY: `ns` is an open nsfs file for the call's duration; NS_GET_OWNER_UID
+    // writes one uid_t to the pointer, which points at a live local of that type.
+    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_OWNER_UID, &raw mut uid) };
+    (rc == 0).then_some(uid)
+}
+
 /// berth-monitor, installed next to berthd.
 fn monitor_binary() -> Option<PathBuf> {
     Some(
@@ -118,14 +161,16 @@ fn monitor_binary() -> Option<PathBuf> {
 /// container's processes are in a mount namespace of their own, so whatever they
 /// name themselves or exec, this is false for them.
 pub fn is_host_monitor(pid: Pid) -> bool {
-    if !in_host_mount_ns(pid) {
+    monitor_binary().is_some_and(|binary| is_monitor(pid, &binary))
+}
+
+/// Whether `pid` runs `binary` in the host's mount namespace (see [`is_host_monitor`]).
+fn is_monitor(pid: Pid, binary: &Path) -> bool {
+    if !in_host_mount_ns(pid) || !runs_for_root(pid) {
         return false;
     }
-    let Some(binary) = monitor_binary() else {
-        return false;
-    };
     let exe_dir = format!("/proc/{}/exe", pid.0);
-    let same_file = match (std::fs::metadata(&exe_dir), std::fs::metadata(&binary)) {
+    let same_file = match (std::fs::metadata(&exe_dir), std::fs::metadata(binary)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     };
@@ -227,6 +272,141 @@ mod tests {
         let _ = child.wait();
         assert!(!found.iter().any(|v| v.pid == pid));
         assert!(!is_host_monitor(pid));
+    }
+
+    /// A local unprivileged user can run the berth-monitor binary (it is 0755, in
+    /// the host's mount namespace like every login shell) with any arguments, e.g.
+    /// a container's id: that process is still not one of berthd's monitors. The
+    /// same binary run as root is (so the copy below is a fair stand-in).
+    #[test]
+    fn berth_monitor_run_by_another_user_is_not_one() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let binary = dir.path().join("berth-monitor");
+        std::fs::copy("/bin/sleep", &binary).expect("copy sleep");
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let spawn = |uid: Option<u32>| {
+            let mut cmd = std::process::Command::new(&binary);
+            cmd.arg("30");
+            if let Some(uid) = uid {
+                cmd.uid(uid).gid(uid);
+            }
+            let child = cmd.spawn().expect("spawn");
+            let pid = Pid::new(i32::try_from(child.id()).expect("pid")).expect("pid");
+            // Wait until the exec happened (the exe link names the copy).
+            for _ in 0..200 {
+                if std::fs::read_link(format!("/proc/{}/exe", pid.raw())).is_ok_and(|l| l == binary)
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (child, pid)
+        };
+        let (mut mine, my_pid) = spawn(None);
+        let (mut theirs, their_pid) = spawn(Some(65534));
+        let as_root = is_monitor(my_pid, &binary);
+        let as_nobody = is_monitor(their_pid, &binary);
+        for c in [&mut mine, &mut theirs] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(
+            as_root,
+            "the binary run by root (as berthd runs it) is a monitor"
+        );
+        assert!(
+            !as_nobody,
+            "the binary run by uid 65534 was taken for a monitor"
+        );
+
+        // Root of a user namespace of its own: nobody's (unshare --map-root-user) is
+        // not a monitor; one root created, mapping it to host uid 100000 (as a pod's
+        // infra process runs), is.
+        let mut nobody_ns = std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user"])
+            .arg(&binary)
+            .arg("30")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .expect("unshare as nobody");
+        let nobody_ns_pid = Pid::new(i32::try_from(nobody_ns.id()).expect("pid")).expect("pid");
+        let (mut infra, infra_pid) = spawn_in_userns(&binary, 100_000);
+        for pid in [nobody_ns_pid, infra_pid] {
+            for _ in 0..200 {
+                if std::fs::read_link(format!("/proc/{}/exe", pid.raw())).is_ok_and(|l| l == binary)
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let nobody_root = is_monitor(nobody_ns_pid, &binary);
+        let infra_like = is_monitor(infra_pid, &binary);
+        let infra_uid = std::fs::read_to_string(format!("/proc/{}/status", infra_pid.raw()))
+            .unwrap_or_default();
+        for c in [&mut nobody_ns, &mut infra] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(
+            infra_uid.contains("Uid:\t100000\t100000"),
+            "the stand-in infra runs as host uid 100000: {infra_uid}"
+        );
+        assert!(
+            infra_like,
+            "root of a user namespace root made is a monitor"
+        );
+        assert!(
+            !nobody_root,
+            "root of nobody's user namespace was taken for a monitor"
+        );
+    }
+
+    /// `binary 30` as root of a new user namespace mapping 0-65535 to host
+    /// `host_uid`.., set up as `start_infra` does (the child becomes that root).
+    fn spawn_in_userns(binary: &Path, host_uid: u32) -> (std::process::Child, Pid) {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (go_reader, mut go_writer) = std::io::pipe().expect("pipe");
+        let (mut pid_reader, pid_writer) = std::io::pipe().expect("pipe");
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("30");
+        // SAFETY: runs in the forked child before exec; unshare(2), getpid(2),
+        // write(2), read(2), setgroups(2), setresgid(2) and setresuid(2) are
+        // async-signal-safe; both pipe ends stay open in the child until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let me = libc::getpid().to_ne_bytes();
+                let mut b = [0u8; 1];
+                if libc::unshare(libc::CLONE_NEWUSER) != 0
+                    || libc::write(pid_writer.as_raw_fd(), me.as_ptr().cast(), me.len()) != 4
+                    || libc::read(go_reader.as_raw_fd(), b.as_mut_ptr().cast(), 1) != 1
+                    || libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(0, 0, 0) != 0
+                    || libc::setresuid(0, 0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // spawn() returns only once the child has exec'd, i.e. after we map it.
+        let spawner = std::thread::spawn(move || cmd.spawn().expect("spawn in a user ns"));
+        let mut raw = [0u8; 4];
+        pid_reader.read_exact(&mut raw).expect("the child's pid");
+        let pid = Pid::new(i32::from_ne_bytes(raw)).expect("pid");
+        let map = format!("0 {host_uid} 65536\n");
+        std::fs::write(format!("/proc/{}/uid_map", pid.raw()), &map).expect("uid_map");
+        std::fs::write(format!("/proc/{}/gid_map", pid.raw()), &map).expect("gid_map");
+        go_writer.write_all(b"g").expect("release the child");
+        let child = spawner.join().expect("spawner");
+        (child, pid)
     }
 
     #[test]

@@ -121,47 +121,91 @@ pub fn sleeper(name: &str) -> ContainerConfig {
 
 /// Makes this test process the subreaper of everything berthd leaves behind when it
 /// is killed (its monitors, the `unshare` of pod infra processes), and reaps those
-/// that exit: host PID 1 here never reaps, and a zombie would look like a leak. The
-/// tests' own children ([`OWN_CHILDREN`]) are left to their owners.
+/// that exit: host PID 1 here never reaps, and a zombie would look like a leak.
+///
+/// Only adopted processes are reaped, never a child the test forked itself (a
+/// `busybox --list-full`, `ip`, the registry, berthd): its owner waits for it, and a
+/// wait that lost the race to the reaper failed with ECHILD ("No child processes").
+/// A zombie child is adopted when it is not in this process's process group (the
+/// test forks with plain `Command`s, which stay in it; berth-monitor calls setsid),
+/// or when it was seen alive as a child of one of this test's berthd processes (pid
+/// and start time: `unshare` and other helpers berthd forks stay in the group).
 pub fn become_reaper() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     std::thread::spawn(|| {
+        let mut adopted = std::collections::HashSet::new();
         loop {
-            reap_zombies();
+            reap_adopted(&mut adopted);
             std::thread::sleep(Duration::from_millis(100));
         }
     });
 }
 
-/// Children the tests start and wait for themselves (berthd, the registry, `ip`):
-/// never reaped here, or their owners' waits would fail.
-const OWN_CHILDREN: [&str; 3] = ["berthd", "docker-registry", "ip"];
+/// Process group (field 5) and start time (field 22) of `pid`, a zombie too, and
+/// whether it is a zombie.
+fn stat_of(pid: i32) -> Option<(i32, u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ppid pgrp ...": fields are counted after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    Some((
+        fields.get(2)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+        *fields.first()? == "Z",
+    ))
+}
 
-fn reap_zombies() {
-    let me = std::process::id();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) else {
-        return;
+fn children_of(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    for task in tasks.filter_map(Result::ok) {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // "pid (comm) S ...": the state follows the last ')'.
-            let Some((comm, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = comm.rsplit_once('(').map_or("", |(_, c)| c);
-            if rest.trim_start().starts_with('Z') && !OWN_CHILDREN.contains(&comm) {
-                let mut status = 0;
-                // SAFETY: waitpid on our own zombie child; `status` is a valid out-pointer.
-                unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+    tasks
+        .filter_map(Result::ok)
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// One pass: records berthd's children (pid, start time) as ours to reap should
+/// they be orphaned, then reaps the zombie children that are adopted (see
+/// [`become_reaper`]). `waitpid` names each pid: an adopted zombie is waited for by
+/// no one else, so its pid cannot be reused before this reaps it.
+fn reap_adopted(adopted: &mut std::collections::HashSet<(i32, u64)>) {
+    let me = std::process::id();
+    // SAFETY: getpgrp(2) has no arguments and cannot fail.
+    let my_group = unsafe { libc::getpgrp() };
+    let mine = children_of(me);
+    for &child in &mine {
+        let is_berthd = std::fs::read_link(format!("/proc/{child}/exe"))
+            .is_ok_and(|e| e.file_name().is_some_and(|n| n == "berthd"));
+        if is_berthd && let Ok(child) = u32::try_from(child) {
+            for helper in children_of(child) {
+                if let Some((_, start, _)) = stat_of(helper) {
+                    adopted.insert((helper, start));
+                }
             }
         }
     }
+    for pid in mine {
+        let Some((group, start, zombie)) = stat_of(pid) else {
+            continue;
+        };
+        if zombie && (group != my_group || adopted.contains(&(pid, start))) {
+            let mut status = 0;
+            // SAFETY: waitpid on our own adopted zombie child; `status` is a valid
+            // out-pointer.
+            unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+            adopted.remove(&(pid, start));
+        }
+    }
+    // Forget helpers that are gone (reaped by berthd while it lived, or above).
+    adopted.retain(|&(pid, start)| stat_of(pid).is_some_and(|(_, s, _)| s == start));
 }
 
 /// Mount points at or below `dir`.

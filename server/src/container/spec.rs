@@ -165,6 +165,8 @@ pub struct PodContext {
     pub hosts: PathBuf,
     /// `/etc/hostname` of the pod.
     pub hostname: PathBuf,
+    /// The pod's hostname (its config's, else the node's): the containers' `HOSTNAME`.
+    pub hostname_value: String,
     /// Cgroup parent of the pod (already validated against the driver).
     pub cgroup_parent: String,
 }
@@ -222,7 +224,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
 
     let args = merge_args(config, input.image)?;
     let user = resolve_user(input.rootfs, &sc, &input.image.user)?;
-    let env = merge_env(config, input.image, &user);
+    let env = merge_env(config, input.image, &user, &input.pod.hostname_value);
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else if !input.image.working_dir.is_empty() {
@@ -399,11 +401,14 @@ pub fn merge_args(config: &ContainerConfig, image: &ImageConfig) -> Result<Vec<S
 }
 
 /// Image ENV, then CRI envs (a CRI variable replaces the image's of the same name);
-/// PATH and HOME get defaults when neither sets them.
+/// PATH and HOME get defaults when neither sets them, and HOSTNAME is the pod's
+/// hostname unless the image or the CRI config sets it (containerd sets it first and
+/// lets both replace it; CRI-O likewise). Programs read it instead of calling uname.
 pub fn merge_env(
     config: &ContainerConfig,
     image: &ImageConfig,
     user: &ResolvedUser,
+    hostname: &str,
 ) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: HashMap<String, String> = HashMap::new();
@@ -423,6 +428,9 @@ pub fn merge_env(
     }
     if !values.contains_key("PATH") {
         set(&mut order, &mut values, "PATH".into(), DEFAULT_PATH.into());
+    }
+    if !hostname.is_empty() && !values.contains_key("HOSTNAME") {
+        set(&mut order, &mut values, "HOSTNAME".into(), hostname.into());
     }
     if !values.contains_key("HOME") {
         let home = user.home.clone().unwrap_or_else(|| "/".into());
@@ -1176,6 +1184,7 @@ mod tests {
             resolv_conf: "/var/lib/berth/pods/pod1/resolv.conf".into(),
             hosts: "/var/lib/berth/pods/pod1/hosts".into(),
             hostname: "/var/lib/berth/pods/pod1/hostname".into(),
+            hostname_value: "web-0".into(),
             cgroup_parent: "/kubepods/podu1".into(),
             ..Default::default()
         };
@@ -1245,7 +1254,7 @@ mod tests {
             additional_gids: vec![],
             home: Some("/root".into()),
         };
-        let env = merge_env(&c, &image, &user);
+        let env = merge_env(&c, &image, &user, "");
         assert_eq!(env[0], "A=1");
         assert_eq!(env[1], "B=3");
         assert!(env.iter().any(|e| e.starts_with("PATH=/usr/local/sbin")));
@@ -1323,6 +1332,49 @@ mod tests {
                 .expect("missing")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn hostname_env_is_the_pods_unless_the_image_or_cri_config_sets_it() {
+        let root = rootfs();
+        let image = ImageConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
+        let env_of = |spec: &Value| -> Vec<String> {
+            spec["process"]["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .map(|v| v.as_str().expect("string").to_owned())
+                .collect()
+        };
+        let hostnames = |env: &[String]| -> Vec<String> {
+            env.iter()
+                .filter(|e| e.starts_with("HOSTNAME="))
+                .cloned()
+                .collect()
+        };
+        // The pod's hostname reaches the process (build_with's pod is "web-0").
+        let spec = build_with(&ctr(&[]), &image, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=web-0"]);
+
+        // The image's ENV HOSTNAME wins over the pod's, as with containerd.
+        let with_image_env = ImageConfig {
+            env: vec!["HOSTNAME=from-image".into()],
+            ..image.clone()
+        };
+        let spec = build_with(&ctr(&[]), &with_image_env, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=from-image"]);
+
+        // And the container config's envs win over both.
+        let mut c = ctr(&[]);
+        c.envs = vec![KeyValue {
+            key: "HOSTNAME".into(),
+            value: b"from-cri".to_vec(),
+        }];
+        let spec = build_with(&c, &with_image_env, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=from-cri"]);
     }
 
     #[test]

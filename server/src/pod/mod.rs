@@ -2,7 +2,8 @@
 //!
 //! A sandbox is created in steps, each undone if a later one fails: a durable record
 //! marked `creating`, pinned net/IPC/UTS namespaces with the pod's sysctls and hostname,
-//! the pod's /dev/shm, resolv.conf and hostname files, CNI ADD, /etc/hosts, and finally
+//! the pod's /dev/shm, resolv.conf and hostname files, the infra process and its pinned
+//! pid namespace (pods sharing one), CNI ADD, /etc/hosts, and finally
 //! the record marked `ready`. A `creating` record found at start-up (berthd died
 //! mid-way) is torn down, so a half-created pod is never visible.
 
@@ -241,12 +242,31 @@ impl PodManager {
     }
 
     /// What the pod gives each of its containers: namespaces, shm, DNS files.
-    pub fn pod_context(&self, sb: &Sandbox) -> crate::container::spec::PodContext {
+    /// A pod sharing one pid namespace whose infra process is gone (and whose
+    /// namespace is not pinned) is FailedPrecondition: its containers cannot join it.
+    pub fn pod_context(&self, sb: &Sandbox) -> Result<crate::container::spec::PodContext> {
         let state = sb.state();
+        // The pinned pid namespace; a pod created before pid namespaces were pinned
+        // has only the infra's pid, named by /proc path only while the infra is
+        // verifiably the process berthd started (pid and start time).
+        // Either way a dead infra is a clear FailedPrecondition (its pinned namespace
+        // takes no new process: clone would fail with ENOMEM).
+        let infra_gone = || {
+            Error::FailedPrecondition(format!(
+                "pod sandbox {}: its infra process (pid 1 of the pod's shared pid namespace) is gone; stop and recreate the pod",
+                sb.id
+            ))
+        };
+        let pidns = match (&state.pins.pid, state.infra_pid) {
+            (_, Some(_)) if infra_of(&state).is_none() => return Err(infra_gone()),
+            (Some(pin), _) => Some(pin.clone()),
+            (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+            (None, None) => None,
+        };
         let dir = self.pod_dir(&sb.id);
         let meta = sb.metadata();
         let opts = sb.namespace_options();
-        crate::container::spec::PodContext {
+        Ok(crate::container::spec::PodContext {
             sandbox_id: sb.id.clone(),
             sandbox_name: sandbox_name(&meta),
             netns: state.pins.net.clone(),
@@ -256,16 +276,15 @@ impl PodManager {
                 let (uids, gids) = pod_user_mappings(&opts).ok().flatten()?;
                 Some(crate::container::spec::PodUserNamespace { path, uids, gids })
             }),
-            pidns: state
-                .infra_pid
-                .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid"))),
+            pidns,
             host_pid: opts.pid == i32::from(NamespaceMode::Node),
             shm: state.shm.clone(),
             resolv_conf: dir.join("resolv.conf"),
             hosts: dir.join("hosts"),
             hostname: dir.join("hostname"),
+            hostname_value: pod_hostname(sb),
             cgroup_parent: sb.cgroup_parent.clone(),
-        }
+        })
     }
 
     fn records_dir(&self) -> PathBuf {
@@ -450,12 +469,7 @@ impl PodManager {
         })
         .await
         .map_err(|e| Error::Internal(format!("namespace task: {e}")))?
-        .map_err(|e| match e {
-            NamespaceError::Sysctl(m) => Error::InvalidArgument(format!("linux.sysctls: {m}")),
-            NamespaceError::Io { step, source } => {
-                Error::io(format!("setting up pod namespaces: {step}"), source)
-            }
-        })?;
+        .map_err(namespace_error)?;
         self.update_state(sb, |s| s.pins = pins.clone());
 
         if !host_ipc {
@@ -471,25 +485,36 @@ impl PodManager {
         // fsync (write_atomic's two per file were a good part of RunPodSandbox).
         std::fs::write(dir.join("resolv.conf"), resolv.as_bytes())
             .map_err(|e| Error::io("writing resolv.conf", e))?;
-        let hostname = if sb.config.hostname.is_empty() {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            sb.config.hostname.clone()
-        };
+        let hostname = pod_hostname(sb);
         std::fs::write(dir.join("hostname"), format!("{hostname}\n").as_bytes())
             .map_err(|e| Error::io("writing hostname", e))?;
 
         if opts.pid == i32::from(NamespaceMode::Pod) {
-            let pid = start_infra(pins.user.as_deref(), &sb.id).await?;
-            let start = crate::procs::Pid::new(pid)
-                .and_then(crate::procs::start_time)
-                .unwrap_or(0);
+            let (pid, mut unshare) = start_infra(pins.user.as_deref(), &sb.id).await?;
+            // Pinned now, while `unshare` is unreaped: the infra is then known as its
+            // child, and containers join the pin, never a /proc/<pid> path that a
+            // reused pid would make name another process's namespace.
+            let parent = unshare.id().unwrap_or(0);
+            let dir = self.pin_dir(&sb.id);
+            let pinned = tokio::task::spawn_blocking(move || {
+                namespaces::pin_pid_namespace(&dir, pid, parent)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("namespace task: {e}")))
+            .and_then(|r| r.map_err(namespace_error));
+            if pinned.is_err() {
+                // SIGKILL to unshare; --kill-child takes the infra with it.
+                let _ = unshare.start_kill();
+            }
+            // Reap `unshare` whenever it ends (it lives as long as the infra).
+            tokio::spawn(async move {
+                let _ = unshare.wait().await;
+            });
+            let (pin, start) = pinned?;
             self.update_state(sb, |s| {
                 s.infra_pid = Some(pid);
                 s.infra_start = start;
+                s.pins.pid = Some(pin);
             });
             self.persist(sb)?;
         }
@@ -718,6 +743,7 @@ impl PodManager {
             (&mut state.pins.net, "net"),
             (&mut state.pins.ipc, "ipc"),
             (&mut state.pins.uts, "uts"),
+            (&mut state.pins.pid, "pid"),
         ] {
             let pin = pins.join(name);
             if slot.is_none() && pin.exists() {
@@ -899,7 +925,13 @@ impl PodManager {
 ///
 /// With `userns` (the pod's pinned user namespace) `unshare` runs inside it as its root,
 /// so the pid namespace is owned by it and the pod's containers may mount /proc.
-async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
+/// Returns the infra's pid and the `unshare` child, unreaped: the caller pins the
+/// infra's pid namespace while the infra is still known as that child's child, then
+/// reaps it.
+async fn start_infra(
+    userns: Option<&Path>,
+    sandbox_id: &str,
+) -> Result<(i32, tokio::process::Child)> {
     let monitor = monitor_path()?;
     let mut cmd = tokio::process::Command::new(unshare_path());
     if let Some(pin) = userns {
@@ -958,15 +990,15 @@ async fn start_infra(userns: Option<&Path>, sandbox_id: &str) -> Result<i32> {
             .next()
             .and_then(|p| p.parse::<i32>().ok())
         {
-            // Reap `unshare` whenever it ends (it lives as long as the infra).
-            tokio::spawn(async move {
-                let mut child = child;
-                let _ = child.wait().await;
-            });
-            return Ok(pid);
+            return Ok((pid, child));
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    let mut child = child;
+    let _ = child.start_kill();
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
     Err(Error::Internal(
         "the pod infra process did not start within 1s".into(),
     ))
@@ -997,6 +1029,15 @@ fn monitor_path() -> Result<PathBuf> {
         )));
     }
     Ok(monitor)
+}
+
+fn namespace_error(e: NamespaceError) -> Error {
+    match e {
+        NamespaceError::Sysctl(m) => Error::InvalidArgument(format!("linux.sysctls: {m}")),
+        NamespaceError::Io { step, source } => {
+            Error::io(format!("setting up pod namespaces: {step}"), source)
+        }
+    }
 }
 
 /// The environment variable naming an infra process's sandbox.
@@ -1086,6 +1127,19 @@ pub fn pod_user_mappings(
         namespaces::validate_mappings(field, maps).map_err(Error::InvalidArgument)?;
     }
     Ok(Some((uids, gids)))
+}
+
+/// The pod's hostname: its config's, else the node's (as containerd does): what
+/// /etc/hostname holds and what the containers get as `HOSTNAME`.
+fn pod_hostname(sb: &Sandbox) -> String {
+    if sb.config.hostname.is_empty() {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        sb.config.hostname.clone()
+    }
 }
 
 /// The unique name kubelet's metadata gives a sandbox (as containerd forms it).

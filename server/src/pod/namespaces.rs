@@ -1,5 +1,7 @@
 //! A pod's network, IPC and UTS namespaces, created and pinned by bind mounts so they
-//! outlive any process (and berthd itself), plus the sysctls and hostname set inside.
+//! outlive any process (and berthd itself), plus the sysctls and hostname set inside;
+//! and the pid namespace of a pod's infra process, pinned the same way
+//! ([`pin_pid_namespace`]) so containers never join it by a pid.
 //!
 //! Creation happens on a short-lived dedicated OS thread: `unshare(2)` of the net, IPC
 //! and UTS namespaces is per-thread and allowed in a multi-threaded process, the thread
@@ -44,12 +46,17 @@ pub struct PinnedNamespaces {
     /// User namespace pin (pods with `userns_options` mode POD).
     #[serde(default)]
     pub user: Option<PathBuf>,
+    /// Pid namespace pin (pods sharing one pid namespace): the infra's, pinned right
+    /// after it started (see [`pin_pid_namespace`]). Absent in records written
+    /// before pid namespaces were pinned.
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
 }
 
 impl PinnedNamespaces {
     /// All pins, for cleanup.
     pub fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.net, &self.ipc, &self.uts, &self.user]
+        [&self.net, &self.ipc, &self.uts, &self.user, &self.pid]
             .into_iter()
             .flatten()
     }
@@ -529,6 +536,85 @@ pub fn unmount(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins the pid namespace of the pod's infra process at `dir/pid`, so that containers
+/// join it by a path no other process can come to name: `/proc/<pid>/ns/pid` names
+/// whatever process has that pid *when it is opened*, and a pid freed by the infra's
+/// death may by then belong to another process (another pod's, or the host's).
+///
+/// The infra is identified as the child of `parent` (berthd's own, still unreaped
+/// `unshare`, which forks exactly one child): `/proc/<pid>` is opened once and the
+/// parent check, the start time and the namespace file are all read through that
+/// directory fd, which keeps naming the process it was opened for (reads through it
+/// fail once that process is gone, whatever later takes its pid). The namespace is
+/// bind-mounted from the opened fd, not by path. Returns the pin and the infra's start
+/// time (what identifies it in the record).
+pub fn pin_pid_namespace(
+    dir: &Path,
+    pid: i32,
+    parent: u32,
+) -> Result<(PathBuf, u64), NamespaceError> {
+    use std::os::fd::AsRawFd;
+    let proc_dir = format!("/proc/{pid}");
+    let step = || format!("identifying the pod infra process {pid}");
+    let pdir = rustix::fs::open(
+        proc_dir.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_err(step())(e.into()))?;
+    let stat = rustix::fs::openat(
+        &pdir,
+        "stat",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_err(step())(e.into()))?;
+    let mut text = Vec::new();
+    io::Read::read_to_end(&mut std::fs::File::from(stat), &mut text).map_err(io_err(step()))?;
+    let (ppid, start) = stat_parent_and_start(&text).ok_or_else(|| {
+        io_err(step())(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unparsable /proc/<pid>/stat",
+        ))
+    })?;
+    if ppid != parent {
+        return Err(io_err(step())(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("its parent is {ppid}, not berthd's unshare {parent}: the infra died"),
+        )));
+    }
+    let ns = rustix::fs::openat(
+        &pdir,
+        "ns/pid",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_err(format!("opening the pid namespace of the infra {pid}"))(e.into()))?;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    ensure_shared_mount(dir.parent().unwrap_or(dir))?;
+    let target = dir.join("pid");
+    std::fs::File::create(&target).map_err(io_err(format!("creating {}", target.display())))?;
+    let source = PathBuf::from(format!("/proc/thread-self/fd/{}", ns.as_raw_fd()));
+    if let Err(e) = bind_mount(&source, &target) {
+        let _ = std::fs::remove_file(&target);
+        return Err(io_err(format!(
+            "pinning the pid namespace at {}",
+            target.display()
+        ))(e));
+    }
+    Ok((target, start))
+}
+
+/// Field 4 (ppid) and field 22 (start time) of a `/proc/<pid>/stat` text. The comm
+/// field (2) may hold spaces and parentheses, so fields are counted after its last `)`.
+fn stat_parent_and_start(stat: &[u8]) -> Option<(u32, u64)> {
+    let after = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(stat.get(after + 1..)?).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // After `)`: field 3 (state) is index 0.
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
 /// Unmounts and removes every pin; errors are logged, the rest still proceeds.
 pub fn unpin(pinned: &PinnedNamespaces) {
     for p in pinned.all() {
@@ -624,6 +710,14 @@ mod tests {
         assert!(e.contains("overflows"), "{e}");
         let e = validate_mappings("uids", &[map(0, 0, 65_536)]).expect_err("host root");
         assert!(e.contains("host id 0"), "{e}");
+    }
+
+    #[test]
+    fn stat_parent_and_start_skip_a_hostile_comm() {
+        let stat =
+            b"42 (a) 7 ) (b) S 17 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(stat_parent_and_start(stat), Some((17, 98765)));
+        assert_eq!(stat_parent_and_start(b"42 (x) S"), None);
     }
 
     #[test]

@@ -571,8 +571,14 @@ fn run_inner(
 
     let attach_path = dir.join("attach.sock");
     let ctl_path = dir.join("ctl.sock");
-    let attach = UnixListener::bind(&attach_path)?;
-    let ctl = UnixListener::bind(&ctl_path)?;
+    // Only berthd (root) talks to these: whoever can connect to attach.sock types into
+    // the container's stdin. Made 0600 whatever umask berthd was started with (bind
+    // takes the socket's mode from the umask; a chmod after it would leave a window).
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound =
+        UnixListener::bind(&attach_path).and_then(|a| Ok((a, UnixListener::bind(&ctl_path)?)));
+    nix::sys::stat::umask(old_umask);
+    let (attach, ctl) = bound?;
     attach.set_nonblocking(true)?;
     ctl.set_nonblocking(true)?;
     for (fd, _) in &outputs {
