@@ -178,13 +178,19 @@ fn escape_lowerdir(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The name of the sealed memfd copy.
+const MEMFD_NAME: &str = "berth-exe";
+/// How `/proc/<pid>/exe` of a process running from the memfd copy begins (what
+/// berthd's recovery recognises a sealed monitor by).
+pub const MEMFD_LINK_PREFIX: &[u8] = b"/memfd:berth-exe";
+
 /// A sealed in-memory copy of the binary (costs its size in memory per process).
 fn memfd_copy() -> Result<OwnedFd, SealError> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
     // MFD_EXEC (Linux 6.3) says so explicitly where vm.memfd_noexec asks for it.
-    let memfd = rustix::fs::memfd_create("berth-exe", flags | MemfdFlags::EXEC)
-        .or_else(|_| rustix::fs::memfd_create("berth-exe", flags))
+    let memfd = rustix::fs::memfd_create(MEMFD_NAME, flags | MemfdFlags::EXEC)
+        .or_else(|_| rustix::fs::memfd_create(MEMFD_NAME, flags))
         .map_err(sys("memfd_create"))?;
     let mut src = std::fs::File::open("/proc/self/exe").map_err(SealError::Copy)?;
     let mut dst = std::fs::File::from(memfd);

@@ -41,7 +41,30 @@ impl Pid {
 /// `None` when it is gone. The comm field (2) may hold spaces and parentheses, so
 /// fields are counted after its last `)`.
 pub fn start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read(format!("/proc/{}/stat", pid.0)).ok()?;
+    start_time_checked(pid).ok().flatten()
+}
+
+/// [`start_time`], except that running out of file descriptors (or memory) is an
+/// error rather than "gone": the caller must not mistake its own exhaustion for a
+/// dead process.
+fn start_time_checked(pid: Pid) -> std::io::Result<Option<u64>> {
+    let stat = match std::fs::read(format!("/proc/{}/stat", pid.0)) {
+        Ok(stat) => stat,
+        Err(e) if is_exhaustion(&e) => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    Ok(parse_start_time(&stat))
+}
+
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line.
+fn parse_start_time(stat: &[u8]) -> Option<u64> {
     let after = stat.iter().rposition(|b| *b == b')')?;
     let rest = std::str::from_utf8(stat.get(after + 1..)?).ok()?;
     // After `)`: field 3 (state) is the first; field 22 is the 20th.
@@ -79,14 +102,29 @@ fn pidfd(pid: Pid) -> Option<OwnedFd> {
 /// 0 is a record from before start times were kept: then the process must look
 /// like a berth-monitor by what a container cannot forge ([`is_host_monitor`]).
 pub fn verify(pid: Pid, start: u64) -> Option<Verified> {
-    let fd = pidfd(pid)?;
+    verify_checked(pid, start).ok().flatten()
+}
+
+/// [`verify`] for a caller that must tell a gone process from its own exhaustion:
+/// running out of file descriptors (or memory) while checking is an error.
+pub fn verify_checked(pid: Pid, start: u64) -> std::io::Result<Option<Verified>> {
+    let fd = match rustix::process::Pid::from_raw(pid.0)
+        .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+    {
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => {
+            let e = std::io::Error::from(e);
+            return if is_exhaustion(&e) { Err(e) } else { Ok(None) };
+        }
+        None => return Ok(None),
+    };
     let same = if start == 0 {
         is_host_monitor(pid)
     } else {
-        start_time(pid) == Some(start) && in_host_mount_ns(pid)
+        start_time_checked(pid)? == Some(start) && in_host_mount_ns(pid)
     };
     // Still alive after the checks (the pidfd keeps the pid from being reused).
-    (same && start_time(pid).is_some()).then_some(Verified { pid, fd })
+    Ok((same && start_time_checked(pid)?.is_some()).then_some(Verified { pid, fd }))
 }
 
 /// The mount namespaces a berthd helper may run in: berthd's own, and that of this
@@ -175,12 +213,23 @@ fn is_monitor(pid: Pid, binary: &Path) -> bool {
         _ => false,
     };
     // In our mount namespace the exe link names a path of ours: after an upgrade
-    // replaced the binary, the old monitors' link reads "<path> (deleted)".
+    // replaced the binary, the old monitors' link reads "<path> (deleted)". A monitor
+    // runs from a sealed copy of itself (runtime-core's exeseal, against
+    // CVE-2019-5736): the binary seen through a private, detached overlay mount, whose
+    // link reads "/<file name>", or a sealed memfd. Only root's processes in the host's
+    // mount namespace get this far, so the sealed names are as good as the path.
+    let name = binary
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
     same_file
         || std::fs::read_link(&exe_dir).is_ok_and(|l| {
             let l = l.as_os_str().as_encoded_bytes();
             let want = binary.as_os_str().as_encoded_bytes();
-            l == want || l.strip_suffix(b" (deleted)".as_slice()) == Some(want)
+            l == want
+                || l.strip_suffix(b" (deleted)".as_slice()) == Some(want)
+                || l.strip_prefix(b"/".as_slice()) == Some(name)
+                || l.starts_with(berth_runtime_core::exeseal::MEMFD_LINK_PREFIX)
         })
 }
 
