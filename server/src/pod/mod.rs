@@ -258,9 +258,22 @@ impl PodManager {
             ))
         };
         let pidns = match (&state.pins.pid, state.infra_pid) {
-            (_, Some(_)) if infra_of(&state).is_none() => return Err(infra_gone()),
-            (Some(pin), _) => Some(pin.clone()),
-            (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+            // The check reads /proc and opens a pidfd: at berthd's fd limit it fails
+            // for that reason, which is the error to report, not a dead infra.
+            (_, Some(pid)) => match crate::procs::Pid::new(pid)
+                .map(|p| crate::procs::verify_checked(p, state.infra_start))
+                .transpose()
+                .map_err(|e| Error::io("checking the pod's infra process", e))?
+                .flatten()
+            {
+                None => return Err(infra_gone()),
+                Some(_) => state
+                    .pins
+                    .pid
+                    .clone()
+                    .or_else(|| Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+            },
+            (Some(pin), None) => Some(pin.clone()),
             (None, None) => None,
         };
         let dir = self.pod_dir(&sb.id);
