@@ -493,7 +493,7 @@ fn failed_create_reports_the_step_and_leaves_nothing_behind() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("find executable") && err.contains("errno 2"),
+        err.contains("find executable") && err.contains("ENOENT"),
         "{err}"
     );
     assert!(!b.root().join(&b.id).exists(), "state dir left behind");
@@ -795,7 +795,7 @@ fn a_failing_mount_reports_the_step_and_errno() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("rootfs") && err.contains("/bad") && err.contains("errno 19"),
+        err.contains("rootfs") && err.contains("/bad") && err.contains("ENODEV"),
         "{err}"
     );
     assert!(!b.root().join(&b.id).exists());
