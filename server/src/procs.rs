@@ -65,10 +65,17 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
 
 /// Field 22 of a `/proc/<pid>/stat` line.
 fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    parse_parent_and_start(stat).map(|(_, start)| start)
+}
+
+/// Field 4 (ppid) and field 22 (start time) of a `/proc/<pid>/stat` text. The comm
+/// field (2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_parent_and_start(stat: &[u8]) -> Option<(u32, u64)> {
     let after = stat.iter().rposition(|b| *b == b')')?;
     let rest = std::str::from_utf8(stat.get(after + 1..)?).ok()?;
-    // After `)`: field 3 (state) is the first; field 22 is the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // After `)`: field 3 (state) is index 0, field 4 index 1, field 22 index 19.
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// A process that was verified to be what berthd started, held by a pidfd.
@@ -93,8 +100,21 @@ impl Verified {
 }
 
 fn pidfd(pid: Pid) -> Option<OwnedFd> {
-    let p = rustix::process::Pid::from_raw(pid.0)?;
-    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+    pidfd_checked(pid).ok().flatten()
+}
+
+/// [`pidfd`], except that running out of file descriptors is an error, not "gone".
+fn pidfd_checked(pid: Pid) -> std::io::Result<Option<OwnedFd>> {
+    let Some(p) = rustix::process::Pid::from_raw(pid.0) else {
+        return Ok(None);
+    };
+    match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            if is_exhaustion(&e) { Err(e) } else { Ok(None) }
+        }
+    }
 }
 
 /// The process berthd spawned as `pid` at `start` (its [`start_time`] then), if it
@@ -108,15 +128,8 @@ pub fn verify(pid: Pid, start: u64) -> Option<Verified> {
 /// [`verify`] for a caller that must tell a gone process from its own exhaustion:
 /// running out of file descriptors (or memory) while checking is an error.
 pub fn verify_checked(pid: Pid, start: u64) -> std::io::Result<Option<Verified>> {
-    let fd = match rustix::process::Pid::from_raw(pid.0)
-        .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
-    {
-        Some(Ok(fd)) => fd,
-        Some(Err(e)) => {
-            let e = std::io::Error::from(e);
-            return if is_exhaustion(&e) { Err(e) } else { Ok(None) };
-        }
-        None => return Ok(None),
+    let Some(fd) = pidfd_checked(pid)? else {
+        return Ok(None);
     };
     let same = if start == 0 {
         is_host_monitor(pid)

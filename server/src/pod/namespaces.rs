@@ -571,7 +571,7 @@ pub fn pin_pid_namespace(
     .map_err(|e| io_err(step())(e.into()))?;
     let mut text = Vec::new();
     io::Read::read_to_end(&mut std::fs::File::from(stat), &mut text).map_err(io_err(step()))?;
-    let (ppid, start) = stat_parent_and_start(&text).ok_or_else(|| {
+    let (ppid, start) = crate::procs::parse_parent_and_start(&text).ok_or_else(|| {
         io_err(step())(io::Error::new(
             io::ErrorKind::InvalidData,
             "unparsable /proc/<pid>/stat",
@@ -603,16 +603,6 @@ pub fn pin_pid_namespace(
         ))(e));
     }
     Ok((target, start))
-}
-
-/// Field 4 (ppid) and field 22 (start time) of a `/proc/<pid>/stat` text. The comm
-/// field (2) may hold spaces and parentheses, so fields are counted after its last `)`.
-fn stat_parent_and_start(stat: &[u8]) -> Option<(u32, u64)> {
-    let after = stat.iter().rposition(|b| *b == b')')?;
-    let rest = std::str::from_utf8(stat.get(after + 1..)?).ok()?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // After `)`: field 3 (state) is index 0.
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// Unmounts and removes every pin; errors are logged, the rest still proceeds.
@@ -716,8 +706,11 @@ mod tests {
     fn stat_parent_and_start_skip_a_hostile_comm() {
         let stat =
             b"42 (a) 7 ) (b) S 17 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(stat_parent_and_start(stat), Some((17, 98765)));
-        assert_eq!(stat_parent_and_start(b"42 (x) S"), None);
+        assert_eq!(
+            crate::procs::parse_parent_and_start(stat),
+            Some((17, 98765))
+        );
+        assert_eq!(crate::procs::parse_parent_and_start(b"42 (x) S"), None);
     }
 
     #[test]
