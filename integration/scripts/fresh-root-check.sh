@@ -196,10 +196,10 @@ check_deb() { # DEB CHECKOUT
 
 # --- the check, inside private mount, PID and network namespaces --------------------
 
-wait_for_socket() { # SOCKET PID LOG
+wait_for_socket() { # SOCKET PID LOG WHAT
   local deadline=$((SECONDS + START_TIMEOUT))
   until [ -S "$1" ]; do
-    kill -0 "$2" 2>/dev/null || { tail -n 30 "$3" >&2; die "berthd exited before serving (log above)"; }
+    kill -0 "$2" 2>/dev/null || { tail -n 30 "$3" >&2; die "$(basename "$4") exited before berthd served (log above)"; }
     ((SECONDS < deadline)) || { tail -n 30 "$3" >&2; die "no socket $1 after ${START_TIMEOUT}s"; }
     sleep 0.5
   done
@@ -264,7 +264,7 @@ ns_check() { # ROOT RUN CHECKOUT GIT_DIR TARGET [DEB]
   start_in_root "$root" CARGO_NET_OFFLINE=true CARGO_TARGET_DIR="$target" BERTH_PROFILE=dev \
     "$checkout/deploy/quickstart.sh" >"$qlog" 2>&1 &
   pid=$!
-  wait_for_socket "$root/run/berth/berth.sock" "$pid" "$qlog"
+  wait_for_socket "$root/run/berth/berth.sock" "$pid" "$qlog" quickstart.sh
   for bin in berthd berth-monitor berth-runtime; do
     [ "$root$target/debug/$bin" -nt "$run/started" ] || die "$bin was not linked inside the root"
   done
@@ -288,7 +288,7 @@ ns_check() { # ROOT RUN CHECKOUT GIT_DIR TARGET [DEB]
   rm -rf "$root/run/berth" "$root/var/lib/berth"
   start_in_root "$root" /usr/bin/berthd --config /etc/berth/config.toml >"$dlog" 2>&1 &
   pid=$!
-  wait_for_socket "$root/run/berth/berth.sock" "$pid" "$dlog"
+  wait_for_socket "$root/run/berth/berth.sock" "$pid" "$dlog" /usr/bin/berthd
   check_crictl "$root" "installed package"
   stop_berthd "$pid" "installed package" "$dlog"
   in_root "$root" dpkg -r berth >"$run/dpkg-r.log" 2>&1 \
