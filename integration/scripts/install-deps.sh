@@ -37,6 +37,7 @@ TEST_PACKAGES=(
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
   criu                          # CheckpointContainer's `criu check` probe (privileged_checkpoint)
+  debootstrap                   # the fresh-machine check's root (fresh-root-check.sh)
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")

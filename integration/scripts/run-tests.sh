@@ -43,6 +43,16 @@ if [ "$#" -eq 0 ]; then
     cargo test --locked -p berth-integration --bench pod_start
 fi
 
+# The Debian package, built from the debug binaries (no release build in CI), and the
+# fresh-machine check: in a debootstrap root holding only what `install-deps.sh
+# --runtime` installs, quickstart builds and starts berthd and crictl reaches it; then
+# the package installs, serves and uninstalls there. Skipped when a test filter was given.
+if [ "$#" -eq 0 ]; then
+  step "Debian package and fresh-machine check"
+  deb=$(deploy/build-deb.sh --profile dev | tail -n1)
+  integration/scripts/fresh-root-check.sh --deb "$deb"
+fi
+
 step "fuzz targets, briefly (BERTH_FUZZ_SECONDS per target; 0 skips)"
 if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
   integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"

@@ -20,11 +20,53 @@ static VERSION: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `berthd --help` (the long form) reads as the man page does (deploy/berthd.8): what
+/// it is, then files, signals, environment and exit status after the options.
+const LONG_ABOUT: &str = "\
+Berth: a Kubernetes container runtime (CRI runtime.v1)
+
+berthd serves the CRI RuntimeService and ImageService on a Unix socket for kubelet
+and crictl. It builds pod sandboxes and containers itself (namespaces, cgroups,
+overlayfs, seccomp), one berth-monitor process per container, and uses berth-runtime
+for exec; both must sit in berthd's directory. Containers keep running when berthd
+stops or restarts; a new berthd recovers them.
+
+Without a command, berthd runs in the foreground until SIGTERM or SIGINT, logging to
+stderr. It needs root. Command-line options override the configuration file.";
+
+const AFTER_LONG_HELP: &str = "\
+Files:
+  /etc/berth/config.toml  Configuration, read when it exists and --config is not
+                          given; `berthd config default` prints every key.
+  /run/berth/berth.sock   The CRI socket (grpc.socket), mode 0660.
+  /var/lib/berth          Durable state: images, pod and container records (root_dir).
+  /run/berth              Volatile state: namespaces, monitors, the lock (state_dir).
+  /etc/berth/certs.d      Registry mirrors and CAs, <host>/hosts.toml (registry.config_path).
+  /etc/cni/net.d          Pod network: the first CNI config; plugins in /opt/cni/bin
+                          and /usr/lib/cni. Without one, a built-in bridge (berth0).
+
+Signals:
+  SIGTERM, SIGINT  Stop accepting, finish the RPCs in flight, remove the socket and
+                   exit 0. Containers and their monitors keep running.
+
+Environment:
+  NOTIFY_SOCKET    systemd's notification socket (Type=notify): READY=1 once the
+                   CRI socket serves, STOPPING=1 on a stop signal. Removed from the
+                   environment of everything berthd starts.
+
+Exit status:
+  0 after a clean stop or a successful command; 1 on an error, printed as one line
+  starting with `berthd: error:`.
+
+See also: berthd(8), crictl(1), systemd unit berthd.service; docs/ in the sources.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "berthd",
     version = VERSION.as_str(),
-    about = "Berth: a Kubernetes container runtime (CRI runtime.v1)"
+    about = "Berth: a Kubernetes container runtime (CRI runtime.v1)",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
 )]
 struct Cli {
     /// Configuration file (TOML). Without it, /etc/berth/config.toml is read if it
