@@ -171,6 +171,8 @@ pub struct Injection {
 #[derive(Debug, Clone, PartialEq)]
 struct Node {
     path: String,
+    /// The host node it stands for, when not at `path` on the host too.
+    host_path: Option<String>,
     kind: &'static str,
     major: i64,
     minor: i64,
@@ -520,6 +522,15 @@ impl Injection {
         Ok(())
     }
 
+    /// A device node whose host node is at another path. In a pod with its own user
+    /// namespace device nodes cannot be made (mknod), runtime-core binds the host's
+    /// node at the container's path instead: such a node would be the wrong one.
+    pub fn remapped_device_node(&self) -> Option<(&str, &str)> {
+        self.devices
+            .iter()
+            .find_map(|d| d.host_path.as_deref().map(|h| (d.path.as_str(), h)))
+    }
+
     /// Applies the edits to an OCI spec built by `spec::build`.
     pub fn apply(&self, spec: &mut Value) {
         if self.is_empty() {
@@ -658,8 +669,10 @@ fn device_node(n: &DeviceNode) -> std::result::Result<Node, String> {
     if major < 0 || minor < 0 {
         return Err(format!("device node {:?}: negative major or minor", n.path));
     }
+    let host_path = (clean_path(host) != clean).then(|| host.to_owned());
     Ok(Node {
         path: clean,
+        host_path,
         kind,
         major,
         minor,
@@ -787,6 +800,11 @@ containerEdits:
             &["vendor.example/gpu=0".into(), "vendor.example/nic=a".into()],
         )
         .expect("resolves");
+        assert_eq!(
+            inj.remapped_device_node(),
+            Some(("/dev/gpu0", "/dev/null")),
+            "a user-namespaced pod must refuse it"
+        );
         let mut spec = json!({
             "process": {"env": ["PATH=/bin", "GPU=old"], "user": {"uid": 0, "gid": 0, "additionalGids": []}},
             "mounts": [],

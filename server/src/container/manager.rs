@@ -487,6 +487,13 @@ impl ContainerManager {
                 .await
                 .map_err(|e| Error::Internal(format!("resolving CDI devices: {e}")))??
         };
+        if pod_ctx.userns.is_some()
+            && let Some((path, host)) = cdi.remapped_device_node()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "CDI device node {path} comes from host path {host}: a pod with its own user namespace can only get device nodes whose host path is their container path"
+            )));
+        }
         let mut config = config;
         let volumes = super::image_volume::resolve(&self.images, &mut config)?;
         let pod_meta = pod.config.metadata.clone().unwrap_or_default();
