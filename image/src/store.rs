@@ -323,8 +323,10 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    options: StoreOptions,
-    http: HttpClients,
+    /// Replaced whole by [`ImageStore::set_options`] (a config reload); a pull uses
+    /// the options it started with.
+    options: RwLock<Arc<StoreOptions>>,
+    http: RwLock<Arc<HttpClients>>,
     images: RwLock<HashMap<Digest, Image>>,
     /// Snapshot chain ids held by containers, by holder.
     leases: RwLock<HashMap<String, Vec<Digest>>>,
@@ -339,6 +341,43 @@ struct Inner {
 }
 
 impl ImageStore {
+    /// The registry and unpack options in force.
+    pub(crate) fn options(&self) -> Arc<StoreOptions> {
+        Arc::clone(
+            &self
+                .inner
+                .options
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn http(&self) -> Arc<HttpClients> {
+        Arc::clone(
+            &self
+                .inner
+                .http
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the registry and unpack options (berthd's config reload): pulls that
+    /// start from now on use them; pulls in progress finish with the old ones.
+    pub fn set_options(&self, options: StoreOptions) {
+        let http = HttpClients::new(options.timeouts(), options.body_limits());
+        *self
+            .inner
+            .http
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(http);
+        *self
+            .inner
+            .options
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(options);
+    }
+
     /// Opens (creating if needed) the store at `root`: removes leftovers of
     /// interrupted pulls and loads the image records.
     pub fn open(root: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, StoreError> {
@@ -407,8 +446,8 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                options,
-                http,
+                options: RwLock::new(Arc::new(options)),
+                http: RwLock::new(Arc::new(http)),
                 images: RwLock::new(images),
                 leases: RwLock::new(leases),
                 write: tokio::sync::Mutex::new(()),
@@ -629,7 +668,8 @@ impl ImageStore {
         let (manifest_digest, manifest) = match parsed {
             ManifestKind::Manifest(m) => (top_digest.clone(), m),
             ManifestKind::Index(index) => {
-                let platform = &self.inner.options.platform;
+                let options = self.options();
+                let platform = &options.platform;
                 let Some(desc) = oci::select_platform(&index, platform) else {
                     let available = index
                         .manifests
@@ -714,13 +754,14 @@ impl ImageStore {
             .collect();
         // Refuse before any download what could never be unpacked: the blob would
         // otherwise stream into ingest/ up to its declared size.
-        let max_blob = max_layer_blob(&self.inner.options.unpack);
+        let unpack_limits = self.options().unpack;
+        let max_blob = max_layer_blob(&unpack_limits);
         if let Some(l) = layers.iter().find(|l| l.size > max_blob) {
             return Err(StoreError::LayerTooLarge {
                 reference: name,
                 digest: l.digest.clone(),
                 size: l.size,
-                limit: self.inner.options.unpack.max_bytes,
+                limit: unpack_limits.max_bytes,
             });
         }
         let downloaded = self.fetch_layers(&sources, &layers, &name).await?;
@@ -759,7 +800,8 @@ impl ImageStore {
         r: &Reference,
         auth: &Auth,
     ) -> Result<(Vec<Session>, crate::distribution::FetchedManifest), StoreError> {
-        let endpoints = self.inner.options.hosts.endpoints(r.domain())?;
+        let endpoints = self.options().hosts.endpoints(r.domain())?;
+        let http = self.http();
         // Credentials go only to the registry they were given for, never to a mirror
         // (a mirror that needs credentials gets them from its hosts.toml `header`).
         let auth = auth.scoped_to(r.domain());
@@ -781,7 +823,7 @@ impl ImageStore {
             }
             let name = ep.name().to_owned();
             let ep_auth = auth_for(&ep);
-            let session = match Session::new(&self.inner.http, ep, r.domain(), r.path(), ep_auth) {
+            let session = match Session::new(&http, ep, r.domain(), r.path(), ep_auth) {
                 Ok(s) => s,
                 Err(e) => {
                     tried.push(e.to_string());
@@ -796,9 +838,7 @@ impl ImageStore {
                     let mut sources = vec![session];
                     for ep in endpoints.filter(|e| e.capabilities.pull) {
                         let ep_auth = auth_for(&ep);
-                        if let Ok(s) =
-                            Session::new(&self.inner.http, ep, r.domain(), r.path(), ep_auth)
-                        {
+                        if let Ok(s) = Session::new(&http, ep, r.domain(), r.path(), ep_auth) {
                             sources.push(s);
                         }
                     }
@@ -846,7 +886,7 @@ impl ImageStore {
         if let Ok(bytes) = tokio::fs::read(&path).await {
             return Ok(bytes);
         }
-        let limit = self.inner.options.max_config_bytes;
+        let limit = self.options().max_config_bytes;
         if desc.size > limit {
             return Err(StoreError::Config {
                 reference: name.to_owned(),
@@ -885,7 +925,7 @@ impl ImageStore {
         name: &str,
     ) -> Result<u64, StoreError> {
         let permits = Arc::new(tokio::sync::Semaphore::new(
-            self.inner.options.max_concurrent_downloads.max(1),
+            self.options().max_concurrent_downloads.max(1),
         ));
         let received = Arc::new(AtomicU64::new(0));
         let mut tasks = tokio::task::JoinSet::new();
@@ -975,7 +1015,7 @@ impl ImageStore {
         }
         let snapshots = root.join("snapshots");
         let layer = layer.clone();
-        let limits = self.inner.options.unpack;
+        let limits = self.options().unpack;
         tokio::task::spawn_blocking(move || unpack_snapshot(&snapshots, &blob, &layer, &limits))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;

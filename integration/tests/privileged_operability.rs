@@ -570,3 +570,135 @@ async fn check_reports_a_running_berthd() {
     );
     assert!(line(&out, "socket").contains("listening"), "{out}");
 }
+
+/// Polls the daemon's log until `needle` occurs `n` times (10 s at most).
+async fn wait_for_log(d: &TestDaemon, needle: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.log().matches(needle).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} (#{n}) in the log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGHUP reads the config file again: `log.level`, a registry mirror
+/// (`registry.config_path`) and `metrics.address` change at once; a changed key that
+/// needs a restart (`log.format`) is named and keeps its running value; a broken
+/// file is logged and the daemon keeps serving with the configuration it had.
+#[tokio::test]
+async fn sighup_reloads_what_can_change_live() {
+    use berth_integration::forge::ImageBuilder;
+    use berth_integration::registry::TestRegistry;
+
+    let registry = TestRegistry::start().expect("registry");
+    let image = ImageBuilder::busybox()
+        .expect("busybox")
+        .build()
+        .expect("image");
+    registry
+        .push("busybox", "reload", &image)
+        .await
+        .expect("push");
+    // mirror.test is reached only through hosts.toml: first a closed loopback port,
+    // after the reload the test registry.
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (dead, live) = (certs.path().join("dead"), certs.path().join("live"));
+    std::fs::create_dir_all(dead.join("mirror.test")).expect("dead dir");
+    std::fs::write(
+        dead.join("mirror.test/hosts.toml"),
+        format!("server = \"http://127.0.0.1:{}\"\n", free_port()),
+    )
+    .expect("dead hosts.toml");
+    registry
+        .write_mirror_hosts(&live, &["mirror.test"])
+        .expect("live hosts.toml");
+    let options = DaemonOptions {
+        log_level: "info".into(),
+        extra_config: format!(
+            "\n[registry]\nconfig_path = {:?}\nconnect_timeout_secs = 2\n",
+            dead.display().to_string()
+        ),
+        ..Default::default()
+    };
+    let d = TestDaemon::start_with(options).await.expect("berthd");
+    let mut c = d.client().await.expect("client");
+    let pull = PullImageRequest {
+        image: Some(ImageSpec {
+            image: "mirror.test/busybox:reload".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.image
+        .pull_image(pull.clone())
+        .await
+        .expect_err("the mirror is not configured yet");
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .expect("Version");
+    assert!(!d.log().contains("rpc ok"), "debug lines at info level");
+
+    let original = std::fs::read_to_string(&d.config_path).expect("config");
+    let port = free_port();
+    let changed = format!(
+        "{}\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
+        original
+            .replace("level = \"info\"", "level = \"debug\"")
+            .replace("format = \"text\"", "format = \"json\"")
+            .replace(
+                &format!("{:?}", dead.display().to_string()),
+                &format!("{:?}", live.display().to_string())
+            )
+    );
+    std::fs::write(&d.config_path, changed).expect("write config");
+    d.signal(libc::SIGHUP).expect("SIGHUP");
+    wait_for_log(&d, "SIGHUP: configuration reloaded", 1).await;
+    let log = d.log();
+    for key in ["log.level", "registry.config_path", "metrics.address"] {
+        assert!(log.contains(key), "{key} not reported as applied:\n{log}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("restart") && l.contains("log.format")),
+        "log.format not reported as needing a restart:\n{log}"
+    );
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .expect("Version");
+    wait_for_log(&d, "rpc ok", 1).await;
+    assert!(
+        !d.log().lines().any(|l| l.starts_with('{')),
+        "log.format changed without a restart"
+    );
+    c.image
+        .pull_image(pull.clone())
+        .await
+        .expect("pull through the mirror configured by the reload");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    assert!(!scrape(&http, port).await.is_empty(), "metrics endpoint");
+
+    // A broken file changes nothing: logged, and the daemon serves as before.
+    std::fs::write(&d.config_path, "this is [not toml").expect("write broken");
+    d.signal(libc::SIGHUP).expect("SIGHUP");
+    wait_for_log(&d, "configuration reload failed", 1).await;
+    let oks = d.log().matches("rpc ok").count();
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .expect("Version after a broken reload");
+    wait_for_log(&d, "rpc ok", oks + 1).await;
+    assert!(
+        !scrape(&http, port).await.is_empty(),
+        "metrics after a broken reload"
+    );
+    std::fs::write(&d.config_path, original).expect("restore config");
+}

@@ -43,6 +43,28 @@ pub struct Config {
     /// OCI runtimes (runc, crun, berth-runtime) a pod can pick by runtime handler name
     /// (a Kubernetes RuntimeClass's `handler`), besides the native one.
     pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
+    /// CDI (Container Device Interface) devices.
+    pub cdi: CdiConfig,
+}
+
+/// Where CDI device specs are found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Directories of CDI spec files (`*.json`, `*.yaml`); a device in a later
+    /// directory overrides one of the same name in an earlier one.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        Self {
+            spec_dirs: crate::container::cdi::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
 }
 
 /// One `[runtime_handlers.<name>]`: an OCI runtime driven through its command line.
@@ -312,6 +334,7 @@ impl Default for Config {
             stream: StreamServerConfig::default(),
             metrics: MetricsConfig::default(),
             runtime_handlers: BTreeMap::new(),
+            cdi: CdiConfig::default(),
         }
     }
 }
@@ -452,6 +475,14 @@ impl Config {
         for (name, h) in &self.runtime_handlers {
             validate_handler(name, h)?;
         }
+        for dir in &self.cdi.spec_dirs {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "cdi.spec_dirs: {:?} must be an absolute path",
+                    dir.display().to_string()
+                )));
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "log.level must not be empty".to_owned(),
@@ -466,6 +497,13 @@ impl Config {
         let plugin_dirs = d
             .cni
             .plugin_dirs
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cdi_dirs = d
+            .cdi
+            .spec_dirs
             .iter()
             .map(|p| format!("{:?}", p.display().to_string()))
             .collect::<Vec<_>>()
@@ -552,6 +590,11 @@ port = {stream_port}
 # network in front of it is trusted.
 address = "{metrics_addr}"
 
+[cdi]
+# Directories of CDI device spec files (*.json, *.yaml) for CRI CDI_devices and
+# cdi.k8s.io/* annotations; a device in a later directory overrides an earlier one's.
+spec_dirs = [{cdi_dirs}]
+
 # OCI runtimes a pod can pick by runtime handler (a Kubernetes RuntimeClass's
 # `handler`), besides the native one ("" or "berth"). None by default. Example:
 # [runtime_handlers.runc]
@@ -582,6 +625,7 @@ address = "{metrics_addr}"
             stream_addr = d.stream.address,
             stream_port = d.stream.port,
             metrics_addr = d.metrics.address,
+            cdi_dirs = cdi_dirs,
         )
     }
 

@@ -295,6 +295,16 @@ pub async fn run(
     config: Config,
     notify: Option<crate::notify::Notifier>,
 ) -> Result<(), StartError> {
+    run_with_reload(config, notify, None).await
+}
+
+/// [`run`], and on SIGHUP reads the configuration again through `reload` and applies
+/// what can change live (see `reload.rs`).
+pub async fn run_with_reload(
+    config: Config,
+    notify: Option<crate::notify::Notifier>,
+    reload: Option<crate::reload::Loader>,
+) -> Result<(), StartError> {
     if matches!(config.cgroup_driver, crate::config::CgroupDriver::Systemd)
         && !crate::pod::systemd::systemd_running()
     {
@@ -330,6 +340,7 @@ pub async fn run(
         .metrics
         .socket_addr()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
+    let running = config.clone();
     let cri =
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
@@ -343,8 +354,8 @@ pub async fn run(
         StartError::Stream(msg)
     })?;
     tracing::info!(url = %stream_url, "streaming server listening");
-    // Dropped (and so stopped) when run() returns.
-    let _metrics = match metrics_addr {
+    // Dropped (and so stopped) when run() returns, or replaced by a reload.
+    let metrics = match metrics_addr {
         Some(addr) => {
             let server =
                 crate::prom::MetricsServer::start(addr, crate::prom::global(), cri.state_source())
@@ -355,6 +366,8 @@ pub async fn run(
         }
         None => None,
     };
+    // SIGHUP's default action would end berthd: it is handled even without a loader.
+    let _reloader = tokio::spawn(reload_on_sighup(cri.clone(), running, reload, metrics));
     let runtime =
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -449,6 +462,109 @@ fn exit_within(grace: Duration, code: i32) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the exit watchdog");
+    }
+}
+
+/// Each SIGHUP: read the configuration again and apply what can change live; log
+/// which changed keys need a restart. A configuration that does not load, or whose
+/// log filter or metrics address is unusable, leaves the running one in force.
+async fn reload_on_sighup(
+    cri: CriService,
+    mut running: Config,
+    loader: Option<crate::reload::Loader>,
+    mut metrics: Option<crate::prom::MetricsServer>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: configuration reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(load) = &loader else {
+            tracing::warn!("SIGHUP: this berthd has no configuration source to reload");
+            continue;
+        };
+        let read = match load() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the running configuration stays in force");
+                continue;
+            }
+        };
+        let mut plan = match crate::reload::plan(&running, &read) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the running configuration stays in force");
+                continue;
+            }
+        };
+        if let Err(e) = crate::reload::apply_log_level(&plan) {
+            tracing::error!(error = %e, "configuration reload failed; the running configuration stays in force");
+            continue;
+        }
+        if plan.live.iter().any(|k| k == "metrics.address") {
+            match restart_metrics(&cri, &plan.config, metrics.take()).await {
+                Ok(server) => metrics = server,
+                Err((e, old)) => {
+                    // The old endpoint keeps serving; the rest of the reload applies.
+                    tracing::error!(error = %e, "metrics.address not changed");
+                    metrics = old;
+                    plan.config.metrics = running.metrics.clone();
+                    plan.live.retain(|k| k != "metrics.address");
+                    plan.need_restart.push("metrics.address".into());
+                }
+            }
+        }
+        cri.apply_live_config(&plan);
+        if plan.live.is_empty() && plan.need_restart.is_empty() {
+            tracing::info!("SIGHUP: configuration reloaded, nothing changed");
+        } else {
+            tracing::info!(applied = ?plan.live, "SIGHUP: configuration reloaded");
+        }
+        if !plan.need_restart.is_empty() {
+            tracing::warn!(
+                keys = ?plan.need_restart,
+                "these changed configuration keys take effect only after a restart of berthd; their running values stay"
+            );
+        }
+        running = plan.config;
+    }
+}
+
+/// Starts the metrics endpoint on `config`'s address in place of `old`. On failure
+/// returns the error and `old`, still serving when it could be kept.
+async fn restart_metrics(
+    cri: &CriService,
+    config: &Config,
+    old: Option<crate::prom::MetricsServer>,
+) -> Result<Option<crate::prom::MetricsServer>, (String, Option<crate::prom::MetricsServer>)> {
+    let addr = match config.metrics.socket_addr() {
+        Ok(a) => a,
+        Err(e) => return Err((e.to_string(), old)),
+    };
+    let old_addr = old.as_ref().map(|s| s.local_addr());
+    // The new address may be the old port on another IP, or the same: free it first.
+    drop(old);
+    let Some(addr) = addr else {
+        tracing::info!("metrics endpoint turned off");
+        return Ok(None);
+    };
+    match crate::prom::MetricsServer::start(addr, crate::prom::global(), cri.state_source()).await {
+        Ok(server) => {
+            tracing::info!(address = %server.local_addr(), "metrics endpoint listening on /metrics");
+            Ok(Some(server))
+        }
+        Err(e) => {
+            let back = match old_addr {
+                Some(a) => {
+                    crate::prom::MetricsServer::start(a, crate::prom::global(), cri.state_source())
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            Err((format!("{addr}: {e}"), back))
+        }
     }
 }
 

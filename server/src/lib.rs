@@ -14,5 +14,6 @@ pub mod notify;
 pub mod pod;
 pub mod procs;
 pub mod prom;
+pub mod reload;
 pub mod store;
 pub mod stream;

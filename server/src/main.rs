@@ -149,24 +149,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", Config::default_toml());
         return Ok(());
     }
-    let mut config = Config::load(cli.config.as_deref())?;
-    if let Some(p) = cli.socket {
-        config.grpc.socket = p;
-    }
-    if let Some(p) = cli.root {
-        config.root_dir = p;
-    }
-    if let Some(p) = cli.state {
-        config.state_dir = p;
-    }
-    if let Some(l) = cli.log_level {
-        config.log.level = l;
-    }
-    if let Some(f) = cli.log_format {
-        config.log.format = f;
-    }
-    // Overrides go through the same checks as the file.
-    let config = Config::parse(&toml::to_string(&config)?)?;
+    let source = ConfigSource {
+        file: cli.config.clone(),
+        socket: cli.socket.clone(),
+        root: cli.root.clone(),
+        state: cli.state.clone(),
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format,
+    };
+    let config = source.load()?;
 
     if let Some(Command::Config {
         command: ConfigCommand::Show,
@@ -201,8 +192,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("berthd")
         .build()?;
-    runtime.block_on(daemon::run(config, notify))?;
+    let loader: berth_server::reload::Loader =
+        std::sync::Arc::new(move || source.load().map_err(|e| e.to_string()));
+    runtime.block_on(daemon::run_with_reload(config, notify, Some(loader)))?;
     Ok(())
+}
+
+/// Where the configuration comes from: the file (or the defaults) and the
+/// command-line overrides, read again on SIGHUP.
+#[derive(Debug, Clone)]
+struct ConfigSource {
+    file: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.file.as_deref())?;
+        if let Some(p) = &self.socket {
+            config.grpc.socket = p.clone();
+        }
+        if let Some(p) = &self.root {
+            config.root_dir = p.clone();
+        }
+        if let Some(p) = &self.state {
+            config.state_dir = p.clone();
+        }
+        if let Some(l) = &self.log_level {
+            config.log.level = l.clone();
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+        // Overrides go through the same checks as the file.
+        Ok(Config::parse(&toml::to_string(&config)?)?)
+    }
 }
 
 fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
@@ -243,26 +271,37 @@ fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    // A bare level ("debug") is about Berth itself: the HTTP/2 stack's frame-by-frame
-    // debug output would drown it, so dependencies stay at info unless named.
-    let level = config.log.level.trim();
-    let directive = if level.contains(['=', ',']) {
-        level.to_owned()
+/// The tracing filter of a `log.level`. A bare level ("debug") is about Berth itself:
+/// the HTTP/2 stack's frame-by-frame debug output would drown it, so dependencies stay
+/// at info unless named.
+fn log_filter(level: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let trimmed = level.trim();
+    let directive = if trimmed.contains(['=', ',']) {
+        trimmed.to_owned()
     } else {
-        format!("{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info")
+        format!("{trimmed},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info")
     };
-    let filter = EnvFilter::try_new(&directive)
-        .map_err(|e| anyhow::anyhow!("invalid log.level {:?}: {e}", config.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    tracing_subscriber::EnvFilter::try_new(&directive)
+        .map_err(|e| anyhow::anyhow!("invalid log.level {level:?}: {e}"))
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Behind a reload layer: SIGHUP can change log.level (reload.rs).
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(&config.log.level)?);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => registry.with(fmt.with_target(false)).init(),
+        LogFormat::Json => registry.with(fmt.json().with_current_span(true)).init(),
     }
+    berth_server::reload::set_log_filter_setter(Box::new(move |level| {
+        let filter = log_filter(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
     Ok(())
 }
 

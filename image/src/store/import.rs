@@ -60,8 +60,8 @@ impl ImageStore {
     pub async fn import_archive(&self, path: &Path) -> Result<Vec<Image>, StoreError> {
         let _no_gc = self.inner.gc.read().await;
         let root = self.inner.root.clone();
-        let platform = self.inner.options.platform.clone();
-        let limits = self.inner.options.unpack;
+        let platform = self.options().platform.clone();
+        let limits = self.options().unpack;
         let archive = path.to_owned();
         let staged = tokio::task::spawn_blocking(move || {
             let work = tempfile::Builder::new()

@@ -319,12 +319,15 @@ pub struct ContainerManager {
     names: Mutex<HashMap<String, String>>,
     /// Writable-layer usage, seconds old (see `fsinfo::USAGE_MAX_AGE`).
     layer_usage: crate::fsinfo::UsageCache,
+    /// `cdi.spec_dirs`, replaced by a config reload (SIGHUP).
+    cdi_spec_dirs: RwLock<Vec<PathBuf>>,
 }
 
 impl ContainerManager {
     /// A manager; call [`Self::recover`] before serving.
     pub fn new(config: Config, images: ImageStore) -> Self {
         Self {
+            cdi_spec_dirs: RwLock::new(config.cdi.spec_dirs.clone()),
             config,
             images,
             events: tokio::sync::broadcast::channel(1024).0,
@@ -332,6 +335,14 @@ impl ContainerManager {
             names: Mutex::new(HashMap::new()),
             layer_usage: crate::fsinfo::UsageCache::default(),
         }
+    }
+
+    /// Where CDI specs are looked up from now on (a config reload).
+    pub fn set_cdi_spec_dirs(&self, dirs: Vec<PathBuf>) {
+        *self
+            .cdi_spec_dirs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = dirs;
     }
 
     fn records_dir(&self) -> PathBuf {
@@ -461,6 +472,28 @@ impl ContainerManager {
             .ok_or_else(|| {
                 Error::NotFound(format!("image {wanted:?} is not present; pull it first"))
             })?;
+        // CDI devices are resolved before anything is created: an unknown one fails
+        // the request with nothing to roll back.
+        let cdi_names = super::cdi::requested_devices(&config, &pod.config.annotations)?;
+        let cdi = if cdi_names.is_empty() {
+            super::cdi::Injection::default()
+        } else {
+            let dirs = self
+                .cdi_spec_dirs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            tokio::task::spawn_blocking(move || super::cdi::resolve(&dirs, &cdi_names))
+                .await
+                .map_err(|e| Error::Internal(format!("resolving CDI devices: {e}")))??
+        };
+        if pod_ctx.userns.is_some()
+            && let Some((path, host)) = cdi.remapped_device_node()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "CDI device node {path} comes from host path {host}: a pod with its own user namespace can only get device nodes whose host path is their container path"
+            )));
+        }
         let mut config = config;
         let volumes = super::image_volume::resolve(&self.images, &mut config)?;
         let pod_meta = pod.config.metadata.clone().unwrap_or_default();
@@ -539,7 +572,7 @@ impl ContainerManager {
             working_dir: image.config.working_dir.clone(),
         };
         match self
-            .create_steps(&ctr, &image, &image_config, &pod_ctx, &volumes)
+            .create_steps(&ctr, &image, &image_config, &pod_ctx, &volumes, &cdi)
             .await
         {
             Ok(()) => {
@@ -567,6 +600,7 @@ impl ContainerManager {
         image_config: &ImageConfig,
         pod_ctx: &PodContext,
         volumes: &[super::image_volume::Resolved],
+        cdi: &super::cdi::Injection,
     ) -> Result<()> {
         let dir = self.dir(&ctr.id);
         // The container's dir is root's alone: below it are the rootfs (the image's
@@ -619,6 +653,7 @@ impl ContainerManager {
             pod: pod_ctx,
             cgroup_driver: self.config.cgroup_driver,
         })?;
+        cdi.apply(&mut spec);
         if self.config.allow_degraded_device_filter {
             spec["annotations"][berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION] =
                 json!("true");

@@ -121,6 +121,26 @@ impl CriService {
         })
     }
 
+    /// Applies the keys of a config reload that change under a running daemon
+    /// (except `log.level` and `metrics.address`, which the daemon applies itself).
+    pub fn apply_live_config(&self, plan: &crate::reload::Plan) {
+        let c = &plan.config;
+        let changed = |prefix: &str| plan.live.iter().any(|k| k.starts_with(prefix));
+        if changed("registry.") || changed("image.") {
+            self.shared.images.set_options(c.store_options());
+        }
+        if changed("cni.") {
+            self.shared
+                .pods
+                .set_cni_dirs(c.cni.conf_dir.clone(), c.cni.plugin_dirs.clone());
+        }
+        if changed("cdi.") {
+            self.shared
+                .containers
+                .set_cdi_spec_dirs(c.cdi.spec_dirs.clone());
+        }
+    }
+
     fn streams(&self) -> crate::error::Result<&berth_stream::StreamServer> {
         self.shared.streams.get().ok_or_else(|| {
             crate::error::Error::Unavailable("the streaming server is not running".into())

@@ -595,7 +595,7 @@ impl RuntimeService for CriService {
             None => condition(RUNTIME_READY, true, "", String::new()),
             Some(why) => condition(RUNTIME_READY, false, "StateDirUnusable", why),
         };
-        let network = cni::check_ready(&config.cni, &pod_cidrs);
+        let network = cni::check_ready(&self.shared.pods.cni_config(), &pod_cidrs);
         let network_condition = match &network {
             Ok(_) => condition(NETWORK_READY, true, "", String::new()),
             Err(why) => condition(

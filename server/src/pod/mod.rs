@@ -227,6 +227,9 @@ pub struct PodManager {
     native: Arc<NativeNetwork>,
     /// Reserved sandbox names (`name_namespace_uid_attempt`) → id.
     names: Mutex<HashMap<String, String>>,
+    /// `[cni]` with the keys a config reload (SIGHUP) may change: conf_dir and
+    /// plugin_dirs.
+    cni: RwLock<crate::config::CniConfig>,
 }
 
 impl PodManager {
@@ -234,6 +237,7 @@ impl PodManager {
     pub fn new(config: Config, pod_cidrs: Arc<RwLock<Vec<String>>>) -> Self {
         Self {
             native: Arc::new(NativeNetwork::new(&config.state_dir)),
+            cni: RwLock::new(config.cni.clone()),
             config,
             pod_cidrs,
             pods: RwLock::new(HashMap::new()),
@@ -316,9 +320,28 @@ impl PodManager {
         self.config.state_dir.join("ns").join(id)
     }
 
+    /// The CNI configuration in force.
+    pub fn cni_config(&self) -> crate::config::CniConfig {
+        self.cni
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Looks for network configs in `conf_dir` and plugins in `plugin_dirs` from now
+    /// on (a config reload); pods already set up keep their network.
+    pub fn set_cni_dirs(&self, conf_dir: PathBuf, plugin_dirs: Vec<PathBuf>) {
+        let mut cni = self
+            .cni
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cni.conf_dir = conf_dir;
+        cni.plugin_dirs = plugin_dirs;
+    }
+
     fn cni_runner(&self) -> CniRunner {
         CniRunner {
-            plugin_dirs: self.config.cni.plugin_dirs.clone(),
+            plugin_dirs: self.cni_config().plugin_dirs,
             cache_dir: self.config.root_dir.join("cni").join("results"),
         }
     }
@@ -633,7 +656,7 @@ impl PodManager {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        cni::check_ready(&self.config.cni, &cidrs)
+        cni::check_ready(&self.cni_config(), &cidrs)
             .map_err(|e| Error::FailedPrecondition(format!("pod network is not ready: {e}")))
     }
 
