@@ -274,7 +274,7 @@ mod tests {
             .export_archive(&["example.com/app:1".into()], File::create(&out).unwrap())
             .await
             .unwrap();
-        assert_eq!(exported, [original.clone()]);
+        assert_eq!(exported, std::slice::from_ref(&original));
         let files = members(&out);
         for name in ["oci-layout", "index.json", "manifest.json"] {
             assert!(
@@ -293,7 +293,7 @@ mod tests {
 
         let second = ImageStore::open(tmp.path().join("b"), StoreOptions::default()).unwrap();
         let again = second.import_archive(&out).await.unwrap();
-        assert_eq!(again, [original.clone()]);
+        assert_eq!(again, std::slice::from_ref(&original));
         assert_eq!(
             std::fs::read(second.snapshot_dirs(&again[0])[0].join("etc/motd")).unwrap(),
             b"exported\n"
