@@ -38,7 +38,10 @@ use crate::oci::{
 use crate::reference::{Digest, Reference, ReferenceError};
 use crate::unpack::{self, UnpackError, UnpackLimits};
 
+mod export;
 mod import;
+
+pub use import::{ImportProgress, ProgressFn};
 
 /// How often a running pull logs its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,6 +71,9 @@ pub struct StoreOptions {
     pub max_concurrent_downloads: usize,
     /// The platform picked from image indexes.
     pub platform: Platform,
+    /// Images [`ImageStore::remove`] refuses to remove (and that ImageStatus reports
+    /// as pinned): references (tag or digest) or image ids, as configured.
+    pub pinned: Vec<String>,
 }
 
 impl Default for StoreOptions {
@@ -86,6 +92,7 @@ impl Default for StoreOptions {
             unpack: UnpackLimits::default(),
             max_concurrent_downloads: 3,
             platform: oci::host_platform(),
+            pinned: Vec::new(),
         }
     }
 }
@@ -117,6 +124,7 @@ pub enum ErrorKind {
     Unavailable,
     PermissionDenied,
     DeadlineExceeded,
+    FailedPrecondition,
     Internal,
 }
 
@@ -213,6 +221,15 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error(
+        "image {image} ({reference}) is pinned by the image.pinned_images entry {pinned_by:?}; \
+         remove that entry from the configuration (and reload berthd with SIGHUP) to allow its removal, or use `berthd image rm --force`"
+    )]
+    Pinned {
+        reference: String,
+        image: Digest,
+        pinned_by: String,
+    },
 }
 
 impl StoreError {
@@ -241,6 +258,7 @@ impl StoreError {
             },
             Self::Config { .. } | Self::LayerTooLarge { .. } => ErrorKind::InvalidArgument,
             Self::Unpack { source, .. } if source.is_limit() => ErrorKind::InvalidArgument,
+            Self::Pinned { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
     }
@@ -515,16 +533,43 @@ impl ImageStore {
         })
     }
 
+    /// The `pinned` entry that pins `image`, if any: a tag or digest reference naming
+    /// one of its names, or its id.
+    pub fn pinned_by(&self, image: &Image) -> Option<String> {
+        self.options()
+            .pinned
+            .iter()
+            .find(|entry| pins(entry, image))
+            .cloned()
+    }
+
     /// Removes the image named by `ref_or_id` with all its tags, as containerd does
     /// (critest expects removing by one tag to remove the others). Returns the removed
     /// image, or `None` if there was none (not an error). Unreferenced snapshots and
-    /// blobs are then collected.
+    /// blobs are then collected. A pinned image is refused ([`StoreError::Pinned`]).
     pub async fn remove(&self, ref_or_id: &str) -> Result<Option<Image>, StoreError> {
+        self.remove_with(ref_or_id, false).await
+    }
+
+    /// [`ImageStore::remove`]; with `force`, a pinned image is removed too (an
+    /// operator's explicit `berthd image rm --force`).
+    pub async fn remove_with(
+        &self,
+        ref_or_id: &str,
+        force: bool,
+    ) -> Result<Option<Image>, StoreError> {
         let removed = {
             let _w = self.inner.write.lock().await;
             let Some(image) = self.status(ref_or_id)? else {
                 return Ok(None);
             };
+            if !force && let Some(entry) = self.pinned_by(&image) {
+                return Err(StoreError::Pinned {
+                    reference: ref_or_id.to_owned(),
+                    image: image.id.clone(),
+                    pinned_by: entry,
+                });
+            }
             self.delete_record(&image.id).await?;
             image
         };
@@ -1388,6 +1433,23 @@ fn load_leases(dir: &Path) -> Result<HashMap<String, Vec<Digest>>, StoreError> {
     Ok(leases)
 }
 
+/// Whether the configured `entry` (an image id, a tag or a digest reference) names
+/// `image`. Entries that parse as neither pin nothing (config validation refuses
+/// them before they get here).
+fn pins(entry: &str, image: &Image) -> bool {
+    if let Some(id) = as_image_id(entry) {
+        return id == image.id;
+    }
+    let Ok(r) = Reference::parse(entry) else {
+        return false;
+    };
+    match (r.digest(), r.repo_tag()) {
+        (Some(d), _) => image.repo_digests.contains(&r.repo_digest(d)),
+        (None, Some(tag)) => image.repo_tags.contains(&tag),
+        (None, None) => false,
+    }
+}
+
 /// `sha256:<hex>` or a bare 64-hex id.
 fn as_image_id(s: &str) -> Option<Digest> {
     if let Ok(d) = Digest::parse(s) {
@@ -1680,6 +1742,52 @@ mod tests {
         s.release("ctr-1").await.unwrap();
         assert_eq!(s.gc().await.unwrap().snapshots, 1);
         assert!(!dirs[0].exists());
+    }
+
+    #[tokio::test]
+    async fn pinned_images_are_refused_removal_unless_forced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            // A tag (normalised when matched), a digest reference and an id.
+            pinned: vec![
+                "x:1".into(),
+                format!("docker.io/library/y@{}", d('f')),
+                d('b').to_string(),
+            ],
+            ..StoreOptions::default()
+        };
+        let s = ImageStore::open(tmp.path(), options).unwrap();
+        std::fs::create_dir_all(snapshot_fs(tmp.path(), &d('c'))).unwrap();
+        let pinned = s
+            .commit(image('a', &["docker.io/library/x:1"], 'c'))
+            .await
+            .unwrap();
+        let free = s
+            .commit(image('e', &["docker.io/library/x:2"], 'c'))
+            .await
+            .unwrap();
+        assert_eq!(s.pinned_by(&pinned).as_deref(), Some("x:1"));
+        assert_eq!(s.pinned_by(&free), None);
+        // By any of its names or its id: refused, naming the config entry.
+        for name in ["x:1", pinned.id.as_str(), pinned.id.hex()] {
+            let err = s.remove(name).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("image.pinned_images") && msg.contains("\"x:1\""),
+                "{msg}"
+            );
+        }
+        assert!(s.status("x:1").unwrap().is_some());
+        s.remove("x:2").await.unwrap().unwrap();
+        s.remove_with("x:1", true).await.unwrap().unwrap();
+        assert!(s.list().is_empty());
+
+        let by_id = image('b', &[], 'c');
+        assert_eq!(s.pinned_by(&by_id).as_deref(), Some(d('b').as_str()));
+        let mut by_digest = image('9', &[], 'c');
+        by_digest.repo_digests = vec![format!("docker.io/library/y@{}", d('f'))];
+        assert!(s.pinned_by(&by_digest).is_some_and(|e| e.contains("y@")));
     }
 
     #[test]

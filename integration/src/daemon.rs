@@ -204,6 +204,14 @@ impl TestDaemon {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// `berthd --config <this daemon's config>`, for its subcommands (`image ...`),
+    /// which reach the running daemon through its admin socket.
+    pub fn command(&self) -> anyhow::Result<Command> {
+        let mut c = Command::new(Self::binary()?);
+        c.arg("--config").arg(&self.config_path);
+        Ok(c)
+    }
+
     /// `unix://<socket>`, as crictl and critest take it.
     pub fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())

@@ -531,6 +531,45 @@ impl BuiltImage {
     pub fn id(&self) -> &str {
         &self.config_digest
     }
+
+    /// The image as an OCI image-layout tar (what `ctr images export` or `docker
+    /// save` write) naming it `name` (`io.containerd.image.name`), for
+    /// `berthd image import` without a registry.
+    pub fn oci_archive(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let (top, top_media_type) = match &self.index {
+            Some(i) => (i.clone(), OCI_INDEX),
+            None => (self.manifest.clone(), self.manifest_media_type.as_str()),
+        };
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{
+                "mediaType": top_media_type, "digest": sha256(&top), "size": top.len(),
+                "annotations": {"io.containerd.image.name": name},
+            }],
+        }))?;
+        let mut files: Vec<(String, &[u8])> = vec![
+            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json".into(), &index),
+        ];
+        let blob = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)[7..]);
+        files.push((blob(&top), &top));
+        if self.index.is_some() {
+            files.push((blob(&self.manifest), &self.manifest));
+        }
+        files.push((blob(&self.config), &self.config));
+        for l in &self.layers {
+            files.push((blob(&l.blob), &l.blob));
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, name, data)?;
+        }
+        Ok(tar.into_inner()?)
+    }
 }
 
 fn host_arch() -> &'static str {

@@ -1,5 +1,6 @@
-//! `berthd image import` / `berthd image list`: loading images on an air-gapped node
-//! from a `docker save` archive, without a registry.
+//! `berthd image import|list|rm|export`: loading images on an air-gapped node from a
+//! `docker save` archive, without a registry, with berthd stopped (directly on the
+//! store) or running (through its admin socket).
 
 use std::process::Command;
 
@@ -83,14 +84,85 @@ fn import_a_docker_save_archive_then_list_it() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/berth.tar"), "{err}");
+
+    // Export, then import the export into a fresh store: the same image and name.
+    let exported = dir.path().join("export.tar");
+    let out = args(&[
+        "image",
+        "export",
+        "-o",
+        exported.to_str().expect("utf8"),
+        "airgap/app:1.0",
+    ])
+    .output()
+    .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = dir.path().join("fresh");
+    let out = berthd()
+        .arg("--root")
+        .arg(&fresh)
+        .arg("--state")
+        .arg(dir.path().join("state2"))
+        .args(["image", "import", exported.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&id) && stdout.contains("docker.io/airgap/app:1.0"),
+        "{stdout}"
+    );
+
+    // rm: by name; an absent name is reported (exit 1) after the others are done.
+    let out = args(&["image", "rm", "airgap/app:1.0", "airgap/none:1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("airgap/none:1"));
+    let out = args(&["image", "list"]).output().expect("run");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&id));
 }
 
 #[tokio::test]
-async fn image_commands_refuse_a_store_a_running_berthd_holds() {
+async fn image_commands_go_through_a_running_berthd() {
     let d = TestDaemon::start().await.expect("start");
-    let out = berthd()
-        .arg("--config")
-        .arg(&d.config_path)
+    let out = d
+        .command()
+        .expect("berthd")
+        .args(["image", "list"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID "));
+    // The client opens the archive itself: a missing one is named.
+    let out = d
+        .command()
+        .expect("berthd")
+        .args(["image", "import", "/nonexistent/berth.tar"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/berth.tar"));
+
+    // Without the admin socket the store is still locked by the daemon: one line
+    // saying so, never a second owner of the store.
+    std::fs::remove_file(d.state_dir.join("admin.sock")).expect("rm admin.sock");
+    let out = d
+        .command()
+        .expect("berthd")
         .args(["image", "list"])
         .output()
         .expect("run");

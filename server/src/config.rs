@@ -186,7 +186,15 @@ pub struct ImageConfig {
     pub max_layer_unpacked_bytes: u64,
     /// Most entries (files, directories, links) in one layer.
     pub max_layer_entries: u64,
+    /// Images reported `pinned` (kubelet's image GC skips them) and refused by
+    /// RemoveImage: tag or digest references, or image ids.
+    pub pinned_images: Vec<String>,
 }
+
+/// The pause image kubelet and kubeadm (1.31+) pre-pull and expect a node to keep.
+/// containerd pins its sandbox image (this one) by default; Berth needs no pause
+/// image but keeps it the same way, so kubelet's GC does not churn it.
+pub const DEFAULT_PINNED_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 impl Default for ImageConfig {
     fn default() -> Self {
@@ -194,6 +202,7 @@ impl Default for ImageConfig {
         Self {
             max_layer_unpacked_bytes: d.max_bytes,
             max_layer_entries: d.max_entries,
+            pinned_images: vec![DEFAULT_PINNED_IMAGE.to_owned()],
         }
     }
 }
@@ -217,6 +226,7 @@ impl Config {
                 max_entries: self.image.max_layer_entries,
             },
             max_concurrent_downloads: r.max_concurrent_downloads,
+            pinned: self.image.pinned_images.clone(),
             ..berth_image::StoreOptions::default()
         }
     }
@@ -242,6 +252,18 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        for (i, entry) in self.image.pinned_images.iter().enumerate() {
+            let id = berth_image::Digest::parse(entry).is_ok()
+                || (entry.len() == 64
+                    && entry
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            if !id && let Err(e) = berth_image::Reference::parse(entry) {
+                return Err(ConfigError::Invalid(format!(
+                    "image.pinned_images[{i}] = {entry:?} is neither an image reference nor an image id: {e}"
+                )));
             }
         }
         Ok(())
@@ -576,6 +598,9 @@ max_concurrent_downloads = {downloads}
 # Largest uncompressed size (bytes) and most entries of one image layer.
 max_layer_unpacked_bytes = {max_unpacked}
 max_layer_entries = {max_entries}
+# Images kubelet's image GC must never remove (reported `pinned`; RemoveImage of
+# one fails with FailedPrecondition): references or image ids.
+pinned_images = {pinned}
 
 [stream]
 # Address of the streaming server behind Exec, Attach and PortForward (HTTP:
@@ -622,6 +647,7 @@ spec_dirs = [{cdi_dirs}]
             downloads = d.registry.max_concurrent_downloads,
             max_unpacked = d.image.max_layer_unpacked_bytes,
             max_entries = d.image.max_layer_entries,
+            pinned = toml::Value::from(d.image.pinned_images.clone()),
             stream_addr = d.stream.address,
             stream_port = d.stream.port,
             metrics_addr = d.metrics.address,
@@ -787,6 +813,15 @@ mod tests {
         assert_eq!(o.unpack.max_entries, 10);
         let e = Config::parse("[image]\nmax_layer_entries = 0\n").expect_err("zero");
         assert!(e.to_string().contains("image.max_layer_entries"), "{e}");
+        assert_eq!(
+            Config::default().store_options().pinned,
+            [DEFAULT_PINNED_IMAGE]
+        );
+        let c = Config::parse("[image]\npinned_images = [\"busybox:1.36\"]\n").expect("parses");
+        assert_eq!(c.store_options().pinned, ["busybox:1.36"]);
+        let e = Config::parse("[image]\npinned_images = [\"ok:1\", \"Bad Name\"]\n")
+            .expect_err("bad reference");
+        assert!(e.to_string().contains("image.pinned_images[1]"), "{e}");
     }
 
     #[test]

@@ -83,6 +83,15 @@ pub enum StartError {
     /// The Prometheus endpoint (`metrics.address`) could not start.
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    /// The admin socket (`berthd image` commands) could not be created.
+    #[error("admin socket {path}: {source}")]
+    Admin {
+        /// `<state_dir>/admin.sock`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Held for the daemon's lifetime: proves this process owns the state dir.
@@ -341,6 +350,7 @@ pub async fn run_with_reload(
         .socket_addr()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     let running = config.clone();
+    let config_state_dir = config.state_dir.clone();
     let cri =
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
@@ -368,6 +378,16 @@ pub async fn run_with_reload(
     };
     // SIGHUP's default action would end berthd: it is handled even without a loader.
     let _reloader = tokio::spawn(reload_on_sighup(cri.clone(), running, reload, metrics));
+    // `berthd image import|list|rm|export` while the daemon runs; aborted (and its
+    // socket removed) when run() returns.
+    let admin_socket = crate::admin::socket_path(&config_state_dir);
+    let admin = crate::admin::serve(&config_state_dir, cri.image_store()).map_err(|source| {
+        StartError::Admin {
+            path: admin_socket.clone(),
+            source,
+        }
+    })?;
+    let _admin = AbortOnDrop(admin, admin_socket);
     let runtime =
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(cri).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -431,6 +451,16 @@ pub async fn run_with_reload(
         } => Ok(()),
     };
     finish(&socket, result)
+}
+
+/// Stops the admin socket's accept task and removes the socket.
+struct AbortOnDrop(tokio::task::JoinHandle<()>, PathBuf);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+        let _ = fs::remove_file(&self.1);
+    }
 }
 
 /// Removes the socket after the server stopped.

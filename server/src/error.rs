@@ -253,6 +253,7 @@ impl From<berth_image::StoreError> for Error {
             ErrorKind::NotFound => Error::NotFound(msg),
             ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => Error::Unavailable(msg),
             ErrorKind::PermissionDenied => Error::PermissionDenied(msg),
+            ErrorKind::FailedPrecondition => Error::FailedPrecondition(msg),
             ErrorKind::Internal => Error::Internal(msg),
         }
     }

@@ -1,6 +1,7 @@
 //! berthd, the Berth CRI daemon, as a library: the binary in `main.rs` is a thin CLI
 //! over these modules, and unit tests reach them directly.
 
+pub mod admin;
 pub mod check;
 pub mod cni;
 pub mod config;

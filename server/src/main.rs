@@ -48,6 +48,8 @@ Files:
 Signals:
   SIGTERM, SIGINT  Stop accepting, finish the RPCs in flight, remove the socket and
                    exit 0. Containers and their monitors keep running.
+  SIGHUP           Read the configuration file again: keys that can change live
+                   apply at once, the others are logged as needing a restart.
 
 Environment:
   NOTIFY_SOCKET    systemd's notification socket (Type=notify): READY=1 once the
@@ -102,7 +104,8 @@ enum Command {
     /// Preflight: check, line by line, whether this host can run Berth with this
     /// configuration; exits non-zero when something essential is missing.
     Check,
-    /// The node's image store, offline (run while berthd is stopped).
+    /// The node's image store: through the running berthd (its admin socket), or
+    /// directly on disk while berthd is stopped.
     Image {
         #[command(subcommand)]
         command: ImageCommand,
@@ -111,14 +114,35 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
-    /// Load images from an OCI image-layout tar or a `docker save` tar, for
-    /// air-gapped nodes.
+    /// Load images from an OCI image-layout tar or a `docker save` tar (gzip or
+    /// not), for air-gapped nodes. Shows progress on a terminal.
     Import {
-        /// The archive.
+        /// The archive (a regular file).
         file: PathBuf,
     },
     /// List the stored images.
     List,
+    /// Remove images with all their tags (CRI RemoveImage: containers using one
+    /// keep running on their own copy of its layers).
+    #[command(visible_alias = "rmi")]
+    Rm {
+        /// Remove images pinned by `image.pinned_images` too.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Tags, digest references or image ids.
+        #[arg(required = true, value_name = "REF")]
+        refs: Vec<String>,
+    },
+    /// Write images to a tar that is both a `docker save` archive and an OCI image
+    /// layout (`docker load`, `ctr images import` and `berthd image import` read it).
+    Export {
+        /// The archive to write (replaced if it exists).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
+        /// Tags, digest references or image ids.
+        #[arg(required = true, value_name = "REF")]
+        refs: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,7 +258,183 @@ impl ConfigSource {
 }
 
 fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
+    use berth_server::admin;
+    let socket = admin::socket_path(&config.state_dir);
+    let live = admin::connect(&config.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the running berthd at {}: {e}{}",
+            socket.display(),
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (run as root)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    match live {
+        Some(stream) => image_command_live(stream, command),
+        None => image_command_offline(config, command),
+    }
+}
+
+/// Progress of an import on stderr, when stderr is a terminal.
+#[derive(Debug)]
+struct ProgressLine {
+    label: String,
+    total: u64,
+    tty: bool,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(file: &std::fs::File, path: &std::path::Path) -> Self {
+        Self {
+            label: path.display().to_string(),
+            total: file.metadata().map(|m| m.len()).unwrap_or(0),
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, p: berth_image::store::ImportProgress) {
+        if !self.tty {
+            return;
+        }
+        let mib = |b: u64| b as f64 / 1_048_576.0;
+        let layers = if p.layers > 0 {
+            format!(", layers unpacked {}/{}", p.layers_done, p.layers)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r\x1b[2Kimporting {}: {:.1}/{:.1} MiB read{layers}",
+            self.label,
+            mib(p.read_bytes),
+            mib(self.total)
+        );
+        self.shown = true;
+    }
+
+    fn done(&mut self) {
+        if self.shown {
+            eprintln!();
+            self.shown = false;
+        }
+    }
+}
+
+fn print_imported(images: &[berth_server::admin::Summary]) {
+    for image in images {
+        println!("imported {} {}", image.id, image.names.join(" "));
+    }
+}
+
+fn print_list(images: &[berth_server::admin::Summary]) {
+    println!("{:<71}  {:>12}  {:<6}  NAMES", "ID", "SIZE", "PINNED");
+    for image in images {
+        let pinned = if image.pinned { "yes" } else { "" };
+        println!(
+            "{:<71}  {:>12}  {:<6}  {}",
+            image.id,
+            image.size,
+            pinned,
+            image.names.join(" ")
+        );
+    }
+}
+
+/// What `rm` prints; an error when some name could not be removed.
+fn report_removed(
+    removed: &[berth_server::admin::Summary],
+    errors: &[String],
+) -> anyhow::Result<()> {
+    for image in removed {
+        println!("removed {} {}", image.id, image.names.join(" "));
+    }
+    for e in errors {
+        eprintln!("berthd: error: {e}");
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{} image(s) not removed", errors.len());
+    }
+    Ok(())
+}
+
+/// Opens the output of `export` (the client creates it, with its own rights).
+fn create_output(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))
+}
+
+fn exported(
+    path: &std::path::Path,
+    result: anyhow::Result<Vec<berth_server::admin::Summary>>,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(images) => {
+            for image in images {
+                println!("exported {} {}", image.id, image.names.join(" "));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // A half-written archive is worse than none.
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+/// Through the running daemon's admin socket.
+fn image_command_live(
+    stream: std::os::unix::net::UnixStream,
+    command: ImageCommand,
+) -> anyhow::Result<()> {
+    use berth_server::admin::{Request, call};
+    use std::os::fd::AsFd;
+    match command {
+        ImageCommand::Import { file } => {
+            let archive = std::fs::File::open(&file)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+            let mut progress = ProgressLine::new(&archive, &file);
+            let request = Request::Import {
+                label: file.display().to_string(),
+            };
+            let result = call(stream, &request, Some(archive.as_fd()), |p| {
+                progress.show(p)
+            });
+            progress.done();
+            print_imported(&result?.0);
+        }
+        ImageCommand::List => print_list(&call(stream, &Request::List, None, |_| {})?.0),
+        ImageCommand::Rm { force, refs } => {
+            let (removed, errors) = call(stream, &Request::Remove { refs, force }, None, |_| {})?;
+            report_removed(&removed, &errors)?;
+        }
+        ImageCommand::Export { output, refs } => {
+            let file = create_output(&output)?;
+            let result = call(
+                stream,
+                &Request::Export { refs },
+                Some(file.as_fd()),
+                |_| {},
+            );
+            exported(&output, result.map(|(images, _)| images))?;
+        }
+    }
+    Ok(())
+}
+
+/// Directly on the store, while no berthd runs.
+fn image_command_offline(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
     use berth_image::ImageStore;
+    use berth_server::admin::Summary;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -243,28 +443,56 @@ fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
         let store = ImageStore::open(config.image_store_dir(), config.store_options()).map_err(
             |e| match e {
                 berth_image::StoreError::Locked(_) => anyhow::anyhow!(
-                    "the image store {} is in use (is berthd running?); stop berthd first",
-                    config.image_store_dir().display()
+                    "the image store {} is in use (is berthd running?) and no berthd answers on {}; stop berthd first",
+                    config.image_store_dir().display(),
+                    berth_server::admin::socket_path(&config.state_dir).display()
                 ),
                 other => other.into(),
             },
         )?;
+        let summaries = |images: &[berth_image::Image]| -> Vec<Summary> {
+            images.iter().map(|i| Summary::of(&store, i)).collect()
+        };
         match command {
             ImageCommand::Import { file } => {
-                let images = store.import_archive(&file).await?;
-                for image in images {
-                    println!("imported {} {}", image.id, image.repo_tags.join(" "));
-                }
+                let archive = std::fs::File::open(&file)
+                    .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressLine::new(
+                    &archive, &file,
+                )));
+                let shown = std::sync::Arc::clone(&progress);
+                let result = store
+                    .import_archive_file(
+                        archive,
+                        &file,
+                        Some(std::sync::Arc::new(move |p: berth_image::store::ImportProgress| {
+                            shown.lock().unwrap_or_else(|e| e.into_inner()).show(p);
+                        })),
+                    )
+                    .await;
+                progress.lock().unwrap_or_else(|e| e.into_inner()).done();
+                print_imported(&summaries(&result?));
             }
-            ImageCommand::List => {
-                println!("{:<71}  {:>12}  NAMES", "ID", "SIZE");
-                for image in store.list() {
-                    let mut names = image.repo_tags.clone();
-                    if names.is_empty() {
-                        names = image.repo_digests.clone();
+            ImageCommand::List => print_list(&summaries(&store.list())),
+            ImageCommand::Rm { force, refs } => {
+                let mut removed = Vec::new();
+                let mut errors = Vec::new();
+                for r in &refs {
+                    match store.remove_with(r, force).await {
+                        Ok(Some(image)) => removed.push(Summary::of(&store, &image)),
+                        Ok(None) => errors.push(format!("image {r:?} is not present")),
+                        Err(e) => errors.push(e.to_string()),
                     }
-                    println!("{:<71}  {:>12}  {}", image.id, image.size, names.join(" "));
                 }
+                report_removed(&removed, &errors)?;
+            }
+            ImageCommand::Export { output, refs } => {
+                let file = create_output(&output)?;
+                let result = store.export_archive(&refs, file).await;
+                exported(
+                    &output,
+                    result.map(|images| summaries(&images)).map_err(Into::into),
+                )?;
             }
         }
         Ok(())

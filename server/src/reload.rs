@@ -23,7 +23,7 @@ pub fn set_log_filter_setter(setter: LogFilterSetter) {
 }
 
 /// The keys a reload applies to the running daemon (docs/configuration.md lists them).
-pub const LIVE_KEYS: [&str; 16] = [
+pub const LIVE_KEYS: [&str; 17] = [
     "log.level",
     "registry.config_path",
     "registry.stall_timeout_secs",
@@ -36,6 +36,7 @@ pub const LIVE_KEYS: [&str; 16] = [
     "registry.max_concurrent_downloads",
     "image.max_layer_unpacked_bytes",
     "image.max_layer_entries",
+    "image.pinned_images",
     "cni.conf_dir",
     "cni.plugin_dirs",
     "metrics.address",

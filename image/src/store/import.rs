@@ -1,7 +1,7 @@
 //! Offline import: load images from an OCI image-layout tar or a `docker save` tar
 //! (gzip-compressed or not) into the store, for air-gapped nodes and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -51,6 +51,48 @@ fn bad(path: &Path, detail: impl Into<String>) -> StoreError {
     }
 }
 
+/// How far an import has got, for a progress display.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Bytes of the archive file read so far.
+    pub read_bytes: u64,
+    /// Layers unpacked (or found already unpacked) so far.
+    pub layers_done: usize,
+    /// Layers to unpack; 0 until the archive has been read.
+    pub layers: usize,
+}
+
+/// Called with each step of an import, from a blocking thread.
+pub type ProgressFn = std::sync::Arc<dyn Fn(ImportProgress) + Send + Sync>;
+
+/// Counts the bytes read through it and reports them every 1 MiB.
+struct Counting<R> {
+    inner: R,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reported: u64,
+    progress: Option<ProgressFn>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let read = self
+            .read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
+            + n as u64;
+        if let Some(p) = &self.progress
+            && (read - self.reported >= 1 << 20 || n == 0)
+        {
+            self.reported = read;
+            p(ImportProgress {
+                read_bytes: read,
+                ..ImportProgress::default()
+            });
+        }
+        Ok(n)
+    }
+}
+
 impl ImageStore {
     /// Imports every image in the archive at `path` (OCI image layout or `docker
     /// save` format, optionally gzip-compressed) and returns them. Names come from
@@ -58,11 +100,26 @@ impl ImageStore {
     /// `org.opencontainers.image.ref.name` annotations (OCI); an image without a
     /// name is still stored and found by id.
     pub async fn import_archive(&self, path: &Path) -> Result<Vec<Image>, StoreError> {
+        let file = File::open(path).map_err(io_err("opening", path))?;
+        self.import_archive_file(file, path, None).await
+    }
+
+    /// [`ImageStore::import_archive`] from an open file (berthd receives the
+    /// client's descriptor), calling `progress` as the archive is read and its
+    /// layers unpacked. `label` names the archive in errors and logs.
+    pub async fn import_archive_file(
+        &self,
+        file: File,
+        label: &Path,
+        progress: Option<ProgressFn>,
+    ) -> Result<Vec<Image>, StoreError> {
         let _no_gc = self.inner.gc.read().await;
         let root = self.inner.root.clone();
-        let platform = self.options().platform.clone();
-        let limits = self.options().unpack;
-        let archive = path.to_owned();
+        let options = self.options();
+        let platform = options.platform.clone();
+        let limits = options.unpack;
+        let json_limits = (options.max_manifest_bytes, options.max_config_bytes);
+        let archive = label.to_owned();
         let staged = tokio::task::spawn_blocking(move || {
             let work = tempfile::Builder::new()
                 .prefix("import-")
@@ -71,17 +128,39 @@ impl ImageStore {
                     "creating an import directory in",
                     &root.join("ingest"),
                 ))?;
-            extract(&archive, work.path())?;
-            let staged = if work.path().join("manifest.json").is_file() {
-                stage_docker(&root, work.path())?
-            } else if work.path().join("index.json").is_file() {
-                stage_oci(&root, work.path(), &platform)?
+            let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let reader = Counting {
+                inner: file,
+                read: read.clone(),
+                reported: 0,
+                progress: progress.clone(),
+            };
+            extract(reader, &archive, work.path())?;
+            let read_bytes = read.load(std::sync::atomic::Ordering::Relaxed);
+            let staged = if work.path().join("index.json").is_file() {
+                // Docker 25+ archives are OCI layouts too: the layout keeps the
+                // manifest digests (and so the repo digests).
+                stage_oci(&root, work.path(), &platform, json_limits)?
+            } else if work.path().join("manifest.json").is_file() {
+                stage_docker(&root, work.path(), json_limits)?
             } else {
                 return Err(bad(
                     &archive,
                     "neither manifest.json (docker save) nor index.json (OCI layout) found",
                 ));
             };
+            let layers = staged.iter().map(|s| s.layers.len()).sum();
+            let mut done = 0;
+            let report = |layers_done| {
+                if let Some(p) = &progress {
+                    p(ImportProgress {
+                        read_bytes,
+                        layers_done,
+                        layers,
+                    });
+                }
+            };
+            report(0);
             for image in &staged {
                 for layer in &image.layers {
                     if !snapshot_dir(&root, &layer.chain_id).is_dir() {
@@ -92,6 +171,8 @@ impl ImageStore {
                             &limits,
                         )?;
                     }
+                    done += 1;
+                    report(done);
                 }
             }
             Ok(staged)
@@ -115,17 +196,33 @@ impl ImageStore {
                 created: s.config.created.clone(),
             };
             let image = self.commit(image).await?;
-            tracing::info!(image = %image.id, tags = ?image.repo_tags, archive = %path.display(), "image imported");
+            tracing::info!(image = %image.id, tags = ?image.repo_tags, archive = %label.display(), "image imported");
             out.push(image);
         }
         Ok(out)
     }
 }
 
+/// Reads a JSON document of the archive, refusing one over `limit` bytes (an
+/// archive is image input: its manifests and configs get the registry's limits).
+fn read_json_file(path: &Path, limit: u64, key: &str) -> Result<Vec<u8>, StoreError> {
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("reading", path))?;
+    if bytes.len() as u64 > limit {
+        return Err(bad(
+            path,
+            format!("larger than {key} = {limit} bytes; refused"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Unpacks the archive's regular files and directories into `dest`. Links and
 /// special files are ignored (neither format needs them); `..` is refused.
-fn extract(archive: &Path, dest: &Path) -> Result<(), StoreError> {
-    let file = File::open(archive).map_err(io_err("opening", archive))?;
+fn extract(file: impl Read, archive: &Path, dest: &Path) -> Result<(), StoreError> {
     let mut reader = BufReader::new(file);
     let head = reader.fill_buf().map_err(io_err("reading", archive))?;
     let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
@@ -134,7 +231,8 @@ fn extract(archive: &Path, dest: &Path) -> Result<(), StoreError> {
         Box::new(reader)
     };
     let mut tar = tar::Archive::new(stream);
-    for entry in tar.entries().map_err(io_err("reading", archive))? {
+    let entries = tar.entries().map_err(io_err("reading", archive))?;
+    for entry in entries {
         let mut entry = entry.map_err(io_err("reading", archive))?;
         let raw = entry
             .path()
@@ -165,6 +263,9 @@ fn extract(archive: &Path, dest: &Path) -> Result<(), StoreError> {
             io::copy(&mut entry, &mut out).map_err(io_err("writing", &target))?;
         }
     }
+    // Read what follows the end-of-archive blocks (record padding), so progress
+    // ends at the file's size; best effort, the images are complete already.
+    let _ = io::copy(&mut tar.into_inner(), &mut io::sink());
     Ok(())
 }
 
@@ -240,9 +341,14 @@ fn layers_of(
         .collect())
 }
 
-fn stage_docker(root: &Path, work: &Path) -> Result<Vec<Staged>, StoreError> {
+/// Limits on the archive's JSON documents: (manifests and indexes, configs).
+type JsonLimits = (u64, u64);
+const MANIFEST_KEY: &str = "registry.max_manifest_bytes";
+const CONFIG_KEY: &str = "registry.max_config_bytes";
+
+fn stage_docker(root: &Path, work: &Path, limits: JsonLimits) -> Result<Vec<Staged>, StoreError> {
     let manifest_path = work.join("manifest.json");
-    let bytes = std::fs::read(&manifest_path).map_err(io_err("reading", &manifest_path))?;
+    let bytes = read_json_file(&manifest_path, limits.0, MANIFEST_KEY)?;
     let entries: Vec<DockerEntry> =
         serde_json::from_slice(&bytes).map_err(|e| bad(&manifest_path, e.to_string()))?;
     let inside = |name: &str| -> Result<PathBuf, StoreError> {
@@ -260,7 +366,7 @@ fn stage_docker(root: &Path, work: &Path) -> Result<Vec<Staged>, StoreError> {
         std::collections::HashMap::new();
     for entry in entries {
         let config_path = inside(&entry.config)?;
-        let config_bytes = std::fs::read(&config_path).map_err(io_err("reading", &config_path))?;
+        let config_bytes = read_json_file(&config_path, limits.1, CONFIG_KEY)?;
         let config_digest = Digest::of(&config_bytes);
         let config = parse_config(&config_path, &config_bytes)?;
         let mut blobs = Vec::new();
@@ -314,10 +420,11 @@ fn stage_docker(root: &Path, work: &Path) -> Result<Vec<Staged>, StoreError> {
     Ok(out)
 }
 
-/// Reads `blobs/sha256/<hex>` of an OCI layout and checks its digest.
-fn oci_blob(work: &Path, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+/// Reads `blobs/sha256/<hex>` of an OCI layout (at most `limit` bytes) and checks
+/// its digest.
+fn oci_blob(work: &Path, digest: &Digest, limit: u64, key: &str) -> Result<Vec<u8>, StoreError> {
     let path = work.join("blobs/sha256").join(digest.hex());
-    let bytes = std::fs::read(&path).map_err(io_err("reading", &path))?;
+    let bytes = read_json_file(&path, limit, key)?;
     let actual = Digest::of(&bytes);
     if &actual != digest {
         return Err(bad(&path, format!("content has digest {actual}")));
@@ -339,19 +446,46 @@ struct AnnotatedDescriptor {
     annotations: BTreeMap<String, String>,
 }
 
+/// `RepoTags` of a `docker save` manifest.json by config digest, for OCI layout
+/// entries without a name annotation. Best effort: the layout is what is imported.
+fn docker_tags(work: &Path, limits: JsonLimits) -> HashMap<Digest, Vec<String>> {
+    let mut tags = HashMap::new();
+    let path = work.join("manifest.json");
+    let Ok(bytes) = read_json_file(&path, limits.0, MANIFEST_KEY) else {
+        return tags;
+    };
+    let Ok(entries) = serde_json::from_slice::<Vec<DockerEntry>>(&bytes) else {
+        return tags;
+    };
+    for entry in entries {
+        let safe = Path::new(&entry.config)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !safe {
+            continue;
+        }
+        if let Ok(config) = read_json_file(&work.join(&entry.config), limits.1, CONFIG_KEY) {
+            tags.insert(Digest::of(&config), entry.repo_tags.unwrap_or_default());
+        }
+    }
+    tags
+}
+
 fn stage_oci(
     root: &Path,
     work: &Path,
     platform: &oci::Platform,
+    limits: JsonLimits,
 ) -> Result<Vec<Staged>, StoreError> {
     let index_path = work.join("index.json");
-    let bytes = std::fs::read(&index_path).map_err(io_err("reading", &index_path))?;
+    let bytes = read_json_file(&index_path, limits.0, MANIFEST_KEY)?;
     let index: OciIndexFile =
         serde_json::from_slice(&bytes).map_err(|e| bad(&index_path, e.to_string()))?;
     let mut out = Vec::new();
+    let mut tags_by_config: Option<HashMap<Digest, Vec<String>>> = None;
     for entry in index.manifests {
         let top = entry.descriptor.digest.clone();
-        let top_bytes = oci_blob(work, &top)?;
+        let top_bytes = oci_blob(work, &top, limits.0, MANIFEST_KEY)?;
         let mut manifest_blobs = vec![(top.clone(), top_bytes.clone())];
         let parsed = oci::parse_manifest(&entry.descriptor.media_type, &top_bytes)
             .map_err(|e| bad(&index_path, e.to_string()))?;
@@ -364,7 +498,7 @@ fn stage_oci(
                         format!("no manifest for {}/{}", platform.os, platform.architecture),
                     ));
                 };
-                let b = oci_blob(work, &d.digest)?;
+                let b = oci_blob(work, &d.digest, limits.0, MANIFEST_KEY)?;
                 let m = match oci::parse_manifest(&d.media_type, &b) {
                     Ok(ManifestKind::Manifest(m)) => m,
                     _ => return Err(bad(&index_path, format!("{} is not a manifest", d.digest))),
@@ -373,7 +507,7 @@ fn stage_oci(
                 (d.digest.clone(), m, b.len() as u64)
             }
         };
-        let config_bytes = oci_blob(work, &manifest.config.digest)?;
+        let config_bytes = oci_blob(work, &manifest.config.digest, limits.1, CONFIG_KEY)?;
         let config = parse_config(&index_path, &config_bytes)?;
         let mut blobs = Vec::new();
         for l in &manifest.layers {
@@ -384,10 +518,20 @@ fn stage_oci(
                 if actual != l.digest {
                     return Err(bad(&src, format!("content has digest {actual}")));
                 }
-                // Several manifests may share a layer: copy, the source may be needed again.
-                let tmp = dest.with_extension("import");
-                std::fs::copy(&src, &tmp).map_err(io_err("copying", &src))?;
-                std::fs::rename(&tmp, &dest).map_err(io_err("storing blob", &dest))?;
+                // Several manifests may share a layer: copy, the source may be needed
+                // again. A private temp name: a pull or another import may store
+                // the same blob at the same time.
+                let ingest = root.join("ingest");
+                let tmp = tempfile::Builder::new()
+                    .prefix("blob-")
+                    .tempfile_in(&ingest)
+                    .map_err(io_err("creating a blob file in", &ingest))?;
+                std::fs::copy(&src, tmp.path()).map_err(io_err("copying", &src))?;
+                tmp.persist(&dest).map_err(|e| StoreError::Io {
+                    what: "storing blob",
+                    path: dest.clone(),
+                    source: e.error,
+                })?;
             }
             blobs.push((l.digest.clone(), l.media_type.clone(), l.size));
         }
@@ -412,7 +556,14 @@ fn stage_oci(
                 r.repo_tag().into_iter().collect(),
                 vec![r.repo_digest(&top)],
             ),
-            None => (Vec::new(), Vec::new()),
+            None => {
+                let docker = tags_by_config.get_or_insert_with(|| docker_tags(work, limits));
+                let mut tags = Vec::new();
+                for t in docker.get(&manifest.config.digest).into_iter().flatten() {
+                    tags.extend(Reference::parse(t)?.repo_tag());
+                }
+                (tags, Vec::new())
+            }
         };
         out.push(Staged {
             tags,
@@ -575,5 +726,23 @@ mod tests {
         let err = store2.import_archive(&file).await.unwrap_err().to_string();
         assert!(err.contains("escapes"), "{err}");
         assert!(!tmp.path().join("store2/ingest/escape").exists());
+    }
+
+    /// The archive's JSON documents are image input: an oversized one is refused
+    /// with the limit named, before it is read into memory.
+    #[tokio::test]
+    async fn oversized_archive_manifests_are_refused_naming_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let padded = format!("[{}]", " ".repeat(4096));
+        let file = tmp.path().join("big.tar");
+        std::fs::write(&file, archive(&[("manifest.json", padded.as_bytes())])).unwrap();
+        let options = StoreOptions {
+            max_manifest_bytes: 1024,
+            ..StoreOptions::default()
+        };
+        let store = ImageStore::open(tmp.path().join("store"), options).unwrap();
+        let err = store.import_archive(&file).await.unwrap_err().to_string();
+        assert!(err.contains("registry.max_manifest_bytes = 1024"), "{err}");
+        assert!(store.list().is_empty());
     }
 }

@@ -17,7 +17,9 @@ use crate::error::Error;
 use crate::fsinfo;
 
 /// The CRI view of a stored image. `spec.image` is the id, as containerd reports it.
-fn to_cri(image: &StoredImage) -> Image {
+/// `pinned` (an `image.pinned_images` entry names it) tells kubelet's image GC to
+/// leave it alone.
+fn to_cri(image: &StoredImage, pinned: bool) -> Image {
     Image {
         id: image.id.to_string(),
         repo_tags: image.repo_tags.clone(),
@@ -29,7 +31,7 @@ fn to_cri(image: &StoredImage) -> Image {
             image: image.id.to_string(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned,
     }
 }
 
@@ -71,7 +73,11 @@ impl CriService {
             Some(name) => self.shared.images.status(&name)?.into_iter().collect(),
             None => self.shared.images.list(),
         };
-        Ok(images.iter().map(to_cri).collect())
+        let store = &self.shared.images;
+        Ok(images
+            .iter()
+            .map(|i| to_cri(i, store.pinned_by(i).is_some()))
+            .collect())
     }
 }
 
@@ -125,7 +131,10 @@ impl ImageService for CriService {
             );
         }
         Ok(Response::new(ImageStatusResponse {
-            image: Some(to_cri(&image)),
+            image: Some(to_cri(
+                &image,
+                self.shared.images.pinned_by(&image).is_some(),
+            )),
             info,
         }))
     }
@@ -155,6 +164,9 @@ impl ImageService for CriService {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = image_name(request.into_inner().image)?;
         // Removing an unknown image is OK (kubelet's image GC races with itself).
+        // A pinned one is refused (FailedPrecondition naming the config entry):
+        // kubelet's GC never asks (it skips pinned images), so this only stops a
+        // hand-typed `crictl rmi` of an image the node is configured to keep.
         self.shared
             .images
             .remove(&name)

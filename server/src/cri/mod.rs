@@ -62,6 +62,11 @@ impl CriService {
         })
     }
 
+    /// The image store (for the admin socket's `berthd image` commands).
+    pub fn image_store(&self) -> ImageStore {
+        self.shared.images.clone()
+    }
+
     /// Rebuilds in-memory state from disk; run once before serving.
     pub async fn recover(&self) -> crate::error::Result<()> {
         self.shared.pods.recover().await?;
