@@ -28,10 +28,20 @@ impl Node {
 
     /// Like [`Node::start`], with extra daemon options (the `[registry]` section is
     /// added here).
-    pub async fn start_with(mut options: DaemonOptions) -> anyhow::Result<Self> {
+    pub async fn start_with(options: DaemonOptions) -> anyhow::Result<Self> {
         let registry = TestRegistry::start()?;
         registry.push_all(&critest_images()?).await?;
         registry.push_all(&critest_server_images()?).await?;
+        Self::start_on(registry, options).await
+    }
+
+    /// Like [`Node::start`] with an empty registry, for tests that push only the
+    /// images they build (building and pushing critest's takes a while).
+    pub async fn start_bare() -> anyhow::Result<Self> {
+        Self::start_on(TestRegistry::start()?, DaemonOptions::default()).await
+    }
+
+    async fn start_on(registry: TestRegistry, mut options: DaemonOptions) -> anyhow::Result<Self> {
         let certs = tempfile::tempdir()?;
         registry.write_mirror_hosts(certs.path(), CRITEST_HOSTS)?;
         options.extra_config.push_str(&format!(

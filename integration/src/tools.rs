@@ -108,3 +108,46 @@ pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput>
     full.extend_from_slice(args);
     run(crictl.as_os_str(), &full, Duration::from_secs(60)).await
 }
+
+/// Like [`crictl`], with `stdin` piped in and then closed (`attach -i`, `exec -i`).
+pub async fn crictl_with_stdin(
+    endpoint: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<ToolOutput> {
+    use tokio::io::AsyncWriteExt;
+    let crictl = tool("crictl")?;
+    let mut full = vec![
+        "--runtime-endpoint",
+        endpoint,
+        "--image-endpoint",
+        endpoint,
+        "--timeout",
+        "20s",
+    ];
+    full.extend_from_slice(args);
+    let command = std::iter::once(crictl.display().to_string())
+        .chain(full.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = tokio::process::Command::new(&crictl)
+        .args(&full)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running `{command}`"))?;
+    let mut input = child.stdin.take().context("crictl stdin")?;
+    input
+        .write_all(stdin)
+        .await
+        .context("writing crictl's stdin")?;
+    drop(input);
+    let timeout = Duration::from_secs(60);
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| format!("`{command}` did not finish within {timeout:?}"))?
+        .with_context(|| format!("running `{command}`"))?;
+    Ok(ToolOutput { command, output })
+}

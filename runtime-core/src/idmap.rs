@@ -13,8 +13,9 @@
 //! (the caller is single-threaded), one per distinct mapping.
 //!
 //! Kernel support (6.18 here): ext4, xfs, btrfs, tmpfs bind mounts can be idmapped;
-//! an overlayfs mount itself cannot (EINVAL), so a container rootfs on overlayfs is
-//! not idmapped (see docs/runtime-core.md).
+//! an overlayfs mount itself cannot (EINVAL), so a user-namespaced container's
+//! rootfs is an overlay of idmapped layers ([`mount_idmapped_layers`], which berthd
+//! calls on the host before the container exists; see docs/runtime-core.md).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -118,6 +119,16 @@ pub fn idmapped_tree(
     recursive: bool,
     userns: BorrowedFd<'_>,
 ) -> Result<OwnedFd, IdmapError> {
+    idmapped_tree_with(source, recursive, userns, 0)
+}
+
+/// [`idmapped_tree`] with more `MOUNT_ATTR_*` flags set in the same call.
+fn idmapped_tree_with(
+    source: &Path,
+    recursive: bool,
+    userns: BorrowedFd<'_>,
+    attr_set: u64,
+) -> Result<OwnedFd, IdmapError> {
     let err = |step, e: io::Error| IdmapError {
         step,
         path: source.display().to_string(),
@@ -131,7 +142,7 @@ pub fn idmapped_tree(
     let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags)
         .map_err(|e| err("open_tree", e.into()))?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: MOUNT_ATTR_IDMAP | attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
@@ -207,4 +218,95 @@ pub fn prepare(spec: &Spec) -> Result<Vec<(usize, OwnedFd)>, IdmapError> {
         out.push((i, tree));
     }
     Ok(out)
+}
+
+/// `MOUNT_ATTR_RDONLY` from linux/mount.h.
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+
+/// Mounts at `target` the image layers `lowers` (top first) as a user namespace
+/// sees them: each layer a detached copy idmapped through `userns`, so the image's
+/// files show their image owners inside the namespace (host root's file is the
+/// namespace root's), with no copy or chown of the shared snapshots.
+///
+/// With `upper_work` (upper and work dirs) it is a container's writable root
+/// filesystem: what the container writes lands in the upper dir as the namespace's
+/// host ids (the upper dir, the container's `/`, should be owned by its root).
+/// Without, it is read-only (an image volume): an overlay of the layers, or the
+/// only layer itself (overlayfs needs two lower layers when it has no upper one).
+///
+/// Everything is by fd (overlayfs `lowerdir+`, `upperdir` and `workdir` given with
+/// `FSCONFIG_SET_FD`): no idmapped layer is ever attached anywhere, so none can be
+/// left behind, and `target` is reached through an `O_PATH` fd. Needs Linux 6.15
+/// (layers by fd came in 6.13, detached mounts as layers in 6.15) and layers on a
+/// filesystem that can be idmapped (ext4, xfs, btrfs, tmpfs...). An overlayfs mount
+/// itself cannot be idmapped (EINVAL), which is why the layers are, one by one.
+pub fn mount_idmapped_layers(
+    lowers: &[std::path::PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+) -> Result<(), IdmapError> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+    let err = |step, path: &Path, e: rustix::io::Errno| IdmapError {
+        step,
+        path: path.display().to_string(),
+        source: e.into(),
+    };
+    let open = |path: &Path, flags: OFlags| {
+        rustix::fs::open(
+            path,
+            flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err("open", path, e))
+    };
+    let mnt = match (lowers, upper_work) {
+        ([], _) => {
+            return Err(err("no layers to mount", target, rustix::io::Errno::INVAL));
+        }
+        ([only], None) => idmapped_tree_with(only, false, userns, MOUNT_ATTR_RDONLY)?,
+        (lowers, upper_work) => {
+            let layers = lowers
+                .iter()
+                .map(|l| idmapped_tree(l, false, userns))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ctx = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+                .map_err(|e| err("fsopen(overlay)", target, e))?;
+            for (layer, path) in layers.iter().zip(lowers) {
+                rustix::mount::fsconfig_set_fd(&ctx, "lowerdir+", layer)
+                    .map_err(|e| err("overlay lowerdir+ (a layer by fd)", path, e))?;
+            }
+            let mut attrs = MountAttrFlags::MOUNT_ATTR_RDONLY;
+            if let Some((upper, work)) = upper_work {
+                rustix::mount::fsconfig_set_fd(&ctx, "upperdir", open(upper, OFlags::RDONLY)?)
+                    .map_err(|e| err("overlay upperdir (by fd)", upper, e))?;
+                rustix::mount::fsconfig_set_fd(&ctx, "workdir", open(work, OFlags::RDONLY)?)
+                    .map_err(|e| err("overlay workdir (by fd)", work, e))?;
+                attrs = MountAttrFlags::empty();
+            }
+            rustix::mount::fsconfig_create(&ctx)
+                .map_err(|e| err("creating the overlay on idmapped layers", target, e))?;
+            rustix::mount::fsmount(&ctx, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+                .map_err(|e| err("fsmount(overlay)", target, e))?
+        }
+    };
+    let at = open(target, OFlags::PATH)?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        &at,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| err("attaching the idmapped layers", target, e))
+}
+
+/// Whether a failure of [`mount_idmapped_layers`] means the kernel or the filesystem
+/// cannot do it (as opposed to the host running out of something).
+pub fn is_unsupported(e: &IdmapError) -> bool {
+    matches!(
+        e.source.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS | libc::EPERM)
+    )
 }

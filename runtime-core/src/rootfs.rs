@@ -764,11 +764,19 @@ fn mount_entry(sys: &dyn Syscall, plan: &RootfsPlan<'_>, m: &Mount) -> Result<()
 }
 
 /// Creates the bind mounts' mount points in the rootfs while still privileged on the
-/// host: inside a joined user namespace the rootfs (not idmapped) belongs to an
+/// host: inside a joined user namespace a rootfs that is not idmapped belongs to an
 /// unmapped owner, so e.g. /etc/resolv.conf could not be created there. Best effort:
 /// a failure here shows up, named, when the init mounts. This runs with the host as
 /// root, so it creates through fds inside the rootfs exactly as the init does.
+///
+/// Skipped when the rootfs's `/` already belongs to the namespace's root (berthd's
+/// idmapped rootfs, whose upper layer is owned by the mapped root): the init then
+/// makes its mount points itself, as that root, so they are the container's files
+/// (mapped ids on the host) and never host root's in its writable layer.
 pub fn precreate_bind_mount_points(spec: &Spec, rootfs: &Path) {
+    if owned_by_namespace_root(spec, rootfs) {
+        return;
+    }
     for m in spec.mounts().as_deref().unwrap_or(&[]) {
         let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
         let is_bind = opts.flags.contains(MsFlags::MS_BIND) || m.typ().as_deref() == Some("bind");
@@ -781,6 +789,25 @@ pub fn precreate_bind_mount_points(spec: &Spec, rootfs: &Path) {
         if let Ok(kind) = source_kind(source) {
             let _ = crate::sys::linux::prepare_mount_point(rootfs, &rel, kind);
         }
+    }
+}
+
+/// Whether the directory `rootfs` is owned by the host uid that `linux.uidMappings`
+/// maps the container's root to.
+fn owned_by_namespace_root(spec: &Spec, rootfs: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.uid_mappings().as_ref())
+        .and_then(|maps| {
+            maps.iter()
+                .find(|m| m.container_id() == 0 && m.size() > 0)
+                .map(|m| m.host_id())
+        });
+    match (root, std::fs::metadata(rootfs)) {
+        (Some(uid), Ok(md)) => md.uid() == uid,
+        _ => false,
     }
 }
 
@@ -1732,5 +1759,34 @@ mod tests {
             point < bind && bind < remount && remount < rro && rro < prop,
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn mount_points_are_precreated_only_where_the_namespace_root_cannot_make_them() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        let owner = fs::metadata(&rootfs).unwrap().uid();
+        let spec_mapping_root_to = |host_id: u32| {
+            let mut spec = spec_with_bind(&rootfs, "/data", tmp.path());
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_uid_mappings(Some(vec![
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(0u32)
+                    .host_id(host_id)
+                    .size(65536u32)
+                    .build()
+                    .unwrap(),
+            ]));
+            spec.set_linux(Some(linux));
+            spec
+        };
+        // An idmapped rootfs (its `/` is the namespace root's): the init makes them.
+        precreate_bind_mount_points(&spec_mapping_root_to(owner), &rootfs);
+        assert!(!rootfs.join("data").exists());
+        // A rootfs of an owner the namespace does not map as root: made on the host.
+        precreate_bind_mount_points(&spec_mapping_root_to(owner.wrapping_add(1)), &rootfs);
+        assert!(rootfs.join("data").is_dir());
     }
 }

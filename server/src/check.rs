@@ -150,8 +150,10 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 const MIN_KERNEL: (u32, u32) = (5, 4);
 /// Kernel with `mount_setattr(2)` (idmapped mounts).
 const IDMAP_KERNEL: (u32, u32) = (5, 12);
-/// Kernel whose overlayfs accepts idmapped lower layers.
-const IDMAP_OVERLAY_KERNEL: (u32, u32) = (5, 19);
+/// Kernel whose overlayfs takes idmapped lower layers the way berthd gives them to a
+/// user-namespaced pod's rootfs: as detached mounts, by fd (layers by fd came in
+/// 6.13, detached mounts as layers in 6.15; idmapped layers as such in 5.19).
+const IDMAP_OVERLAY_KERNEL: (u32, u32) = (6, 15);
 
 fn kernel(release: &str) -> Finding {
     match kernel_version(release) {
@@ -294,7 +296,7 @@ fn idmapped_mounts(version: Option<(u32, u32)>, syscall: bool) -> Finding {
     if !syscall || version.is_some_and(|v| v < IDMAP_KERNEL) {
         return Finding::warn(
             "idmapped mounts",
-            "mount_setattr(2) is missing: pods with user namespaces cannot have idmapped volumes",
+            "mount_setattr(2) is missing: containers of pods with user namespaces are refused (no idmapped rootfs or volumes)",
             format!(
                 "upgrade the kernel to {}.{} or newer ({}.{} for overlayfs)",
                 IDMAP_KERNEL.0, IDMAP_KERNEL.1, IDMAP_OVERLAY_KERNEL.0, IDMAP_OVERLAY_KERNEL.1
@@ -304,7 +306,7 @@ fn idmapped_mounts(version: Option<(u32, u32)>, syscall: bool) -> Finding {
     if version.is_some_and(|v| v < IDMAP_OVERLAY_KERNEL) {
         return Finding::warn(
             "idmapped mounts",
-            "supported, but overlayfs on idmapped layers needs a newer kernel",
+            "supported, but user-namespaced pods need overlayfs on idmapped layers by fd (a newer kernel): their containers are refused",
             format!(
                 "upgrade the kernel to {}.{} for user-namespaced pods",
                 IDMAP_OVERLAY_KERNEL.0, IDMAP_OVERLAY_KERNEL.1
@@ -753,7 +755,9 @@ mod tests {
 
     #[test]
     fn idmapped_mounts_depend_on_syscall_and_kernel() {
-        assert_eq!(idmapped_mounts(Some((6, 1)), true).level, Level::Ok);
+        assert_eq!(idmapped_mounts(Some((6, 15)), true).level, Level::Ok);
+        assert_eq!(idmapped_mounts(Some((6, 18)), true).level, Level::Ok);
+        assert_eq!(idmapped_mounts(Some((6, 14)), true).level, Level::Warn);
         assert_eq!(idmapped_mounts(Some((5, 15)), true).level, Level::Warn);
         assert_eq!(idmapped_mounts(Some((6, 1)), false).level, Level::Warn);
         assert_eq!(idmapped_mounts(Some((5, 4)), true).level, Level::Warn);

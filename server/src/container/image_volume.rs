@@ -102,6 +102,7 @@ pub async fn mount_all(
     dir: &Path,
     config: &ContainerConfig,
     volumes: &[Resolved],
+    userns: Option<&super::spec::PodUserNamespace>,
 ) -> Result<ContainerConfig> {
     let mut out = config.clone();
     if volumes.is_empty() {
@@ -121,17 +122,19 @@ pub async fn mount_all(
             .lease(&holder(id, v.index), &v.image)
             .await
             .map_err(Error::from)?;
-        mount_readonly(&lowers, &target).map_err(|e| {
-            Error::io(
-                format!(
-                    "mounting image {} for the image volume at {:?} on {}",
-                    v.image.id,
-                    mount.container_path,
-                    target.display()
-                ),
-                e,
-            )
-        })?;
+        let what = format!(
+            "the image volume at {:?} (image {}) on {}",
+            mount.container_path,
+            v.image.id,
+            target.display()
+        );
+        match userns {
+            // In a pod user namespace the image's owners show through its idmapped
+            // layers (the spec then binds it as it is, not idmapped again).
+            Some(u) => u.mount_idmapped_layers(&lowers, None, &target, &what)?,
+            None => mount_readonly(&lowers, &target)
+                .map_err(|e| Error::io(format!("mounting {what}"), e))?,
+        }
         let source = if mount.image_sub_path.is_empty() {
             target
         } else {

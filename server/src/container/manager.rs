@@ -632,17 +632,27 @@ impl ContainerManager {
             .await
             .map_err(Error::from)?;
         let rootfs = dir.join("rootfs");
-        mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs).map_err(|e| {
-            Error::io(
-                format!("mounting the overlay rootfs at {}", rootfs.display()),
-                e,
-            )
-        })?;
+        match &pod_ctx.userns {
+            Some(userns) => mount_idmapped_rootfs(&lowers, &dir, &rootfs, userns)?,
+            None => mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs)
+                .map_err(|e| {
+                    Error::io(
+                        format!("mounting the overlay rootfs at {}", rootfs.display()),
+                        e,
+                    )
+                })?,
+        }
         ctr.update(|s| s.rootfs_mounted = true);
         // The spec sees image volumes as read-only binds of their mounts.
-        let spec_config =
-            super::image_volume::mount_all(&self.images, &ctr.id, &dir, &ctr.config, volumes)
-                .await?;
+        let spec_config = super::image_volume::mount_all(
+            &self.images,
+            &ctr.id,
+            &dir,
+            &ctr.config,
+            volumes,
+            pod_ctx.userns.as_ref(),
+        )
+        .await?;
 
         let mut spec = spec::build(&SpecInput {
             id: &ctr.id,
@@ -1538,6 +1548,29 @@ fn mount_overlay(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The root filesystem of a container in a pod with its own user namespace: the
+/// image's layers idmapped with the pod's mappings under the overlay (so its files
+/// show their image owners inside), and the upper layer owned by the namespace's
+/// root (so `/` is the container root's and what it writes is owned by the mapped
+/// host ids, never by host root).
+fn mount_idmapped_rootfs(
+    lowers: &[PathBuf],
+    dir: &Path,
+    rootfs: &Path,
+    userns: &spec::PodUserNamespace,
+) -> Result<()> {
+    let (uid, gid) = userns.root_host_ids()?;
+    let upper = dir.join("upper");
+    std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+        .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
+    userns.mount_idmapped_layers(
+        lowers,
+        Some((&upper, &dir.join("work"))),
+        rootfs,
+        "the container's root filesystem",
+    )
 }
 
 /// Creates a container's own directory (see `store::ensure_owned_dir`).

@@ -182,6 +182,57 @@ pub struct PodUserNamespace {
     pub gids: Vec<crate::pod::namespaces::IdMapping>,
 }
 
+impl PodUserNamespace {
+    /// The host uid and gid of the namespace's root.
+    pub fn root_host_ids(&self) -> Result<(u32, u32)> {
+        let root = |maps: &[crate::pod::namespaces::IdMapping]| {
+            maps.iter()
+                .find(|m| m.container_id == 0 && m.length > 0)
+                .map(|m| m.host_id)
+        };
+        root(&self.uids)
+            .zip(root(&self.gids))
+            .ok_or_else(|| Error::Internal("the pod's user namespace maps no root".into()))
+    }
+
+    /// Mounts image layers at `target` idmapped with this namespace (see
+    /// `berth_runtime_core::idmap::mount_idmapped_layers`); `what` names the mount in
+    /// errors. A kernel or filesystem that cannot do it is FailedPrecondition, saying
+    /// why: better than a container that sees its image as 65534's and cannot write.
+    pub fn mount_idmapped_layers(
+        &self,
+        lowers: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+        what: &str,
+    ) -> Result<()> {
+        let ns = std::fs::File::open(&self.path).map_err(|e| {
+            Error::io(
+                format!("opening the pod's user namespace {}", self.path.display()),
+                e,
+            )
+        })?;
+        berth_runtime_core::idmap::mount_idmapped_layers(
+            lowers,
+            upper_work,
+            target,
+            std::os::fd::AsFd::as_fd(&ns),
+        )
+        .map_err(|e| {
+            if berth_runtime_core::idmap::is_unsupported(&e) {
+                Error::FailedPrecondition(format!(
+                    "the pod has its own user namespace, so {what} must be an idmapped view \
+                     of the image, which this node cannot give ({e}); it needs Linux 6.15 or \
+                     newer and berthd's root_dir on a filesystem that supports idmapped \
+                     mounts (ext4, xfs, btrfs, tmpfs); `berthd check` reports the kernel"
+                ))
+            } else {
+                Error::io(format!("mounting {what}: {}: {}", e.step, e.path), e.source)
+            }
+        })
+    }
+}
+
 /// Everything needed to build one container's spec.
 #[derive(Debug)]
 pub struct SpecInput<'a> {
@@ -860,9 +911,17 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
             options.push("noexec");
         }
         options.push(if ro { "ro" } else { "rw" });
-        out.push(
-            json!({ "destination": dest, "type": "bind", "source": source, "options": options }),
-        );
+        let mut mount =
+            json!({ "destination": dest, "type": "bind", "source": source, "options": options });
+        // In a pod user namespace the pod's files are idmapped like its volumes (they
+        // are root's on the host), so the container's root may edit them as in any
+        // pod. /dev/shm is a tmpfs of mode 1777: files made there are the mapped ids'.
+        if let Some(u) = &input.pod.userns
+            && dest != "/dev/shm"
+        {
+            idmap_mount(&mut mount, &berth_proto::v1::Mount::default(), u);
+        }
+        out.push(mount);
     }
     for m in &config.mounts {
         // Image volumes arrive here as binds: the container manager mounted the image
@@ -928,9 +987,13 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
             "source": source,
             "options": options,
         });
-        if let Some(u) = &input.pod.userns {
+        if let Some(u) = &input.pod.userns
+            && m.image.is_none()
+        {
             // In a pod user namespace volumes are idmapped (runtime-core), with the
-            // mount's own mappings when kubelet gives them, else the pod's.
+            // mount's own mappings when kubelet gives them, else the pod's. Image
+            // volumes were mounted idmapped by berthd already (image_volume.rs): an
+            // overlay cannot be idmapped again.
             idmap_mount(&mut mount, m, u);
         }
         out.push(mount);
