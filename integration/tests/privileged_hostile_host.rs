@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_integration::client::CriClient;
-use berth_integration::daemon::TestDaemon;
+use berth_integration::daemon::{DIE_AFTER_MONITOR_SPAWN, TEST_HOOKS_NEEDED, TestDaemon};
 use berth_integration::forge::{ImageBuilder, LayerBuilder, busybox_layer};
 use berth_integration::registry::TestRegistry;
 use berth_proto::v1 as cri;
@@ -551,10 +551,7 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
 
     // berthd with the hook: it dies right after spawning B's monitor.
     let trigger = daemon.dir().join("die-after-monitor-spawn");
-    daemon.set_env(
-        "BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN",
-        &trigger.display().to_string(),
-    );
+    daemon.set_env(DIE_AFTER_MONITOR_SPAWN, &trigger.display().to_string());
     drop(client);
     daemon.restart().await.expect("restart with the hook");
     let mut client = daemon.client().await.expect("client");
@@ -576,7 +573,10 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
     )
     .await
     .expect("CreateContainer hung");
-    assert!(created.is_err(), "the hook did not fire");
+    assert!(
+        created.is_err(),
+        "the hook did not fire; {TEST_HOOKS_NEEDED}"
+    );
     drop(client);
     let b = std::fs::read_dir(&containers)
         .expect("ls")

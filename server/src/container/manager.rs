@@ -674,6 +674,7 @@ impl ContainerManager {
             s.monitor_pid = monitor_pid;
             s.monitor_start = monitor_start;
         });
+        #[cfg(feature = "test-hooks")]
         test_hook_die_after_monitor_spawn(monitor_pid);
         let stdout = child
             .stdout
@@ -1618,7 +1619,9 @@ fn kill_tree(pid: i32) {
 /// `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN` names an existing file, the file is
 /// removed (one shot) and berthd SIGKILLs itself right here; if the file says
 /// `stop-monitor`, the monitor is SIGSTOPped first, so that it is certainly still
-/// mid-create when berthd comes back. Without the variable this does nothing.
+/// mid-create when berthd comes back. Without the variable this does nothing; without
+/// the `test-hooks` cargo feature (release builds) it is not compiled at all.
+#[cfg(feature = "test-hooks")]
 fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
     let Some(trigger) = std::env::var_os("BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN") else {
         return;
@@ -1633,12 +1636,15 @@ fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
         monitor = monitor_pid,
         "test hook: berthd dies right after spawning a monitor"
     );
-    if what.trim() == "stop-monitor" && monitor_pid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
-        unsafe { libc::kill(monitor_pid, libc::SIGSTOP) };
+    use rustix::process::{Pid, Signal, getpid, kill_process};
+    if what.trim() == "stop-monitor"
+        && let Some(monitor) = Pid::from_raw(monitor_pid)
+    {
+        // Our unreaped child: the pid cannot have been reused.
+        let _ = kill_process(monitor, Signal::STOP);
     }
-    // SAFETY: as above; berthd kills itself, as a crash would.
-    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    // berthd kills itself, as a crash would.
+    let _ = kill_process(getpid(), Signal::KILL);
 }
 
 /// SIGKILLs every berth-monitor whose command line names container `id` and
