@@ -4,6 +4,10 @@
 //! the target, then the directory fsynced. A crash at any instant leaves the old or the
 //! new content, never a torn file; a failed write (a full disk) leaves no temp file.
 //!
+//! Volatile state (runtime-core's `state.json` under /run, gone with the node anyway)
+//! is replaced with [`replace_atomic`]: the same temp-file handling, without the fsyncs
+//! that would make every create and start wait for a disk.
+//!
 //! A crate of its own because its users are otherwise independent (berth-image does
 //! not depend on runtime-core, nor runtime-core on the server).
 
@@ -18,6 +22,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Writes `data` to `path` atomically and durably, mode 0600 whatever the umask (the
 /// files hold containers' environments and image credentials' traces).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write(path, data, Durability::Durable)
+}
+
+/// Replaces `path` with `data` atomically (readers see the old or the new content,
+/// never a torn file; no temp file is left on failure) but not durably: for state on
+/// a volatile filesystem, which a crash of the node loses as a whole.
+pub fn replace_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write(path, data, Durability::Volatile)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Durable,
+    Volatile,
+}
+
+fn write(path: &Path, data: &[u8], durability: Durability) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no parent"))?;
@@ -48,7 +69,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
             let done = f
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .and_then(|()| f.write_all(data))
-                .and_then(|()| f.sync_all());
+                .and_then(|()| match durability {
+                    Durability::Durable => f.sync_all(),
+                    Durability::Volatile => Ok(()),
+                });
             if done.is_err() {
                 // A full disk must not also leave a torn temp file behind.
                 let _ = fs::remove_file(&tmp);
@@ -60,7 +84,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(dir)?.sync_all()
+    match durability {
+        Durability::Durable => File::open(dir)?.sync_all(),
+        Durability::Volatile => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -97,14 +124,28 @@ mod tests {
 
     #[test]
     fn a_failed_rename_leaves_no_temp_and_the_old_content() {
+        for write in [write_atomic, replace_atomic] {
+            let d = tempfile::tempdir().expect("tempdir");
+            // A directory where the file should go: the rename fails after the write.
+            let p = d.path().join("record.json");
+            fs::create_dir(&p).expect("mkdir");
+            fs::write(p.join("inside"), b"x").expect("write inside");
+            assert!(write(&p, b"new").is_err());
+            assert_eq!(names(d.path()), [std::ffi::OsString::from("record.json")]);
+            assert_eq!(fs::read(p.join("inside")).expect("read"), b"x");
+        }
+    }
+
+    #[test]
+    fn a_replace_is_atomic_and_private_too() {
         let d = tempfile::tempdir().expect("tempdir");
-        // A directory where the file should go: the rename fails after the write.
-        let p = d.path().join("record.json");
-        fs::create_dir(&p).expect("mkdir");
-        fs::write(p.join("inside"), b"x").expect("write inside");
-        assert!(write_atomic(&p, b"new").is_err());
-        assert_eq!(names(d.path()), [std::ffi::OsString::from("record.json")]);
-        assert_eq!(fs::read(p.join("inside")).expect("read"), b"x");
+        let p = d.path().join("state.json");
+        replace_atomic(&p, b"one").expect("write");
+        replace_atomic(&p, b"two").expect("rewrite");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        assert_eq!(names(d.path()), [std::ffi::OsString::from("state.json")]);
+        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -174,9 +174,9 @@ fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
     })?;
     // Unique temp per writer (a monitor recording the exit may race with `start`), 0600
     // (the state dir must stay traversable: the init opens exec.fifo after switching
-    // user). The state root is volatile (tmpfs, like runc's /run/runc), where the fsyncs
-    // cost nothing; what matters is that a failed write leaves no temp file behind.
-    berth_durable::write_atomic(&path, &data).map_err(io_err("write state", &path))
+    // user), no temp file left when the write fails. No fsync: the state root is
+    // volatile (like runc's /run/runc); atomicity is what matters, and rename gives it.
+    berth_durable::replace_atomic(&path, &data).map_err(io_err("write state", &path))
 }
 
 impl Container {
