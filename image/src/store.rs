@@ -18,7 +18,6 @@
 //! files removed at the next open, or unreferenced snapshots removed by [`ImageStore::gc`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -1530,25 +1529,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
         .map_err(io_err("setting the mode of", path))
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync directory.
+/// Writes `bytes` to `path` atomically and durably (berth-durable: temp file, fsync,
+/// rename, fsync directory; no temp file left on failure).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))?;
-    tmp.write_all(bytes)
-        .map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("syncing", tmp.path()))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        what: "renaming into place",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    sync_parent(path)
+    berth_durable::write_atomic(path, bytes).map_err(io_err("writing atomically", path))
 }
 
 fn sync_parent(path: &Path) -> Result<(), StoreError> {

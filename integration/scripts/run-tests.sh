@@ -24,14 +24,19 @@ integration/scripts/check-proto.sh
 step "cargo fmt"
 cargo fmt --all -- --check
 
+# The debug build under test has berthd's fault-injection hooks (the `test-hooks`
+# feature, never in a release build). Every cargo call below names the same features,
+# so the bins the tests run are built once.
+TEST_FEATURES=(--features berth-server/test-hooks)
+
 step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${TEST_FEATURES[@]}" -- -D warnings
 
 step "build"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked "${TEST_FEATURES[@]}"
 
 step "tests"
-cargo nextest run --workspace --locked --profile "${NEXTEST_PROFILE:-ci}" "$@"
+cargo nextest run --workspace --locked "${TEST_FEATURES[@]}" --profile "${NEXTEST_PROFILE:-ci}" "$@"
 
 # A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
 # cannot rot; the full run is `cargo bench -p berth-integration --bench pod_start`

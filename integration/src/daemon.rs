@@ -45,6 +45,15 @@ impl Default for DaemonOptions {
     }
 }
 
+/// berthd's fault-injection hook for the window between spawning a container's monitor
+/// and recording it: set to a file path, berthd SIGKILLs itself there once the file
+/// exists (after SIGSTOPping the monitor if the file says `stop-monitor`).
+pub const DIE_AFTER_MONITOR_SPAWN: &str = "BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN";
+
+/// Why a test hook may not fire: what an assertion on one says.
+pub const TEST_HOOKS_NEEDED: &str = "berthd has its test hooks only when built with \
+    `--features berth-server/test-hooks` (as integration/scripts/run-tests.sh builds it)";
+
 /// A running berthd owned by a test.
 #[derive(Debug)]
 pub struct TestDaemon {
@@ -199,7 +208,7 @@ impl TestDaemon {
     }
 
     /// Sets an environment variable of the daemon from its next (re)start on (test
-    /// hooks such as `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN`).
+    /// hooks such as [`DIE_AFTER_MONITOR_SPAWN`]).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
     }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod fixtures;
 pub mod forge;
 pub mod hostile_registry;
 pub mod peer;

@@ -7,8 +7,8 @@
 //! `server`-only hosts.toml berthd reads), network namespaces under its state dir,
 //! and its own bridge network. Everything it creates (processes, shims, mounts,
 //! network namespaces, CNI state, NAT rules, bridges, cgroups) is removed on drop, also
-//! when the test or bench fails. Used by benches/pod_start.rs and
-//! tests/privileged_differential.rs.
+//! when the test or bench fails. Used by benches/pod_start.rs, benches/exec_latency.rs
+//! and tests/privileged_differential.rs.
 
 use std::collections::HashSet;
 use std::fs;
@@ -428,7 +428,7 @@ state = "{state}"
 
 /// Stops and removes every pod (and container) through the runtime's own API, on a
 /// thread with its own runtime: Drop cannot await.
-fn remove_all_pods(socket: PathBuf) {
+pub fn remove_all_pods(socket: PathBuf) {
     let worker = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()

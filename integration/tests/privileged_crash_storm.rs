@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use berth_integration::daemon::DaemonOptions;
+use berth_integration::daemon::{DIE_AFTER_MONITOR_SPAWN, DaemonOptions, TEST_HOOKS_NEEDED};
 use berth_integration::setup::Node;
 use berth_integration::{CriClient, TestDaemon};
 use berth_proto::v1::{
@@ -1446,10 +1446,8 @@ async fn a_container_whose_monitor_was_just_spawned_when_berthd_died_leaves_noth
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
     let trigger = node.daemon.dir().join("die-after-monitor-spawn");
-    node.daemon.set_env(
-        "BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN",
-        &trigger.display().to_string(),
-    );
+    node.daemon
+        .set_env(DIE_AFTER_MONITOR_SPAWN, &trigger.display().to_string());
     node.daemon.restart().await.expect("restart with the hook");
     let mut c = node.daemon.client().await.expect("client");
     c.image
@@ -1491,7 +1489,7 @@ async fn a_container_whose_monitor_was_just_spawned_when_berthd_died_leaves_noth
         .expect("CreateContainer hung");
         assert!(
             created.is_err(),
-            "{mode}: CreateContainer succeeded; the hook did not fire"
+            "{mode}: CreateContainer succeeded; the hook did not fire; {TEST_HOOKS_NEEDED}"
         );
         assert!(!trigger.exists(), "{mode}: the hook was not reached");
         let ids: BTreeSet<String> = entries(&containers_dir)

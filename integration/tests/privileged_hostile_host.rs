@@ -8,115 +8,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_integration::client::CriClient;
-use berth_integration::daemon::TestDaemon;
+use berth_integration::daemon::{DIE_AFTER_MONITOR_SPAWN, TEST_HOOKS_NEEDED, TestDaemon};
+use berth_integration::fixtures::{
+    container_config, create, pod_config, pull, remove_pod, run_pod, start,
+};
 use berth_integration::forge::{ImageBuilder, LayerBuilder, busybox_layer};
 use berth_integration::registry::TestRegistry;
 use berth_proto::v1 as cri;
 
 /// The uid/gid of `nobody`: a local user with no business in Berth's files.
 const NOBODY: u32 = 65534;
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid-{}", std::process::id()),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
-async fn pull(client: &mut CriClient, image: &str) {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image}: {e}"));
-}
-
-async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn start(client: &mut CriClient, id: &str) {
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.to_owned(),
-        })
-        .await
-        .expect("StartContainer");
-}
-
-async fn remove_pod(client: &mut CriClient, pod_id: &str) {
-    let _ = client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-    let _ = client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-}
 
 fn mount_points_below(dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
@@ -316,7 +217,7 @@ async fn other_users_cannot_see_a_running_container_and_logs_stay_in_the_log_dir
     let id = create(&mut client, &pod_id, &pod, config)
         .await
         .expect("CreateContainer");
-    start(&mut client, &id).await;
+    start(&mut client, &id).await.expect("StartContainer");
 
     let ctr_dir = daemon.root_dir.join("containers").join(&id);
     let config_json = ctr_dir.join("bundle/config.json");
@@ -419,7 +320,7 @@ async fn other_users_cannot_see_a_running_container_and_logs_stay_in_the_log_dir
     let inside = create(&mut client, &pod_id, &pod, config)
         .await
         .expect("an absolute log_path inside the log directory");
-    start(&mut client, &inside).await;
+    start(&mut client, &inside).await.expect("StartContainer");
 
     remove_pod(&mut client, &pod_id).await;
     drop(client);
@@ -547,14 +448,11 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
     let a = create(&mut client, &pod_id, &pod, a_config)
         .await
         .expect("create A");
-    start(&mut client, &a).await;
+    start(&mut client, &a).await.expect("StartContainer");
 
     // berthd with the hook: it dies right after spawning B's monitor.
     let trigger = daemon.dir().join("die-after-monitor-spawn");
-    daemon.set_env(
-        "BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN",
-        &trigger.display().to_string(),
-    );
+    daemon.set_env(DIE_AFTER_MONITOR_SPAWN, &trigger.display().to_string());
     drop(client);
     daemon.restart().await.expect("restart with the hook");
     let mut client = daemon.client().await.expect("client");
@@ -576,7 +474,10 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
     )
     .await
     .expect("CreateContainer hung");
-    assert!(created.is_err(), "the hook did not fire");
+    assert!(
+        created.is_err(),
+        "the hook did not fire; {TEST_HOOKS_NEEDED}"
+    );
     drop(client);
     let b = std::fs::read_dir(&containers)
         .expect("ls")
@@ -786,7 +687,7 @@ async fn a_shared_pid_namespace_is_pinned_and_never_named_by_a_reused_pid() {
         let id = create(&mut client, &pod_id, &pod, config)
             .await
             .expect("CreateContainer");
-        start(&mut client, &id).await;
+        start(&mut client, &id).await.expect("StartContainer");
         let seen = pid_ns_in_log(&logs.path().join(format!("{name}.log")));
         assert_eq!(seen.as_deref(), Some(pinned.as_str()), "container {name}");
     }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use berth_integration::client::CriClient;
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures::{
+    self, BUSYBOX, create, exec, pod_config, pull, remove_pod, run_pod, start,
+};
 use berth_integration::forge::{ImageBuilder, LayerBuilder, critest_images};
 use berth_integration::registry::{CRITEST_HOSTS, TestRegistry};
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// A failed create must come back well before the 10 s it used to take.
 const FAST: Duration = Duration::from_secs(5);
@@ -68,21 +69,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
 fn container_config(
     name: &str,
     image: &str,
@@ -90,108 +76,9 @@ fn container_config(
     working_dir: &str,
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
         working_dir: working_dir.to_owned(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
+        ..fixtures::container_config(name, image, command)
     }
-}
-
-async fn pull(client: &mut CriClient, image: &str) {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
-}
-
-async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn remove_pod(client: &mut CriClient, pod_id: &str) {
-    let _ = client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-    let _ = client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn start(client: &mut CriClient, id: &str) -> Result<(), tonic::Status> {
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.to_owned(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> (i32, String, String) {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
 }
 
 /// Whether `message` names an errno symbolically (ELOOP, ENOTDIR...).

@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use berth_integration::client::CriClient;
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures::{
+    self, BUSYBOX, create, pull, remove_container, remove_pod, run_pod,
+};
 use berth_integration::forge::{
     ImageBuilder, LayerBuilder, Published, busybox_layer, critest_images,
 };
 use berth_integration::registry::{CRITEST_HOSTS, TestRegistry};
 use berth_proto::v1 as cri;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const SWAPPER_IMAGE: &str = "registry.k8s.io/e2e-test-images/berth-swapper:1";
 
 /// Victim containers created per run. On the code before the fix, 150 creates put
@@ -111,37 +113,29 @@ impl Drop for Cleanup {
 }
 
 fn pod_config(name: &str, logs: &Path, userns: bool) -> cri::PodSandboxConfig {
-    let mut linux = cri::LinuxPodSandboxConfig::default();
+    let mut pod = fixtures::pod_config(name, logs);
     if userns {
         let map = vec![cri::IdMapping {
             host_id: 100_000,
             container_id: 0,
             length: 65_536,
         }];
-        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                userns_options: Some(cri::UserNamespace {
-                    mode: cri::NamespaceMode::Pod as i32,
-                    uids: map.clone(),
-                    gids: map,
+        pod.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: cri::NamespaceMode::Pod as i32,
+                        uids: map.clone(),
+                        gids: map,
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),
             ..Default::default()
         });
     }
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
-        linux: Some(linux),
-        ..Default::default()
-    }
+    pod
 }
 
 fn bind(container_path: &str, host_path: &Path) -> cri::Mount {
@@ -159,75 +153,9 @@ fn container_config(
     mounts: Vec<cri::Mount>,
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
         mounts,
-        log_path: format!("{name}.log"),
-        ..Default::default()
+        ..fixtures::container_config(name, image, command)
     }
-}
-
-async fn pull(client: &mut CriClient, image: &str) {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image}: {e}"));
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn remove_container(client: &mut CriClient, id: &str) {
-    let _ = client
-        .runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.to_owned(),
-        })
-        .await;
-}
-
-async fn remove_pod(client: &mut CriClient, pod_id: &str) {
-    let _ = client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-    let _ = client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
 }
 
 /// What the host directory holds: name -> content (directories as "<dir>").
@@ -271,16 +199,7 @@ async fn swap_race(client: &mut CriClient, userns: bool) {
     pull(client, SWAPPER_IMAGE).await;
     let name = if userns { "race-userns" } else { "race" };
     let pod = pod_config(name, &logs, userns);
-    let pod_id = client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = run_pod(client, &pod).await;
 
     let host_str = host.display().to_string();
     let attacker = create(
@@ -420,16 +339,7 @@ async fn mounts_into_proc_are_refused_with_invalid_argument(client: &mut CriClie
     std::fs::write(&src_file, "1 1\n").expect("file");
     pull(client, BUSYBOX).await;
     let pod = pod_config("procmount", &logs, false);
-    let pod_id = client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = run_pod(client, &pod).await;
     for (i, dest) in [
         "/proc",
         "/proc/sys",

@@ -2,7 +2,6 @@
 //! exec into a running container. State is a JSON file under `<root>/<id>/`.
 
 use std::fs;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -169,25 +168,15 @@ fn proc_start_time(pid: i32) -> Option<(u64, bool)> {
 
 fn write_state(dir: &Path, state: &State) -> Result<(), ContainerError> {
     let path = dir.join("state.json");
-    // Unique per writer: a monitor recording the exit may race with `start`.
-    let tmp = dir.join(format!(".state.json.{}.tmp", std::process::id()));
     let data = serde_json::to_vec_pretty(state).map_err(|source| ContainerError::StateFile {
         path: path.clone(),
         source,
     })?;
-    // 0600: the state dir must stay traversable (the init opens exec.fifo after
-    // switching user), so the file itself keeps other users out.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("write state", &tmp))?;
-    // No fsync: the state root is volatile (like runc's /run/runc); atomicity is what
-    // matters, and rename gives it.
-    f.write_all(&data).map_err(io_err("write state", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename state", &path))
+    // Unique temp per writer (a monitor recording the exit may race with `start`), 0600
+    // (the state dir must stay traversable: the init opens exec.fifo after switching
+    // user), no temp file left when the write fails. No fsync: the state root is
+    // volatile (like runc's /run/runc); atomicity is what matters, and rename gives it.
+    berth_durable::replace_atomic(&path, &data).map_err(io_err("write state", &path))
 }
 
 impl Container {

@@ -15,4 +15,5 @@ pub use process::Stdio;
 pub mod devices_bpf;
 pub mod hooks;
 pub mod idmap;
+pub mod monitor_protocol;
 pub mod time;

@@ -204,6 +204,17 @@ fn logs_are_cri_formatted_and_the_exit_is_recorded() {
     assert_eq!(exit["exit_code"], 3);
     assert_eq!(exit["oom_killed"], false);
     assert!(exit["exited_at"].as_str().unwrap().ends_with('Z'));
+    // What berthd reads: the typed record, its time in nanoseconds, recent.
+    let record =
+        berth_runtime_core::monitor_protocol::ExitRecord::decode(&fs::read(s.exit_file()).unwrap())
+            .expect("the exit record decodes");
+    assert_eq!(record.status_code(), 3);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let age = now - u128::try_from(record.exited_at_ns).unwrap();
+    assert!(age < 60_000_000_000, "exited {age} ns ago");
     let lines = Setup::log_lines(&s.log());
     let body: Vec<(&str, &str, &str)> = lines
         .iter()

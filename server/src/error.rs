@@ -27,6 +27,9 @@ pub enum Error {
     /// Credentials were refused.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The node ran out of something (fds, memory, disk): a retry may work.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The host failed us (I/O, a syscall); `context` says what Berth was doing.
     #[error("{context}: {source}")]
     Io {
@@ -67,6 +70,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Io { source, .. } => match source.raw_os_error() {
                 _ if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT | libc::ENOMEM) => {

@@ -3,50 +3,14 @@
 //! never a torn one. berthd rebuilds its in-memory index from these at start-up.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Writes `data` to `path` atomically and durably.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record path has no name"))?;
-    // A temp name of its own per write: concurrent writers of one record must not
-    // share (and rename away) each other's temp file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    // 0600 whatever the umask: records hold the container's environment (secrets).
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.set_permissions(fs::Permissions::from_mode(0o600))?;
-            f.write_all(data)?;
-            f.sync_all()
-        });
-    if let Err(e) = written {
-        // A full disk must not also leave a torn temp file behind.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()
-}
+/// Writes `data` to `path` atomically and durably (mode 0600: records hold the
+/// container's environment, secrets included). The one implementation is shared with
+/// runtime-core, the monitor and the image store.
+pub use berth_durable::write_atomic;
 
 /// Mode of a directory only root may enter (a container's or a pod's own).
 pub const PRIVATE_DIR: u32 = 0o700;
@@ -211,15 +175,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_are_private_whatever_the_umask() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("config.json");
-        write_atomic(&p, b"{\"env\":[\"TOKEN=secret\"]}").expect("write");
-        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{mode:o}");
-    }
-
-    #[test]
     fn ensure_dir_fixes_the_mode_of_an_existing_dir_and_refuses_links() {
         let d = tempfile::tempdir().expect("tempdir");
         let dir = d.path().join("containers");
@@ -231,45 +186,6 @@ mod tests {
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).expect("symlink");
         assert!(ensure_dir(&link, PRIVATE_DIR).is_err());
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("meta.json");
-        write_atomic(&p, b"one").expect("write");
-        write_atomic(&p, b"two").expect("rewrite");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
-        let names: Vec<_> = fs::read_dir(d.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(names, [std::ffi::OsString::from("meta.json")]);
-    }
-
-    #[test]
-    fn concurrent_writers_of_one_record_do_not_collide() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("record.json");
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..50 {
-                        write_atomic(&p, format!("writer {i}").as_bytes()).expect("write");
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().expect("thread");
-        }
-        assert!(fs::read_to_string(&p).expect("read").starts_with("writer "));
-        assert_eq!(
-            fs::read_dir(d.path()).expect("ls").count(),
-            1,
-            "no temp left"
-        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use berth_runtime_core::monitor_protocol::{self as protocol, attach, attach::ClientFrame};
 use berth_stream::{
     AttachRequest, BackendError, ClientOutput, Connection, ExecRequest, ResizeEvents,
     StreamBackend, StreamIo, TerminalSize,
@@ -29,16 +30,6 @@ const CONSOLE_WAIT: Duration = Duration::from_secs(10);
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Connecting to a port inside a pod.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Attach socket frame kinds (see berth-monitor): client → monitor.
-const FRAME_STDIN: u8 = 0;
-const FRAME_RESIZE: u8 = 1;
-const FRAME_CLOSE_STDIN: u8 = 2;
-/// Monitor → client.
-const FRAME_STDOUT: u8 = 1;
-const FRAME_STDERR: u8 = 2;
-/// Largest attach frame accepted from the monitor.
-const MAX_FRAME: usize = 1 << 20;
 
 /// The [`StreamBackend`] of berthd. Holds the daemon's state weakly: the state owns
 /// the streaming server, which owns this backend.
@@ -111,7 +102,7 @@ impl StreamBackend for Backend {
             .containers
             .runtime_root()
             .join(&id)
-            .join("attach.sock");
+            .join(protocol::ATTACH_SOCKET);
         drop(shared);
         attach(&sock, &id, stdin_once, io).await
     }
@@ -534,44 +525,23 @@ impl PtyMaster {
     }
 }
 
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(payload.len() + 5);
-    f.push(kind);
-    f.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A resize frame: rows then columns, big-endian.
-fn resize_frame(size: TerminalSize) -> Vec<u8> {
-    let mut p = [0u8; 4];
-    p[..2].copy_from_slice(&size.height.to_be_bytes());
-    p[2..].copy_from_slice(&size.width.to_be_bytes());
-    frame(FRAME_RESIZE, &p)
-}
-
 /// Reads one monitor frame; `None` at a clean end of stream.
 async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
+    let mut head = [0u8; attach::HEADER];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
+    let (kind, len) = attach::decode_header(head).ok_or_else(|| {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("attach frame of {len} bytes"),
-        ));
-    }
+            format!("attach frame over {} bytes", attach::MAX_FRAME),
+        )
+    })?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
-    Ok(Some((head[0], payload)))
+    Ok(Some((kind, payload)))
 }
 
 /// Client input for the monitor: stdin bytes, resizes, and (for a `stdin_once`
@@ -592,12 +562,13 @@ async fn attach_input(
                 match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         if stdin_once {
-                            let _ = tx.send(frame(FRAME_CLOSE_STDIN, &[])).await;
+                            let _ = tx.send(ClientFrame::CloseStdin.encode()).await;
                         }
                         break;
                     }
                     Ok(n) => {
-                        if tx.send(frame(FRAME_STDIN, &buf[..n])).await.is_err() {
+                        let f = ClientFrame::Stdin(buf[..n].to_vec()).encode();
+                        if tx.send(f).await.is_err() {
                             break;
                         }
                     }
@@ -609,7 +580,11 @@ async fn attach_input(
         let tx = tx.clone();
         tasks.0.push(tokio::spawn(async move {
             while let Some(size) = resize.next().await {
-                if tx.send(resize_frame(size)).await.is_err() {
+                let f = ClientFrame::Resize {
+                    rows: size.height,
+                    cols: size.width,
+                };
+                if tx.send(f.encode()).await.is_err() {
                     break;
                 }
             }
@@ -655,8 +630,8 @@ async fn attach(sock: &Path, id: &str, stdin_once: bool, io: StreamIo) -> Result
             }
         };
         let out = match kind {
-            FRAME_STDOUT => &mut stdout,
-            FRAME_STDERR => &mut stderr,
+            attach::STDOUT => &mut stdout,
+            attach::STDERR => &mut stderr,
             _ => continue,
         };
         if let Some(o) = out.as_mut()
@@ -742,28 +717,29 @@ mod tests {
 
     #[test]
     fn resize_frames_carry_rows_then_columns() {
-        let f = resize_frame(TerminalSize {
-            width: 132,
-            height: 43,
-        });
-        assert_eq!(f, vec![FRAME_RESIZE, 0, 0, 0, 4, 0, 43, 0, 132]);
+        let f = ClientFrame::Resize {
+            rows: 43,
+            cols: 132,
+        }
+        .encode();
+        assert_eq!(f, vec![attach::RESIZE, 0, 0, 0, 4, 0, 43, 0, 132]);
     }
 
     #[tokio::test]
     async fn monitor_frames_are_parsed_and_oversized_ones_refused() {
-        let mut data = frame(FRAME_STDOUT, b"hello");
-        data.extend(frame(FRAME_STDERR, b""));
+        let mut data = attach::encode(attach::STDOUT, b"hello");
+        data.extend(attach::encode(attach::STDERR, b""));
         let mut r = &data[..];
         assert_eq!(
             read_frame(&mut r).await.expect("frame"),
-            Some((FRAME_STDOUT, b"hello".to_vec()))
+            Some((attach::STDOUT, b"hello".to_vec()))
         );
         assert_eq!(
             read_frame(&mut r).await.expect("frame"),
-            Some((FRAME_STDERR, Vec::new()))
+            Some((attach::STDERR, Vec::new()))
         );
         assert_eq!(read_frame(&mut r).await.expect("eof"), None);
-        let huge = [FRAME_STDOUT, 0xff, 0xff, 0xff, 0xff];
+        let huge = [attach::STDOUT, 0xff, 0xff, 0xff, 0xff];
         assert!(read_frame(&mut &huge[..]).await.is_err());
     }
 

@@ -16,6 +16,7 @@ use berth_proto::v1::{
     ContainerStatus as CriContainerStatus, CpuUsage, FilesystemIdentifier, FilesystemUsage,
     ImageSpec, LinuxContainerResources, MemoryUsage, UInt64Value,
 };
+use berth_runtime_core::monitor_protocol as protocol;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -285,15 +286,6 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
     /// Exit code.
     pub exit_code: i32,
-}
-
-/// The monitor's exit record.
-#[derive(Debug, Deserialize)]
-struct ExitRecord {
-    exit_code: i32,
-    signal: Option<i32>,
-    exited_at: String,
-    oom_killed: bool,
 }
 
 /// A container life-cycle event, for `GetContainerEvents` (kubelet's evented PLEG).
@@ -701,7 +693,7 @@ impl ContainerManager {
             .arg("--log-path")
             .arg(&log_path)
             .arg("--exit-file")
-            .arg(dir.join("exit.json"));
+            .arg(dir.join(protocol::EXIT_FILE));
         if let Handler::Oci(rt) = self.handler(ctr)? {
             cmd.arg("--oci-runtime")
                 .arg(&rt.path)
@@ -727,6 +719,7 @@ impl ContainerManager {
             s.monitor_pid = monitor_pid;
             s.monitor_start = monitor_start;
         });
+        #[cfg(feature = "test-hooks")]
         test_hook_die_after_monitor_spawn(monitor_pid);
         let stdout = child
             .stdout
@@ -734,9 +727,9 @@ impl ContainerManager {
             .ok_or_else(|| Error::Internal("monitor stdout".into()))?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let first = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
-        let reply: serde_json::Value = match first {
-            Ok(Ok(Some(line))) => serde_json::from_str(&line)
-                .map_err(|e| Error::Internal(format!("monitor said {line:?}: {e}")))?,
+        let report = match first {
+            Ok(Ok(Some(line))) => protocol::CreateReport::decode(&line)
+                .map_err(|e| Error::Internal(format!("berth-monitor's report: {e}")))?,
             Ok(Ok(None)) => {
                 let status = child.wait().await.ok();
                 // Gone: the clean-up must not wait for an exit it will never see.
@@ -754,29 +747,25 @@ impl ContainerManager {
                 )));
             }
         };
-        if let Some(err) = reply["error"].as_str() {
-            // The monitor exits right after a failed create, having removed what it
-            // made. Reaped here, so the clean-up has no monitor exit to wait for (it
-            // used to wait KILL_WAIT for one: every failed create took 10 s).
-            let _ = child.wait().await;
-            ctr.update(|s| s.monitor_pid = 0);
-            // A bad executable or working dir is the caller's mistake, not ours: the
-            // monitor says so for the init's failures (spec_fault).
-            return Err(
-                if reply["spec_fault"].as_bool() == Some(true)
-                    || err.contains("executable")
-                    || err.contains("no such file")
-                {
-                    Error::InvalidArgument(format!("creating the container: {err}"))
-                } else {
-                    Error::Internal(format!("creating the container: {err}"))
-                },
-            );
-        }
-        let pid = reply["pid"]
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| Error::Internal(format!("monitor reply without pid: {reply}")))?;
+        let pid = match report {
+            (_, protocol::CreateReport::Created { pid }) => pid,
+            (version, protocol::CreateReport::Failed(e)) => {
+                // The monitor exits right after a failed create, having removed what it
+                // made. Reaped here, so the clean-up has no monitor exit to wait for (it
+                // used to wait KILL_WAIT for one: every failed create took 10 s).
+                let _ = child.wait().await;
+                ctr.update(|s| s.monitor_pid = 0);
+                tracing::debug!(container = %ctr.id, version, kind = ?e.kind, "create failed in the monitor");
+                // The monitor classifies (a bad executable or working dir is the
+                // caller's mistake, out of fds the node's state, the rest ours).
+                let msg = format!("creating the container: {}", e.message);
+                return Err(match e.kind {
+                    protocol::ErrorKind::SpecFault => Error::InvalidArgument(msg),
+                    protocol::ErrorKind::ResourceExhausted => Error::ResourceExhausted(msg),
+                    protocol::ErrorKind::Internal => Error::Internal(msg),
+                });
+            }
+        };
         ctr.update(|s| {
             s.pid = pid;
             s.phase = Phase::Created;
@@ -804,10 +793,7 @@ impl ContainerManager {
         if ctr.state().phase == Phase::Exited {
             return;
         }
-        let path = self.dir(&ctr.id).join("exit.json");
-        let record: Option<ExitRecord> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let record = protocol::ExitRecord::read(&self.dir(&ctr.id).join(protocol::EXIT_FILE));
         if record.is_none() {
             // The monitor died before the container did: nobody holds its stdio or
             // would record its exit any more, so end it rather than leave an
@@ -820,11 +806,8 @@ impl ContainerManager {
             s.phase = Phase::Exited;
             match &record {
                 Some(r) => {
-                    s.exit_code = match r.signal {
-                        Some(sig) if r.exit_code == 0 => 128 + sig,
-                        _ => r.exit_code,
-                    };
-                    s.finished_at = parse_rfc3339_nanos(&r.exited_at).unwrap_or_else(now_nanos);
+                    s.exit_code = r.status_code();
+                    s.finished_at = r.exited_at_ns;
                     s.reason = if r.oom_killed {
                         "OOMKilled".into()
                     } else if s.exit_code == 0 {
@@ -1374,10 +1357,14 @@ impl ContainerManager {
                 ctr.id
             )));
         }
-        let sock = self.runtime_root().join(&ctr.id).join("ctl.sock");
+        let sock = self
+            .runtime_root()
+            .join(&ctr.id)
+            .join(protocol::CONTROL_SOCKET);
         let talk = async {
             let mut s = tokio::net::UnixStream::connect(&sock).await?;
-            s.write_all(b"reopen\n").await?;
+            s.write_all(protocol::ControlRequest::ReopenLog.encode())
+                .await?;
             let mut reply = String::new();
             s.read_to_string(&mut reply).await?;
             Ok::<_, std::io::Error>(reply)
@@ -1386,13 +1373,12 @@ impl ContainerManager {
             .await
             .map_err(|_| Error::Internal("the container's monitor did not answer".into()))?
             .map_err(|e| Error::io(format!("talking to the monitor at {}", sock.display()), e))?;
-        if reply.trim() != "ok" {
-            return Err(Error::Internal(format!(
-                "reopening the log: {}",
-                reply.trim()
-            )));
+        match protocol::ControlReply::decode(&reply) {
+            protocol::ControlReply::Ok => Ok(()),
+            protocol::ControlReply::Error(e) => {
+                Err(Error::Internal(format!("reopening the log: {e}")))
+            }
         }
-        Ok(())
     }
 
     /// Rebuilds the index from disk and reattaches to live monitors; containers whose
@@ -1701,7 +1687,9 @@ fn kill_tree(pid: i32) {
 /// `BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN` names an existing file, the file is
 /// removed (one shot) and berthd SIGKILLs itself right here; if the file says
 /// `stop-monitor`, the monitor is SIGSTOPped first, so that it is certainly still
-/// mid-create when berthd comes back. Without the variable this does nothing.
+/// mid-create when berthd comes back. Without the variable this does nothing; without
+/// the `test-hooks` cargo feature (release builds) it is not compiled at all.
+#[cfg(feature = "test-hooks")]
 fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
     let Some(trigger) = std::env::var_os("BERTHD_TEST_HOOK_DIE_AFTER_MONITOR_SPAWN") else {
         return;
@@ -1716,12 +1704,15 @@ fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
         monitor = monitor_pid,
         "test hook: berthd dies right after spawning a monitor"
     );
-    if what.trim() == "stop-monitor" && monitor_pid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's.
-        unsafe { libc::kill(monitor_pid, libc::SIGSTOP) };
+    use rustix::process::{Pid, Signal, getpid, kill_process};
+    if what.trim() == "stop-monitor"
+        && let Some(monitor) = Pid::from_raw(monitor_pid)
+    {
+        // Our unreaped child: the pid cannot have been reused.
+        let _ = kill_process(monitor, Signal::STOP);
     }
-    // SAFETY: as above; berthd kills itself, as a crash would.
-    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    // berthd kills itself, as a crash would.
+    let _ = kill_process(getpid(), Signal::KILL);
 }
 
 /// SIGKILLs every berth-monitor whose command line names container `id` and
@@ -1802,59 +1793,9 @@ async fn wait_pidfd_exit(fd: std::os::fd::OwnedFd) {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` into ns since the epoch.
-pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let (hms, frac) = match time.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (time, ""),
-    };
-    let mut t = hms.split(':');
-    let (hh, mm, ss): (i64, i64, i64) = (
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-    );
-    let mut nanos: i64 = 0;
-    if !frac.is_empty() {
-        let digits: String = frac.chars().take(9).collect();
-        nanos = format!("{digits:0<9}").parse().ok()?;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000) + nanos)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_parses_to_nanos() {
-        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_nanos("1970-01-02T00:00:01.5Z"),
-            Some(86_401_500_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339_nanos("2026-11-29T07:00:00.123456789Z"),
-            Some(1_795_935_600_123_456_789)
-        );
-        assert_eq!(parse_rfc3339_nanos("garbage"), None);
-    }
 
     #[test]
     fn log_path_cannot_leave_the_log_directory() {

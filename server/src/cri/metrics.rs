@@ -1135,38 +1135,28 @@ fn fs_samples(upper: &Path) -> Vec<Sample> {
 }
 
 /// Network counters of the pod's interfaces (loopback left out, as cadvisor does),
-/// from the text of /proc/net/dev read inside the pod's network namespace.
+/// from the text of /proc/net/dev read inside the pod's network namespace, parsed by
+/// the same function as the pod stats (`stats::pod_interfaces`).
 fn network_samples(net_dev: &str) -> Vec<Sample> {
-    // Columns after `iface:`: rx bytes packets errs drop ..., then tx from column 8.
-    const COLUMNS: [(usize, &str); 8] = [
-        (0, "container_network_receive_bytes_total"),
-        (1, "container_network_receive_packets_total"),
-        (2, "container_network_receive_errors_total"),
-        (3, "container_network_receive_packets_dropped_total"),
-        (8, "container_network_transmit_bytes_total"),
-        (9, "container_network_transmit_packets_total"),
-        (10, "container_network_transmit_errors_total"),
-        (11, "container_network_transmit_packets_dropped_total"),
-    ];
     let mut out = Vec::new();
-    for line in net_dev.lines().skip(2) {
-        let Some((iface, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let iface = iface.trim();
-        let cols: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if iface == "lo" || cols.len() < 16 {
-            continue;
-        }
-        for (i, name) in COLUMNS {
-            out.push(labelled(
-                name,
-                vec![("interface", iface.to_owned())],
-                cols[i],
-            ));
+    for i in super::stats::pod_interfaces(net_dev) {
+        for (name, value) in [
+            ("container_network_receive_bytes_total", i.rx_bytes),
+            ("container_network_receive_packets_total", i.rx_packets),
+            ("container_network_receive_errors_total", i.rx_errors),
+            (
+                "container_network_receive_packets_dropped_total",
+                i.rx_dropped,
+            ),
+            ("container_network_transmit_bytes_total", i.tx_bytes),
+            ("container_network_transmit_packets_total", i.tx_packets),
+            ("container_network_transmit_errors_total", i.tx_errors),
+            (
+                "container_network_transmit_packets_dropped_total",
+                i.tx_dropped,
+            ),
+        ] {
+            out.push(labelled(name, vec![("interface", i.name.clone())], value));
         }
     }
     out

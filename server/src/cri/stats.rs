@@ -65,17 +65,13 @@ pub fn pod_stats(shared: &Shared, sb: &Sandbox) -> PodSandboxStats {
         .net
         .as_deref()
         .and_then(|netns| netns_interfaces(netns).ok())
-        .map(|ifaces| {
-            let interfaces: Vec<NetworkInterfaceUsage> =
-                ifaces.into_iter().filter(|i| i.name != "lo").collect();
-            NetworkUsage {
-                timestamp: now,
-                default_interface: interfaces
-                    .iter()
-                    .find(|i| i.name == crate::cni::exec::POD_IFNAME)
-                    .cloned(),
-                interfaces,
-            }
+        .map(|interfaces| NetworkUsage {
+            timestamp: now,
+            default_interface: interfaces
+                .iter()
+                .find(|i| i.name == crate::cni::exec::POD_IFNAME)
+                .cloned(),
+            interfaces,
         });
     PodSandboxStats {
         attributes: Some(PodSandboxAttributes {
@@ -150,23 +146,61 @@ pub(super) fn netns_net_dev(netns: &Path) -> io::Result<String> {
     .map_err(|_| io::Error::other("netns stats thread panicked"))?
 }
 
-/// Parses /proc/net/dev: `iface: rx_bytes packets errs ... tx_bytes packets errs ...`.
-fn parse_net_dev(text: &str) -> Vec<NetworkInterfaceUsage> {
-    text.lines()
+/// One interface's counters: a line of /proc/net/dev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct InterfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The pod's interfaces in the text of /proc/net/dev read inside its network
+/// namespace (`iface: rx bytes packets errs drop fifo frame compressed multicast, tx
+/// bytes packets errs drop ...`), loopback left out: kubelet's stats, like cadvisor's
+/// metrics, count the traffic a pod exchanges with others, and `lo` never leaves it.
+/// The one parser behind both pod stats and the network metrics, so they agree.
+pub(super) fn pod_interfaces(net_dev: &str) -> Vec<InterfaceCounters> {
+    net_dev
+        .lines()
         .skip(2)
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
+            let name = name.trim();
             let f: Vec<u64> = rest
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            (f.len() >= 11).then(|| NetworkInterfaceUsage {
-                name: name.trim().to_owned(),
-                rx_bytes: v(f[0]),
-                rx_errors: v(f[2]),
-                tx_bytes: v(f[8]),
-                tx_errors: v(f[10]),
+            (name != "lo" && f.len() >= 16).then(|| InterfaceCounters {
+                name: name.to_owned(),
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                rx_errors: f[2],
+                rx_dropped: f[3],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+                tx_errors: f[10],
+                tx_dropped: f[11],
             })
+        })
+        .collect()
+}
+
+/// The CRI form of [`pod_interfaces`].
+fn parse_net_dev(text: &str) -> Vec<NetworkInterfaceUsage> {
+    pod_interfaces(text)
+        .into_iter()
+        .map(|i| NetworkInterfaceUsage {
+            name: i.name,
+            rx_bytes: v(i.rx_bytes),
+            rx_errors: v(i.rx_errors),
+            tx_bytes: v(i.tx_bytes),
+            tx_errors: v(i.tx_errors),
         })
         .collect()
 }
@@ -176,14 +210,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn net_dev_parses() {
+    fn net_dev_parses_without_loopback() {
         let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    5000      10    2    0    0     0          0         0     7000      12    3    0    0     0       0          0\n";
+        // Pod stats and metrics read the same interfaces: eth0, never lo.
         let ifaces = parse_net_dev(text);
-        assert_eq!(ifaces.len(), 2);
-        assert_eq!(ifaces[1].name, "eth0");
-        assert_eq!(ifaces[1].rx_bytes.as_ref().map(|v| v.value), Some(5000));
-        assert_eq!(ifaces[1].rx_errors.as_ref().map(|v| v.value), Some(2));
-        assert_eq!(ifaces[1].tx_bytes.as_ref().map(|v| v.value), Some(7000));
-        assert_eq!(ifaces[1].tx_errors.as_ref().map(|v| v.value), Some(3));
+        assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+        assert_eq!(ifaces[0].name, "eth0");
+        assert_eq!(ifaces[0].rx_bytes.as_ref().map(|v| v.value), Some(5000));
+        assert_eq!(ifaces[0].rx_errors.as_ref().map(|v| v.value), Some(2));
+        assert_eq!(ifaces[0].tx_bytes.as_ref().map(|v| v.value), Some(7000));
+        assert_eq!(ifaces[0].tx_errors.as_ref().map(|v| v.value), Some(3));
+        let names = |v: Vec<InterfaceCounters>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        assert_eq!(names(pod_interfaces(text)), ["eth0"]);
     }
 }

@@ -15,11 +15,9 @@
 //! Helpers for the pod layer: `pin-ns` / `unpin-ns` (keep a pod's namespaces alive as bind
 //! mounts) and `pause` (an infra process that reaps zombies as pid 1 of a shared pid ns).
 //!
-//! Attach protocol (unix stream socket `<root>/<id>/attach.sock`), frames both ways:
-//! `[kind: u8][len: u32 big-endian][payload]`. Client → monitor: kind 0 = stdin bytes,
-//! 1 = resize (payload: rows u16 BE, cols u16 BE), 2 = close stdin. Monitor → client:
-//! kind 1 = stdout bytes, 2 = stderr bytes. Control socket `<root>/<id>/ctl.sock`: send
-//! `reopen\n` to reopen the log file after rotation; the reply is `ok\n` or `error ...\n`.
+//! What it says to berthd (the create report, the exit record, attach frames and
+//! control lines) is typed once, for both sides, in
+//! `berth_runtime_core::monitor_protocol`.
 
 mod crilog;
 
@@ -33,6 +31,10 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use berth_runtime_core::container::CGROUP_ROOT;
+use berth_runtime_core::monitor_protocol::{
+    self as protocol, ControlReply, ControlRequest, CreateReport, ErrorKind, ExitRecord,
+    MonitorError, attach,
+};
 use berth_runtime_core::{Container, CreateOptions, Stdio};
 use clap::{Parser, Subcommand};
 use crilog::{CriLog, Stream};
@@ -160,17 +162,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit record berthd reads.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ExitRecord {
-    exit_code: i32,
-    /// Signal that killed the init, if any.
-    signal: Option<i32>,
-    /// RFC 3339 with nanoseconds.
-    exited_at: String,
-    oom_killed: bool,
-}
-
 fn pipe_cloexec() -> Res<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
@@ -188,14 +179,6 @@ fn set_nonblocking(fd: RawFd) {
 struct Client {
     sock: UnixStream,
     buf: Vec<u8>,
-}
-
-fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(data.len() + 5);
-    f.push(kind);
-    f.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
-    f.extend_from_slice(data);
-    f
 }
 
 struct Monitor {
@@ -217,7 +200,11 @@ impl Monitor {
             Ok(n) => {
                 let chunk = &buf[..n];
                 let _ = self.log.write_chunk(stream, chunk);
-                let f = frame(if stream == Stream::Stdout { 1 } else { 2 }, chunk);
+                let kind = match stream {
+                    Stream::Stdout => attach::STDOUT,
+                    Stream::Stderr => attach::STDERR,
+                };
+                let f = attach::encode(kind, chunk);
                 self.clients.retain(|_, c| c.sock.write_all(&f).is_ok());
                 true
             }
@@ -237,29 +224,27 @@ impl Monitor {
             Ok(0) | Err(_) => return false,
             Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
         }
-        let mut frames = Vec::new();
-        while c.buf.len() >= 5 {
-            let len = u32::from_be_bytes([c.buf[1], c.buf[2], c.buf[3], c.buf[4]]) as usize;
-            if c.buf.len() < 5 + len {
-                break;
-            }
-            frames.push((c.buf[0], c.buf[5..5 + len].to_vec()));
-            c.buf.drain(..5 + len);
-        }
-        for (kind, payload) in frames {
-            match kind {
-                0 => {
+        // A frame over the limit: a broken client, dropped rather than buffered.
+        let Ok(frames) = attach::split_frames(&mut c.buf) else {
+            return false;
+        };
+        for frame in frames
+            .into_iter()
+            .filter_map(|(kind, payload)| attach::ClientFrame::from_parts(kind, payload))
+        {
+            match frame {
+                attach::ClientFrame::Stdin(payload) => {
                     let target = self.pty.or(self.stdin.as_ref().map(AsRawFd::as_raw_fd));
                     if let Some(t) = target {
                         // SAFETY: writing a buffer we own to an fd held by this monitor.
                         unsafe { libc::write(t, payload.as_ptr().cast(), payload.len()) };
                     }
                 }
-                1 if payload.len() == 4 => {
+                attach::ClientFrame::Resize { rows, cols } => {
                     if let Some(p) = self.pty {
                         let ws = libc::winsize {
-                            ws_row: u16::from_be_bytes([payload[0], payload[1]]),
-                            ws_col: u16::from_be_bytes([payload[2], payload[3]]),
+                            ws_row: rows,
+                            ws_col: cols,
                             ws_xpixel: 0,
                             ws_ypixel: 0,
                         };
@@ -267,17 +252,16 @@ impl Monitor {
                         unsafe { libc::ioctl(p, libc::TIOCSWINSZ, &ws) };
                     }
                 }
-                2 => self.stdin = None,
-                _ => {}
+                attach::ClientFrame::CloseStdin => self.stdin = None,
             }
         }
         true
     }
 }
 
-fn report(sync: &mut Option<fs::File>, v: serde_json::Value) {
+fn report(sync: &mut Option<fs::File>, report: &CreateReport) {
     if let Some(f) = sync.as_mut() {
-        let _ = writeln!(f, "{v}");
+        let _ = writeln!(f, "{}", report.encode());
         let _ = f.flush();
     }
     *sync = None;
@@ -357,11 +341,11 @@ impl OciRuntime {
         let log = fs::read_to_string(&log_file).unwrap_or_default();
         let _ = fs::remove_file(&log_file);
         if !status.success() {
-            return Err(format!(
+            return Err(OciCreateError(format!(
                 "{} create failed ({status}): {}",
                 self.path.display(),
                 runtime_log_errors(&log)
-            )
+            ))
             .into());
         }
         let pid = fs::read_to_string(&pid_file)
@@ -370,6 +354,26 @@ impl OciRuntime {
         pid.trim()
             .parse::<i32>()
             .map_err(|_| format!("{} holds no pid: {pid:?}", pid_file.display()).into())
+    }
+}
+
+/// `<runtime> create` failed; the message holds the runtime's own error messages.
+#[derive(Debug)]
+struct OciCreateError(String);
+
+impl std::fmt::Display for OciCreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OciCreateError {}
+
+impl OciCreateError {
+    /// Whether the runtime refused the spec rather than failed: its log text is the
+    /// only account of that (runc and crun word it as Go's and libc's errors do).
+    fn is_caused_by_spec(&self) -> bool {
+        self.0.contains("executable file not found") || self.0.contains("no such file")
     }
 }
 
@@ -410,26 +414,64 @@ fn run(
         root, bundle, log_path, exit_file, keep_stdin, oci, id, &mut sync,
     );
     if let Err(e) = &res {
-        report(&mut sync, error_report(e.as_ref()));
+        report(&mut sync, &CreateReport::Failed(error_report(e.as_ref())));
     }
     res
 }
 
-/// The failure as berthd reads it: the message, and for a failure of the container's
-/// init the step and errno name, so berthd can tell the pod spec's fault (a working
-/// directory or executable that cannot be used) from its own.
-fn error_report(e: &(dyn std::error::Error + 'static)) -> serde_json::Value {
+/// The failure as berthd reads it: the message, its kind (the pod spec's fault, such
+/// as a working directory or executable that cannot be used; the node out of fds or
+/// memory; or anything else), and for a failure of the container's init the step and
+/// errno name.
+fn error_report(e: &(dyn std::error::Error + 'static)) -> MonitorError {
     use berth_runtime_core::ContainerError;
     use berth_runtime_core::process::ProcessError;
-    let mut v = serde_json::json!({ "error": e.to_string() });
-    if let Some(ContainerError::Process(ProcessError::Child(child))) =
-        e.downcast_ref::<ContainerError>()
-    {
-        v["step"] = child.step.clone().into();
-        v["errno"] = berth_runtime_core::channel::errno_name(child.errno).into();
-        v["spec_fault"] = child.is_caused_by_spec().into();
+    let mut report = MonitorError {
+        kind: ErrorKind::Internal,
+        message: e.to_string(),
+        step: None,
+        errno: None,
+    };
+    let child = match e.downcast_ref::<ContainerError>() {
+        Some(ContainerError::Process(ProcessError::Child(child))) => Some(child),
+        _ => None,
+    };
+    if let Some(child) = child {
+        report.step = Some(child.step.clone());
+        report.errno = Some(berth_runtime_core::channel::errno_name(child.errno));
     }
-    v
+    let spec_fault = child.is_some_and(|c| c.is_caused_by_spec())
+        || e.downcast_ref::<OciCreateError>()
+            .is_some_and(OciCreateError::is_caused_by_spec);
+    let exhausted = child
+        .map(|c| c.errno)
+        .into_iter()
+        .chain(errnos(e))
+        .any(|n| {
+            matches!(
+                n,
+                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOSPC | libc::EDQUOT
+            )
+        });
+    if spec_fault {
+        report.kind = ErrorKind::SpecFault;
+    } else if exhausted {
+        report.kind = ErrorKind::ResourceExhausted;
+    }
+    report
+}
+
+/// The errnos in an error's chain of causes.
+fn errnos<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = i32> + 'a {
+    std::iter::successors(Some(e), |e| e.source()).filter_map(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .or_else(|| e.downcast_ref::<nix::errno::Errno>().map(|n| *n as i32))
+            .or_else(|| {
+                e.downcast_ref::<rustix::io::Errno>()
+                    .map(|n| n.raw_os_error())
+            })
+    })
 }
 
 fn detach_stdio() {
@@ -528,7 +570,7 @@ fn run_inner(
                 .unwrap_or_default();
             let cgroup =
                 berth_runtime_core::cgroups::Cgroup::new(Path::new(CGROUP_ROOT), &cg_path, id).ok();
-            let console = dir.join("console.sock");
+            let console = dir.join(protocol::CONSOLE_SOCKET);
             let listener = if terminal {
                 let _ = fs::remove_file(&console);
                 Some(UnixListener::bind(&console)?)
@@ -569,8 +611,8 @@ fn run_inner(
         rustix::process::PidfdFlags::empty(),
     )?;
 
-    let attach_path = dir.join("attach.sock");
-    let ctl_path = dir.join("ctl.sock");
+    let attach_path = dir.join(protocol::ATTACH_SOCKET);
+    let ctl_path = dir.join(protocol::CONTROL_SOCKET);
     // Only berthd (root) talks to these: whoever can connect to attach.sock types into
     // the container's stdin. Made 0600 whatever umask berthd was started with (bind
     // takes the socket's mode from the umask; a chmod after it would leave a window).
@@ -595,7 +637,7 @@ fn run_inner(
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
     )?;
 
-    report(sync, serde_json::json!({ "pid": pid }));
+    report(sync, &CreateReport::Created { pid });
     detach_stdio();
 
     let mut m = Monitor {
@@ -662,16 +704,16 @@ fn run_inner(
         {
             let _ = sock.set_nonblocking(false);
             let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut line = [0u8; 64];
+            let mut line = [0u8; protocol::CONTROL_REQUEST_MAX];
             let n = sock.read(&mut line).unwrap_or(0);
-            let reply = match std::str::from_utf8(&line[..n]).map(str::trim) {
-                Ok("reopen") => match m.log.reopen() {
-                    Ok(()) => "ok\n".to_string(),
-                    Err(e) => format!("error {e}\n"),
+            let reply = match ControlRequest::decode(&line[..n]) {
+                Some(ControlRequest::ReopenLog) => match m.log.reopen() {
+                    Ok(()) => ControlReply::Ok,
+                    Err(e) => ControlReply::Error(e.to_string()),
                 },
-                _ => "error unknown command\n".to_string(),
+                None => ControlReply::Error("unknown command".into()),
             };
-            let _ = sock.write_all(reply.as_bytes());
+            let _ = sock.write_all(reply.encode().as_bytes());
         }
         if ready(3) {
             while let Ok(Some(_)) = sigchld.read_signal() {}
@@ -711,15 +753,20 @@ fn run_inner(
         _ => (255, None),
     };
     let oom_after = oom_kills();
+    let exited_at = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let record = ExitRecord {
         exit_code,
         signal,
-        exited_at: crilog::rfc3339_nano(SystemTime::now()),
+        exited_at_ns: i64::try_from(exited_at.as_nanos()).unwrap_or(i64::MAX),
         oom_killed: oom_after > oom_before,
     };
-    let tmp = exit_file.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec(&record)?)?;
-    fs::rename(&tmp, exit_file)?;
+    // Durable (fsync, rename, fsync of the directory): berthd reads it after a crash
+    // of the node, and a record lost there reports a clean exit as a dead monitor.
+    record
+        .write(exit_file)
+        .map_err(|e| format!("writing {}: {e}", exit_file.display()))?;
     if container.is_some()
         && let Ok(mut c) = Container::load(root, id)
     {

@@ -1,0 +1,168 @@
+//! The CRI objects and calls most tests start from: the busybox image, a pod config, a
+//! container config, and the RPCs around them (pull, run a pod, create and start a
+//! container, exec, remove), each failing with the RPC's name and status so a test
+//! reads as its scenario. Tests adjust a config with struct update syntax
+//! (`ContainerConfig { working_dir, ..container_config(..) }`).
+
+use std::path::Path;
+
+use berth_proto::v1 as cri;
+
+use crate::CriClient;
+
+/// The busybox image critest uses; the local registry serves it (registry.rs).
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// A pod named `name` (uid unique to this test process) logging under `logs`.
+pub fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("{name}-uid-{}", std::process::id()),
+            namespace: "default".to_owned(),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A container named `name` running `command` from `image`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// `PullImage`; panics naming the image when it fails.
+pub async fn pull(client: &mut CriClient, image: &str) {
+    client
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
+}
+
+/// `RunPodSandbox` with the default handler; the pod's id.
+pub async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
+    client
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// `CreateContainer` in pod `pod_id`; the status when berthd refuses.
+pub async fn create(
+    client: &mut CriClient,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(client
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+/// `StartContainer`; the status when berthd refuses.
+pub async fn start(client: &mut CriClient, id: &str) -> Result<(), tonic::Status> {
+    client
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.to_owned(),
+        })
+        .await
+        .map(drop)
+}
+
+/// `CreateContainer` then `StartContainer`, both expected to succeed; the id.
+pub async fn create_started(
+    client: &mut CriClient,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = create(client, pod_id, pod, config)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
+    start(client, &id)
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {id}: {e}"));
+    id
+}
+
+/// `ExecSync` of `cmd` (20 s timeout): exit code, stdout, stderr.
+pub async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> (i32, String, String) {
+    let r = client
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
+        .into_inner();
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+/// `RemoveContainer`, errors ignored (clean-up).
+pub async fn remove_container(client: &mut CriClient, id: &str) {
+    let _ = client
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_owned(),
+        })
+        .await;
+}
+
+/// `StopPodSandbox` then `RemovePodSandbox`, errors ignored (clean-up).
+pub async fn remove_pod(client: &mut CriClient, pod_id: &str) {
+    let _ = client
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+        })
+        .await;
+    let _ = client
+        .runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+        })
+        .await;
+}
