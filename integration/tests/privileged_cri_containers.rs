@@ -647,7 +647,10 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
     let pod = write(
         dir.path(),
         "pod.json",
-        r#"{"metadata":{"name":"v037","namespace":"default","uid":"v037-uid","attempt":0},"linux":{}}"#,
+        &format!(
+            r#"{{"metadata":{{"name":"v037","namespace":"default","uid":"v037-uid","attempt":0}},"log_directory":"{}","linux":{{}}}}"#,
+            dir.path().display()
+        ),
     );
     let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
     ok(&ep, &["pull", BUSYBOX]).await;
@@ -681,6 +684,7 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
             ..Default::default()
         }],
         stop_signal: Signal::Sigusr1.into(),
+        log_path: format!("{name}.log"),
         ..Default::default()
     };
 
