@@ -9,9 +9,10 @@
 # symlink); a second run only checks that it is there.
 #
 #   integration/scripts/build-kubelet.sh            # builds KUBELET_VERSION (default below)
+#   KUBELET_VERSION=v1.34.4 integration/scripts/build-kubelet.sh   # the older-version check
 set -euo pipefail
 
-KUBELET_VERSION="${KUBELET_VERSION:-v1.34.4}"
+KUBELET_VERSION="${KUBELET_VERSION:-v1.37.2}"  # privileged_kubelet.rs KUBELET_VERSION
 TOOLS="${BERTH_TOOLS_DIR:-/var/cache/berth/tools}"
 BIN="$TOOLS/bin/kubelet-$KUBELET_VERSION"
 

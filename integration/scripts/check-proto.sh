@@ -3,7 +3,7 @@
 # k8s.io/cri-api publishes at the pinned version (downloaded from the Go module proxy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CRI_API_VERSION=v0.36.3
+CRI_API_VERSION=v0.37.2
 dir=$(go mod download -json "k8s.io/cri-api@$CRI_API_VERSION" \
       | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 upstream="$dir/pkg/apis/runtime/v1/api.proto"

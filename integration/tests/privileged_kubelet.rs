@@ -20,6 +20,11 @@ use berth_integration::setup::Node;
 use berth_integration::tools::{crictl, tool};
 use serde_json::Value;
 
+/// The kubelet release this test runs: `integration/scripts/build-kubelet.sh`'s default.
+/// `BERTH_KUBELET_VERSION=v1.34.4` runs the same scenario against an older kubelet
+/// (build it first with `KUBELET_VERSION=v1.34.4 integration/scripts/build-kubelet.sh`).
+const KUBELET_VERSION: &str = "v1.37.2";
+
 /// kubelet's read-only port (plain HTTP, no auth) on 127.0.0.1.
 const READ_ONLY_PORT: u16 = 10255;
 /// kubelet's authenticated port; bound to 127.0.0.1 too.
@@ -61,9 +66,23 @@ impl Kubelet {
     }
 
     fn start(endpoint: &str) -> anyhow::Result<Self> {
-        let kubelet = tool("kubelet").context(
-            "kubelet is built by integration/scripts/build-kubelet.sh (install-deps.sh runs it)",
-        )?;
+        let version =
+            std::env::var("BERTH_KUBELET_VERSION").unwrap_or_else(|_| KUBELET_VERSION.to_owned());
+        let kubelet = tool(&format!("kubelet-{version}")).with_context(|| {
+            format!(
+                "kubelet {version} is built by integration/scripts/build-kubelet.sh \
+                 (install-deps.sh runs it; KUBELET_VERSION={version} for another release)"
+            )
+        })?;
+        // The binary's own word, so a mislabelled or stale build cannot pass for this
+        // release.
+        let out = Command::new(&kubelet).arg("--version").output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(
+            said.split_whitespace().any(|w| w == version),
+            "{} says {said:?}, not {version}",
+            kubelet.display()
+        );
         let dir = tempfile::Builder::new()
             .prefix("berth-kubelet-")
             .tempdir_in("/tmp")?;
@@ -93,6 +112,9 @@ containerRuntimeEndpoint: {endpoint}
 imageServiceEndpoint: {endpoint}
 cgroupDriver: cgroupfs
 cgroupsPerQOS: true
+# kubelet >= 1.35 refuses to start on a cgroup v1 host unless this is false (the
+# CI host is v1); it changes nothing on a cgroup v2 host.
+failCgroupV1: false
 cgroupRoot: {CGROUP_ROOT}
 enforceNodeAllocatable: []
 failSwapOn: false

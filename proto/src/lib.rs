@@ -1,10 +1,10 @@
 //! The Container Runtime Interface (`runtime.v1`) as published in
-//! `k8s.io/cri-api` v0.36.3, generated with tonic/prost at build time.
+//! `k8s.io/cri-api` v0.37.2, generated with tonic/prost at build time.
 //!
 //! See `proto/README.md` for where `api.proto` comes from and how to update it.
 
 /// The upstream cri-api module version `proto/api.proto` was taken from.
-pub const CRI_API_VERSION: &str = "v0.36.3";
+pub const CRI_API_VERSION: &str = "v0.37.2";
 
 /// Encoded `FileDescriptorSet` of `api.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

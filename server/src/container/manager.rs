@@ -240,7 +240,8 @@ impl Container {
                         supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
                     }),
                 }),
-            ..Default::default()
+            // kubelet shows it as the container's `stopSignal` (ContainerStopSignals).
+            stop_signal: self.config.stop_signal,
         }
     }
 
@@ -1618,8 +1619,8 @@ fn container_log_path(log_directory: &str, log_path: &str) -> Result<PathBuf> {
 /// The signal that asks a container to stop: the CRI's, else the image's STOPSIGNAL,
 /// else SIGTERM.
 fn stop_signal(image: &str, cri: i32) -> i32 {
-    if cri > 0 {
-        return cri;
+    if let Some(sig) = cri_signal(cri) {
+        return sig;
     }
     let name = image.trim().trim_start_matches("SIG").to_ascii_uppercase();
     if let Ok(n) = name.parse::<i32>() {
@@ -1635,6 +1636,57 @@ fn stop_signal(image: &str, cri: i32) -> i32 {
         "WINCH" => libc::SIGWINCH,
         _ => libc::SIGTERM,
     }
+}
+
+/// The Linux signal number of a CRI `Signal` (kubelet's `lifecycle.stopSignal`). The
+/// enum's values are its own (SIGABRT = 1, SIGKILL = 13), not signal numbers; `None`
+/// for RUNTIME_DEFAULT and unknown values. Real-time signals count from glibc's
+/// SIGRTMIN (34), as Go's and runc's tables do.
+fn cri_signal(cri: i32) -> Option<i32> {
+    let signal = berth_proto::v1::Signal::try_from(cri).ok()?;
+    let name = signal.as_str_name().strip_prefix("SIGNAL_SIG")?;
+    if let Some(n) = name.strip_prefix("RTMINPLUS") {
+        return Some(libc::SIGRTMIN() + n.parse::<i32>().ok()?);
+    }
+    if let Some(n) = name.strip_prefix("RTMAXMINUS") {
+        return Some(libc::SIGRTMAX() - n.parse::<i32>().ok()?);
+    }
+    Some(match name {
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "ALRM" => libc::SIGALRM,
+        "BUS" => libc::SIGBUS,
+        "CHLD" | "CLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "FPE" => libc::SIGFPE,
+        "HUP" => libc::SIGHUP,
+        "ILL" => libc::SIGILL,
+        "INT" => libc::SIGINT,
+        "IO" | "POLL" => libc::SIGIO,
+        "KILL" => libc::SIGKILL,
+        "PIPE" => libc::SIGPIPE,
+        "PROF" => libc::SIGPROF,
+        "PWR" => libc::SIGPWR,
+        "QUIT" => libc::SIGQUIT,
+        "SEGV" => libc::SIGSEGV,
+        "STKFLT" => libc::SIGSTKFLT,
+        "STOP" => libc::SIGSTOP,
+        "SYS" => libc::SIGSYS,
+        "TERM" => libc::SIGTERM,
+        "TRAP" => libc::SIGTRAP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "VTALRM" => libc::SIGVTALRM,
+        "WINCH" => libc::SIGWINCH,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "RTMIN" => libc::SIGRTMIN(),
+        "RTMAX" => libc::SIGRTMAX(),
+        _ => return None,
+    })
 }
 
 /// Kills an exec'd process tree unless disarmed (the process finished normally).
@@ -1832,6 +1884,33 @@ mod tests {
         assert_eq!(stop_signal("", 0), libc::SIGTERM);
         assert_eq!(stop_signal("SIGQUIT", 0), libc::SIGQUIT);
         assert_eq!(stop_signal("9", 0), 9);
-        assert_eq!(stop_signal("SIGQUIT", libc::SIGINT), libc::SIGINT);
+        // A CRI stop signal is the `Signal` enum, not a signal number.
+        use berth_proto::v1::Signal;
+        assert_eq!(stop_signal("SIGQUIT", Signal::Sigint.into()), libc::SIGINT);
+        assert_eq!(stop_signal("", Signal::Sigusr1.into()), libc::SIGUSR1);
+        assert_eq!(stop_signal("", Signal::Sigkill.into()), libc::SIGKILL);
+        assert_eq!(stop_signal("", Signal::Sigabrt.into()), libc::SIGABRT);
+        assert_eq!(stop_signal("", Signal::Sigrtmin.into()), libc::SIGRTMIN());
+        assert_eq!(
+            stop_signal("", Signal::Sigrtminplus3.into()),
+            libc::SIGRTMIN() + 3
+        );
+        assert_eq!(
+            stop_signal("", Signal::Sigrtmaxminus1.into()),
+            libc::SIGRTMAX() - 1
+        );
+        assert_eq!(stop_signal("", Signal::Sigrtmax.into()), libc::SIGRTMAX());
+        assert_eq!(
+            stop_signal("SIGQUIT", Signal::RuntimeDefault.into()),
+            libc::SIGQUIT
+        );
+        assert_eq!(stop_signal("", 999), libc::SIGTERM);
+        // Every value of the enum names a real signal.
+        for v in 1..=65 {
+            assert!(
+                cri_signal(v).is_some_and(|s| s > 0 && s <= libc::SIGRTMAX()),
+                "{v}"
+            );
+        }
     }
 }

@@ -981,6 +981,24 @@ fn mounts(input: &SpecInput<'_>, privileged: bool, readonly_rootfs: bool) -> Res
         if m.recursive_read_only {
             options.push("rro");
         }
+        // cri-api v0.37 `mount_options` (kubelet's VolumeBindMountOptions): only the
+        // three flags that narrow a bind; anything else could widen it or is a typo
+        // that would otherwise be dropped silently.
+        for opt in &m.mount_options {
+            match opt.as_str() {
+                "noexec" | "nodev" | "nosuid" => {
+                    if !options.contains(&opt.as_str()) {
+                        options.push(opt.as_str());
+                    }
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "mount {:?}: mount_options: {opt:?} is not one of noexec, nodev, nosuid",
+                        m.container_path
+                    )));
+                }
+            }
+        }
         let mut mount = json!({
             "destination": clean_container_path(&m.container_path),
             "type": "bind",
@@ -1592,6 +1610,49 @@ mod tests {
             "privileged ignores the profile"
         );
         assert!(v["linux"].get("maskedPaths").is_none());
+    }
+
+    #[test]
+    fn mount_options_narrow_binds_and_reject_anything_else() {
+        let r = rootfs();
+        let host = tempfile::tempdir().expect("tempdir");
+        let mut c = ctr(&["sh"]);
+        c.mounts = vec![Mount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            mount_options: vec!["noexec".into(), "nodev".into(), "nosuid".into()],
+            ..Default::default()
+        }];
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        let m = v["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .expect("mount")
+            .clone();
+        let opts: Vec<&str> = m["options"]
+            .as_array()
+            .expect("opts")
+            .iter()
+            .filter_map(|o| o.as_str())
+            .collect();
+        for o in ["noexec", "nodev", "nosuid", "rw"] {
+            assert!(opts.contains(&o), "{o} missing from {opts:?}");
+        }
+
+        // "exec" or "suid" would undo what a runtime applies; "shared" is not a
+        // bind flag: each is refused, naming the mount and the option.
+        for bad in ["exec", "suid", "dev", "shared", ""] {
+            c.mounts[0].mount_options = vec!["noexec".into(), bad.into()];
+            let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err(bad);
+            assert!(
+                matches!(e, Error::InvalidArgument(_))
+                    && e.to_string().contains("/data")
+                    && e.to_string().contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
