@@ -452,6 +452,16 @@ async fn kubelet_runs_static_pods_on_berth() -> anyhow::Result<()> {
         ),
     )?;
 
+    kubelet.write_manifest(
+        "userns",
+        &manifest(
+            "userns",
+            &format!(
+                "  hostUsers: false\n  containers:\n  - name: userns\n    image: {BUSYBOX}\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"touch /etc/written-by-root && echo wrote; sleep 3600\"]\n"
+            ),
+        ),
+    )?;
+
     // 1. The logger runs and its log is a CRI-format file under kubelet's pod log
     //    directory that crictl reads back.
     let logger = wait_for(
@@ -678,6 +688,67 @@ async fn kubelet_runs_static_pods_on_berth() -> anyhow::Result<()> {
     .await?;
     assert!(main_logs.contains("prepared-by-init"));
 
+    // 5b. A `hostUsers: false` pod runs in its own user namespace, with kubelet's
+    //     mapping: its root is an unprivileged host uid, yet the image is its own (the
+    //     idmapped rootfs): image files show their owners and root writes /etc.
+    let userns = wait_for(
+        &mut kubelet,
+        "userns container running",
+        Duration::from_secs(120),
+        || async {
+            let list = containers_named(&endpoint, "userns").await?;
+            Ok(match list.first() {
+                Some(c) if state_of(c) == "CONTAINER_RUNNING" => {
+                    Ok(c["id"].as_str().unwrap_or_default().to_owned())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    let uid_map = crictl(&endpoint, &["exec", &userns, "cat", "/proc/self/uid_map"])
+        .await?
+        .success()?
+        .stdout();
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    assert!(
+        fields.len() >= 3 && fields[0] == "0" && fields[1] != "0",
+        "the hostUsers: false pod's root is not mapped to an unprivileged host uid: {uid_map}"
+    );
+    let owner = crictl(
+        &endpoint,
+        &["exec", &userns, "stat", "-c", "%u:%g", "/etc/passwd"],
+    )
+    .await?
+    .success()?
+    .stdout();
+    assert_eq!(
+        owner.trim(),
+        "0:0",
+        "image files must show their image owner"
+    );
+    let userns_logs = wait_for(
+        &mut kubelet,
+        "userns container output",
+        Duration::from_secs(30),
+        || async {
+            let text = crictl(&endpoint, &["logs", &userns])
+                .await?
+                .success()?
+                .stdout();
+            Ok(if text.contains("wrote") {
+                Ok(text)
+            } else {
+                Err(text)
+            })
+        },
+    )
+    .await?;
+    assert!(
+        userns_logs.contains("wrote"),
+        "root could not write /etc: {userns_logs}"
+    );
+
     // 6. Deleting a manifest makes kubelet stop and remove the pod: its sandbox and
     //    containers disappear from Berth.
     let pods_json = crictl_json(&endpoint, &["pods", "-o", "json"]).await?;
@@ -713,7 +784,7 @@ async fn kubelet_runs_static_pods_on_berth() -> anyhow::Result<()> {
     .await?;
 
     // Every pod goes away the same way; then Berth must hold nothing.
-    for name in ["web", "crasher", "oom", "init"] {
+    for name in ["web", "crasher", "oom", "init", "userns"] {
         kubelet.remove_manifest(name)?;
     }
     wait_for(

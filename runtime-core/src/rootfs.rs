@@ -672,6 +672,20 @@ fn open_mount_point(
     Ok(target)
 }
 
+/// Whether a detached mount tree (an `open_tree` fd) is a directory or a file.
+fn tree_kind(tree: &std::os::fd::OwnedFd) -> Result<MountPointKind, nix::errno::Errno> {
+    let st = nix::sys::stat::fstat(tree)?;
+    Ok(
+        if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFDIR
+        {
+            MountPointKind::Dir
+        } else {
+            MountPointKind::File
+        },
+    )
+}
+
 fn source_kind(source: &Path) -> Result<MountPointKind, RootfsError> {
     let meta = fs::metadata(source).map_err(io_err("stat bind source", source))?;
     Ok(if meta.is_dir() {
@@ -823,8 +837,11 @@ fn attach_idmapped(
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     let (dest, rel) = mount_destination(plan.rootfs, m, "bind")?;
     let dest = dest.as_path();
-    let source = m.source().as_deref().unwrap_or(Path::new(""));
-    let target = open_mount_point(sys, plan.rootfs, dest, &rel, source_kind(source)?)?;
+    // The kind comes from the tree itself, prepared on the host: the init runs as the
+    // namespace's root, which may not be able to reach the source's path (kubelet's
+    // `<root-dir>/pods/<uid>/etc-hosts` under a 0700 /var/lib/kubelet).
+    let kind = tree_kind(tree).map_err(sys_err("stat idmapped mount", dest))?;
+    let target = open_mount_point(sys, plan.rootfs, dest, &rel, kind)?;
     sys.attach_tree(tree.as_fd(), &target)
         .map_err(sys_err("attach idmapped mount", dest))?;
     // The tree's fd names the attached mount; `plan.idmapped` keeps it open.
