@@ -29,6 +29,30 @@ pub fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
     }
 }
 
+/// `pod` in its own user namespace (kubelet's `hostUsers: false`): container ids
+/// 0..65536 mapped to host ids `host_base..`. Its containers join that namespace.
+pub fn in_own_user_namespace(
+    mut pod: cri::PodSandboxConfig,
+    host_base: u32,
+) -> cri::PodSandboxConfig {
+    let map = vec![cri::IdMapping {
+        host_id: host_base,
+        container_id: 0,
+        length: 65_536,
+    }];
+    let linux = pod.linux.get_or_insert_with(Default::default);
+    let security = linux.security_context.get_or_insert_with(Default::default);
+    security
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: map.clone(),
+        gids: map,
+    });
+    pod
+}
+
 /// A container named `name` running `command` from `image`, logging to `<name>.log`.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {

@@ -138,7 +138,8 @@ async fn expect_refused(
 /// could hold: none is created, each is refused at once naming the step and errno, and
 /// nothing lands on the host. The old init held the state directory open as fd 6 and
 /// chdir'd through the container's /proc: its process started in the host's
-/// `<state>/rt/<id>` and could walk up to the host's `/`.
+/// `<state>/rt/<id>` and could walk up to the host's `/`. The CRI working directories
+/// are tried again from a pod in its own user namespace.
 #[tokio::test]
 async fn working_dirs_through_proc_self_fd_never_reach_the_host() {
     let node = Node::start().await.expect("node");
@@ -199,15 +200,33 @@ async fn working_dirs_through_proc_self_fd_never_reach_the_host() {
         )
         .await;
     }
+    // The same working directories from a pod in its own user namespace
+    // (`hostUsers: false`): its root is host uid 300000, which could still write the
+    // host's world-writable /tmp had the init kept a host directory open.
+    let userns_pod =
+        fixtures::in_own_user_namespace(pod_config("hostile-wd-userns", logs.path()), 300_000);
+    let userns_pod_id = run_pod(&mut client, &userns_pod).await;
+    for n in 3..=12 {
+        expect_refused(
+            &mut client,
+            &userns_pod_id,
+            &userns_pod,
+            container_config(
+                &format!("userns-fd-{n}"),
+                BUSYBOX,
+                &["sh", "-c", &escape],
+                &format!("/proc/self/fd/{n}"),
+            ),
+            &format!("user-namespaced pod: working_dir /proc/self/fd/{n}"),
+            &marker,
+            &mut findings,
+        )
+        .await;
+    }
     // Refused creates leave no container behind.
     let left = client
         .runtime
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                pod_sandbox_id: pod_id.clone(),
-                ..Default::default()
-            }),
-        })
+        .list_containers(cri::ListContainersRequest::default())
         .await
         .expect("ListContainers")
         .into_inner()
@@ -215,6 +234,7 @@ async fn working_dirs_through_proc_self_fd_never_reach_the_host() {
         .len();
     let escaped = marker.exists();
     remove_pod(&mut client, &pod_id).await;
+    remove_pod(&mut client, &userns_pod_id).await;
     assert!(
         !escaped,
         "a container wrote {} on the host",

@@ -113,29 +113,12 @@ impl Drop for Cleanup {
 }
 
 fn pod_config(name: &str, logs: &Path, userns: bool) -> cri::PodSandboxConfig {
-    let mut pod = fixtures::pod_config(name, logs);
+    let pod = fixtures::pod_config(name, logs);
     if userns {
-        let map = vec![cri::IdMapping {
-            host_id: 100_000,
-            container_id: 0,
-            length: 65_536,
-        }];
-        pod.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    userns_options: Some(cri::UserNamespace {
-                        mode: cri::NamespaceMode::Pod as i32,
-                        uids: map.clone(),
-                        gids: map,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        fixtures::in_own_user_namespace(pod, 100_000)
+    } else {
+        pod
     }
-    pod
 }
 
 fn bind(container_path: &str, host_path: &Path) -> cri::Mount {
