@@ -209,11 +209,23 @@ async fn run(node: &Node, cg: &str) -> anyhow::Result<()> {
         refused.0
     );
 
-    // 2. Fds free again (the clients hang up): a new connection is served.
+    // 2. Fds free again (the clients hang up): a new connection is served within a
+    //    few seconds (berthd sees the hang-ups asynchronously: a connection made at
+    //    once may still meet the limit and be shed, which is the behaviour above).
     drop(conns);
-    let mut fresh = connect(node, Duration::from_secs(20))
-        .await
-        .context("a new connection after the clients hung up")?;
+    let recovering = std::time::Instant::now();
+    let mut fresh = loop {
+        match connect(node, Duration::from_secs(20)).await {
+            Ok(c) => break c,
+            Err(e) if recovering.elapsed() < Duration::from_secs(10) => {
+                eprintln!("not yet served after the hang-ups ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(e.context("a new connection 10 s after the clients hung up"));
+            }
+        }
+    };
     set_nofile(pid, old_limit)?;
 
     // 3. RunPodSandbox → CreateContainer → StartContainer with 0, 1, 2, … fds of
