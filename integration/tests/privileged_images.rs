@@ -906,10 +906,19 @@ async fn a_full_disk_fails_the_pull_cleanly_and_frees_partial_files() {
         tree(&ingest).is_empty(),
         "partial downloads must be removed"
     );
-    let leftovers: Vec<String> = tree(&root.join("snapshots"))
-        .into_iter()
-        .filter(|p| p.starts_with("tmp-"))
-        .collect();
+    // Another layer's unpack may still be running on a blocking thread when the pull
+    // fails (it cannot be aborted mid-write); it removes its own temp dir when it ends.
+    let unpacking = || -> Vec<String> {
+        tree(&root.join("snapshots"))
+            .into_iter()
+            .filter(|p| p.starts_with("tmp-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !unpacking().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leftovers = unpacking();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The space is back: a small image still fits.
     let small = ImageBuilder::new()
