@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use berth_integration::client::CriClient;
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures;
 use berth_integration::forge::ImageBuilder;
 use berth_integration::registry::TestRegistry;
 use berth_proto::v1 as cri;
@@ -81,51 +82,22 @@ fn container_config(
     }
 }
 
+/// `CreateContainer` then `StartContainer`; the first refusal's status.
 async fn create_and_start(
     client: &mut CriClient,
     pod_id: &str,
     pod: &cri::PodSandboxConfig,
     config: cri::ContainerConfig,
 ) -> Result<String, tonic::Status> {
-    let id = client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    let id = fixtures::create(client, pod_id, pod, config).await?;
+    fixtures::start(client, &id).await?;
     Ok(id)
 }
 
 /// Runs `sh -c script` in the container; returns exit code and stdout+stderr.
 async fn sh(client: &mut CriClient, id: &str, script: &str) -> (i32, String) {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&r.stdout),
-            String::from_utf8_lossy(&r.stderr)
-        ),
-    )
+    let (code, out, err) = fixtures::exec(client, id, &["sh", "-c", script]).await;
+    (code, format!("{out}{err}"))
 }
 
 async fn container_count(client: &mut CriClient) -> usize {

@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use berth_integration::client::CriClient;
+use berth_integration::fixtures::{create, create_started, exec, pull, run_pod};
 use berth_integration::forge::{BuiltImage, Group, ImageBuilder, LayerBuilder, User};
 use berth_integration::setup::Node;
 use berth_integration::tools;
@@ -149,87 +150,9 @@ fn image_volume(container_path: &str, image: &str) -> cri::Mount {
     }
 }
 
-async fn pull(client: &mut CriClient, image: &str) {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
-}
-
-async fn run_pod(client: &mut CriClient, pod: &cri::PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn create_started(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> String {
-    let id = create(client, pod_id, pod, config)
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    id
-}
-
 /// ExecSync `sh -c script`: (exit code, stdout, stderr).
 async fn sh(client: &mut CriClient, id: &str, script: &str) -> (i32, String, String) {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
+    exec(client, id, &["sh", "-c", script]).await
 }
 
 /// Every path below `dir` (itself included) with its owner.
