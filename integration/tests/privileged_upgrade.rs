@@ -2,11 +2,11 @@
 //! would: the previous release's berthd (built from git history by
 //! integration/scripts/build-previous-release.sh, with its own berth-monitor and
 //! berth-runtime) runs a pod with a container that logs a line a second, one that
-//! exited 3 and one killed while no berthd runs; it is stopped with SIGTERM, and this
-//! workspace's berthd starts on the same root and state directories. Everything a user
-//! sees of the old objects must still work, through the old monitors (protocol version
-//! 1), and removing the pod must leave nothing behind. docs/operability.md, "Upgrading
-//! berthd".
+//! exited 3, one killed while no berthd runs and one created but not started; it is
+//! stopped with SIGTERM, and this workspace's berthd starts on the same root and state
+//! directories. Everything a user sees of the old objects must still work, through the
+//! old monitors (protocol version 1), and removing the pod must leave nothing behind.
+//! docs/operability.md, "Upgrading berthd".
 
 mod reliability_common;
 
@@ -237,6 +237,19 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
     .await;
     let (_, info) = status(&mut c, &victim).await;
     let victim_pid = pid_of(&info, "pid");
+    // One created but not yet started: kubelet may start it after the upgrade.
+    let later = berth_integration::fixtures::create(
+        &mut c,
+        &pod_id,
+        &pod,
+        container_config(
+            "later",
+            berth_integration::fixtures::BUSYBOX,
+            &["sleep", "3600"],
+        ),
+    )
+    .await
+    .expect("CreateContainer");
     let (_, info) = status(&mut c, &ticker).await;
     let (pid, monitor_pid) = (pid_of(&info, "pid"), pid_of(&info, "monitorPid"));
     drop(c);
@@ -391,6 +404,19 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
         .await
         .expect("UpdateContainerResources of the old container");
     assert_eq!(memory_limit(pid), limit.to_string());
+
+    // The container the old berthd created starts now, through its old monitor.
+    berth_integration::fixtures::start(&mut c, &later)
+        .await
+        .expect("StartContainer of a container the old berthd created");
+    let (s, _) = status(&mut c, &later).await;
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let (code, out, _) = exec(&mut c, &later, &["hostname"]).await;
+    assert_eq!((code, out.trim()), (0, "upgrade"));
 
     // A new container joins the old pod.
     let fresh = create_started(
