@@ -23,6 +23,15 @@ if have_all; then
   exit 0
 fi
 
+# One build per commit at a time (two checkouts' CI runs may share the cache).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+if have_all; then
+  echo "$cache/bin"
+  exit 0
+fi
+
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
   log "fetching $commit (not in this clone)"
   git fetch --quiet --depth=1 origin "$commit"
