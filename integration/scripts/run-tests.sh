@@ -35,6 +35,11 @@ cargo clippy --workspace --all-targets --locked "${TEST_FEATURES[@]}" -- -D warn
 step "build"
 cargo build --workspace --bins --locked "${TEST_FEATURES[@]}"
 
+# The previous release's binaries, for the upgrade test (privileged_upgrade): built
+# from git history once per release commit and cached (a few minutes the first time).
+step "previous release's binaries (upgrade test)"
+integration/scripts/build-previous-release.sh
+
 step "tests"
 cargo nextest run --workspace --locked "${TEST_FEATURES[@]}" --profile "${NEXTEST_PROFILE:-ci}" "$@"
 

@@ -31,6 +31,9 @@ pub struct DaemonOptions {
     pub log_format: String,
     /// Replaces the `[cni]` section when set.
     pub cni_section: Option<String>,
+    /// The berthd to run instead of [`TestDaemon::binary`] (another release's, for
+    /// the upgrade test); it finds its helpers next to itself.
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -41,6 +44,7 @@ impl Default for DaemonOptions {
             log_level: "debug".to_owned(),
             log_format: "text".to_owned(),
             cni_section: None,
+            binary: None,
         }
     }
 }
@@ -58,6 +62,8 @@ pub const TEST_HOOKS_NEEDED: &str = "berthd has its test hooks only when built w
 #[derive(Debug)]
 pub struct TestDaemon {
     child: Option<Child>,
+    /// The berthd executable started by the next (re)start.
+    binary: PathBuf,
     dir: tempfile::TempDir,
     /// The gRPC socket.
     pub socket: PathBuf,
@@ -135,8 +141,13 @@ impl TestDaemon {
         );
         fs::write(&config_path, config).context("writing the daemon config")?;
 
+        let binary = match options.binary {
+            Some(b) => b,
+            None => Self::binary()?,
+        };
         let mut daemon = Self {
             child: None,
+            binary,
             dir,
             socket,
             root_dir,
@@ -156,7 +167,7 @@ impl TestDaemon {
             .append(true)
             .open(&self.log_path)
             .context("opening the daemon log")?;
-        let child = Command::new(Self::binary()?)
+        let child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -207,6 +218,12 @@ impl TestDaemon {
         }
     }
 
+    /// Runs `binary` from the next (re)start on: a restart onto it with the same config
+    /// and state is an upgrade (or a rollback).
+    pub fn set_binary(&mut self, binary: PathBuf) {
+        self.binary = binary;
+    }
+
     /// Sets an environment variable of the daemon from its next (re)start on (test
     /// hooks such as [`DIE_AFTER_MONITOR_SPAWN`]).
     pub fn set_env(&mut self, key: &str, value: &str) {
@@ -216,7 +233,7 @@ impl TestDaemon {
     /// `berthd --config <this daemon's config>`, for its subcommands (`image ...`),
     /// which reach the running daemon through its admin socket.
     pub fn command(&self) -> anyhow::Result<Command> {
-        let mut c = Command::new(Self::binary()?);
+        let mut c = Command::new(&self.binary);
         c.arg("--config").arg(&self.config_path);
         Ok(c)
     }

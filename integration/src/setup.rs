@@ -38,7 +38,12 @@ impl Node {
     /// Like [`Node::start`] with an empty registry, for tests that push only the
     /// images they build (building and pushing critest's takes a while).
     pub async fn start_bare() -> anyhow::Result<Self> {
-        Self::start_on(TestRegistry::start()?, DaemonOptions::default()).await
+        Self::start_bare_with(DaemonOptions::default()).await
+    }
+
+    /// Like [`Node::start_bare`], with extra daemon options.
+    pub async fn start_bare_with(options: DaemonOptions) -> anyhow::Result<Self> {
+        Self::start_on(TestRegistry::start()?, options).await
     }
 
     async fn start_on(registry: TestRegistry, mut options: DaemonOptions) -> anyhow::Result<Self> {
