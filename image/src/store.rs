@@ -44,6 +44,24 @@ pub use import::{ImportProgress, ProgressFn};
 
 /// How often a running pull logs its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a running pull reports to a [`PullProgressFn`] (a person watching).
+const PULL_PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a pull is: reported when a layer is ready and every half second between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Layers ready (unpacked, or found already present).
+    pub layers_done: usize,
+    /// Layers of the image.
+    pub layers: usize,
+    /// Layer bytes downloaded so far by this pull.
+    pub received_bytes: u64,
+    /// Compressed bytes of all the image's layers.
+    pub total_bytes: u64,
+}
+
+/// Called with each step of a pull.
+pub type PullProgressFn = Arc<dyn Fn(PullProgress) + Send + Sync>;
 
 /// How the store reaches registries.
 #[derive(Clone, Debug)]
@@ -683,6 +701,16 @@ impl ImageStore {
     /// pulls of the same reference, layer or blob share the work; dropping the
     /// returned future cancels the pull and leaves no half image.
     pub async fn pull(&self, reference: &str, auth: &Auth) -> Result<Image, StoreError> {
+        self.pull_with_progress(reference, auth, None).await
+    }
+
+    /// [`pull`](Self::pull), reporting its layers to `progress` as they come.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        auth: &Auth,
+        progress: Option<PullProgressFn>,
+    ) -> Result<Image, StoreError> {
         let r = Reference::parse(reference)?;
         let started = Instant::now();
         let _one_pull = self.inner.locks.lock(format!("ref:{r}")).await;
@@ -808,7 +836,9 @@ impl ImageStore {
                 limit: unpack_limits.max_bytes,
             });
         }
-        let downloaded = self.fetch_layers(&sources, &layers, &name).await?;
+        let downloaded = self
+            .fetch_layers(&sources, &layers, &name, progress.as_ref())
+            .await?;
         // Make the unpacked files durable before the record that makes them visible.
         self.sync_fs().await?;
         let size = layers.iter().map(|l| l.size).sum::<u64>()
@@ -967,6 +997,7 @@ impl ImageStore {
         sources: &Sources,
         layers: &[Layer],
         name: &str,
+        progress: Option<&PullProgressFn>,
     ) -> Result<u64, StoreError> {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.options().max_concurrent_downloads.max(1),
@@ -991,8 +1022,21 @@ impl ImageStore {
         let to_download: u64 = layers.iter().map(|l| l.size).sum();
         let mut done = 0;
         let mut downloaded = 0;
+        let report = |done: usize| {
+            if let Some(progress) = progress {
+                progress(PullProgress {
+                    layers_done: done,
+                    layers: total,
+                    received_bytes: received.load(Ordering::Relaxed),
+                    total_bytes: to_download,
+                });
+            }
+        };
+        report(0);
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         ticker.tick().await;
+        let mut watched = tokio::time::interval(PULL_PROGRESS_EVERY);
+        watched.tick().await;
         // Dropping `tasks` on an early return aborts the other layers.
         loop {
             tokio::select! {
@@ -1002,7 +1046,9 @@ impl ImageStore {
                     done += 1;
                     downloaded += bytes;
                     info!(reference = %name, layer = i, done, total, downloaded_bytes = downloaded, "layer ready");
+                    report(done);
                 }
+                _ = watched.tick(), if progress.is_some() => report(done),
                 _ = ticker.tick() => {
                     info!(
                         reference = %name,
