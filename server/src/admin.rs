@@ -483,14 +483,26 @@ pub fn call(
         &[IoSlice::new(&line)],
         &mut cmsg,
         rustix::net::SendFlags::NOSIGNAL,
-    )?;
-    if sent < line.len() {
-        (&stream).write_all(&line[sent..])?;
-    }
+    )
+    .map_err(io::Error::from)
+    .and_then(|sent| {
+        if sent < line.len() {
+            (&stream).write_all(&line[sent..])?;
+        }
+        Ok(())
+    });
+    // A daemon that refuses the connection (another user) answers and closes before
+    // reading the request: its answer says why, the broken pipe does not.
     let mut reader = BufReader::new(stream);
     loop {
         let mut buf = Vec::new();
-        (&mut reader).take(MAX_REPLY).read_until(b'\n', &mut buf)?;
+        let read = (&mut reader).take(MAX_REPLY).read_until(b'\n', &mut buf);
+        if let Err(e) = &sent
+            && (read.is_err() || buf.is_empty())
+        {
+            anyhow::bail!("sending the request to berthd's admin socket: {e}");
+        }
+        read?;
         if buf.is_empty() {
             anyhow::bail!("berthd closed the admin connection without an answer (see its log)");
         }
