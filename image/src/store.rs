@@ -273,7 +273,18 @@ impl StoreError {
                 RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Self::Config { .. } | Self::LayerTooLarge { .. } => ErrorKind::InvalidArgument,
+            // What the registry served is not a usable image (a malformed or
+            // unsupported manifest, content that does not match its digest, a blob
+            // longer than declared): bad image input, not a fault of Berth's.
+            Self::Config { .. }
+            | Self::LayerTooLarge { .. }
+            | Self::Manifest { .. }
+            | Self::DigestMismatch { .. } => ErrorKind::InvalidArgument,
+            Self::SizeMismatch {
+                expected, actual, ..
+            } if actual > expected => ErrorKind::InvalidArgument,
+            // Shorter than declared: the download was cut off; a retry may work.
+            Self::SizeMismatch { .. } => ErrorKind::Unavailable,
             Self::Unpack { source, .. } if source.is_limit() => ErrorKind::InvalidArgument,
             Self::Pinned { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
@@ -1638,6 +1649,41 @@ fn walk_usage(path: &Path, usage: &mut FsUsage) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a registry served wrong is the image's problem (InvalidArgument), a
+    /// download cut short the network's (Unavailable); neither is Berth's (Internal).
+    #[test]
+    fn bad_registry_content_is_not_an_internal_error() {
+        let reference = "r.test/x:1".to_owned();
+        let manifest = StoreError::Manifest {
+            reference: reference.clone(),
+            source: ManifestError {
+                media_type: "text/html".into(),
+                detail: "not a manifest".into(),
+            },
+        };
+        assert_eq!(manifest.kind(), ErrorKind::InvalidArgument, "{manifest}");
+        let digest = StoreError::DigestMismatch {
+            reference: reference.clone(),
+            what: "layer".into(),
+            expected: d('a'),
+            actual: d('b'),
+        };
+        assert_eq!(digest.kind(), ErrorKind::InvalidArgument, "{digest}");
+        let size = |actual| StoreError::SizeMismatch {
+            reference: reference.clone(),
+            what: "layer".into(),
+            expected: 10,
+            actual,
+        };
+        assert_eq!(size(11).kind(), ErrorKind::InvalidArgument);
+        assert_eq!(size(9).kind(), ErrorKind::Unavailable);
+        let corrupt = StoreError::Corrupt {
+            path: "/x".into(),
+            detail: "y".into(),
+        };
+        assert_eq!(corrupt.kind(), ErrorKind::Internal, "the store's own state");
+    }
 
     fn store(dir: &Path) -> ImageStore {
         ImageStore::open(dir, StoreOptions::default()).unwrap()
