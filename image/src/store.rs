@@ -44,6 +44,24 @@ pub use import::{ImportProgress, ProgressFn};
 
 /// How often a running pull logs its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a running pull reports to a [`PullProgressFn`] (a person watching).
+const PULL_PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a pull is: reported when a layer is ready and every half second between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Layers ready (unpacked, or found already present).
+    pub layers_done: usize,
+    /// Layers of the image.
+    pub layers: usize,
+    /// Layer bytes downloaded so far by this pull.
+    pub received_bytes: u64,
+    /// Compressed bytes of all the image's layers.
+    pub total_bytes: u64,
+}
+
+/// Called with each step of a pull.
+pub type PullProgressFn = Arc<dyn Fn(PullProgress) + Send + Sync>;
 
 /// How the store reaches registries.
 #[derive(Clone, Debug)]
@@ -255,7 +273,18 @@ impl StoreError {
                 RegistryError::Status { status, .. } if *status >= 500 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Self::Config { .. } | Self::LayerTooLarge { .. } => ErrorKind::InvalidArgument,
+            // What the registry served is not a usable image (a malformed or
+            // unsupported manifest, content that does not match its digest, a blob
+            // longer than declared): bad image input, not a fault of Berth's.
+            Self::Config { .. }
+            | Self::LayerTooLarge { .. }
+            | Self::Manifest { .. }
+            | Self::DigestMismatch { .. } => ErrorKind::InvalidArgument,
+            Self::SizeMismatch {
+                expected, actual, ..
+            } if actual > expected => ErrorKind::InvalidArgument,
+            // Shorter than declared: the download was cut off; a retry may work.
+            Self::SizeMismatch { .. } => ErrorKind::Unavailable,
             Self::Unpack { source, .. } if source.is_limit() => ErrorKind::InvalidArgument,
             Self::Pinned { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
@@ -683,6 +712,16 @@ impl ImageStore {
     /// pulls of the same reference, layer or blob share the work; dropping the
     /// returned future cancels the pull and leaves no half image.
     pub async fn pull(&self, reference: &str, auth: &Auth) -> Result<Image, StoreError> {
+        self.pull_with_progress(reference, auth, None).await
+    }
+
+    /// [`pull`](Self::pull), reporting its layers to `progress` as they come.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        auth: &Auth,
+        progress: Option<PullProgressFn>,
+    ) -> Result<Image, StoreError> {
         let r = Reference::parse(reference)?;
         let started = Instant::now();
         let _one_pull = self.inner.locks.lock(format!("ref:{r}")).await;
@@ -808,7 +847,9 @@ impl ImageStore {
                 limit: unpack_limits.max_bytes,
             });
         }
-        let downloaded = self.fetch_layers(&sources, &layers, &name).await?;
+        let downloaded = self
+            .fetch_layers(&sources, &layers, &name, progress.as_ref())
+            .await?;
         // Make the unpacked files durable before the record that makes them visible.
         self.sync_fs().await?;
         let size = layers.iter().map(|l| l.size).sum::<u64>()
@@ -967,6 +1008,7 @@ impl ImageStore {
         sources: &Sources,
         layers: &[Layer],
         name: &str,
+        progress: Option<&PullProgressFn>,
     ) -> Result<u64, StoreError> {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.options().max_concurrent_downloads.max(1),
@@ -991,8 +1033,21 @@ impl ImageStore {
         let to_download: u64 = layers.iter().map(|l| l.size).sum();
         let mut done = 0;
         let mut downloaded = 0;
+        let report = |done: usize| {
+            if let Some(progress) = progress {
+                progress(PullProgress {
+                    layers_done: done,
+                    layers: total,
+                    received_bytes: received.load(Ordering::Relaxed),
+                    total_bytes: to_download,
+                });
+            }
+        };
+        report(0);
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         ticker.tick().await;
+        let mut watched = tokio::time::interval(PULL_PROGRESS_EVERY);
+        watched.tick().await;
         // Dropping `tasks` on an early return aborts the other layers.
         loop {
             tokio::select! {
@@ -1002,7 +1057,9 @@ impl ImageStore {
                     done += 1;
                     downloaded += bytes;
                     info!(reference = %name, layer = i, done, total, downloaded_bytes = downloaded, "layer ready");
+                    report(done);
                 }
+                _ = watched.tick(), if progress.is_some() => report(done),
                 _ = ticker.tick() => {
                     info!(
                         reference = %name,
@@ -1592,6 +1649,41 @@ fn walk_usage(path: &Path, usage: &mut FsUsage) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a registry served wrong is the image's problem (InvalidArgument), a
+    /// download cut short the network's (Unavailable); neither is Berth's (Internal).
+    #[test]
+    fn bad_registry_content_is_not_an_internal_error() {
+        let reference = "r.test/x:1".to_owned();
+        let manifest = StoreError::Manifest {
+            reference: reference.clone(),
+            source: ManifestError {
+                media_type: "text/html".into(),
+                detail: "not a manifest".into(),
+            },
+        };
+        assert_eq!(manifest.kind(), ErrorKind::InvalidArgument, "{manifest}");
+        let digest = StoreError::DigestMismatch {
+            reference: reference.clone(),
+            what: "layer".into(),
+            expected: d('a'),
+            actual: d('b'),
+        };
+        assert_eq!(digest.kind(), ErrorKind::InvalidArgument, "{digest}");
+        let size = |actual| StoreError::SizeMismatch {
+            reference: reference.clone(),
+            what: "layer".into(),
+            expected: 10,
+            actual,
+        };
+        assert_eq!(size(11).kind(), ErrorKind::InvalidArgument);
+        assert_eq!(size(9).kind(), ErrorKind::Unavailable);
+        let corrupt = StoreError::Corrupt {
+            path: "/x".into(),
+            detail: "y".into(),
+        };
+        assert_eq!(corrupt.kind(), ErrorKind::Internal, "the store's own state");
+    }
 
     fn store(dir: &Path) -> ImageStore {
         ImageStore::open(dir, StoreOptions::default()).unwrap()

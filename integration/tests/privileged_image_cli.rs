@@ -1,6 +1,7 @@
-//! `berthd image import|list|rm|export` against a running berthd (through its admin
-//! socket, as `ctr images import` goes through containerd), `image.pinned_images`,
-//! and the export -> import round trip ending in a running container.
+//! `berthd image import|pull|list|rm|export` against a running berthd (through its
+//! admin socket, as `ctr images import` goes through containerd), their progress
+//! output, `image.pinned_images`, and the export -> import round trip ending in a
+//! running container.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -9,6 +10,7 @@ use std::process::Output;
 
 use berth_integration::client::CriClient;
 use berth_integration::forge::ImageBuilder;
+use berth_integration::registry::TestRegistry;
 use berth_integration::{DaemonOptions, TestDaemon};
 use berth_proto::v1 as cri;
 use tonic::Code;
@@ -103,11 +105,15 @@ async fn live_import_pinned_rm_export_and_a_container_from_the_round_trip() {
         stdout.contains(app.id()) && stdout.contains(APP),
         "{stdout}"
     );
+    // Not a terminal (a CI log): plain progress lines, no carriage returns.
+    let progress = text(&out.stderr);
+    let label = format!("importing {}", app_tar.display());
     assert!(
-        !text(&out.stderr).contains("importing"),
-        "progress is for terminals only: {}",
-        text(&out.stderr)
+        progress.contains(&format!("{label}: 2 layer(s)"))
+            && progress.contains(&format!("{label}: layer 2/2 unpacked")),
+        "{progress}"
     );
+    assert!(!progress.contains(['\r', '\x1b']), "{progress:?}");
     assert!(
         d.log().contains("image import through the admin socket"),
         "not imported by the daemon"
@@ -359,4 +365,75 @@ async fn the_admin_socket_refuses_other_users() {
         text(&out.stderr)
     );
     assert!(d.log().contains("refused a connection from another user"));
+}
+
+/// `berthd image pull` through the running daemon, from a real registry: per-layer
+/// progress as plain lines when stderr is a log, one line rewritten in place on a
+/// terminal, the image served over CRI at once; a bad reference is refused with a
+/// message that names it.
+#[tokio::test]
+async fn pull_through_the_daemon_shows_per_layer_progress() {
+    let reg = TestRegistry::start().expect("registry");
+    let app = ImageBuilder::busybox()
+        .expect("busybox")
+        .files(&[("etc/motd", b"pulled\n", 0o644)])
+        .build()
+        .expect("image");
+    reg.push("cli/pull", "1", &app).await.expect("push");
+    reg.push("cli/pull", "2", &app).await.expect("push");
+    let d = TestDaemon::start().await.expect("berthd");
+    let name = format!("{}/cli/pull:1", reg.host());
+
+    let out = run(image(&d, &["pull", &name]));
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains(&format!("pulled {} {name}", app.id())),
+        "{stdout}"
+    );
+    let progress = text(&out.stderr);
+    let label = format!("pulling {name}");
+    for line in [
+        format!("{label}: 2 layer(s), 0.0/"),
+        format!("{label}: layer 1/2 ready, "),
+        format!("{label}: layer 2/2 ready, "),
+    ] {
+        assert!(progress.contains(&line), "no {line:?} in:\n{progress}");
+    }
+    assert!(!progress.contains(['\r', '\x1b']), "{progress:?}");
+    assert!(
+        d.log().contains("image pull through the admin socket"),
+        "not pulled by the daemon"
+    );
+    let mut c = d.client().await.expect("client");
+    let got = status(&mut c, &name).await.expect("pulled image served");
+    assert_eq!(got.id, app.id());
+
+    // On a terminal: one status line, rewritten in place.
+    if Path::new("/usr/bin/script").exists() {
+        let tag2 = format!("{}/cli/pull:2", reg.host());
+        let cmd = format!(
+            "{} --config {} image pull {tag2}",
+            TestDaemon::binary().expect("berthd").display(),
+            d.config_path.display(),
+        );
+        let out = run({
+            let mut s = std::process::Command::new("/usr/bin/script");
+            s.args(["-qec", &cmd, "/dev/null"]);
+            s
+        });
+        let shown = ok(&out);
+        assert!(
+            shown.contains(&format!("\r\x1b[2Kpulling {tag2}: "))
+                && shown.contains("layers ready 2/2"),
+            "{shown:?}"
+        );
+    }
+
+    let out = run(image(&d, &["pull", "Bad/UPPER:1"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid image reference \"Bad/UPPER:1\""),
+        "{err}"
+    );
 }

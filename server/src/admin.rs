@@ -1,5 +1,5 @@
 //! berthd's private admin socket, `<state_dir>/admin.sock`: how `berthd image
-//! import|list|rm|export` reach the image store of a running daemon (which holds the
+//! import|pull|list|rm|export` reach the image store of a running daemon (which holds the
 //! store's lock), as `ctr images import` goes through containerd.
 //!
 //! Only the user berthd runs as (root) may use it: the socket is 0600 in the 0711
@@ -10,8 +10,8 @@
 //! accepted: a read of one always completes, so no session can hang on a pipe.
 //!
 //! The protocol is one JSON request line (at most [`MAX_REQUEST`] bytes, within
-//! [`REQUEST_TIMEOUT`]), answered by JSON lines: progress while an import runs,
-//! then one `done` or `error`.
+//! [`REQUEST_TIMEOUT`]), answered by JSON lines: progress while an import or a
+//! pull runs, then one `done` or `error`.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_image::store::ImportProgress;
+use berth_image::store::{ImportProgress, PullProgress};
 use berth_image::{Image, ImageStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,12 @@ pub enum Request {
     Import {
         /// How the client names the archive (for messages only).
         label: String,
+    },
+    /// Pull an image from its registry (anonymously, or with the credentials the
+    /// registry's `hosts.toml` gives), as `ctr images pull`.
+    Pull {
+        /// Tag or digest reference.
+        reference: String,
     },
     /// List the stored images.
     List,
@@ -109,6 +115,17 @@ pub enum Reply {
         layers_done: usize,
         /// Layers to unpack (0 while the archive is read).
         layers: usize,
+    },
+    /// A pull's progress.
+    PullProgress {
+        /// Layers ready.
+        layers_done: usize,
+        /// Layers of the image.
+        layers: usize,
+        /// Layer bytes downloaded.
+        received_bytes: u64,
+        /// Compressed bytes of all layers.
+        total_bytes: u64,
     },
     /// The request finished: the images imported, listed, removed or exported, and
     /// what failed for individual names (`rm`).
@@ -362,6 +379,33 @@ async fn run(
                 .map_err(|e| store_error(&e))?;
             Ok((summaries(&images), Vec::new()))
         }
+        Request::Pull { reference } => {
+            let label = clean_label(&reference);
+            tracing::info!(reference = %label, "image pull through the admin socket");
+            let out = Arc::clone(out);
+            let progress: berth_image::store::PullProgressFn = Arc::new(move |p: PullProgress| {
+                send(
+                    &out,
+                    &Reply::PullProgress {
+                        layers_done: p.layers_done,
+                        layers: p.layers,
+                        received_bytes: p.received_bytes,
+                        total_bytes: p.total_bytes,
+                    },
+                )
+            });
+            let started = Instant::now();
+            let pulled = store
+                .pull_with_progress(&reference, &berth_image::Auth::anonymous(), Some(progress))
+                .await;
+            crate::prom::global().observe_pull(
+                pulled.is_ok(),
+                started.elapsed(),
+                pulled.as_ref().ok().map(|i| i.size),
+            );
+            let image = pulled.map_err(|e| store_error(&e))?;
+            Ok((summaries(std::slice::from_ref(&image)), Vec::new()))
+        }
         Request::Remove { refs, force } => {
             let mut removed = Vec::new();
             let mut errors = Vec::new();
@@ -408,6 +452,15 @@ pub fn connect(state_dir: &Path) -> io::Result<Option<UnixStream>> {
     }
 }
 
+/// Progress of a request, as the client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// An import.
+    Import(ImportProgress),
+    /// A pull.
+    Pull(PullProgress),
+}
+
 /// Sends `request` (with `fd` attached) and reads replies until the final one,
 /// handing progress to `on_progress`. Returns the final `done` (an `error` reply
 /// is returned as `Err` with the daemon's message).
@@ -415,7 +468,7 @@ pub fn call(
     stream: UnixStream,
     request: &Request,
     fd: Option<BorrowedFd<'_>>,
-    mut on_progress: impl FnMut(ImportProgress),
+    mut on_progress: impl FnMut(Progress),
 ) -> anyhow::Result<(Vec<Summary>, Vec<String>)> {
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -430,14 +483,26 @@ pub fn call(
         &[IoSlice::new(&line)],
         &mut cmsg,
         rustix::net::SendFlags::NOSIGNAL,
-    )?;
-    if sent < line.len() {
-        (&stream).write_all(&line[sent..])?;
-    }
+    )
+    .map_err(io::Error::from)
+    .and_then(|sent| {
+        if sent < line.len() {
+            (&stream).write_all(&line[sent..])?;
+        }
+        Ok(())
+    });
+    // A daemon that refuses the connection (another user) answers and closes before
+    // reading the request: its answer says why, the broken pipe does not.
     let mut reader = BufReader::new(stream);
     loop {
         let mut buf = Vec::new();
-        (&mut reader).take(MAX_REPLY).read_until(b'\n', &mut buf)?;
+        let read = (&mut reader).take(MAX_REPLY).read_until(b'\n', &mut buf);
+        if let Err(e) = &sent
+            && (read.is_err() || buf.is_empty())
+        {
+            anyhow::bail!("sending the request to berthd's admin socket: {e}");
+        }
+        read?;
         if buf.is_empty() {
             anyhow::bail!("berthd closed the admin connection without an answer (see its log)");
         }
@@ -446,11 +511,22 @@ pub fn call(
                 read_bytes,
                 layers_done,
                 layers,
-            } => on_progress(ImportProgress {
+            } => on_progress(Progress::Import(ImportProgress {
                 read_bytes,
                 layers_done,
                 layers,
-            }),
+            })),
+            Reply::PullProgress {
+                layers_done,
+                layers,
+                received_bytes,
+                total_bytes,
+            } => on_progress(Progress::Pull(PullProgress {
+                layers_done,
+                layers,
+                received_bytes,
+                total_bytes,
+            })),
             Reply::Done { images, errors } => return Ok((images, errors)),
             Reply::Error { message } => anyhow::bail!("{message}"),
         }

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod notify;
 pub mod pod;
 pub mod procs;
+pub mod progress;
 pub mod prom;
 pub mod reload;
 pub mod store;

@@ -115,10 +115,19 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
     /// Load images from an OCI image-layout tar or a `docker save` tar (gzip or
-    /// not), for air-gapped nodes. Shows progress on a terminal.
+    /// not), for air-gapped nodes. Shows progress on stderr (a line rewritten in
+    /// place on a terminal, a plain line per layer otherwise).
     Import {
         /// The archive (a regular file).
         file: PathBuf,
+    },
+    /// Pull an image from its registry, showing per-layer progress (anonymous, or
+    /// with the credentials the registry's `hosts.toml` under `registry.config_path`
+    /// gives).
+    Pull {
+        /// Tag or digest reference (`docker.io/library/busybox:1.36`).
+        #[arg(value_name = "REF")]
+        reference: String,
     },
     /// List the stored images.
     List,
@@ -277,49 +286,27 @@ fn image_command(config: &Config, command: ImageCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Progress of an import on stderr, when stderr is a terminal.
-#[derive(Debug)]
-struct ProgressLine {
-    label: String,
-    total: u64,
-    tty: bool,
-    shown: bool,
+/// Progress on stderr: a line rewritten in place on a terminal, plain step lines
+/// otherwise.
+fn progress_renderer(
+    what: String,
+    archive_bytes: u64,
+) -> berth_server::progress::Renderer<std::io::Stderr> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    berth_server::progress::Renderer::new(std::io::stderr(), tty, what, archive_bytes)
 }
 
-impl ProgressLine {
-    fn new(file: &std::fs::File, path: &std::path::Path) -> Self {
-        Self {
-            label: path.display().to_string(),
-            total: file.metadata().map(|m| m.len()).unwrap_or(0),
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            shown: false,
-        }
-    }
+fn import_renderer(
+    file: &std::fs::File,
+    path: &std::path::Path,
+) -> berth_server::progress::Renderer<std::io::Stderr> {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    progress_renderer(format!("importing {}", path.display()), size)
+}
 
-    fn show(&mut self, p: berth_image::store::ImportProgress) {
-        if !self.tty {
-            return;
-        }
-        let mib = |b: u64| b as f64 / 1_048_576.0;
-        let layers = if p.layers > 0 {
-            format!(", layers unpacked {}/{}", p.layers_done, p.layers)
-        } else {
-            String::new()
-        };
-        eprint!(
-            "\r\x1b[2Kimporting {}: {:.1}/{:.1} MiB read{layers}",
-            self.label,
-            mib(p.read_bytes),
-            mib(self.total)
-        );
-        self.shown = true;
-    }
-
-    fn done(&mut self) {
-        if self.shown {
-            eprintln!();
-            self.shown = false;
-        }
+fn print_pulled(images: &[berth_server::admin::Summary]) {
+    for image in images {
+        println!("pulled {} {}", image.id, image.names.join(" "));
     }
 }
 
@@ -402,15 +389,24 @@ fn image_command_live(
         ImageCommand::Import { file } => {
             let archive = std::fs::File::open(&file)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-            let mut progress = ProgressLine::new(&archive, &file);
+            let mut progress = import_renderer(&archive, &file);
             let request = Request::Import {
                 label: file.display().to_string(),
             };
             let result = call(stream, &request, Some(archive.as_fd()), |p| {
                 progress.show(p)
             });
-            progress.done();
+            progress.finish();
             print_imported(&result?.0);
+        }
+        ImageCommand::Pull { reference } => {
+            let mut progress = progress_renderer(format!("pulling {reference}"), 0);
+            let request = Request::Pull {
+                reference: reference.clone(),
+            };
+            let result = call(stream, &request, None, |p| progress.show(p));
+            progress.finish();
+            print_pulled(&result?.0);
         }
         ImageCommand::List => print_list(&call(stream, &Request::List, None, |_| {})?.0),
         ImageCommand::Rm { force, refs } => {
@@ -457,7 +453,7 @@ fn image_command_offline(config: &Config, command: ImageCommand) -> anyhow::Resu
             ImageCommand::Import { file } => {
                 let archive = std::fs::File::open(&file)
                     .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressLine::new(
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(import_renderer(
                     &archive, &file,
                 )));
                 let shown = std::sync::Arc::clone(&progress);
@@ -466,12 +462,36 @@ fn image_command_offline(config: &Config, command: ImageCommand) -> anyhow::Resu
                         archive,
                         &file,
                         Some(std::sync::Arc::new(move |p: berth_image::store::ImportProgress| {
-                            shown.lock().unwrap_or_else(|e| e.into_inner()).show(p);
+                            shown
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .show(berth_server::admin::Progress::Import(p));
                         })),
                     )
                     .await;
-                progress.lock().unwrap_or_else(|e| e.into_inner()).done();
+                progress.lock().unwrap_or_else(|e| e.into_inner()).finish();
                 print_imported(&summaries(&result?));
+            }
+            ImageCommand::Pull { reference } => {
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(progress_renderer(
+                    format!("pulling {reference}"),
+                    0,
+                )));
+                let shown = std::sync::Arc::clone(&progress);
+                let result = store
+                    .pull_with_progress(
+                        &reference,
+                        &berth_image::Auth::anonymous(),
+                        Some(std::sync::Arc::new(move |p: berth_image::store::PullProgress| {
+                            shown
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .show(berth_server::admin::Progress::Pull(p));
+                        })),
+                    )
+                    .await;
+                progress.lock().unwrap_or_else(|e| e.into_inner()).finish();
+                print_pulled(&summaries(std::slice::from_ref(&result?)));
             }
             ImageCommand::List => print_list(&summaries(&store.list())),
             ImageCommand::Rm { force, refs } => {

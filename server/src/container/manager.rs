@@ -736,7 +736,8 @@ impl ContainerManager {
                 // Gone: the clean-up must not wait for an exit it will never see.
                 ctr.update(|s| s.monitor_pid = 0);
                 return Err(Error::Internal(format!(
-                    "berth-monitor exited ({status:?}) without reporting the container"
+                    "creating container {}: berth-monitor exited ({status:?}) without reporting the container; see berthd's log",
+                    ctr.id
                 )));
             }
             Ok(Err(e)) => return Err(Error::io("reading the monitor's report", e)),
@@ -744,7 +745,8 @@ impl ContainerManager {
                 let _ = child.kill().await;
                 ctr.update(|s| s.monitor_pid = 0);
                 return Err(Error::Internal(format!(
-                    "berth-monitor did not create the container within {CREATE_TIMEOUT:?}"
+                    "creating container {}: berth-monitor did not create the container within {CREATE_TIMEOUT:?} (is the node overloaded?); retry",
+                    ctr.id
                 )));
             }
         };
@@ -1096,7 +1098,10 @@ impl ContainerManager {
             )));
         }
         if cmd.is_empty() {
-            return Err(Error::InvalidArgument("cmd is required".into()));
+            return Err(Error::InvalidArgument(format!(
+                "exec in container {}: cmd is required (give the command to run)",
+                ctr.id
+            )));
         }
         let handler = self.handler(&ctr)?;
         let runtime = match &handler {
@@ -1372,13 +1377,19 @@ impl ContainerManager {
         };
         let reply = tokio::time::timeout(Duration::from_secs(10), talk)
             .await
-            .map_err(|_| Error::Internal("the container's monitor did not answer".into()))?
+            .map_err(|_| {
+                Error::Internal(format!(
+                    "reopening the log of container {}: its monitor did not answer within 10s",
+                    ctr.id
+                ))
+            })?
             .map_err(|e| Error::io(format!("talking to the monitor at {}", sock.display()), e))?;
         match protocol::ControlReply::decode(&reply) {
             protocol::ControlReply::Ok => Ok(()),
-            protocol::ControlReply::Error(e) => {
-                Err(Error::Internal(format!("reopening the log: {e}")))
-            }
+            protocol::ControlReply::Error(e) => Err(Error::Internal(format!(
+                "reopening the log of container {}: {e}",
+                ctr.id
+            ))),
         }
     }
 

@@ -377,9 +377,12 @@ impl RuntimeService for CriService {
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
-        let linux = req
-            .linux
-            .ok_or_else(|| Error::InvalidArgument("linux resources are required".into()))?;
+        let linux = req.linux.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "UpdateContainerResources of container {:?}: linux resources are required",
+                req.container_id
+            ))
+        })?;
         self.shared
             .containers
             .update_resources(&req.container_id, &linux)

@@ -563,11 +563,9 @@ impl PodManager {
                 ips = self.native_add(sb, netns).await?;
             } else {
                 let att = self.attachment(sb, netns);
-                let result = self
-                    .cni_runner()
-                    .add(&net, &att)
-                    .await
-                    .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+                let result = self.cni_runner().add(&net, &att).await.map_err(|e| {
+                    Error::Internal(format!("pod sandbox {}: pod network: {e}", sb.id))
+                })?;
                 ips = result_ips(&result);
             }
         }
@@ -613,7 +611,7 @@ impl PodManager {
         let result = tokio::task::spawn_blocking(move || native.add(&bridge, &subnet, &id, &path))
             .await
             .map_err(|e| Error::Internal(format!("pod network task: {e}")))?
-            .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+            .map_err(|e| Error::Internal(format!("pod sandbox {}: pod network: {e}", sb.id)))?;
         tracing::debug!(
             pod = %sb.id,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -623,7 +621,12 @@ impl PodManager {
             runner
                 .add_after(&cni::native_portmap(), &att, Some(result.clone()))
                 .await
-                .map_err(|e| Error::Internal(format!("pod network: {e}")))?;
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "pod sandbox {}: pod network (hostPort): {e}",
+                        sb.id
+                    ))
+                })?;
         }
         Ok(result_ips(&result))
     }
@@ -1035,9 +1038,9 @@ async fn start_infra(
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    Err(Error::Internal(
-        "the pod infra process did not start within 1s".into(),
-    ))
+    Err(Error::Internal(format!(
+        "pod sandbox {sandbox_id}: the pod infra process did not start within 1s (is the node overloaded?); retry"
+    )))
 }
 
 /// util-linux `unshare`, looked up in PATH once (every pod runs it; exec'ing a bare
