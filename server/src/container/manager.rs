@@ -24,10 +24,10 @@ use tokio::io::AsyncBufReadExt;
 
 use super::handler::{self, Handler};
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
-use crate::config::Config;
+use crate::config::{CgroupDriver, Config};
 use crate::cri::now_nanos;
 use crate::error::{Error, Result};
-use crate::pod::Sandbox;
+use crate::pod::{Sandbox, systemd};
 use crate::store;
 
 /// How long the monitor may take to create a container.
@@ -769,12 +769,52 @@ impl ContainerManager {
                 });
             }
         };
-        ctr.update(|s| {
-            s.pid = pid;
-            s.phase = Phase::Created;
-        });
+        ctr.update(|s| s.pid = pid);
+        if matches!(self.config.cgroup_driver, CgroupDriver::Systemd)
+            && let Err(e) = self
+                .start_scope(ctr, &spec, pid, &pod_ctx.cgroup_parent)
+                .await
+        {
+            // The init never ran the user's process; kill it, and reap the monitor
+            // (it exits once its container has), so the clean-up has no exit to wait for.
+            self.kill(ctr, libc::SIGKILL, true);
+            if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            ctr.update(|s| s.monitor_pid = 0);
+            return Err(e);
+        }
+        ctr.update(|s| s.phase = Phase::Created);
         self.persist(ctr)?;
         self.watch(Arc::clone(ctr), Monitor::Child(child));
+        Ok(())
+    }
+
+    /// The systemd driver's step between create and start: the init exists (and waits
+    /// for StartContainer), so its transient scope `berth-<id>.scope` is started in the
+    /// pod's slice with the init inside and the container's limits as unit properties,
+    /// and systemd, not berthd, owns those limits (a daemon-reload keeps them).
+    async fn start_scope(
+        &self,
+        ctr: &Container,
+        spec: &serde_json::Value,
+        pid: i32,
+        cgroup_parent: &str,
+    ) -> Result<()> {
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(spec["linux"]["resources"].clone())
+                .map_err(|e| Error::Internal(format!("the spec's resources: {e}")))?;
+        let pid = u32::try_from(pid)
+            .map_err(|_| Error::Internal(format!("init pid {pid} out of range")))?;
+        let unit = systemd::scope_name(&ctr.id);
+        let props = systemd::scope_properties(
+            systemd::pod_slice(cgroup_parent),
+            pid,
+            format!("berth container {} ({})", ctr.id, ctr.name_key),
+            &resources,
+        )?;
+        systemd::client().start_scope(&unit, &props).await?;
+        tracing::debug!(container = %ctr.id, %unit, "scope started");
         Ok(())
     }
 
@@ -1063,6 +1103,14 @@ impl ContainerManager {
             // The monitor exits by itself once the container is gone.
             Self::wait_exited(ctr, KILL_WAIT).await;
         }
+        if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+            // The scope stops by itself once its processes are gone; stopping it (and
+            // resetting a failed state) makes sure systemd forgets the unit.
+            let unit = systemd::scope_name(&ctr.id);
+            if let Err(e) = systemd::client().stop_unit(&unit).await {
+                tracing::warn!(container = %ctr.id, %unit, error = %e, "stopping the scope");
+            }
+        }
         // The runtime's state dir: the monitor's sockets should it have died before
         // removing them, and, for a native container whose create was cut short (its
         // state could not be loaded, so `delete` above had nothing to work on), the
@@ -1337,6 +1385,14 @@ impl ContainerManager {
         let resources: oci_spec::runtime::LinuxResources =
             serde_json::from_value(spec::resources_update(r)?)
                 .map_err(|e| Error::Internal(format!("resources: {e}")))?;
+        if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+            // The unit first: systemd owns these limits and would reset cgroupfs writes
+            // at its next reload. What it cannot express is written below, after it.
+            let props = systemd::resource_properties(&resources)?;
+            systemd::client()
+                .set_properties(&systemd::scope_name(&ctr.id), &props)
+                .await?;
+        }
         let root = self.runtime_root();
         let cid = ctr.id.clone();
         let oci_cgroup = self.oci_cgroup(&ctr);

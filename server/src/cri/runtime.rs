@@ -590,7 +590,21 @@ impl RuntimeService for CriService {
         let linux: oci_spec::runtime::LinuxResources =
             serde_json::from_value(crate::container::spec::resources_update(&resources)?)
                 .map_err(|e| Error::Internal(format!("resources: {e}")))?;
-        let parent = sb.cgroup_parent.clone();
+        let systemd_driver = matches!(self.config().cgroup_driver, CgroupDriver::Systemd);
+        let parent = if systemd_driver {
+            use crate::pod::systemd;
+            // The slice unit first (systemd owns its limits); the cgroup files for
+            // what systemd cannot express, after it, at the slice's cgroup path.
+            let props = systemd::resource_properties(&linux)?;
+            systemd::client()
+                .update_slice(&sb.cgroup_parent, &props)
+                .await
+                .map_err(Error::from)?;
+            systemd::expand_slice(&sb.cgroup_parent)
+                .map_err(|e| Error::InvalidArgument(format!("linux.cgroup_parent: {e}")))?
+        } else {
+            sb.cgroup_parent.clone()
+        };
         let id = sb.id.clone();
         tokio::task::spawn_blocking(move || {
             let cg = berth_runtime_core::cgroups::Cgroup::new(
@@ -598,8 +612,10 @@ impl RuntimeService for CriService {
                 &parent,
                 &id,
             )?;
-            // kubelet normally created it; creating is idempotent.
-            cg.create()?;
+            if !systemd_driver {
+                // kubelet normally created it; creating is idempotent.
+                cg.create()?;
+            }
             cg.apply(&linux)
         })
         .await

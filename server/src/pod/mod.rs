@@ -553,6 +553,21 @@ impl PodManager {
                 s.pins.pid = Some(pin);
             });
             self.persist(sb)?;
+            if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+                // The infra's own scope in the pod slice, as containers get theirs:
+                // not left in berthd's cgroup, where a restart of berthd's service
+                // would take it along.
+                let unit = systemd::scope_name(&sb.id);
+                let pid = u32::try_from(pid)
+                    .map_err(|_| Error::Internal(format!("infra pid {pid} out of range")))?;
+                let props = systemd::scope_properties(
+                    systemd::pod_slice(&sb.cgroup_parent),
+                    pid,
+                    format!("berth pod {} infra", sb.id),
+                    &oci_spec::runtime::LinuxResources::default(),
+                )?;
+                systemd::client().start_scope(&unit, &props).await?;
+            }
         }
 
         let mut ips = Vec::new();
@@ -760,6 +775,12 @@ impl PodManager {
         if let Some(infra) = infra_of(state) {
             // pid 1 of the pod's pid namespace: every process in it dies with it.
             infra.signal(libc::SIGKILL);
+        }
+        if state.pins.pid.is_some() && matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+            let unit = systemd::scope_name(&sb.id);
+            if let Err(e) = systemd::client().stop_unit(&unit).await {
+                tracing::warn!(pod = %sb.id, %unit, error = %e, "stopping the infra's scope");
+            }
         }
         if let Some(shm) = &state.shm
             && let Err(e) = namespaces::unmount(shm)

@@ -1,15 +1,26 @@
-//! The systemd cgroup driver's naming: kubelet gives a pod's cgroup parent as a slice
-//! unit name (`kubepods-burstable-pod<uid>.slice`), which lives in the cgroup tree at
+//! The systemd cgroup driver. kubelet gives a pod's cgroup parent as a slice unit name
+//! (`kubepods-burstable-pod<uid>.slice`), which lives in the cgroup tree at
 //! `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice` (each
-//! `-` opens a nested slice), and each container is a scope unit `berth-<id>.scope`
-//! inside it.
+//! `-` opens a nested slice), and each container is a transient scope unit
+//! `berth-<id>.scope` inside it.
 //!
-//! Berth does not talk to systemd over D-Bus. Where systemd is not the init system
-//! (no `/run/systemd/system`), the driver cannot work and berthd refuses pods with a
-//! `FailedPrecondition` saying so (as runc/containerd and CRI-O fail when systemd is
-//! absent), and warns at start-up.
+//! systemd is the single writer of the cgroups it manages: what berthd writes behind its
+//! back is reset at the next `systemctl daemon-reload` (the runc/containerd bug). So the
+//! scope is started through systemd's manager API over D-Bus
+//! (`StartTransientUnit`, with the container's init pid, `Delegate=yes` and the resource
+//! limits as unit properties, waiting for the job's `JobRemoved`), resized with
+//! `SetUnitProperties`, and stopped (`StopUnit`, `ResetFailedUnit`) on removal. What
+//! systemd cannot express (hugepages, `unified` keys) runtime-core still writes to the
+//! cgroup files, after the unit has its properties.
+//!
+//! Where systemd is not the init system (no `/run/systemd/system`), the driver cannot
+//! work and berthd refuses pods with a `FailedPrecondition` saying so (as runc/containerd
+//! and CRI-O fail when systemd is absent), and warns at start-up.
 
 use std::path::Path;
+use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
 
 use crate::error::Error;
 
@@ -129,9 +140,628 @@ pub fn container_cgroup_path(pod_slice: &str, id: &str) -> Result<String, SliceE
     Ok(path)
 }
 
+/// The slice a container's scope goes in: the pod's cgroup parent, `system.slice`
+/// when it has none (as [`container_cgroup_path`] places it).
+pub fn pod_slice(parent: &str) -> &str {
+    if parent.is_empty() {
+        "system.slice"
+    } else {
+        parent
+    }
+}
+
+/// One unit property value (the `v` of systemd's `a(sv)`), plain so that the
+/// translation from OCI resources is testable without a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PropValue {
+    /// `t`
+    U64(u64),
+    /// `b`
+    Bool(bool),
+    /// `s`
+    Str(String),
+    /// `au` (PIDs)
+    U32s(Vec<u32>),
+    /// `ay` (a CPU or NUMA node bitmask)
+    Bytes(Vec<u8>),
+}
+
+/// Unit properties in the order they are sent.
+pub type Properties = Vec<(&'static str, PropValue)>;
+
+/// systemd's "infinity" for `t` limits.
+const INFINITY: u64 = u64::MAX;
+/// The CFS period the kernel (and systemd) use when none is given, in µs.
+const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+/// The highest CPU or memory node number a cpuset may name here (systemd's own
+/// cpu_set parser stops at 8192 too).
+const MAX_CPUSET_INDEX: u32 = 8191;
+
+/// The unit properties that carry `r`'s limits, for `StartTransientUnit` and
+/// `SetUnitProperties`: MemoryMax, MemorySwapMax, CPUWeight, CPUQuotaPerSecUSec with
+/// CPUQuotaPeriodUSec, TasksMax, AllowedCPUs and AllowedMemoryNodes (systemd ≥ 244).
+/// A limit of -1 is "infinity"; an absent one is not sent.
+pub fn resource_properties(r: &LinuxResources) -> Result<Properties, Error> {
+    let mut props = Properties::new();
+    if let Some(mem) = r.memory() {
+        let limit = mem.limit();
+        match limit {
+            Some(l) if l > 0 => props.push(("MemoryMax", PropValue::U64(l.unsigned_abs()))),
+            Some(-1) => props.push(("MemoryMax", PropValue::U64(INFINITY))),
+            _ => {}
+        }
+        // OCI's swap is memory+swap; systemd's MemorySwapMax is swap alone.
+        match (mem.swap(), limit) {
+            (Some(-1), _) => props.push(("MemorySwapMax", PropValue::U64(INFINITY))),
+            (Some(swap), Some(l)) if swap > 0 && l > 0 => {
+                if swap < l {
+                    return Err(Error::InvalidArgument(format!(
+                        "resources: memory+swap limit {swap} is below the memory limit {l}"
+                    )));
+                }
+                props.push(("MemorySwapMax", PropValue::U64((swap - l).unsigned_abs())));
+            }
+            _ => {}
+        }
+    }
+    if let Some(cpu) = r.cpu() {
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            props.push((
+                "CPUWeight",
+                PropValue::U64(berth_runtime_core::cgroups::shares_to_weight(shares)),
+            ));
+        }
+        let period = cpu.period().filter(|p| *p > 0);
+        match cpu.quota() {
+            Some(q) if q > 0 => {
+                let period = period.unwrap_or(DEFAULT_CPU_PERIOD_US);
+                let quota = q.unsigned_abs();
+                // systemd keeps the quota as µs per second and writes
+                // cpu.max = per_sec * period / 1s; it rounds to whole percent, so a
+                // fractional percent is rounded up, as runc does, not down to nothing.
+                let per_sec = quota.saturating_mul(1_000_000).div_ceil(period);
+                let per_sec = per_sec.div_ceil(10_000).saturating_mul(10_000);
+                props.push(("CPUQuotaPerSecUSec", PropValue::U64(per_sec)));
+                props.push(("CPUQuotaPeriodUSec", PropValue::U64(period)));
+            }
+            Some(-1) => {
+                props.push(("CPUQuotaPerSecUSec", PropValue::U64(INFINITY)));
+                if let Some(p) = period {
+                    props.push(("CPUQuotaPeriodUSec", PropValue::U64(p)));
+                }
+            }
+            _ => {
+                if let Some(p) = period {
+                    props.push(("CPUQuotaPeriodUSec", PropValue::U64(p)));
+                }
+            }
+        }
+        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.trim().is_empty()) {
+            props.push((
+                "AllowedCPUs",
+                PropValue::Bytes(cpuset_mask(cpus).map_err(|e| {
+                    Error::InvalidArgument(format!("resources: cpuset_cpus {cpus:?}: {e}"))
+                })?),
+            ));
+        }
+        if let Some(mems) = cpu.mems().as_deref().filter(|c| !c.trim().is_empty()) {
+            props.push((
+                "AllowedMemoryNodes",
+                PropValue::Bytes(cpuset_mask(mems).map_err(|e| {
+                    Error::InvalidArgument(format!("resources: cpuset_mems {mems:?}: {e}"))
+                })?),
+            ));
+        }
+    }
+    if let Some(pids) = r.pids() {
+        match pids.limit() {
+            l if l > 0 => props.push(("TasksMax", PropValue::U64(l.unsigned_abs()))),
+            -1 => props.push(("TasksMax", PropValue::U64(INFINITY))),
+            _ => {}
+        }
+    }
+    Ok(props)
+}
+
+/// The properties of a container's (or a pod infra's) transient scope: in `slice`,
+/// holding `pid`, delegated (the cgroup below is runtime-core's to manage, as with
+/// runc), with the accounting the limits need and `r`'s limits.
+pub fn scope_properties(
+    slice: &str,
+    pid: u32,
+    description: String,
+    r: &LinuxResources,
+) -> Result<Properties, Error> {
+    let mut props: Properties = vec![
+        ("Description", PropValue::Str(description)),
+        ("Slice", PropValue::Str(slice.to_owned())),
+        ("PIDs", PropValue::U32s(vec![pid])),
+        ("Delegate", PropValue::Bool(true)),
+        // Not ordered after basic.target nor stopped by shutdown.target's conflicts:
+        // a container lives as long as its processes (runc does the same).
+        ("DefaultDependencies", PropValue::Bool(false)),
+        ("MemoryAccounting", PropValue::Bool(true)),
+        ("CPUAccounting", PropValue::Bool(true)),
+        ("TasksAccounting", PropValue::Bool(true)),
+    ];
+    props.extend(resource_properties(r)?);
+    Ok(props)
+}
+
+/// A cpuset list (`0-3,8`) as systemd's bitmask: bit `n % 8` of byte `n / 8` for CPU
+/// (or node) `n`.
+pub fn cpuset_mask(list: &str) -> Result<Vec<u8>, String> {
+    let mut mask = Vec::<u8>::new();
+    for part in list.trim().split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| format!("{part:?} is not a number or a range"))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if lo > hi {
+            return Err(format!("{part:?} is a descending range"));
+        }
+        if hi > MAX_CPUSET_INDEX {
+            return Err(format!("{hi} is above {MAX_CPUSET_INDEX}"));
+        }
+        for n in lo..=hi {
+            let byte = usize::try_from(n / 8).map_err(|e| e.to_string())?;
+            if mask.len() <= byte {
+                mask.resize(byte + 1, 0);
+            }
+            mask[byte] |= 1 << (n % 8);
+        }
+    }
+    Ok(mask)
+}
+
+/// How long berthd waits for a systemd job (start or stop of a scope): minutes would
+/// mean systemd is wedged; the slowest emulated guest takes well under a second.
+const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What went wrong talking to systemd.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// No connection to the system bus.
+    #[error(
+        "cannot reach systemd over D-Bus (the system bus, /run/dbus/system_bus_socket), which the systemd cgroup driver needs: {0}"
+    )]
+    Connect(#[source] zbus::Error),
+    /// systemd refused a call.
+    #[error("systemd {method} of {unit}: {source}")]
+    Call {
+        /// The manager method.
+        method: &'static str,
+        /// The unit it was about.
+        unit: String,
+        /// systemd's (or the bus's) error.
+        #[source]
+        source: zbus::Error,
+    },
+    /// A job finished other than `done`.
+    #[error(
+        "systemd's job for {unit} finished as {result:?}, not \"done\" (see journalctl -u {unit})"
+    )]
+    Job {
+        /// The unit.
+        unit: String,
+        /// `failed`, `timeout`, `canceled`, `dependency`, ...
+        result: String,
+    },
+    /// A job did not finish in time.
+    #[error("systemd's job for {0} did not finish within {JOB_TIMEOUT:?}")]
+    Timeout(String),
+}
+
+impl SystemdError {
+    /// Whether systemd said the unit does not exist (or is not loaded).
+    fn is_no_such_unit(&self) -> bool {
+        matches!(self, Self::Call { source: zbus::Error::MethodError(name, _, _), .. }
+            if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
+                || name.as_str() == "org.freedesktop.systemd1.UnitNotLoaded")
+    }
+}
+
+impl From<SystemdError> for Error {
+    fn from(e: SystemdError) -> Self {
+        match e {
+            SystemdError::Connect(_) => Error::FailedPrecondition(e.to_string()),
+            SystemdError::Timeout(_) => Error::Unavailable(e.to_string()),
+            SystemdError::Call { .. } | SystemdError::Job { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl PropValue {
+    fn to_value(&self) -> zbus::zvariant::Value<'_> {
+        use zbus::zvariant::Value;
+        match self {
+            Self::U64(v) => Value::U64(*v),
+            Self::Bool(v) => Value::Bool(*v),
+            Self::Str(v) => Value::from(v.as_str()),
+            Self::U32s(v) => Value::from(v.clone()),
+            Self::Bytes(v) => Value::from(v.clone()),
+        }
+    }
+}
+
+/// berthd's client of systemd's manager (`org.freedesktop.systemd1.Manager` on the
+/// system bus): one connection, made on first use and made again after it broke.
+#[derive(Debug, Default)]
+pub struct Systemd {
+    conn: tokio::sync::Mutex<Option<zbus::Connection>>,
+}
+
+/// The one client berthd uses (containers, pod infra processes, pod slices).
+pub fn client() -> &'static Systemd {
+    static CLIENT: std::sync::LazyLock<Systemd> = std::sync::LazyLock::new(Systemd::default);
+    &CLIENT
+}
+
+type Wire<'a> = Vec<(&'a str, zbus::zvariant::Value<'a>)>;
+
+fn wire(props: &Properties) -> Wire<'_> {
+    props.iter().map(|(k, v)| (*k, v.to_value())).collect()
+}
+
+impl Systemd {
+    async fn manager(&self) -> Result<zbus::Proxy<'static>, SystemdError> {
+        let mut conn = self.conn.lock().await;
+        let c = match &*conn {
+            Some(c) => c.clone(),
+            None => {
+                let c = zbus::Connection::system()
+                    .await
+                    .map_err(SystemdError::Connect)?;
+                *conn = Some(c.clone());
+                c
+            }
+        };
+        zbus::proxy::Builder::new(&c)
+            .destination("org.freedesktop.systemd1")
+            .and_then(|b| b.path("/org/freedesktop/systemd1"))
+            .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
+            .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+            .map_err(SystemdError::Connect)?
+            .build()
+            .await
+            .map_err(SystemdError::Connect)
+    }
+
+    /// Forgets a connection that failed other than by systemd's answer, so that the
+    /// next call reconnects (the bus restarted, or the socket broke).
+    async fn forget_broken(&self, e: &SystemdError) {
+        let broken = match e {
+            SystemdError::Connect(_) => true,
+            SystemdError::Call { source, .. } => !matches!(source, zbus::Error::MethodError(..)),
+            _ => false,
+        };
+        if broken {
+            *self.conn.lock().await = None;
+        }
+    }
+
+    /// Calls a manager method that queues a job and waits for the job's end. The
+    /// `JobRemoved` match is in place before the call, so the signal cannot be missed.
+    async fn run_job<B>(
+        &self,
+        method: &'static str,
+        unit: &str,
+        body: &B,
+    ) -> Result<(), SystemdError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        use futures_util::StreamExt;
+        let call_err = |source| SystemdError::Call {
+            method,
+            unit: unit.to_owned(),
+            source,
+        };
+        let manager = self.manager().await?;
+        let mut removed = manager
+            .receive_signal("JobRemoved")
+            .await
+            .map_err(call_err)?;
+        let job: zbus::zvariant::OwnedObjectPath =
+            manager.call(method, body).await.map_err(call_err)?;
+        let wait = async {
+            while let Some(msg) = removed.next().await {
+                let body = msg.body();
+                let Ok((_id, path, _unit, result)) =
+                    body.deserialize::<(u32, zbus::zvariant::ObjectPath<'_>, &str, &str)>()
+                else {
+                    continue;
+                };
+                if path.as_str() == job.as_str() {
+                    return Some(result.to_owned());
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(JOB_TIMEOUT, wait).await {
+            Ok(Some(result)) if result == "done" => Ok(()),
+            Ok(Some(result)) => Err(SystemdError::Job {
+                unit: unit.to_owned(),
+                result,
+            }),
+            Ok(None) => Err(call_err(zbus::Error::InputOutput(std::sync::Arc::new(
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the bus connection closed while waiting for the job",
+                ),
+            )))),
+            Err(_) => Err(SystemdError::Timeout(unit.to_owned())),
+        }
+    }
+
+    async fn checked<T>(&self, r: Result<T, SystemdError>) -> Result<T, SystemdError> {
+        if let Err(e) = &r {
+            self.forget_broken(e).await;
+        }
+        r
+    }
+
+    /// Starts transient scope `unit` with `props` (from [`scope_properties`]) and
+    /// waits until systemd has it running with the pid inside.
+    pub async fn start_scope(&self, unit: &str, props: &Properties) -> Result<(), SystemdError> {
+        let aux: Vec<(&str, Wire<'_>)> = Vec::new();
+        let r = self
+            .run_job(
+                "StartTransientUnit",
+                unit,
+                &(unit, "fail", wire(props), aux),
+            )
+            .await;
+        self.checked(r).await
+    }
+
+    /// Changes the live unit's properties (`runtime`: until reboot, like systemd-run's
+    /// units), which systemd writes to the cgroup and keeps over a daemon-reload.
+    pub async fn set_properties(&self, unit: &str, props: &Properties) -> Result<(), SystemdError> {
+        if props.is_empty() {
+            return Ok(());
+        }
+        let r = async {
+            let manager = self.manager().await?;
+            manager
+                .call::<_, _, ()>("SetUnitProperties", &(unit, true, wire(props)))
+                .await
+                .map_err(|source| SystemdError::Call {
+                    method: "SetUnitProperties",
+                    unit: unit.to_owned(),
+                    source,
+                })
+        }
+        .await;
+        self.checked(r).await
+    }
+
+    /// UpdatePodSandboxResources under the systemd driver: the pod slice's properties,
+    /// or, for a slice nobody created (kubelet creates its pod slices itself; crictl
+    /// does not), a transient slice started with them.
+    pub async fn update_slice(&self, slice: &str, props: &Properties) -> Result<(), SystemdError> {
+        match self.set_properties(slice, props).await {
+            Err(e) if e.is_no_such_unit() => {
+                let mut all: Properties = vec![
+                    (
+                        "Description",
+                        PropValue::Str(format!("berth pod slice {slice}")),
+                    ),
+                    ("DefaultDependencies", PropValue::Bool(false)),
+                ];
+                all.extend(props.iter().cloned());
+                let aux: Vec<(&str, Wire<'_>)> = Vec::new();
+                let r = self
+                    .run_job(
+                        "StartTransientUnit",
+                        slice,
+                        &(slice, "fail", wire(&all), aux),
+                    )
+                    .await;
+                self.checked(r).await
+            }
+            r => r,
+        }
+    }
+
+    /// Stops `unit` and clears a failed state, so that systemd forgets it. A unit
+    /// that is already gone (a scope stops by itself once its processes have exited)
+    /// is not an error.
+    pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        let r = self.run_job("StopUnit", unit, &(unit, "replace")).await;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_no_such_unit() => {}
+            Err(e) => return self.checked(Err(e)).await,
+        }
+        let r = async {
+            let manager = self.manager().await?;
+            manager
+                .call::<_, _, ()>("ResetFailedUnit", &(unit,))
+                .await
+                .map_err(|source| SystemdError::Call {
+                    method: "ResetFailedUnit",
+                    unit: unit.to_owned(),
+                    source,
+                })
+        }
+        .await;
+        match r {
+            Err(e) if !e.is_no_such_unit() => self.checked(Err(e)).await,
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resources(json: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(json).expect("resources")
+    }
+
+    fn prop<'a>(props: &'a Properties, name: &str) -> Option<&'a PropValue> {
+        props.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_seeds_limits_become_unit_properties() {
+        // 80 MiB without swap and 5 % of a CPU, as the seed's pod asks for them.
+        let r = resources(serde_json::json!({
+            "memory": { "limit": 80 * 1024 * 1024, "swap": 80 * 1024 * 1024 },
+            "cpu": { "quota": 5000, "period": 100_000, "shares": 1024 },
+        }));
+        let p = resource_properties(&r).expect("valid");
+        assert_eq!(prop(&p, "MemoryMax"), Some(&PropValue::U64(83_886_080)));
+        // No swap beyond the memory limit.
+        assert_eq!(prop(&p, "MemorySwapMax"), Some(&PropValue::U64(0)));
+        // 5 % = 50 ms per second; systemd then writes cpu.max "5000 100000".
+        assert_eq!(
+            prop(&p, "CPUQuotaPerSecUSec"),
+            Some(&PropValue::U64(50_000))
+        );
+        assert_eq!(
+            prop(&p, "CPUQuotaPeriodUSec"),
+            Some(&PropValue::U64(100_000))
+        );
+        assert_eq!(prop(&p, "CPUWeight"), Some(&PropValue::U64(39)));
+        assert_eq!(prop(&p, "TasksMax"), None);
+        assert_eq!(prop(&p, "AllowedCPUs"), None);
+    }
+
+    #[test]
+    fn quotas_in_other_periods_and_fractions_round_up() {
+        // 1.5 CPUs in a 50 ms period.
+        let p = resource_properties(&resources(
+            serde_json::json!({ "cpu": { "quota": 75_000, "period": 50_000 } }),
+        ))
+        .expect("valid");
+        assert_eq!(
+            prop(&p, "CPUQuotaPerSecUSec"),
+            Some(&PropValue::U64(1_500_000))
+        );
+        assert_eq!(
+            prop(&p, "CPUQuotaPeriodUSec"),
+            Some(&PropValue::U64(50_000))
+        );
+        // 0.5 % (500 µs per 100 ms) is kept as 1 %, not rounded to no quota at all.
+        let p = resource_properties(&resources(serde_json::json!({ "cpu": { "quota": 500 } })))
+            .expect("valid");
+        assert_eq!(
+            prop(&p, "CPUQuotaPerSecUSec"),
+            Some(&PropValue::U64(10_000))
+        );
+        assert_eq!(
+            prop(&p, "CPUQuotaPeriodUSec"),
+            Some(&PropValue::U64(100_000))
+        );
+    }
+
+    #[test]
+    fn unlimited_is_infinity_and_absent_is_not_sent() {
+        let p = resource_properties(&resources(serde_json::json!({
+            "memory": { "limit": -1, "swap": -1 },
+            "cpu": { "quota": -1 },
+            "pids": { "limit": -1 },
+        })))
+        .expect("valid");
+        for name in [
+            "MemoryMax",
+            "MemorySwapMax",
+            "CPUQuotaPerSecUSec",
+            "TasksMax",
+        ] {
+            assert_eq!(prop(&p, name), Some(&PropValue::U64(u64::MAX)), "{name}");
+        }
+        assert!(
+            resource_properties(&resources(serde_json::json!({})))
+                .expect("valid")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn swap_is_memory_plus_swap_in_oci_and_swap_alone_in_systemd() {
+        let p = resource_properties(&resources(serde_json::json!({
+            "memory": { "limit": 100, "swap": 300 },
+            "pids": { "limit": 42 },
+        })))
+        .expect("valid");
+        assert_eq!(prop(&p, "MemorySwapMax"), Some(&PropValue::U64(200)));
+        assert_eq!(prop(&p, "TasksMax"), Some(&PropValue::U64(42)));
+        let e = resource_properties(&resources(
+            serde_json::json!({ "memory": { "limit": 300, "swap": 100 } }),
+        ))
+        .expect_err("swap below limit");
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+
+    #[test]
+    fn cpusets_become_systemd_bitmasks() {
+        assert_eq!(cpuset_mask("0").expect("valid"), vec![0b1]);
+        assert_eq!(cpuset_mask("0-1,3").expect("valid"), vec![0b1011]);
+        assert_eq!(cpuset_mask("9").expect("valid"), vec![0, 0b10]);
+        assert_eq!(cpuset_mask(" 0 - 2 , 8 ").expect("valid"), vec![0b111, 1]);
+        for bad in ["a", "3-1", "1-", "99999", "0-4294967295"] {
+            assert!(cpuset_mask(bad).is_err(), "{bad}");
+        }
+        let p = resource_properties(&resources(
+            serde_json::json!({ "cpu": { "cpus": "1-2", "mems": "0" } }),
+        ))
+        .expect("valid");
+        assert_eq!(
+            prop(&p, "AllowedCPUs"),
+            Some(&PropValue::Bytes(vec![0b110]))
+        );
+        assert_eq!(
+            prop(&p, "AllowedMemoryNodes"),
+            Some(&PropValue::Bytes(vec![0b1]))
+        );
+        let e = resource_properties(&resources(serde_json::json!({ "cpu": { "cpus": "x" } })))
+            .expect_err("bad cpuset");
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("cpuset_cpus")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scopes_hold_the_pid_in_the_slice_delegated() {
+        let r = resources(serde_json::json!({ "memory": { "limit": 1 << 20 } }));
+        let p = scope_properties(pod_slice("kubepods-podu1.slice"), 4242, "d".into(), &r)
+            .expect("valid");
+        assert_eq!(
+            prop(&p, "Slice"),
+            Some(&PropValue::Str("kubepods-podu1.slice".into()))
+        );
+        assert_eq!(prop(&p, "PIDs"), Some(&PropValue::U32s(vec![4242])));
+        assert_eq!(prop(&p, "Delegate"), Some(&PropValue::Bool(true)));
+        assert_eq!(prop(&p, "MemoryMax"), Some(&PropValue::U64(1 << 20)));
+        assert_eq!(pod_slice(""), "system.slice");
+    }
+
+    #[test]
+    fn properties_go_on_the_wire_with_systemds_types() {
+        let p: Properties = vec![
+            ("MemoryMax", PropValue::U64(5)),
+            ("Delegate", PropValue::Bool(true)),
+            ("Slice", PropValue::Str("a.slice".into())),
+            ("PIDs", PropValue::U32s(vec![1])),
+            ("AllowedCPUs", PropValue::Bytes(vec![3])),
+        ];
+        let sigs: Vec<String> = wire(&p)
+            .iter()
+            .map(|(_, v)| v.value_signature().to_string())
+            .collect();
+        assert_eq!(sigs, ["t", "b", "s", "au", "ay"]);
+    }
 
     #[test]
     fn kubelet_pod_slices_expand_to_nested_paths() {
