@@ -9,6 +9,7 @@
 #
 #   integration/scripts/local-cluster.sh up       # start (certificates made on first up)
 #   integration/scripts/local-cluster.sh status   # processes, node, pods
+#   integration/scripts/local-cluster.sh images   # only the registry and its images (up does this)
 #   integration/scripts/local-cluster.sh down     # stop and remove everything it made
 #   export KUBECONFIG=/var/lib/berth-cluster/pki/admin.kubeconfig; kubectl get nodes -o wide
 #
@@ -181,6 +182,31 @@ remove_cgroups() { # deepest first; only below our own root
 
 # ---------------------------------------------------------------- up
 
+up_registry() { # the image registry, with every image the cluster runs (first time: minutes)
+  local coredns="$1" h
+  mkdir -p "$DIR"/{logs,pids,registry,certs.d}
+  # The image registry (Debian's docker-registry), mirrored by berthd for every upstream.
+  cat > "$DIR/registry/config.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $DIR/registry/storage}, delete: {enabled: true}}
+http: {addr: "127.0.0.1:$REGISTRY_PORT"}
+EOF
+  start registry /usr/bin/docker-registry serve "$DIR/registry/config.yml"
+  wait_for registry 20 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  if [ ! -f "$DIR/registry/pushed" ]; then
+    log "pushing images (busybox, critest's, nginx, coredns) to the local registry"
+    "$BERTH_BIN/berth-cluster-images" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
+    touch "$DIR/registry/pushed"
+  fi
+  for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
+    mkdir -p "$DIR/certs.d/$h"
+    echo "server = \"http://127.0.0.1:$REGISTRY_PORT\"" > "$DIR/certs.d/$h/hosts.toml"
+  done
+
+}
+
+
 up() {
   [ "$(id -u)" = 0 ] || die "run as root"
   local b
@@ -196,25 +222,7 @@ up() {
   mkdir -p "$DIR"/{logs,pids,etcd,registry,certs.d,cni/net.d,berth,kubelet,pod-logs}
   make_pki
 
-  # The image registry (Debian's docker-registry), mirrored by berthd for every upstream.
-  cat > "$DIR/registry/config.yml" <<EOF
-version: 0.1
-log: {level: warn, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $DIR/registry/storage}, delete: {enabled: true}}
-http: {addr: "127.0.0.1:$REGISTRY_PORT"}
-EOF
-  start registry /usr/bin/docker-registry serve "$DIR/registry/config.yml"
-  wait_for registry 20 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
-  if [ ! -f "$DIR/registry/pushed" ]; then
-    log "pushing images (busybox, critest's, nginx, coredns) to the local registry"
-    "$BERTH_BIN/berth-cluster-images" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
-    touch "$DIR/registry/pushed"
-  fi
-  local h
-  for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
-    mkdir -p "$DIR/certs.d/$h"
-    echo "server = \"http://127.0.0.1:$REGISTRY_PORT\"" > "$DIR/certs.d/$h/hosts.toml"
-  done
+  up_registry "$coredns"
 
   start etcd "$etcd" --name berth-cluster --data-dir "$DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
@@ -440,7 +448,8 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  images) [ "$(id -u)" = 0 ] || die "run as root"; up_registry "$(bin "coredns-$COREDNS_VERSION")" ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|images" >&2; exit 2 ;;
 esac
