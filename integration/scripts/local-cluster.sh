@@ -20,6 +20,8 @@
 set -euo pipefail
 
 DIR="${BERTH_CLUSTER_DIR:-/var/lib/berth-cluster}"
+# berthd's state_dir: short, because container sockets below it must fit in 108 bytes.
+RUN="${BERTH_CLUSTER_RUN:-/run/berthc}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLS="${BERTH_TOOLS_DIR:-/var/cache/berth/tools}/bin"
 BERTH_BIN="${BERTH_BIN_DIR:-$REPO/target/debug}"
@@ -263,7 +265,7 @@ up() {
   # same network as every later one (docs/networking.md, "Kubernetes nodes").
   cat > "$DIR/berth/config.toml" <<EOF
 root_dir = "$DIR/berth/root"
-state_dir = "$DIR/berth/state"
+state_dir = "$RUN"
 
 [grpc]
 socket = "$DIR/berth.sock"
@@ -366,6 +368,7 @@ node_ready() {
 start_coredns() { # a host process on the pod bridge's gateway, once berthd made the bridge
   # The bridge appears with the first pod on the native network; a throwaway pod makes it.
   if ! ip -4 addr show dev "$BRIDGE" 2>/dev/null | grep -q "$POD_GATEWAY/"; then
+    wait_for "service account default/default" 60 kubectl get serviceaccount default
     kubectl run berth-bridge-warmup --image=busybox --restart=Never --command -- true >/dev/null
     wait_for "bridge $BRIDGE" 60 sh -c "ip -4 addr show dev $BRIDGE | grep -q '$POD_GATEWAY/'"
     kubectl delete pod berth-bridge-warmup --wait=false >/dev/null
@@ -424,15 +427,18 @@ down() {
   # Mounts below the cluster dir (kubelet's volumes, berthd's rootfs and netns pins),
   # deepest first, before anything is removed.
   local m
-  for m in $(findmnt -rn -o TARGET | grep -F "$DIR/" | sort -r); do
-    umount -l "$m" 2>/dev/null || true
+  local d
+  for d in "$DIR" "$RUN"; do
+    for m in $(findmnt -rn -o TARGET | grep -F "$d/" | sort -r); do
+      umount -l "$m" 2>/dev/null || true
+    done
+    if findmnt -rn -o TARGET | grep -qF "$d/"; then
+      die "mounts remain below $d; not removing it"
+    fi
   done
-  if findmnt -rn -o TARGET | grep -qF "$DIR/"; then
-    die "mounts remain below $DIR; not removing it"
-  fi
   remove_cgroups
-  rm -rf "$DIR"
-  log "down: removed $DIR, $BRIDGE, cgroup $CGROUP_ROOT, kube-proxy's rules"
+  rm -rf "$DIR" "$RUN"
+  log "down: removed $DIR, $RUN, $BRIDGE, cgroup $CGROUP_ROOT, kube-proxy's rules"
 }
 
 status() {
