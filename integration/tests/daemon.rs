@@ -640,3 +640,63 @@ async fn systemd_notify_ready_once_the_socket_serves_and_stopping_on_sigterm() {
     );
     assert_eq!(notify_message(&sock, Duration::ZERO).await, None);
 }
+
+/// The setting docs/networking.md prescribes for a node whose network comes from a
+/// cluster add-on (`builtin_default = false`): until the add-on writes its config berthd
+/// reports NetworkReady=false, so kubelet starts no pod that could land on another
+/// network; the config appearing later makes the node ready without a restart, on the
+/// add-on's network.
+#[tokio::test]
+async fn without_the_builtin_default_a_node_waits_for_its_cni_addon() {
+    let conf = tempfile::tempdir().expect("tempdir");
+    let d = TestDaemon::start_with(DaemonOptions {
+        cni_section: Some(format!(
+            "[cni]\nconf_dir = {:?}\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\nbuiltin_default = false\n",
+            conf.path().display().to_string()
+        )),
+        ..DaemonOptions::default()
+    })
+    .await
+    .expect("start");
+    let mut c = d.client().await.expect("client");
+    let mut network = async || {
+        let s = c
+            .runtime
+            .status(StatusRequest { verbose: true })
+            .await
+            .expect("Status")
+            .into_inner();
+        let cond = s
+            .status
+            .expect("status")
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "NetworkReady")
+            .expect("NetworkReady");
+        let cni: serde_json::Value =
+            serde_json::from_str(s.info.get("cni").expect("verbose cni")).expect("json");
+        (cond, cni)
+    };
+    let (before, _) = network().await;
+    assert!(!before.status, "no add-on config yet: {before:?}");
+    assert_eq!(before.reason, "NetworkPluginNotReady");
+    assert!(
+        before.message.contains(&conf.path().display().to_string()),
+        "names the directory it waits on: {}",
+        before.message
+    );
+    // The add-on's DaemonSet writes its config (renamed into place, as add-ons do).
+    let tmp = conf.path().join(".10-addon.conflist");
+    std::fs::write(
+        &tmp,
+        r#"{"cniVersion":"1.0.0","name":"addon","plugins":[{"type":"loopback"}]}"#,
+    )
+    .expect("write conflist");
+    std::fs::rename(&tmp, conf.path().join("10-addon.conflist")).expect("rename");
+    let (after, cni) = network().await;
+    assert!(
+        after.status,
+        "the add-on's config makes the node ready: {after:?}"
+    );
+    assert_eq!(cni["network"], "addon", "{cni}");
+}

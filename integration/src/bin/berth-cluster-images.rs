@@ -1,0 +1,56 @@
+//! Pushes the images a local cluster on Berth (`integration/scripts/local-cluster.sh`)
+//! runs into the local registry the script started, under their upstream paths, so
+//! berthd's mirror configuration serves `busybox`, critest's images and CoreDNS offline.
+//!
+//!   berth-cluster-images http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use berth_integration::forge::Pusher;
+use berth_integration::forge::{
+    ImageBuilder, LayerBuilder, Published, critest_images, critest_server_images,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (url, coredns) = match args.as_slice() {
+        [url] => (url, None),
+        [url, bin, tag] => (url, Some((bin, tag))),
+        _ => {
+            bail!("usage: berth-cluster-images http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]")
+        }
+    };
+    let pusher = Pusher::new(url, None)?;
+    let mut images: Vec<Published> = critest_images()?;
+    images.extend(critest_server_images()?);
+    let busybox = ImageBuilder::busybox()?.build()?;
+    for tag in ["latest", "1.36", "1.37"] {
+        pusher
+            .push("library/busybox", tag, &busybox)
+            .await
+            .with_context(|| format!("pushing busybox:{tag}"))?;
+    }
+    for p in &images {
+        for tag in &p.tags {
+            pusher
+                .push(p.path(), tag, &p.image)
+                .await
+                .with_context(|| format!("pushing {}:{tag}", p.upstream))?;
+        }
+    }
+    if let Some((bin, tag)) = coredns {
+        // CoreDNS is one static binary; the image is that and nothing else.
+        let image = ImageBuilder::new()
+            .layer(LayerBuilder::new().host_binary_at("/coredns", Path::new(bin))?)
+            .entrypoint(["/coredns"])
+            .build()?;
+        pusher
+            .push("coredns/coredns", tag, &image)
+            .await
+            .context("pushing coredns")?;
+    }
+    println!("berth-cluster-images: pushed to {url}");
+    Ok(())
+}
