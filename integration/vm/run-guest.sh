@@ -72,6 +72,10 @@ REG
   log "busybox pulled in $((SECONDS - t))s"
 }
 
+# berthd's journal as it is written, for looking in while the guest runs (the
+# host's run dir out/berthd.live.log; `--keep-out` keeps it).
+journalctl -u berthd -f --no-pager -o short-precise >"$OUT/berthd.live.log" 2>&1 &
+follower=$!
 fails=0
 t0=$SECONDS
 if ! setup_node >"$OUT/00-setup.log" 2>&1; then
@@ -103,6 +107,7 @@ else
     log "$r $name in $((SECONDS - start))s"
   done
 fi
+kill "$follower" 2>/dev/null
 journalctl -u berthd --no-pager > "$OUT/berthd.log" 2>&1
 journalctl -b --no-pager > "$OUT/journal.log" 2>&1
 log "done: $fails failed"

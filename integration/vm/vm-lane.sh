@@ -131,6 +131,8 @@ if [ ! -f "$out/runner.rc" ]; then
   tail -n 60 "$run/console.log" >&2 || true
   cat "$run/qemu.log" >&2 || true
   [ -f "$out/runner.log" ] && tail -n 40 "$out/runner.log" >&2
+  for f in "$out"/[0-9]*.log; do [ -f "$f" ] && { log "---- $(basename "$f") (tail) ----"; tail -n 30 "$f" >&2; }; done
+  [ -f "$out/berthd.live.log" ] && { log "---- berthd's journal (tail) ----"; tail -n 30 "$out/berthd.live.log" >&2; }
   exit 1
 fi
 rc=$(cat "$out/runner.rc")
