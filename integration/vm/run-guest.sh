@@ -58,8 +58,9 @@ REG
   install -m 0644 "$IN/deploy/berthd.service" /etc/systemd/system/berthd.service
   systemctl daemon-reload
   systemctl enable --now berthd.service || { systemctl status berthd --no-pager; return 1; }
-  crictl --runtime-endpoint unix:///run/berth/berth.sock version || return 1
+  # crictl's default 2 s timeout is too short for a first call under TCG on a busy host.
   printf 'runtime-endpoint: unix:///run/berth/berth.sock\nimage-endpoint: unix:///run/berth/berth.sock\ntimeout: 300\n' > /etc/crictl.yaml
+  crictl version || return 1
   for _ in $(seq 1 50); do
     curl_ok=$(busybox wget -q -O- http://127.0.0.1:5000/v2/ 2>/dev/null && echo y)
     [ -n "$curl_ok" ] && break
