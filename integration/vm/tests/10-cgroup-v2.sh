@@ -33,9 +33,9 @@ throttled=$(sed -n 's/^nr_throttled //p' "$cg/cpu.stat")
 [ "$throttled" -gt 0 ] || fail "the 5 % container was never throttled (cpu.stat: $(cat "$cg/cpu.stat"))"
 say "cpu.max, memory.max, PSI, stats (cpu ${cpu} ns, working set ${mem} B), throttled ${throttled} times, usage ${usage} us"
 
-# 2. UpdateContainerResources.
-crictl update --memory 100000000 --cpu-quota 20000 --cpu-period 100000 "$spin" >/dev/null || fail "crictl update"
-[ "$(cat "$cg/memory.max")" = 100000000 ] || fail "after update memory.max is '$(cat "$cg/memory.max")'"
+# 2. UpdateContainerResources (a page multiple: the kernel rounds memory.max down to pages).
+crictl update --memory 104857600 --cpu-quota 20000 --cpu-period 100000 "$spin" >/dev/null || fail "crictl update"
+[ "$(cat "$cg/memory.max")" = 104857600 ] || fail "after update memory.max is '$(cat "$cg/memory.max")'"
 [ "$(cat "$cg/cpu.max")" = "20000 100000" ] || fail "after update cpu.max is '$(cat "$cg/cpu.max")'"
 say "UpdateContainerResources reached memory.max and cpu.max"
 crictl stop -t 2 "$spin" >/dev/null
