@@ -37,7 +37,8 @@ TEST_PACKAGES=(
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
   criu                          # CheckpointContainer's `criu check` probe (privileged_checkpoint)
-  debootstrap                   # the fresh-machine check's root (fresh-root-check.sh)
+  debootstrap                   # the fresh-machine check's root (fresh-root-check.sh), the VM lane's image
+  qemu-system-x86 qemu-utils    # the VM lane (integration/vm/vm-lane.sh): a cgroup v2 + systemd guest under TCG
   git
 )
 APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")

@@ -43,6 +43,16 @@ integration/scripts/build-previous-release.sh
 step "tests"
 cargo nextest run --workspace --locked "${TEST_FEATURES[@]}" --profile "${NEXTEST_PROFILE:-ci}" "$@"
 
+# The VM lane (integration/vm, docs/hosts.md): the CI host is cgroup v1 (hybrid) without
+# systemd as its init, so the cgroup v2 + systemd + AppArmor node is a Debian guest under QEMU
+# (TCG), booted once with the bins just built, running the CI subset of
+# integration/vm/tests (~10 minutes here). Skipped when a test filter was given, or
+# with BERTH_VM_LANE=0.
+if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
+  step "VM lane: cgroup v2 + systemd + AppArmor guest (CI subset)"
+  integration/vm/vm-lane.sh
+fi
+
 # A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
 # cannot rot; the full run is `cargo bench -p berth-integration --bench pod_start`
 # (docs/benchmarks.md). Skipped when a test filter was given.
