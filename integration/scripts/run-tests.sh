@@ -18,6 +18,33 @@ step "installing dependencies"
 # shellcheck source=install-deps.sh
 source integration/scripts/install-deps.sh --all
 
+# The VM lane's guest image (Debian packages, debootstrap: mostly download and unpack) is
+# built in the background while the Rust build runs; cached, so usually instant.
+vm_image_pid="" vm_lane_pid=""
+# A failed step ends the script: stop what still runs in the background (vm-lane.sh's own
+# trap kills its QEMU and removes its files).
+stop_background() {
+  local p
+  for p in $vm_image_pid $vm_lane_pid; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop_background EXIT
+if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
+  vm_image_log=$(mktemp /tmp/berth-vm-image.XXXXXX.log)
+  integration/vm/build-image.sh > "$vm_image_log" 2>&1 &
+  vm_image_pid=$!
+fi
+wait_vm_image() {
+  [ -n "$vm_image_pid" ] || return 0
+  if ! wait "$vm_image_pid"; then
+    cat "$vm_image_log" >&2
+    echo "run-tests: building the VM lane's guest image failed" >&2
+    exit 1
+  fi
+  vm_image_pid=""
+  rm -f "$vm_image_log"
+}
+
 step "vendored CRI proto"
 integration/scripts/check-proto.sh
 
@@ -46,11 +73,16 @@ cargo nextest run --workspace --locked "${TEST_FEATURES[@]}" --profile "${NEXTES
 # The VM lane (integration/vm, docs/hosts.md): the CI host is cgroup v1 (hybrid) without
 # systemd as its init, so the cgroup v2 + systemd + AppArmor node is a Debian guest under QEMU
 # (TCG), booted once with the bins just built, running the CI subset of
-# integration/vm/tests (~10 minutes here). Skipped when a test filter was given, or
-# with BERTH_VM_LANE=0.
+# integration/vm/tests (~10 minutes here). The guest takes one core; it runs beside the
+# benchmark smoke run, the package check and the fuzz step below (which are not timed),
+# and its result is collected at the end. Skipped when a test filter was given, or with
+# BERTH_VM_LANE=0.
 if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
-  step "VM lane: cgroup v2 + systemd + AppArmor guest (CI subset)"
-  integration/vm/vm-lane.sh
+  wait_vm_image
+  step "VM lane: cgroup v2 + systemd + AppArmor guest (CI subset), in the background"
+  vm_lane_log=$(mktemp /tmp/berth-vm-lane.XXXXXX.log)
+  integration/vm/vm-lane.sh > "$vm_lane_log" 2>&1 &
+  vm_lane_pid=$!
 fi
 
 # A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
@@ -76,4 +108,17 @@ fi
 step "fuzz targets, briefly (BERTH_FUZZ_SECONDS per target; 0 skips)"
 if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
   integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"
+fi
+
+if [ -n "$vm_lane_pid" ]; then
+  step "VM lane: result"
+  rc=0
+  wait "$vm_lane_pid" || rc=$?
+  vm_lane_pid=""
+  cat "$vm_lane_log"
+  rm -f "$vm_lane_log"
+  if [ "$rc" -ne 0 ]; then
+    echo "run-tests: the VM lane failed ($rc)" >&2
+    exit 1
+  fi
 fi

@@ -1,4 +1,5 @@
 #!/bin/bash
+# vm-lane: full
 # kubelet v1.37.2 on a cgroup v2 node, as shipped (no failCgroupV1 override), with the
 # cgroupfs driver and berthd: a static pod with a 80 Mi memory limit and 50 m cpu
 # (the seed's 5 %) runs, and its container's cgroup — which kubelet places in its QoS
