@@ -2,8 +2,8 @@
 # AppArmor on a node that has it (the guest: Debian's kernel, AppArmor enabled). A
 # container asking for nothing runs under berth-default (enforce), its init and exec'd
 # processes alike, and the profile denies what it must: with CAP_SYS_ADMIN granted,
-# `mount -t tmpfs` is refused in the confined container (the kernel logs the DENIED
-# line for berth-default) and works in the same container asked Unconfined. Privileged
+# `mount -t tmpfs` is refused in the confined container and works in the same
+# container asked Unconfined. Privileged
 # containers are not confined. A Localhost profile that is not loaded fails the create
 # with FailedPrecondition naming it; once loaded it applies (its deny rule holds).
 # berth-default is loaded once per boot, however many containers and restarts.
@@ -35,16 +35,14 @@ if out=$(crictl exec "$def" sh -c 'mkdir -p /m && mount -t tmpfs t /m && echo mo
   fail "mount worked under berth-default: $out"
 fi
 grep -qi 'permission denied' <<<"$out" || fail "mount under berth-default failed otherwise: $out"
-# The kernel's audit record: in the journal (audit or kernel transport) or dmesg.
-denied() { { journalctl -b --no-pager; dmesg; } 2>/dev/null \
-  | grep 'apparmor="DENIED" operation="mount".*profile="berth-default"' >/dev/null; }
-wait_for 10 denied || fail "no DENIED mount record for berth-default in the journal or dmesg"
+# `deny` rules are silent (no audit record): the proof that AppArmor refused is the
+# same container config mounting once asked Unconfined.
 unc=$(run_ctr "$pod" unc "$BUSYBOX" "$sleeper" \
   "\"security_context\": { $sysadmin, \"apparmor\": { \"profile_type\": 1 } }")
 [ "$(label "$unc")" = unconfined ] || fail "Unconfined container label: '$(label "$unc")'"
 out=$(crictl exec "$unc" sh -c 'mkdir -p /m && mount -t tmpfs t /m && echo mounted' 2>&1) \
   || fail "mount in the Unconfined container: $out"
-say "mount with CAP_SYS_ADMIN: denied under berth-default (kernel logged it), works Unconfined"
+say "mount with CAP_SYS_ADMIN: denied under berth-default, works Unconfined"
 
 # Deprecated spelling, and privileged containers.
 dep=$(run_ctr "$pod" dep "$BUSYBOX" "$sleeper" '"security_context": { "apparmor_profile": "runtime/default" }')
