@@ -119,6 +119,7 @@ pub fn run(config: &Config) -> Vec<Finding> {
     findings.push(seccomp(
         &fs::read_to_string("/proc/self/status").unwrap_or_default(),
     ));
+    findings.push(apparmor(&crate::container::apparmor::Host::detect()));
     findings.push(cni(config));
     findings.push(helpers(std::env::current_exe().ok().as_deref()));
     findings.push(dir_writable("root_dir", &config.root_dir));
@@ -497,6 +498,32 @@ fn seccomp(proc_status: &str) -> Finding {
     }
 }
 
+fn apparmor(host: &crate::container::apparmor::Host) -> Finding {
+    use crate::container::apparmor::{DEFAULT_PROFILE, Host};
+    match host {
+        Host::Disabled(why) => Finding::ok(
+            "apparmor",
+            format!(
+                "not enabled ({why}): containers run without AppArmor; pods asking for a RuntimeDefault or Localhost AppArmor profile are refused (FailedPrecondition), as containerd does"
+            ),
+        ),
+        Host::Enabled { parser: Some(p) } => Finding::ok(
+            "apparmor",
+            format!(
+                "enabled: containers get {DEFAULT_PROFILE} by default, loaded with {}",
+                p.display()
+            ),
+        ),
+        Host::Enabled { parser: None } => Finding::warn(
+            "apparmor",
+            format!(
+                "enabled, but apparmor_parser is not installed: {DEFAULT_PROFILE} cannot be loaded, so containers wanting the default profile fail"
+            ),
+            "install the apparmor package (apt-get install apparmor)",
+        ),
+    }
+}
+
 fn cni(config: &Config) -> Finding {
     match crate::cni::check_ready(&config.cni, &[]) {
         Ok(net) if net.plugin_types.is_empty() => Finding::ok(
@@ -862,6 +889,22 @@ mod tests {
         let f = instance_lock(d.path());
         assert_eq!(f.level, Level::Warn);
         assert!(f.message.contains("pid 4242"), "{f}");
+    }
+
+    #[test]
+    fn apparmor_is_reported_for_each_host_state() {
+        use crate::container::apparmor::Host;
+        let off = apparmor(&Host::Disabled("the kernel has no AppArmor module".into()));
+        assert_eq!(off.level, Level::Ok);
+        assert!(off.message.contains("not enabled") && off.message.contains("refused"));
+        let on = apparmor(&Host::Enabled {
+            parser: Some("/usr/sbin/apparmor_parser".into()),
+        });
+        assert_eq!(on.level, Level::Ok);
+        assert!(on.message.contains("berth-default"), "{}", on.message);
+        let no_parser = apparmor(&Host::Enabled { parser: None });
+        assert_eq!(no_parser.level, Level::Warn);
+        assert!(no_parser.fix.contains("apparmor"));
     }
 
     #[test]

@@ -314,6 +314,8 @@ pub struct ContainerManager {
     layer_usage: crate::fsinfo::UsageCache,
     /// `cdi.spec_dirs`, replaced by a config reload (SIGHUP).
     cdi_spec_dirs: RwLock<Vec<PathBuf>>,
+    /// The host's AppArmor and the default profile's loading.
+    apparmor: Arc<super::apparmor::AppArmor>,
 }
 
 impl ContainerManager {
@@ -327,7 +329,13 @@ impl ContainerManager {
             containers: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             layer_usage: crate::fsinfo::UsageCache::default(),
+            apparmor: Arc::new(super::apparmor::AppArmor::detect()),
         }
+    }
+
+    /// The host's AppArmor, as detected at start.
+    pub fn apparmor(&self) -> &Arc<super::apparmor::AppArmor> {
+        &self.apparmor
     }
 
     /// Where CDI specs are looked up from now on (a config reload).
@@ -480,6 +488,26 @@ impl ContainerManager {
                 .await
                 .map_err(|e| Error::Internal(format!("resolving CDI devices: {e}")))??
         };
+        // The AppArmor label too: a profile that is not loaded (or a node without
+        // AppArmor) fails the request before anything exists.
+        let apparmor_profile = {
+            let sc = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.clone())
+                .unwrap_or_default();
+            #[allow(deprecated, reason = "older kubelets send only apparmor_profile")]
+            let req = super::apparmor::Request::parse(
+                "linux.security_context",
+                sc.apparmor.as_ref(),
+                &sc.apparmor_profile,
+            )?;
+            let apparmor = Arc::clone(&self.apparmor);
+            let what = format!("container {:?}", meta.name);
+            tokio::task::spawn_blocking(move || apparmor.resolve(&req, sc.privileged, &what))
+                .await
+                .map_err(|e| Error::Internal(format!("resolving the AppArmor profile: {e}")))??
+        };
         if pod_ctx.userns.is_some()
             && let Some((path, host)) = cdi.remapped_device_node()
         {
@@ -565,7 +593,15 @@ impl ContainerManager {
             working_dir: image.config.working_dir.clone(),
         };
         match self
-            .create_steps(&ctr, &image, &image_config, &pod_ctx, &volumes, &cdi)
+            .create_steps(
+                &ctr,
+                &image,
+                &image_config,
+                &pod_ctx,
+                &volumes,
+                &cdi,
+                apparmor_profile.as_deref(),
+            )
             .await
         {
             Ok(()) => {
@@ -586,6 +622,10 @@ impl ContainerManager {
         }
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is resolved before anything is created, then applied here"
+    )]
     async fn create_steps(
         self: &Arc<Self>,
         ctr: &Arc<Container>,
@@ -594,6 +634,7 @@ impl ContainerManager {
         pod_ctx: &PodContext,
         volumes: &[super::image_volume::Resolved],
         cdi: &super::cdi::Injection,
+        apparmor_profile: Option<&str>,
     ) -> Result<()> {
         let dir = self.dir(&ctr.id);
         // The container's dir is root's alone: below it are the rootfs (the image's
@@ -657,6 +698,9 @@ impl ContainerManager {
             cgroup_driver: self.config.cgroup_driver,
         })?;
         cdi.apply(&mut spec);
+        if let Some(profile) = apparmor_profile {
+            spec["process"]["apparmorProfile"] = json!(profile);
+        }
         if self.config.allow_degraded_device_filter {
             spec["annotations"][berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION] =
                 json!("true");

@@ -1,6 +1,7 @@
 //! Containers: CRI config → OCI spec, and (soon) their life cycle through
 //! berth-monitor and runtime-core.
 
+pub mod apparmor;
 pub mod cdi;
 pub mod checkpoint;
 pub mod handler;

@@ -61,6 +61,7 @@ impl RuntimeService for CriService {
         let config = req
             .config
             .ok_or_else(|| Error::InvalidArgument("config is required".into()))?;
+        self.check_sandbox_apparmor(&config).await?;
         let pod_sandbox_id = self.shared.pods.run(config, req.runtime_handler).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
@@ -672,6 +673,15 @@ impl RuntimeService for CriService {
                 }
             };
             info.insert("cni".to_owned(), cni_info.to_string());
+            info.insert(
+                "apparmor".to_owned(),
+                self.shared
+                    .containers
+                    .apparmor()
+                    .host()
+                    .describe()
+                    .to_string(),
+            );
         }
 
         // `features` runs each OCI runtime once (then cached): off the async threads.
@@ -744,6 +754,35 @@ impl RuntimeService for CriService {
             *current = cidrs;
         }
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+}
+
+impl CriService {
+    /// The sandbox's AppArmor profile is checked like a container's, so a pod asking
+    /// for one this node cannot give fails at RunPodSandbox with the reason. Berth's
+    /// infra process (shared-pid pods only) is its own pause binary and is not confined.
+    async fn check_sandbox_apparmor(
+        &self,
+        config: &berth_proto::v1::PodSandboxConfig,
+    ) -> Result<(), Error> {
+        let sc = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        if sc.apparmor.is_none() {
+            return Ok(());
+        }
+        let req = crate::container::apparmor::Request::parse(
+            "config.linux.security_context",
+            sc.apparmor.as_ref(),
+            "",
+        )?;
+        let apparmor = std::sync::Arc::clone(self.shared.containers.apparmor());
+        tokio::task::spawn_blocking(move || apparmor.resolve(&req, sc.privileged, "pod sandbox"))
+            .await
+            .map_err(|e| Error::Internal(format!("resolving the AppArmor profile: {e}")))??;
+        Ok(())
     }
 }
 
