@@ -768,3 +768,94 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
     ok(&ep, &["stopp", &pod_id]).await;
     ok(&ep, &["rmp", &pod_id]).await;
 }
+
+/// Host pids whose command line is exactly `sleep <arg>`.
+fn sleepers(arg: &str) -> Vec<i32> {
+    let want = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
+        .collect()
+}
+
+/// Kills the test's own `sleep <tag>` processes if the test fails before berthd did.
+struct KillSleepers(String);
+
+impl Drop for KillSleepers {
+    fn drop(&mut self) {
+        for pid in sleepers(&self.0) {
+            // SAFETY: kill(2) of a pid just read from /proc whose command line is this
+            // test's unique `sleep <tag>`; a stale pid gets ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A container in the host's PID namespace can leave processes behind when its init
+/// exits: they die with no namespace, only its cgroup holds them. StopContainer must end
+/// them too (as containerd's shim does), not leave them running until RemoveContainer.
+#[tokio::test]
+async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
+    let node = Node::start().await.expect("node");
+    let ep = node.daemon.endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = format!("{}", 40_000 + std::process::id() % 20_000);
+    let _guard = KillSleepers(tag.clone());
+    let pod = write(
+        dir.path(),
+        "pod.json",
+        &format!(
+            r#"{{"metadata":{{"name":"hostpid","namespace":"default","uid":"hostpid-uid","attempt":0}},
+                "log_directory":"{}",
+                "linux":{{"security_context":{{"namespace_options":{{"network":2,"pid":2}}}}}}}}"#,
+            dir.path().join("logs").display()
+        ),
+    );
+    let ctr = write(
+        dir.path(),
+        "ctr.json",
+        &format!(
+            r#"{{"metadata":{{"name":"bg"}},"image":{{"image":"{BUSYBOX}"}},
+                "command":["sh","-c","sleep {tag} & wait"],
+                "linux":{{"security_context":{{"namespace_options":{{"network":2,"pid":2}}}}}}}}"#
+        ),
+    );
+    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    ok(&ep, &["pull", BUSYBOX]).await;
+    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &id]).await;
+    let mut started = false;
+    for _ in 0..100 {
+        if !sleepers(&tag).is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started,
+        "the container's background `sleep {tag}` never started"
+    );
+
+    // The shell dies of SIGTERM at once; its background child does not.
+    ok(&ep, &["stop", "-t", "5", &id]).await;
+    let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
+    let left = sleepers(&tag);
+    assert!(
+        left.is_empty(),
+        "after StopContainer the container's child `sleep {tag}` still runs as {left:?} \
+         (exit {})",
+        v["status"]["exitCode"]
+    );
+    ok(&ep, &["rm", &id]).await;
+    ok(&ep, &["stopp", &pod_id]).await;
+    ok(&ep, &["rmp", &pod_id]).await;
+}

@@ -1,12 +1,10 @@
 #!/bin/bash
-# vm-lane: full
 # vm-lane: timeout 180
 # StopContainer ends every process of the container's cgroup, as containerd does for
 # a container without its own PID namespace: a host-PID container's background child
 # is not killed with the container's init, only cgroup.kill (v2) reaches it.
-# KNOWN TO FAIL (found by this lane, 2026-12-07): berthd's stop_locked signals only the
-# init and returns once it exited; the child lives on until RemoveContainer. Kept out
-# of the CI subset (`# vm-lane: full`) until berthd kills the cgroup's remainder.
+# Found by this lane (2026-12-07): berthd signalled only the init and returned once it
+# exited; the child lived on until RemoveContainer. Fixed: stop kills the cgroup's remainder.
 . /mnt/berth/vm/lib.sh
 # A host-PID container's background child is not in
 #    any PID namespace berthd would tear down, only in the container's cgroup.

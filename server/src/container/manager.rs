@@ -1085,6 +1085,7 @@ impl ContainerManager {
             self.kill(ctr, signal, false);
             let wait = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
             if Self::wait_exited(ctr, wait).await {
+                self.sweep_cgroup(ctr).await;
                 return Ok(());
             }
         }
@@ -1095,7 +1096,39 @@ impl ContainerManager {
                 ctr.id
             )));
         }
+        self.sweep_cgroup(ctr).await;
         Ok(())
+    }
+
+    /// A container without a PID namespace of its own (the host's, or its pod's shared
+    /// one) can outlive its init: its other processes are in no namespace that dies with
+    /// the init, only in its cgroup. Once the init has exited, kill what is left there
+    /// (as containerd's shim does for such containers) and wait, bounded, for it to go,
+    /// so a stopped container runs nothing. A container with its own PID namespace has
+    /// an empty cgroup by now and costs one read.
+    async fn sweep_cgroup(&self, ctr: &Container) {
+        const SWEEP_WAIT: Duration = Duration::from_secs(2);
+        let Some(rc) = self.runtime_container(&ctr.id) else {
+            return;
+        };
+        let Some(cg) = rc.cgroup().cloned() else {
+            return;
+        };
+        let left = |cg: &berth_runtime_core::cgroups::Cgroup| {
+            cg.procs().map(|p| !p.is_empty()).unwrap_or(false)
+        };
+        if !left(&cg) {
+            return;
+        }
+        tracing::info!(container = %ctr.id, "killing the processes its init left in its cgroup");
+        self.kill(ctr, libc::SIGKILL, true);
+        let deadline = tokio::time::Instant::now() + SWEEP_WAIT;
+        while left(&cg) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if left(&cg) {
+            tracing::warn!(container = %ctr.id, "processes left in its cgroup {SWEEP_WAIT:?} after SIGKILL");
+        }
     }
 
     /// `RemoveContainer`: kills it if needed and removes everything. Idempotent.
