@@ -20,18 +20,20 @@ source integration/scripts/install-deps.sh --all
 
 # The VM lane's guest image (Debian packages, debootstrap: mostly download and unpack) is
 # built in the background while the Rust build runs; cached, so usually instant.
-vm_image_pid="" vm_lane_pid=""
-# A failed step ends the script: stop what still runs in the background (vm-lane.sh's own
-# trap kills its QEMU and removes its files).
+vm_image_pid="" vm_lane_pid="" vm_image_log="" vm_lane_log=""
+# A failed step ends the script: stop what still runs in the background. Each job runs in
+# its own session (setsid), so the whole group is signalled — debootstrap, mkfs, QEMU —
+# not only the script at its head (vm-lane.sh's own trap then removes its files).
 stop_background() {
   local p
-  for p in $vm_image_pid $vm_lane_pid; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $vm_image_pid $vm_lane_pid; do kill -TERM -- "-$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -f "$vm_image_log" "$vm_lane_log"
 }
 trap stop_background EXIT
 if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   vm_image_log=$(mktemp /tmp/berth-vm-image.XXXXXX.log)
-  integration/vm/build-image.sh > "$vm_image_log" 2>&1 &
+  setsid integration/vm/build-image.sh > "$vm_image_log" 2>&1 < /dev/null &
   vm_image_pid=$!
 fi
 wait_vm_image() {
@@ -81,7 +83,7 @@ if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   wait_vm_image
   step "VM lane: cgroup v2 + systemd + AppArmor guest (CI subset), in the background"
   vm_lane_log=$(mktemp /tmp/berth-vm-lane.XXXXXX.log)
-  integration/vm/vm-lane.sh > "$vm_lane_log" 2>&1 &
+  setsid integration/vm/vm-lane.sh > "$vm_lane_log" 2>&1 < /dev/null &
   vm_lane_pid=$!
 fi
 

@@ -88,6 +88,9 @@ main() {
   key=$( { echo "$s $m"; cat "$0"; cat "$here"/guest/*; } | sha256sum | cut -c1-16)
   dir=$CACHE/$key
   mkdir -p "$CACHE"
+  # One build at a time: two checkouts (or CI runs) share the cache and its temp dirs.
+  exec 9>"$CACHE/.build-image.lock"
+  flock 9
   if [ ! -f "$dir/rootfs.img" ]; then
     local started=$SECONDS
     if [ ! -d "$base" ]; then
