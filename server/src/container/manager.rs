@@ -1466,9 +1466,15 @@ impl ContainerManager {
             // The unit first: systemd owns these limits and would reset cgroupfs writes
             // at its next reload. What it cannot express is written below, after it.
             let props = systemd::resource_properties(&resources)?;
-            systemd::client()
-                .set_properties(&systemd::scope_name(&ctr.id), &props)
-                .await?;
+            let unit = systemd::scope_name(&ctr.id);
+            match systemd::client().set_properties(&unit, &props).await {
+                // A container with no scope (made by an older berthd that wrote
+                // cgroupfs itself): its cgroup is not systemd's, so cgroupfs is right.
+                Err(e) if e.is_no_such_unit() => {
+                    tracing::info!(container = %ctr.id, %unit, "no scope unit: updating its cgroup directly");
+                }
+                r => r?,
+            }
         }
         let root = self.runtime_root();
         let cid = ctr.id.clone();

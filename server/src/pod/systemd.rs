@@ -360,7 +360,7 @@ pub enum SystemdError {
 
 impl SystemdError {
     /// Whether systemd said the unit does not exist (or is not loaded).
-    fn is_no_such_unit(&self) -> bool {
+    pub(crate) fn is_no_such_unit(&self) -> bool {
         matches!(self, Self::Call { source: zbus::Error::MethodError(name, _, _), .. }
             if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
                 || name.as_str() == "org.freedesktop.systemd1.UnitNotLoaded")
@@ -415,7 +415,12 @@ impl Systemd {
         let c = match &*conn {
             Some(c) => c.clone(),
             None => {
-                let c = zbus::Connection::system()
+                // Every call is bounded: a wedged bus or manager must not hold a
+                // container's operation lock (and this mutex) forever.
+                let c = zbus::connection::Builder::system()
+                    .map_err(SystemdError::Connect)?
+                    .method_timeout(JOB_TIMEOUT)
+                    .build()
                     .await
                     .map_err(SystemdError::Connect)?;
                 *conn = Some(c.clone());
