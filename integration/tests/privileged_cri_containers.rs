@@ -797,8 +797,9 @@ impl Drop for KillSleepers {
 }
 
 /// A container in the host's PID namespace can leave processes behind when its init
-/// exits: they die with no namespace, only its cgroup holds them. StopContainer must end
-/// them too (as containerd's shim does), not leave them running until RemoveContainer.
+/// exits: they die with no namespace, only its cgroup holds them. StopContainer, or the
+/// init's own exit, must end them too (as containerd's shim does), not leave them
+/// running until RemoveContainer.
 #[tokio::test]
 async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
     let node = Node::start().await.expect("node");
@@ -856,6 +857,39 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
         v["status"]["exitCode"]
     );
     ok(&ep, &["rm", &id]).await;
+
+    // An init that exits by itself leaves nothing running either (kubelet removes an
+    // exited container only at garbage collection).
+    let tag2 = format!("{}", 60_000 + std::process::id() % 20_000);
+    let _guard2 = KillSleepers(tag2.clone());
+    let ctr2 = write(
+        dir.path(),
+        "ctr2.json",
+        &format!(
+            r#"{{"metadata":{{"name":"bg2"}},"image":{{"image":"{BUSYBOX}"}},
+                "command":["sh","-c","sleep {tag2} & sleep 1; exit 0"],
+                "linux":{{"security_context":{{"namespace_options":{{"network":2,"pid":2}}}}}}}}"#
+        ),
+    );
+    let id2 = ok(&ep, &["create", &pod_id, &ctr2, &pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(&ep, &["start", &id2]).await;
+    wait_state(&ep, &id2, "CONTAINER_EXITED").await;
+    let mut left = sleepers(&tag2);
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = sleepers(&tag2);
+    }
+    assert!(
+        left.is_empty(),
+        "3 s after its init exited, the container's child `sleep {tag2}` still runs as {left:?}"
+    );
+    ok(&ep, &["rm", &id2]).await;
     ok(&ep, &["stopp", &pod_id]).await;
     ok(&ep, &["rmp", &pod_id]).await;
 }

@@ -873,6 +873,10 @@ impl ContainerManager {
                 Monitor::Recovered(v) => wait_pidfd_exit(v.fd).await,
             }
             me.record_exit(&ctr);
+            // An init that exits by itself can leave processes behind too (see
+            // sweep_cgroup); end them now, not at RemoveContainer, which kubelet may
+            // only call at garbage collection.
+            me.sweep_cgroup(&ctr).await;
         });
     }
 
