@@ -52,8 +52,8 @@ pub enum Request {
         /// How the client names the archive (for messages only).
         label: String,
     },
-    /// Pull an image from its registry (anonymously, or with the credentials the
-    /// registry's `hosts.toml` gives), as `ctr images pull`.
+    /// Pull an image from its registry, anonymously (only the headers the registry's
+    /// `hosts.toml` sets are sent), as `ctr images pull`.
     Pull {
         /// Tag or digest reference.
         reference: String,
