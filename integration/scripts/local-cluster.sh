@@ -3,8 +3,10 @@
 # Kubernetes' hack/local-up-cluster.sh: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kube-proxy (iptables mode), CoreDNS, a local image registry, berthd
 # and a kubelet registered as node "127.0.0.1". Everything listens on 127.0.0.1 (CoreDNS
-# on the pod bridge's gateway address, which only pods of this node reach); nothing
-# talks to any other address. Run as root, after `cargo build --workspace --bins` and
+# on the pod bridge's gateway address, which only pods of this node reach); nothing the
+# script starts talks to any other address. Pods themselves could: berthd's built-in
+# network masquerades pod traffic to the host's routes, as a node's pod network does —
+# don't run workloads here that reach out. Run as root, after `cargo build --workspace --bins` and
 # integration/scripts/build-kube.sh + build-kubelet.sh.
 #
 #   integration/scripts/local-cluster.sh up       # start (certificates made on first up)
