@@ -86,6 +86,9 @@ if ! setup_node >"$OUT/00-setup.log" 2>&1; then
 else
   echo "PASS setup $((SECONDS - t0))s" >> "$OUT/summary"
   log "node set up in $((SECONDS - t0))s"
+  # Each test starts from the node's own berthd config: a test that changes it restores
+  # it itself, but one killed by its time limit cannot, and the next would run on it.
+  cp /etc/berth/config.toml /run/berth-lane-config.toml
   for t in "$IN"/vm/tests/[0-9][0-9]-*.sh; do
     name=$(basename "$t" .sh)
     if [ -n "${LANE_FILTER:-}" ] && ! grep -Eq -- "$LANE_FILTER" <<<"$name"; then continue; fi
@@ -106,6 +109,11 @@ else
     fi
     echo "$r $name $((SECONDS - start))s" >> "$OUT/summary"
     log "$r $name in $((SECONDS - start))s"
+    if ! cmp -s /run/berth-lane-config.toml /etc/berth/config.toml; then
+      log "$name left berthd's config changed: restoring it"
+      cp /run/berth-lane-config.toml /etc/berth/config.toml
+      systemctl restart berthd || log "berthd did not restart on the node's config"
+    fi
   done
 fi
 kill "$follower" 2>/dev/null
