@@ -796,6 +796,31 @@ impl Drop for KillSleepers {
     }
 }
 
+/// Creates and starts busybox container `name` running `sh -c script` in the host's
+/// PID namespace, in pod `pod_id` (config file `pod`); its id.
+async fn start_host_pid(
+    ep: &str,
+    dir: &std::path::Path,
+    pod_id: &str,
+    pod: &str,
+    name: &str,
+    script: &str,
+) -> String {
+    let config = serde_json::json!({
+        "metadata": { "name": name },
+        "image": { "image": BUSYBOX },
+        "command": ["sh", "-c", script],
+        "linux": { "security_context": { "namespace_options": { "network": 2, "pid": 2 } } },
+    });
+    let ctr = write(dir, &format!("{name}.json"), &config.to_string());
+    let id = ok(ep, &["create", pod_id, &ctr, pod])
+        .await
+        .trim()
+        .to_owned();
+    ok(ep, &["start", &id]).await;
+    id
+}
+
 /// A container in the host's PID namespace can leave processes behind when its init
 /// exits: they die with no namespace, only its cgroup holds them. StopContainer, or the
 /// init's own exit, must end them too (as containerd's shim does), not leave them
@@ -817,22 +842,17 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
             dir.path().join("logs").display()
         ),
     );
-    let ctr = write(
-        dir.path(),
-        "ctr.json",
-        &format!(
-            r#"{{"metadata":{{"name":"bg"}},"image":{{"image":"{BUSYBOX}"}},
-                "command":["sh","-c","sleep {tag} & wait"],
-                "linux":{{"security_context":{{"namespace_options":{{"network":2,"pid":2}}}}}}}}"#
-        ),
-    );
     let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
     ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
-        .await
-        .trim()
-        .to_owned();
-    ok(&ep, &["start", &id]).await;
+    let id = start_host_pid(
+        &ep,
+        dir.path(),
+        &pod_id,
+        &pod,
+        "bg",
+        &format!("sleep {tag} & wait"),
+    )
+    .await;
     let mut started = false;
     for _ in 0..100 {
         if !sleepers(&tag).is_empty() {
@@ -862,20 +882,8 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
     // exited container only at garbage collection).
     let tag2 = format!("{}", 60_000 + std::process::id() % 20_000);
     let _guard2 = KillSleepers(tag2.clone());
-    let ctr2 = write(
-        dir.path(),
-        "ctr2.json",
-        &format!(
-            r#"{{"metadata":{{"name":"bg2"}},"image":{{"image":"{BUSYBOX}"}},
-                "command":["sh","-c","sleep {tag2} & sleep 1; exit 0"],
-                "linux":{{"security_context":{{"namespace_options":{{"network":2,"pid":2}}}}}}}}"#
-        ),
-    );
-    let id2 = ok(&ep, &["create", &pod_id, &ctr2, &pod])
-        .await
-        .trim()
-        .to_owned();
-    ok(&ep, &["start", &id2]).await;
+    let script2 = format!("sleep {tag2} & sleep 1; exit 0");
+    let id2 = start_host_pid(&ep, dir.path(), &pod_id, &pod, "bg2", &script2).await;
     wait_state(&ep, &id2, "CONTAINER_EXITED").await;
     let mut left = sleepers(&tag2);
     for _ in 0..30 {
