@@ -190,3 +190,30 @@ pub async fn remove_pod(client: &mut CriClient, pod_id: &str) {
         })
         .await;
 }
+
+/// `Status`: the `NetworkReady` condition, and with `verbose` the `cni` info as JSON
+/// (`Null` when not asked for or absent).
+pub async fn network_status(
+    client: &mut CriClient,
+    verbose: bool,
+) -> (cri::RuntimeCondition, serde_json::Value) {
+    let s = client
+        .runtime
+        .status(cri::StatusRequest { verbose })
+        .await
+        .expect("Status")
+        .into_inner();
+    let cni = s
+        .info
+        .get("cni")
+        .map(|v| serde_json::from_str(v).expect("cni info is JSON"))
+        .unwrap_or_default();
+    let cond = s
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    (cond, cni)
+}

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use berth_integration::{DaemonOptions, TestDaemon};
+use berth_integration::{DaemonOptions, TestDaemon, fixtures};
 use berth_proto::v1::{
     CgroupDriver, ImageFsInfoRequest, NetworkConfig, RuntimeConfig, RuntimeConfigRequest,
     StatusRequest, UpdateRuntimeConfigRequest, VersionRequest,
@@ -137,19 +137,7 @@ async fn network_not_ready_names_the_missing_plugin() {
     .await
     .expect("start");
     let mut c = d.client().await.expect("client");
-    let s = c
-        .runtime
-        .status(StatusRequest::default())
-        .await
-        .expect("Status")
-        .into_inner();
-    let network = s
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .expect("NetworkReady");
+    let (network, _) = fixtures::network_status(&mut c, false).await;
     assert!(!network.status);
     assert_eq!(network.reason, "NetworkPluginNotReady");
     assert!(
@@ -175,22 +163,8 @@ async fn native_builtin_network_is_ready_without_any_plugin() {
     .await
     .expect("start");
     let mut c = d.client().await.expect("client");
-    let s = c
-        .runtime
-        .status(StatusRequest { verbose: true })
-        .await
-        .expect("Status")
-        .into_inner();
-    let network = s
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .expect("NetworkReady");
+    let (network, cni) = fixtures::network_status(&mut c, true).await;
     assert!(network.status, "{network:?}");
-    let cni: serde_json::Value =
-        serde_json::from_str(s.info.get("cni").expect("verbose cni")).expect("json");
     assert_eq!(cni["source"], "built-in default (native)");
 }
 
@@ -659,25 +633,7 @@ async fn without_the_builtin_default_a_node_waits_for_its_cni_addon() {
     .await
     .expect("start");
     let mut c = d.client().await.expect("client");
-    let mut network = async || {
-        let s = c
-            .runtime
-            .status(StatusRequest { verbose: true })
-            .await
-            .expect("Status")
-            .into_inner();
-        let cond = s
-            .status
-            .expect("status")
-            .conditions
-            .into_iter()
-            .find(|c| c.r#type == "NetworkReady")
-            .expect("NetworkReady");
-        let cni: serde_json::Value =
-            serde_json::from_str(s.info.get("cni").expect("verbose cni")).expect("json");
-        (cond, cni)
-    };
-    let (before, _) = network().await;
+    let (before, _) = fixtures::network_status(&mut c, true).await;
     assert!(!before.status, "no add-on config yet: {before:?}");
     assert_eq!(before.reason, "NetworkPluginNotReady");
     assert!(
@@ -693,7 +649,7 @@ async fn without_the_builtin_default_a_node_waits_for_its_cni_addon() {
     )
     .expect("write conflist");
     std::fs::rename(&tmp, conf.path().join("10-addon.conflist")).expect("rename");
-    let (after, cni) = network().await;
+    let (after, cni) = fixtures::network_status(&mut c, true).await;
     assert!(
         after.status,
         "the add-on's config makes the node ready: {after:?}"

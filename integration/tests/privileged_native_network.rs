@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
 use berth_proto::v1::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, PortMapping,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 
 const BRIDGE: &str = "berthnat0";
@@ -249,19 +249,7 @@ async fn pods_get_addresses_reach_host_and_each_other_and_leave_nothing_behind()
 
     // Ready without any plugin run; the network is the native one.
     let mut c = d.client().await.expect("client");
-    let st = c
-        .runtime
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
-    let net = st
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .expect("NetworkReady");
+    let (net, _) = berth_integration::fixtures::network_status(&mut c, false).await;
     assert!(net.status, "network not ready: {}", net.message);
 
     let a = run(&d, pod_config("a")).await;
