@@ -315,11 +315,11 @@ pub async fn run_with_reload(
     reload: Option<crate::reload::Loader>,
 ) -> Result<(), StartError> {
     if matches!(config.cgroup_driver, crate::config::CgroupDriver::Systemd)
-        && !crate::pod::systemd::systemd_running()
+        && !crate::systemd::systemd_running()
     {
         tracing::warn!(
             "{}; every RunPodSandbox will fail",
-            crate::pod::systemd::needs_systemd_message()
+            crate::systemd::needs_systemd_message()
         );
     }
     prepare_dirs(&config)?;

@@ -172,7 +172,7 @@ pub async fn unmount_all(images: &ImageStore, id: &str, dir: &Path) -> bool {
             continue;
         };
         let target = entry.path();
-        if let Err(e) = crate::pod::namespaces::unmount(&target) {
+        if let Err(e) = crate::host::mounts::unmount(&target) {
             tracing::warn!(container = %id, path = %target.display(), error = %e, "unmounting image volume");
             clean = false;
             continue;
@@ -209,7 +209,7 @@ fn mount_readonly(lowers: &[PathBuf], target: &Path) -> std::io::Result<()> {
             );
             if let Err(e) = ro {
                 // Never leave a writable view of a shared snapshot behind.
-                let _ = crate::pod::namespaces::unmount(target);
+                let _ = crate::host::mounts::unmount(target);
                 return Err(e);
             }
             Ok(())

@@ -25,10 +25,11 @@ use tokio::io::AsyncBufReadExt;
 use super::handler::{self, Handler};
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use crate::config::{CgroupDriver, Config};
-use crate::cri::now_nanos;
 use crate::error::{Error, Result};
-use crate::pod::{Sandbox, systemd};
+use crate::host::clock::now_nanos;
+use crate::pod::Sandbox;
 use crate::store;
+use crate::systemd;
 
 /// How long the monitor may take to create a container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -311,7 +312,7 @@ pub struct ContainerManager {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     names: Mutex<HashMap<String, String>>,
     /// Writable-layer usage, seconds old (see `fsinfo::USAGE_MAX_AGE`).
-    layer_usage: crate::fsinfo::UsageCache,
+    layer_usage: crate::host::fsinfo::UsageCache,
     /// `cdi.spec_dirs`, replaced by a config reload (SIGHUP).
     cdi_spec_dirs: RwLock<Vec<PathBuf>>,
     /// The host's AppArmor and the default profile's loading.
@@ -328,7 +329,7 @@ impl ContainerManager {
             events: tokio::sync::broadcast::channel(1024).0,
             containers: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
-            layer_usage: crate::fsinfo::UsageCache::default(),
+            layer_usage: crate::host::fsinfo::UsageCache::default(),
             apparmor: Arc::new(super::apparmor::AppArmor::detect()),
         }
     }
@@ -757,8 +758,8 @@ impl ContainerManager {
             .map_err(|e| Error::io(format!("starting {}", monitor.display()), e))?;
         let monitor_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         // Our unreaped child: its pid cannot be reused before we wait for it.
-        let monitor_start = crate::procs::Pid::new(monitor_pid)
-            .and_then(crate::procs::start_time)
+        let monitor_start = crate::host::procs::Pid::new(monitor_pid)
+            .and_then(crate::host::procs::start_time)
             .unwrap_or(0);
         ctr.update(|s| {
             s.monitor_pid = monitor_pid;
@@ -1201,7 +1202,7 @@ impl ContainerManager {
             format!("runtime state of container {}", ctr.id),
         );
         let dir = self.dir(&ctr.id);
-        if let Err(e) = crate::pod::namespaces::unmount(&dir.join("rootfs")) {
+        if let Err(e) = crate::host::mounts::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %ctr.id, error = %e, "unmounting rootfs");
         }
         if let Err(e) = self.images.release(&ctr.id).await {
@@ -1380,8 +1381,8 @@ impl ContainerManager {
         let upper = self.dir(&ctr.id).join("upper");
         let layer = self.layer_usage.usage(&upper);
         let (layer, layer_at) = match layer {
-            Ok(m) => (m.usage, crate::fsinfo::nanos_since_epoch(m.at)),
-            Err(_) => (crate::fsinfo::Usage::default(), now),
+            Ok(m) => (m.usage, crate::host::fsinfo::nanos_since_epoch(m.at)),
+            Err(_) => (crate::host::fsinfo::Usage::default(), now),
         };
         let mountpoint = self
             .layer_usage
@@ -1550,7 +1551,7 @@ impl ContainerManager {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
                     tracing::warn!(container = %id, error = %e, "unreadable container record; removing it");
-                    let _ = crate::pod::namespaces::unmount(&dir.join("rootfs"));
+                    let _ = crate::host::mounts::unmount(&dir.join("rootfs"));
                     if !super::image_volume::unmount_all(&self.images, &id, &dir).await {
                         continue;
                     }
@@ -1867,7 +1868,7 @@ impl Drop for ExecGuard {
 /// SIGKILLs `pid` and all its descendants (children first listed via /proc).
 fn kill_tree(pid: i32) {
     // kill(2) reads 0 and -1 as "my process group" and "every process"; 1 is init.
-    if crate::procs::Pid::new(pid).is_none() {
+    if crate::host::procs::Pid::new(pid).is_none() {
         return;
     }
     let mut stack = vec![pid];
@@ -1928,7 +1929,7 @@ async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
     let bundle = bundle.display().to_string();
     // Only real monitors (procs::is_host_monitor): a container process that names
     // itself after this container's monitor is left alone.
-    let monitors = crate::procs::berth_monitors(|_, args| {
+    let monitors = crate::host::procs::berth_monitors(|_, args| {
         args.contains(&id.as_bytes()) && args.contains(&bundle.as_bytes())
     });
     let count = monitors.len();
@@ -1945,7 +1946,7 @@ async fn kill_monitors_of(id: &str, bundle: &Path) -> usize {
 /// a verified process held by a pidfd.
 enum Monitor {
     Child(tokio::process::Child),
-    Recovered(crate::procs::Verified),
+    Recovered(crate::host::procs::Verified),
 }
 
 /// How long recovery waits for a killed stray monitor to be gone.
@@ -1955,9 +1956,9 @@ const KILL_WAIT_MONITOR: Duration = Duration::from_secs(5);
 /// same start time (pids are reused, and a container can name its processes
 /// anything). Records from before start times were kept fall back to what a
 /// container cannot forge (procs::is_host_monitor) plus the id in its arguments.
-fn monitor_of(state: &CtrState, id: &str) -> Option<crate::procs::Verified> {
-    let pid = crate::procs::Pid::new(state.monitor_pid)?;
-    let monitor = crate::procs::verify(pid, state.monitor_start)?;
+fn monitor_of(state: &CtrState, id: &str) -> Option<crate::host::procs::Verified> {
+    let pid = crate::host::procs::Pid::new(state.monitor_pid)?;
+    let monitor = crate::host::procs::verify(pid, state.monitor_start)?;
     if state.monitor_start == 0 {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.raw())).ok()?;
         if !cmdline.split(|b| *b == 0).any(|a| a == id.as_bytes()) {

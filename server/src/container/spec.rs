@@ -177,15 +177,15 @@ pub struct PodUserNamespace {
     /// The pin file.
     pub path: PathBuf,
     /// uid mappings.
-    pub uids: Vec<crate::pod::namespaces::IdMapping>,
+    pub uids: Vec<crate::host::idmap::IdMapping>,
     /// gid mappings.
-    pub gids: Vec<crate::pod::namespaces::IdMapping>,
+    pub gids: Vec<crate::host::idmap::IdMapping>,
 }
 
 impl PodUserNamespace {
     /// The host uid and gid of the namespace's root.
     pub fn root_host_ids(&self) -> Result<(u32, u32)> {
-        let root = |maps: &[crate::pod::namespaces::IdMapping]| {
+        let root = |maps: &[crate::host::idmap::IdMapping]| {
             maps.iter()
                 .find(|m| m.container_id == 0 && m.length > 0)
                 .map(|m| m.host_id)
@@ -362,7 +362,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
         "rootfsPropagation": rootfs_propagation,
     });
     if let Some(u) = &input.pod.userns {
-        let oci = |maps: &[crate::pod::namespaces::IdMapping]| -> Vec<Value> {
+        let oci = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
             maps.iter()
                 .map(|m| json!({ "containerID": m.container_id, "hostID": m.host_id, "size": m.length }))
                 .collect()
@@ -1027,7 +1027,7 @@ fn idmap_mount(mount: &mut Value, m: &berth_proto::v1::Mount, pod: &PodUserNames
             )
             .collect()
     };
-    let pods = |maps: &[crate::pod::namespaces::IdMapping]| -> Vec<Value> {
+    let pods = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
         maps.iter()
             .map(
                 |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
@@ -1737,7 +1737,7 @@ mod tests {
                     .expect("resolves")
                     .display()
                     .to_string(),
-                crate::pod::systemd::container_cgroup_path(parent, id).expect("valid"),
+                crate::systemd::container_cgroup_path(parent, id).expect("valid"),
                 "{oci}"
             );
         }

@@ -12,9 +12,10 @@ use berth_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{CriService, now_nanos};
+use super::CriService;
 use crate::error::Error;
-use crate::fsinfo;
+use crate::host::clock::now_nanos;
+use crate::host::fsinfo;
 
 /// The CRI view of a stored image. `spec.image` is the id, as containerd reports it.
 /// `pinned` (an `image.pinned_images` entry names it) tells kubelet's image GC to

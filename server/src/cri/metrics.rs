@@ -19,8 +19,9 @@ use berth_proto::v1::{
 };
 use berth_runtime_core::cgroups::Version;
 
-use super::{Shared, now_nanos};
+use super::Shared;
 use crate::container::manager::{Container, Phase};
+use crate::host::clock::now_nanos;
 use crate::pod::Sandbox;
 
 /// Labels every metric carries, as kubelet's cadvisor endpoint names them: the
@@ -1111,7 +1112,7 @@ fn fs_samples(upper: &Path) -> Vec<Sample> {
     let device = device_name((libc::major(dev), libc::minor(dev)));
     let d = |name| labelled(name, vec![("device", device.clone())], 0);
     let mut out = Vec::new();
-    if let Ok(usage) = crate::fsinfo::usage(upper) {
+    if let Ok(usage) = crate::host::fsinfo::usage(upper) {
         out.push(Sample {
             value: usage.used_bytes,
             ..d("container_fs_usage_bytes")

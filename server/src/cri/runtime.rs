@@ -29,10 +29,11 @@ use berth_proto::v1::{
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME, now_nanos};
+use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME};
 use crate::cni;
 use crate::config::{CgroupDriver, Config};
 use crate::error::Error;
+use crate::host::clock::now_nanos;
 
 /// Condition type kubelet requires to be true before it syncs any pod.
 pub const RUNTIME_READY: &str = "RuntimeReady";
@@ -593,7 +594,7 @@ impl RuntimeService for CriService {
                 .map_err(|e| Error::Internal(format!("resources: {e}")))?;
         let systemd_driver = matches!(self.config().cgroup_driver, CgroupDriver::Systemd);
         let parent = if systemd_driver {
-            use crate::pod::systemd;
+            use crate::systemd;
             // The slice unit first (systemd owns its limits); the cgroup files for
             // what systemd cannot express, after it, at the slice's cgroup path.
             let props = systemd::resource_properties(&linux)?;

@@ -10,7 +10,8 @@ use berth_proto::v1::{
     PodSandboxAttributes, PodSandboxStats, ProcessUsage, UInt64Value,
 };
 
-use super::{Shared, now_nanos};
+use super::Shared;
+use crate::host::clock::now_nanos;
 use crate::pod::Sandbox;
 
 fn v(value: u64) -> Option<UInt64Value> {

@@ -9,7 +9,6 @@
 
 pub mod files;
 pub mod namespaces;
-pub mod systemd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +26,10 @@ use crate::cni::exec::{Attachment, CniRunner, result_ips};
 use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
-use crate::cri::now_nanos;
 use crate::error::{Error, Result};
+use crate::host::clock::now_nanos;
 use crate::store;
+use crate::systemd;
 use namespaces::{NamespaceError, NamespaceSet, PinnedNamespaces};
 
 /// The runtime handler berthd runs pods with when the request names none.
@@ -264,8 +264,8 @@ impl PodManager {
         let pidns = match (&state.pins.pid, state.infra_pid) {
             // The check reads /proc and opens a pidfd: at berthd's fd limit it fails
             // for that reason, which is the error to report, not a dead infra.
-            (_, Some(pid)) => match crate::procs::Pid::new(pid)
-                .map(|p| crate::procs::verify_checked(p, state.infra_start))
+            (_, Some(pid)) => match crate::host::procs::Pid::new(pid)
+                .map(|p| crate::host::procs::verify_checked(p, state.infra_start))
                 .transpose()
                 .map_err(|e| Error::io("checking the pod's infra process", e))?
                 .flatten()
@@ -783,7 +783,7 @@ impl PodManager {
             }
         }
         if let Some(shm) = &state.shm
-            && let Err(e) = namespaces::unmount(shm)
+            && let Err(e) = crate::host::mounts::unmount(shm)
         {
             tracing::warn!(pod = %sb.id, error = %e, "could not unmount /dev/shm");
         }
@@ -1109,7 +1109,7 @@ const INFRA_ID_ENV: &str = "BERTH_SANDBOX_ID";
 /// infra's arguments and environment is not one.
 fn kill_unrecorded_infra(id: &str) {
     let needle = format!("{INFRA_ID_ENV}={id}");
-    let infras = crate::procs::berth_monitors(|dir, args| {
+    let infras = crate::host::procs::berth_monitors(|dir, args| {
         args.get(1) == Some(&b"pause".as_slice())
             && std::fs::read(dir.join("environ"))
                 .unwrap_or_default()
@@ -1125,9 +1125,9 @@ fn kill_unrecorded_infra(id: &str) {
 /// The recorded infra process of a sandbox if it still runs: the same pid with the
 /// same start time (pids get reused; a container can name a process "pause").
 /// Records without a start time fall back to what a container cannot forge.
-fn infra_of(state: &SandboxState) -> Option<crate::procs::Verified> {
-    let pid = crate::procs::Pid::new(state.infra_pid?)?;
-    crate::procs::verify(pid, state.infra_start)
+fn infra_of(state: &SandboxState) -> Option<crate::host::procs::Verified> {
+    let pid = crate::host::procs::Pid::new(state.infra_pid?)?;
+    crate::host::procs::verify(pid, state.infra_start)
 }
 
 fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
@@ -1144,7 +1144,12 @@ fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
 /// Errors are InvalidArgument naming the offending field.
 pub fn pod_user_mappings(
     opts: &NamespaceOption,
-) -> Result<Option<(Vec<namespaces::IdMapping>, Vec<namespaces::IdMapping>)>> {
+) -> Result<
+    Option<(
+        Vec<crate::host::idmap::IdMapping>,
+        Vec<crate::host::idmap::IdMapping>,
+    )>,
+> {
     let Some(userns) = &opts.userns_options else {
         return Ok(None);
     };
@@ -1169,9 +1174,9 @@ pub fn pod_user_mappings(
             )));
         }
     }
-    let convert = |maps: &[berth_proto::v1::IdMapping]| -> Vec<namespaces::IdMapping> {
+    let convert = |maps: &[berth_proto::v1::IdMapping]| -> Vec<crate::host::idmap::IdMapping> {
         maps.iter()
-            .map(|m| namespaces::IdMapping {
+            .map(|m| crate::host::idmap::IdMapping {
                 container_id: m.container_id,
                 host_id: m.host_id,
                 length: m.length,

@@ -62,17 +62,8 @@ impl PinnedNamespaces {
     }
 }
 
-/// One line of a uid_map/gid_map: `length` ids from `container_id` inside map to
-/// `host_id` outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IdMapping {
-    /// First id inside the user namespace.
-    pub container_id: u32,
-    /// First id on the host.
-    pub host_id: u32,
-    /// Number of ids.
-    pub length: u32,
-}
+use crate::host::idmap::IdMapping;
+use crate::host::mounts::unmount;
 
 /// The user namespace a pod gets: its uid and gid mappings (validated by
 /// [`validate_mappings`]) and the program that holds it while it is pinned.
@@ -523,19 +514,6 @@ fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Detaches a mount; a path that is not mounted (or gone) is fine.
-pub fn unmount(path: &Path) -> io::Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path alive for the call.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
 /// Pins the pid namespace of the pod's infra process at `dir/pid`, so that containers
 /// join it by a path no other process can come to name: `/proc/<pid>/ns/pid` names
 /// whatever process has that pid *when it is opened*, and a pid freed by the infra's
@@ -571,7 +549,7 @@ pub fn pin_pid_namespace(
     .map_err(|e| io_err(step())(e.into()))?;
     let mut text = Vec::new();
     io::Read::read_to_end(&mut std::fs::File::from(stat), &mut text).map_err(io_err(step()))?;
-    let (ppid, start) = crate::procs::parse_parent_and_start(&text).ok_or_else(|| {
+    let (ppid, start) = crate::host::procs::parse_parent_and_start(&text).ok_or_else(|| {
         io_err(step())(io::Error::new(
             io::ErrorKind::InvalidData,
             "unparsable /proc/<pid>/stat",
@@ -707,10 +685,13 @@ mod tests {
         let stat =
             b"42 (a) 7 ) (b) S 17 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(
-            crate::procs::parse_parent_and_start(stat),
+            crate::host::procs::parse_parent_and_start(stat),
             Some((17, 98765))
         );
-        assert_eq!(crate::procs::parse_parent_and_start(b"42 (x) S"), None);
+        assert_eq!(
+            crate::host::procs::parse_parent_and_start(b"42 (x) S"),
+            None
+        );
     }
 
     #[test]
