@@ -82,14 +82,14 @@ dump() {
   for f in "$DIR"/logs/*.log; do
     [ -f "$f" ] || continue
     echo "=== tail $f" >&2
-    tail -n 25 "$f" >&2
+    tail -n 15 "$f" >&2
   done
 }
 
 leaks() { # what `up` made that must be gone after `down`; prints each leak
   local p h c
   for p in /proc/[0-9]*; do
-    c="$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" || continue
+    c="$(tr '\0' ' ' 2>/dev/null < "$p/cmdline")" || continue
     if [[ "$c" == *"$DIR"* || "$c" == *"$RUN"* ]]; then echo "process ${p#/proc/}: ${c:0:120}"; fi
   done
   findmnt -rn -o TARGET | grep -E "^($DIR|$RUN)(/|$)" | sed 's/^/mount /' || true
@@ -352,7 +352,8 @@ spec:
   - name: oom
     image: busybox
     resources: {limits: {memory: 32Mi}, requests: {memory: 32Mi}}
-    command: [sh, -c, 'echo allocating; dd if=/dev/zero of=/dev/null bs=128M count=1; echo survived']
+    # dd is the container's process: its 128 MiB buffer is filled from /dev/zero.
+    command: [dd, if=/dev/zero, of=/dev/null, bs=128M, count=1]
 EOF
   until_ok 60 "oom terminated" sh -c "$KBIN get pod oom -o 'jsonpath={.status.containerStatuses[0].state.terminated.reason}' | grep ."
   local reason code
@@ -360,7 +361,6 @@ EOF
   code="$(jp pod/oom '{.status.containerStatuses[0].state.terminated.exitCode}')"
   [ "$reason" = OOMKilled ] || fail "reason $reason (exit $code), not OOMKilled"
   [ "$code" = 137 ] || fail "exit code $code, not 137"
-  K logs oom | q survived && fail "the allocation was not killed"
   K delete pod oom --wait=false >/dev/null
 }
 
