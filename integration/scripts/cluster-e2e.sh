@@ -197,6 +197,10 @@ EOF
   [ "$(echo "$seen" | tr ' ' '\n' | sort -u | grep -c .)" -ge 2 ] ||
     fail "web.default.svc.cluster.local: not both replicas answered (saw:$seen)"
   http_from_client "$ip" | q '^web v1' || fail "ClusterIP $ip did not answer"
+  # busybox wget by the short name (search domains); bounded by timeout(1), not wget -T:
+  # Debian's busybox < 1.36.1-5 is built without -T support and -T writes through NULL
+  # (SIGSEGV, exit 139, on the host too): docs/cluster.md.
+  K exec client -- timeout 10 wget -q -O- http://web/ | q '^web v1' || fail "wget http://web/ from the client"
   K exec client -- nslookup web.default.svc.cluster.local | q "$ip" ||
     fail "nslookup web.default.svc.cluster.local did not give $ip"
 }
