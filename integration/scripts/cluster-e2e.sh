@@ -7,6 +7,7 @@
 #
 #   integration/scripts/cluster-e2e.sh            # everything, ~3-4 min here
 #   integration/scripts/cluster-e2e.sh --keep     # leave the cluster up at the end (debugging)
+#   integration/scripts/cluster-e2e.sh --replace  # first take down a cluster left by an earlier run (CI)
 #
 # Every wait is bounded. On failure: `kubectl get pods -A -o wide`, the events and the
 # tail of every component's log, then `down`. Exit code 0 only if every scenario passed
@@ -27,8 +28,14 @@ KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 NODE=127.0.0.1
 BRIDGE=berthc0
 CGROUP_ROOT=berth-cluster
-KEEP=0
-[ "${1:-}" = --keep ] && KEEP=1
+KEEP=0 REPLACE=0
+for arg in "$@"; do
+  case "$arg" in
+    --keep) KEEP=1 ;;
+    --replace) REPLACE=1 ;;
+    *) echo "usage: $0 [--keep] [--replace]" >&2; exit 2 ;;
+  esac
+done
 
 CURRENT="start"
 RESULTS=()
@@ -448,6 +455,10 @@ s_node() {
 
 [ "$(id -u)" = 0 ] || { echo "cluster-e2e: run as root" >&2; exit 1; }
 for t in script curl iptables-save; do command -v "$t" >/dev/null || { echo "cluster-e2e: $t missing" >&2; exit 1; }; done
+if [ -e "$DIR" ] && [ "$REPLACE" = 1 ]; then
+  log "--replace: taking down the cluster an earlier run left in $DIR"
+  "$CLUSTER" down
+fi
 if [ -e "$DIR" ]; then
   echo "cluster-e2e: $DIR exists (a cluster is up?): '$CLUSTER down' first" >&2
   exit 1

@@ -110,7 +110,7 @@ if [ -n "$kube_pid" ]; then
   kube_pid=""
   step "kubectl end to end on a local cluster, in the background"
   cluster_log=$(mktemp /tmp/berth-cluster-e2e.XXXXXX.log)
-  setsid integration/scripts/cluster-e2e.sh > "$cluster_log" 2>&1 < /dev/null &
+  setsid integration/scripts/cluster-e2e.sh --replace > "$cluster_log" 2>&1 < /dev/null &
   cluster_pid=$!
 fi
 
@@ -139,6 +139,18 @@ if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
   integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"
 fi
 
+# Collected before the VM lane's, so both results are printed; a failure ends the run after.
+cluster_failed=""
+if [ -n "$cluster_pid" ]; then
+  step "kubectl end to end: result"
+  rc=0
+  wait "$cluster_pid" || rc=$?
+  cluster_pid=""
+  cat "$cluster_log"
+  rm -f "$cluster_log"
+  [ "$rc" -eq 0 ] || cluster_failed=$rc
+fi
+
 if [ -n "$vm_lane_pid" ]; then
   step "VM lane: result"
   rc=0
@@ -152,15 +164,7 @@ if [ -n "$vm_lane_pid" ]; then
   fi
 fi
 
-if [ -n "$cluster_pid" ]; then
-  step "kubectl end to end: result"
-  rc=0
-  wait "$cluster_pid" || rc=$?
-  cluster_pid=""
-  cat "$cluster_log"
-  rm -f "$cluster_log"
-  if [ "$rc" -ne 0 ]; then
-    echo "run-tests: kubectl end to end failed ($rc)" >&2
-    exit 1
-  fi
+if [ -n "$cluster_failed" ]; then
+  echo "run-tests: kubectl end to end failed ($cluster_failed)" >&2
+  exit 1
 fi
