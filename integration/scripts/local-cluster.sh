@@ -12,6 +12,7 @@
 #   integration/scripts/local-cluster.sh up       # start (certificates made on first up)
 #   integration/scripts/local-cluster.sh status   # processes, node, pods
 #   integration/scripts/local-cluster.sh images   # only the registry and its images (up does this)
+#   integration/scripts/local-cluster.sh restart kubelet|berthd   # one node component
 #   integration/scripts/local-cluster.sh down     # stop and remove everything it made
 #   export KUBECONFIG=/var/lib/berth-cluster/pki/admin.kubeconfig; kubectl get nodes -o wide
 #
@@ -32,9 +33,10 @@ ETCD_VERSION="${ETCD_VERSION:-v3.7.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 
 NODE=127.0.0.1                 # node name = hostname override, as local-up-cluster.sh
-API_PORT=6443
-ETCD_PORT=2379
-ETCD_PEER_PORT=2380
+# Fixed loopback ports; override when another local control plane holds the defaults.
+API_PORT="${BERTH_CLUSTER_API_PORT:-6443}"
+ETCD_PORT="${BERTH_CLUSTER_ETCD_PORT:-2379}"
+ETCD_PEER_PORT="${BERTH_CLUSTER_ETCD_PEER_PORT:-2380}"
 REGISTRY_PORT=5055
 KUBELET_PORT=10350             # not 10250: privileged_kubelet.rs may run alongside
 KUBELET_HEALTHZ_PORT=10348
@@ -199,8 +201,12 @@ EOF
   start registry /usr/bin/docker-registry serve "$DIR/registry/config.yml"
   wait_for registry 20 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
   if [ ! -f "$DIR/registry/pushed" ]; then
-    log "pushing images (busybox, critest's, nginx, coredns) to the local registry"
-    "$BERTH_BIN/berth-cluster-images" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
+    local only=()
+    # BERTH_CLUSTER_IMAGES=busybox: only busybox and CoreDNS (seconds, not minutes).
+    [ "${BERTH_CLUSTER_IMAGES:-all}" = busybox ] && only=(--busybox-only)
+    if [ ${#only[@]} -gt 0 ]; then log "pushing busybox and coredns to the local registry"
+    else log "pushing images (busybox, critest's, nginx, httpd, coredns) to the local registry"; fi
+    "$BERTH_BIN/berth-cluster-images" "${only[@]}" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
     touch "$DIR/registry/pushed"
   fi
   for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
@@ -223,6 +229,7 @@ up() {
   scheduler="$(bin "kube-scheduler-$KUBE_VERSION")"; proxy="$(bin "kube-proxy-$KUBE_VERSION")"
   kubelet="$(bin "kubelet-$KUBE_VERSION")"; coredns="$(bin "coredns-$COREDNS_VERSION")"
   bin "kubectl-$KUBE_VERSION" >/dev/null
+  running kube-apiserver || ports_free
   mkdir -p "$DIR"/{logs,pids,etcd,registry,certs.d,cni/net.d,berth,kubelet,pod-logs}
   make_pki
 
@@ -262,67 +269,9 @@ up() {
     --authorization-kubeconfig="$DIR/pki/kube-scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --leader-elect=false
 
-  # berthd: its built-in (native) network on its own bridge, with the subnet kcm will
-  # give this node, so a pod started before kubelet passes the pod CIDR on is on the
-  # same network as every later one (docs/networking.md, "Kubernetes nodes").
-  cat > "$DIR/berth/config.toml" <<EOF
-root_dir = "$DIR/berth/root"
-state_dir = "$RUN"
-
-[grpc]
-socket = "$DIR/berth.sock"
-
-[cni]
-conf_dir = "$DIR/cni/net.d"
-builtin_default = true
-builtin_mode = "native"
-builtin_bridge = "$BRIDGE"
-builtin_subnet = "$NODE_CIDR"
-
-[registry]
-config_path = "$DIR/certs.d"
-
-[stream]
-address = "127.0.0.1"
-EOF
-  start berthd "$BERTH_BIN/berthd" --config "$DIR/berth/config.toml"
-  wait_for berthd 30 test -S "$DIR/berth.sock"
-
+  start_berthd
   make_cgroups
-  printf 'nameserver 127.0.0.1\n' > "$DIR/resolv.conf" # pods never see the host's resolver
-  cat > "$DIR/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: 127.0.0.1
-port: $KUBELET_PORT
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: $KUBELET_HEALTHZ_PORT
-tlsCertFile: $DIR/pki/kubelet-serving.crt
-tlsPrivateKeyFile: $DIR/pki/kubelet-serving.key
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $DIR/pki/ca.crt}
-authorization: {mode: Webhook}
-containerRuntimeEndpoint: unix://$DIR/berth.sock
-imageServiceEndpoint: unix://$DIR/berth.sock
-cgroupDriver: cgroupfs
-cgroupsPerQOS: true
-# kubelet >= 1.35 refuses cgroup v1 unless this is false; nothing changes on cgroup v2.
-failCgroupV1: false
-cgroupRoot: $CGROUP_ROOT
-enforceNodeAllocatable: []
-failSwapOn: false
-podLogsDir: $DIR/pod-logs
-resolvConf: $DIR/resolv.conf
-clusterDNS: [$POD_GATEWAY]
-clusterDomain: cluster.local
-serializeImagePulls: false
-evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.available: "2%"}
-EOF
-  start kubelet "$kubelet" --config="$DIR/kubelet.yaml" --kubeconfig="$DIR/pki/kubelet.kubeconfig" \
-    --root-dir="$DIR/kubelet" --hostname-override=$NODE --v=1
+  start_kubelet "$kubelet"
 
   cat > "$DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -361,6 +310,72 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:cored
 EOF
   start_coredns "$coredns"
   log "up: export KUBECONFIG=$DIR/pki/admin.kubeconfig; kubectl get nodes -o wide (kubectl is $TOOLS/kubectl)"
+}
+
+start_berthd() {
+  # berthd: its built-in (native) network on its own bridge, with the subnet kcm will
+  # give this node, so a pod started before kubelet passes the pod CIDR on is on the
+  # same network as every later one (docs/networking.md, "Kubernetes nodes").
+  cat > "$DIR/berth/config.toml" <<EOF
+root_dir = "$DIR/berth/root"
+state_dir = "$RUN"
+
+[grpc]
+socket = "$DIR/berth.sock"
+
+[cni]
+conf_dir = "$DIR/cni/net.d"
+builtin_default = true
+builtin_mode = "native"
+builtin_bridge = "$BRIDGE"
+builtin_subnet = "$NODE_CIDR"
+
+[registry]
+config_path = "$DIR/certs.d"
+
+[stream]
+address = "127.0.0.1"
+EOF
+  start berthd "$BERTH_BIN/berthd" --config "$DIR/berth/config.toml"
+  # Answering on the socket, not only the socket file: a restart finds the old one there.
+  wait_for berthd 30 "$(bin crictl)" --runtime-endpoint "unix://$DIR/berth.sock" --timeout 2s version
+}
+
+start_kubelet() { # kubelet binary
+  printf 'nameserver 127.0.0.1\n' > "$DIR/resolv.conf" # pods never see the host's resolver
+  cat > "$DIR/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $DIR/pki/kubelet-serving.crt
+tlsPrivateKeyFile: $DIR/pki/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $DIR/pki/ca.crt}
+authorization: {mode: Webhook}
+containerRuntimeEndpoint: unix://$DIR/berth.sock
+imageServiceEndpoint: unix://$DIR/berth.sock
+cgroupDriver: cgroupfs
+cgroupsPerQOS: true
+# kubelet >= 1.35 refuses cgroup v1 unless this is false; nothing changes on cgroup v2.
+failCgroupV1: false
+cgroupRoot: $CGROUP_ROOT
+enforceNodeAllocatable: []
+failSwapOn: false
+podLogsDir: $DIR/pod-logs
+resolvConf: $DIR/resolv.conf
+clusterDNS: [$POD_GATEWAY]
+clusterDomain: cluster.local
+serializeImagePulls: false
+evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.available: "2%"}
+EOF
+  start kubelet "$1" --config="$DIR/kubelet.yaml" --kubeconfig="$DIR/pki/kubelet.kubeconfig" \
+    --root-dir="$DIR/kubelet" --hostname-override=$NODE --v=1
 }
 
 node_ready() {
@@ -454,10 +469,39 @@ status() {
   fi
 }
 
+# Stops one node component and starts it again with the same configuration, as an
+# operator restarting a node's kubelet or runtime does; pods and containers keep running.
+restart() {
+  [ "$(id -u)" = 0 ] || die "run as root"
+  case "$1" in
+    kubelet)
+      stop kubelet
+      start_kubelet "$(bin "kubelet-$KUBE_VERSION")"
+      wait_for "kubelet healthz" 60 curl -sf "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+      ;;
+    berthd)
+      stop berthd
+      start_berthd
+      ;;
+    *) die "restart: kubelet or berthd" ;;
+  esac
+  log "restarted $1"
+}
+
+ports_free() { # every loopback port up listens on, before anything starts
+  local p
+  for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" 10249 10256 10257 10259; do
+    if [ -n "$(ss -Htln "sport = :$p")" ]; then
+      die "port $p is in use (another control plane? BERTH_CLUSTER_API_PORT/_ETCD_PORT/_ETCD_PEER_PORT move ours)"
+    fi
+  done
+}
+
 case "${1:-}" in
   up) up ;;
+  restart) restart "${2:-}" ;;
   images) [ "$(id -u)" = 0 ] || die "run as root"; up_registry "$(bin "coredns-$COREDNS_VERSION")" ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status|images" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|images|restart kubelet|restart berthd" >&2; exit 2 ;;
 esac

@@ -21,20 +21,31 @@ source integration/scripts/install-deps.sh --all
 # The VM lane's guest image (Debian packages, debootstrap: mostly download and unpack) is
 # built in the background while the Rust build runs; cached, so usually instant.
 vm_image_pid="" vm_lane_pid="" vm_image_log="" vm_lane_log=""
+kube_pid="" kube_log="" cluster_pid="" cluster_log=""
 # A failed step ends the script: stop what still runs in the background. Each job runs in
 # its own session (setsid), so the whole group is signalled — debootstrap, mkfs, QEMU —
 # not only the script at its head (vm-lane.sh's own trap then removes its files).
 stop_background() {
   local p
-  for p in $vm_image_pid $vm_lane_pid; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  for p in $vm_image_pid $vm_lane_pid $kube_pid $cluster_pid; do kill -TERM -- "-$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -f "$vm_image_log" "$vm_lane_log"
+  rm -f "$vm_image_log" "$vm_lane_log" "$kube_log" "$cluster_log"
 }
 trap stop_background EXIT
 if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   vm_image_log=$(mktemp /tmp/berth-vm-image.XXXXXX.log)
   setsid integration/vm/build-image.sh > "$vm_image_log" 2>&1 < /dev/null &
   vm_image_pid=$!
+fi
+# The local cluster's Kubernetes binaries (build-kube.sh: control plane, kubectl, etcd,
+# CoreDNS; kubelet comes with install-deps.sh) for the kubectl end-to-end step: cached in
+# /var/cache/berth/tools/bin, so usually instant; on a fresh machine ~15-20 CPU-minutes of
+# Go builds at nice 19, started now to overlap the Rust build and the tests.
+# Skipped when a test filter was given, or with BERTH_CLUSTER_E2E=0.
+if [ "$#" -eq 0 ] && [ "${BERTH_CLUSTER_E2E:-1}" != 0 ]; then
+  kube_log=$(mktemp /tmp/berth-kube-build.XXXXXX.log)
+  setsid integration/scripts/build-kube.sh > "$kube_log" 2>&1 < /dev/null &
+  kube_pid=$!
 fi
 wait_vm_image() {
   [ -n "$vm_image_pid" ] || return 0
@@ -87,6 +98,22 @@ if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   vm_lane_pid=$!
 fi
 
+# kubectl end to end on a local cluster on Berth (integration/scripts/cluster-e2e.sh,
+# docs/cluster.md): about 4 minutes, in the background beside the steps below; its
+# result is collected at the end. Run alone: integration/scripts/cluster-e2e.sh.
+if [ -n "$kube_pid" ]; then
+  if ! wait "$kube_pid"; then
+    cat "$kube_log" >&2
+    echo "run-tests: building the local cluster's Kubernetes binaries failed" >&2
+    exit 1
+  fi
+  kube_pid=""
+  step "kubectl end to end on a local cluster, in the background"
+  cluster_log=$(mktemp /tmp/berth-cluster-e2e.XXXXXX.log)
+  setsid integration/scripts/cluster-e2e.sh --replace > "$cluster_log" 2>&1 < /dev/null &
+  cluster_pid=$!
+fi
+
 # A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
 # cannot rot; the full run is `cargo bench -p berth-integration --bench pod_start`
 # (docs/benchmarks.md). Skipped when a test filter was given.
@@ -112,6 +139,18 @@ if [ "${BERTH_FUZZ_SECONDS:-20}" != 0 ]; then
   integration/scripts/fuzz.sh "${BERTH_FUZZ_SECONDS:-20}"
 fi
 
+# Collected before the VM lane's, so both results are printed; a failure ends the run after.
+cluster_failed=""
+if [ -n "$cluster_pid" ]; then
+  step "kubectl end to end: result"
+  rc=0
+  wait "$cluster_pid" || rc=$?
+  cluster_pid=""
+  cat "$cluster_log"
+  rm -f "$cluster_log"
+  [ "$rc" -eq 0 ] || cluster_failed=$rc
+fi
+
 if [ -n "$vm_lane_pid" ]; then
   step "VM lane: result"
   rc=0
@@ -123,4 +162,9 @@ if [ -n "$vm_lane_pid" ]; then
     echo "run-tests: the VM lane failed ($rc)" >&2
     exit 1
   fi
+fi
+
+if [ -n "$cluster_failed" ]; then
+  echo "run-tests: kubectl end to end failed ($cluster_failed)" >&2
+  exit 1
 fi

@@ -2,7 +2,11 @@
 //! runs into the local registry the script started, under their upstream paths, so
 //! berthd's mirror configuration serves `busybox`, critest's images and CoreDNS offline.
 //!
-//!   berth-cluster-images http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]
+//!   berth-cluster-images [--busybox-only] http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]
+//!
+//! `--busybox-only` pushes only `busybox` (and CoreDNS when named): the kubectl end-to-end
+//! test (integration/scripts/cluster-e2e.sh) runs nothing else, and building critest's,
+//! nginx's and httpd's images takes minutes with a debug build.
 
 use std::path::Path;
 
@@ -14,17 +18,26 @@ use berth_integration::forge::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let busybox_only = args.first().is_some_and(|a| a == "--busybox-only");
+    if busybox_only {
+        args.remove(0);
+    }
     let (url, coredns) = match args.as_slice() {
         [url] => (url, None),
         [url, bin, tag] => (url, Some((bin, tag))),
         _ => {
-            bail!("usage: berth-cluster-images http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]")
+            bail!(
+                "usage: berth-cluster-images [--busybox-only] http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]"
+            )
         }
     };
     let pusher = Pusher::new(url, None)?;
-    let mut images: Vec<Published> = critest_images()?;
-    images.extend(critest_server_images()?);
+    let mut images: Vec<Published> = Vec::new();
+    if !busybox_only {
+        images.extend(critest_images()?);
+        images.extend(critest_server_images()?);
+    }
     let busybox = ImageBuilder::busybox()?.build()?;
     for tag in ["latest", "1.36", "1.37"] {
         pusher
