@@ -212,14 +212,17 @@ http: {addr: "127.0.0.1:$REGISTRY_PORT"}
 EOF
   start registry /usr/bin/docker-registry serve "$DIR/registry/config.yml"
   wait_for registry 20 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
-  if [ ! -f "$DIR/registry/pushed" ]; then
+  # The marker names which set was pushed: busybox-only does not satisfy a later full `up`.
+  local want="${BERTH_CLUSTER_IMAGES:-all}"
+  [ "$want" = busybox ] || want=all
+  if [ ! -f "$DIR/registry/pushed-$want" ] && [ ! -f "$DIR/registry/pushed-all" ]; then
     local only=()
     # BERTH_CLUSTER_IMAGES=busybox: only busybox and CoreDNS (seconds, not minutes).
-    [ "${BERTH_CLUSTER_IMAGES:-all}" = busybox ] && only=(--busybox-only)
+    [ "$want" = busybox ] && only=(--busybox-only)
     if [ ${#only[@]} -gt 0 ]; then log "pushing busybox and coredns to the local registry"
     else log "pushing images (busybox, critest's, nginx, httpd, coredns) to the local registry"; fi
     "$BERTH_BIN/berth-cluster-images" "${only[@]}" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
-    touch "$DIR/registry/pushed"
+    touch "$DIR/registry/pushed-$want"
   fi
   for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
     mkdir -p "$DIR/certs.d/$h"
