@@ -165,13 +165,21 @@ stop() { # name : SIGTERM, then SIGKILL after 15 s; only the pid we recorded
   rm -f "$DIR/pids/$name.pid"
 }
 
-wait_for() { # what seconds command...
-  local what="$1" secs="$2" i; shift 2
-  for i in $(seq $((secs * 5))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
+wait_for() { # what seconds command... : bounded by wall time, not by a count of tries
+  local what="$1" secs="$2" end c; shift 2
+  end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || die "$what not up after ${secs}s; see $DIR/logs/"
     sleep 0.2
   done
-  die "$what not up after ${secs}s; see $DIR/logs/"
+  # When `what` is one of ours, the answer must have come from the process we started,
+  # not from someone else's server on the same port.
+  for c in "${COMPONENTS[@]}"; do
+    if [ "$c" = "$what" ] && ! running "$c"; then
+      die "$what answered, but the process we started is gone (another server on its port?); see $DIR/logs/$what.log"
+    fi
+  done
+  return 0
 }
 
 https_ok() { curl -sfk --max-time 2 "$@"; }
