@@ -68,8 +68,11 @@ GO
     local pkgs=() b
     for b in $KUBE_BINS; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
     CGO_ENABLED=0 "${GO[@]}" build -trimpath -ldflags "$ld" -o out/ "${pkgs[@]}"
+    # A plain mv from /tmp to another file system is a copy: killed half-way, it would
+    # leave a truncated binary that cached() accepts. Copy next to the target, rename.
     for b in $KUBE_BINS; do
-      mv "out/$b" "$TOOLS/bin/$b-$KUBE_VERSION"
+      cp "out/$b" "$TOOLS/bin/$b-$KUBE_VERSION.tmp"
+      mv "$TOOLS/bin/$b-$KUBE_VERSION.tmp" "$TOOLS/bin/$b-$KUBE_VERSION"
       ln -sfn "$b-$KUBE_VERSION" "$TOOLS/bin/$b"
     done
   )

@@ -7,7 +7,9 @@
 #
 #   integration/scripts/cluster-e2e.sh            # everything, ~3-4 min here
 #   integration/scripts/cluster-e2e.sh --keep     # leave the cluster up at the end (debugging)
-#   integration/scripts/cluster-e2e.sh --replace  # first take down a cluster left by an earlier run (CI)
+#   integration/scripts/cluster-e2e.sh --replace  # first take down a cluster a killed run left
+#                                                 # in $BERTH_CLUSTER_DIR (CI: its own dir);
+#                                                 # refuses while any of its processes lives
 #
 # Every wait is bounded. On failure: `kubectl get pods -A -o wide`, the events and the
 # tail of every component's log, then `down`. Exit code 0 only if every scenario passed
@@ -46,7 +48,7 @@ T0=$SECONDS
 log() { echo "cluster-e2e: $*"; }
 fail() { echo "cluster-e2e: FAIL [$CURRENT]: $*" >&2; exit 1; }
 
-K() { timeout 90 "$TOOLS/kubectl-$KUBE_VERSION" --kubeconfig "$DIR/pki/admin.kubeconfig" "$@"; }
+K() { timeout 150 "$TOOLS/kubectl-$KUBE_VERSION" --kubeconfig "$DIR/pki/admin.kubeconfig" "$@"; }
 KBIN="$TOOLS/kubectl-$KUBE_VERSION --kubeconfig $DIR/pki/admin.kubeconfig"
 
 # until SECONDS WHAT COMMAND... : polls every 0.5 s
@@ -76,9 +78,9 @@ restarts_at_least() { [ "$(jp "pod/$1" '{.status.containerStatuses[0].restartCou
 logs_have() { K logs "$1" | q -- "$2"; }
 serves() { http_from_client web | q "^web $1"; }
 one_rs_with_pods() { [ "$(K get rs -l app=web -o 'jsonpath={range .items[*]}{.status.replicas}{" "}{end}' | tr ' ' '\n' | grep -c '^[1-9]')" = 1 ]; }
-no_ready_web() { [ -z "$(jp deployment/web '{.status.readyReplicas}')" ]; }
+no_ready_web() { local out; out="$(jp deployment/web '{.status.readyReplicas}')" || return 1; [ -z "$out" ]; }
 node_ready() { [ "$(jp "node/$NODE" '{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
-no_pods() { [ -z "$(K get pods "$@" -o name)" ]; }
+no_pods() { local out; out="$(K get pods "$@" -o name)" || return 1; [ -z "$out" ]; }
 
 # ------------------------------------------------------------------ teardown
 
@@ -106,6 +108,7 @@ leaks() { # what `up` made that must be gone after `down`; prints each leak
     [ -d "$h$CGROUP_ROOT" ] && echo "cgroup $h$CGROUP_ROOT"
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
+  iptables-save -t filter | grep -F -- "berth-cluster no egress" | sed 's/^/iptables filter /' || true
   iptables-save -t nat | grep -E -- "-N KUBE-(SERVICES|NODEPORTS|SVC-|SEP-|EXT-|PROXY-CANARY)|berth native network $BRIDGE" | sed 's/^/iptables nat /' || true
   iptables-save -t filter | grep -E -- "-N KUBE-(SERVICES|NODEPORTS|EXTERNAL-SERVICES|PROXY-FIREWALL|FORWARD|PROXY-CANARY)" | sed 's/^/iptables filter /' || true
   [ ! -e "$DIR" ] || echo "directory $DIR"
@@ -149,6 +152,8 @@ only_from() { # pod count: count requests through the Service, every one answere
 http_from_client() { # target -> the response to GET / through the client pod
   K exec client -- sh -c "printf 'GET / HTTP/1.0\r\nHost: web\r\n\r\n' | nc -w 5 $1 80"
 }
+
+refused_from_client() { ! http_from_client "$1" > "$TMP/refused" 2>&1 && q "Connection refused" < "$TMP/refused"; }
 
 web_pods() { K get pods -l app=web --field-selector=status.phase=Running -o 'jsonpath={.items[*].metadata.name}'; }
 
@@ -203,6 +208,9 @@ EOF
   K wait --for=condition=Ready pod/client --timeout=60s >/dev/null || fail "client not Ready"
   local ip seen="" i out
   ip="$(jp service/web '{.spec.clusterIP}')"
+  # CoreDNS answers with the ClusterIP as soon as the Service exists; kube-proxy programs
+  # it a moment later. Until then a request would be forwarded like any other address.
+  until_ok 30 "kube-proxy's rules for default/web" svc_programmed
   # Both replicas answer through the Service's DNS name (CoreDNS -> ClusterIP -> kube-proxy).
   for i in $(seq 30); do
     out="$(http_from_client web.default.svc.cluster.local)" || true
@@ -217,25 +225,61 @@ EOF
   # Debian's busybox < 1.36.1-5 is built without -T support and -T writes through NULL
   # (SIGSEGV, exit 139, on the host too): docs/cluster.md.
   K exec client -- timeout 10 wget -q -O- http://web/ | q '^web v1' || fail "wget http://web/ from the client"
-  K exec client -- nslookup web.default.svc.cluster.local | q "$ip" ||
+  K exec client -- nslookup web.default.svc.cluster.local | awk -v ip="$ip" '$1 == "Address:" && $2 == ip' | q . ||
     fail "nslookup web.default.svc.cluster.local did not give $ip"
 }
+
+# kube-proxy has a KUBE-SVC chain for default/web, reached from KUBE-SERVICES.
+svc_programmed() { iptables-save -t nat | q -E -- '^-A KUBE-SERVICES .*"default/web(:[^ ]*)? cluster IP".* -j KUBE-SVC-'; }
+
+EGRESS_RULE=(-s 10.244.0.0/24 ! -d 10.244.0.0/24 -m comment --comment "berth-cluster no egress" -j REJECT)
+
+# Nothing from a pod leaves the machine: a connection to an address that is neither a pod
+# nor a Service is refused at once by up's FORWARD rule. 10.0.0.200 is inside this
+# cluster's own Service range and has no Service, so even without the rule nothing of
+# ours would be answered there, and it is only tried once the rule is in place.
+s_no_egress() {
+  iptables -C FORWARD "${EGRESS_RULE[@]}" 2>/dev/null || fail "up did not insert the no-egress FORWARD rule"
+  local ips
+  ips="$(K get services -A -o jsonpath='{range .items[*]}{.spec.clusterIP}{"\n"}{end}')" || fail "listing Services"
+  ! echo "$ips" | q -xF 10.0.0.200 || fail "10.0.0.200 is a Service's ClusterIP here; pick another unused address"
+  local out rc=0 t=$SECONDS
+  out="$(K exec client -- sh -c 'printf x | nc -w 5 10.0.0.200 80' 2>&1)" || rc=$?
+  [ "$rc" -ne 0 ] || fail "10.0.0.200:80 answered from a pod: $out"
+  echo "$out" | q "Connection refused" || fail "10.0.0.200:80 from a pod: not refused: $out"
+  [ $((SECONDS - t)) -lt 5 ] || fail "10.0.0.200:80 refused only after $((SECONDS - t))s"
+}
+
+web_endpoint_ready() { # ip -> "true"/"false" in web's EndpointSlices
+  K get endpointslices -l kubernetes.io/service-name=web \
+    -o 'jsonpath={range .items[*].endpoints[*]}{.addresses[0]} {.conditions.ready}{"\n"}{end}' |
+    awk -v ip="$1" '$1 == ip {print $2}'
+}
+endpoint_not_ready() { [ "$(web_endpoint_ready "$1")" = false ]; }
+# kube-proxy no longer DNATs default/web to ip.
+not_in_rules() { ! iptables-save -t nat | grep -F '"default/web' | q -F -- " --to-destination $1:80"; }
 
 s_probes() {
   local a b
   read -r a b <<<"$(web_pods)"
   [ -n "$b" ] || fail "two web pods expected"
   # Readiness: without /ready, pod a leaves the Service; the Service answers only from b.
+  local aip
+  aip="$(jp "pod/$a" '{.status.podIP}')"
+  [ -n "$aip" ] || fail "$a has no IP"
   K exec "$a" -- rm /www/ready
   until_ok 30 "$a not Ready after its readiness probe failed" ready_is "$a" False
-  # kube-proxy follows the EndpointSlice a moment later: within 30 s, six requests in a
-  # row must all come from b.
-  until_ok 30 "unready $a still served through the Service" only_from "$b" 6
+  until_ok 30 "$a's address not ready in web's EndpointSlice" endpoint_not_ready "$aip"
+  until_ok 30 "kube-proxy still sends default/web to unready $a ($aip)" not_in_rules "$aip"
+  # From then on, every request is b's.
+  only_from "$b" 20 || fail "unready $a served through the Service"
   K exec "$a" -- sh -c 'echo ok > /www/ready'
   until_ok 30 "$a Ready again" K wait --for=condition=Ready "pod/$a" --timeout=2s
   # Liveness: without /healthz, kubelet restarts b's container.
+  local base
+  base="$(jp "pod/$b" '{.status.containerStatuses[0].restartCount}')"
   K exec "$b" -- rm /www/healthz
-  until_ok 60 "$b restarted by its liveness probe" restarts_at_least "$b" 1
+  until_ok 60 "$b restarted by its liveness probe" restarts_at_least "$b" $((base + 1))
   until_ok 30 "$b Ready after its restart" K wait --for=condition=Ready "pod/$b" --timeout=2s
 }
 
@@ -266,14 +310,14 @@ EOF
   # -f follows: lines written after it started arrive, and it keeps running.
   local before after rc=0
   before="$(K logs ticker | tail -n1 | awk '{print $2}')"
-  timeout 6 $KBIN logs -f --tail=1 ticker > "$TMP/follow" || rc=$?
+  timeout 15 $KBIN logs -f --tail=1 ticker > "$TMP/follow" || rc=$?
   [ "$rc" = 124 ] || fail "kubectl logs -f ended by itself ($rc)"
   after="$(tail -n1 "$TMP/follow" | awk '{print $2}')"
   [ "$(wc -l < "$TMP/follow")" -ge 5 ] && [ "${after:-0}" -gt "$((before + 4))" ] ||
     fail "logs -f did not follow (last before: $before, followed: $(wc -l < "$TMP/follow") lines up to ${after:-none})"
   # --previous: the crashed first run's output, and why it ended.
   until_ok 90 "crashonce restarted and Ready" sh -c \
-    "[ \"\$($KBIN get pod crashonce -o 'jsonpath={.status.containerStatuses[0].restartCount}/{.status.containerStatuses[0].ready}')\" = 1/true ]"
+    "[ \"\$(timeout 10 $KBIN get pod crashonce -o 'jsonpath={.status.containerStatuses[0].restartCount}/{.status.containerStatuses[0].ready}')\" = 1/true ]"
   [ "$(K logs crashonce --previous)" = "first run" ] || fail "logs --previous: $(K logs crashonce --previous)"
   [ "$(K logs crashonce)" = "second run" ] || fail "logs: $(K logs crashonce)"
   [ "$(jp pod/crashonce '{.status.containerStatuses[0].lastState.terminated.exitCode}')" = 3 ] ||
@@ -307,11 +351,26 @@ EOF
   K wait --for=condition=Ready pod/reader --timeout=60s >/dev/null || fail "reader not Ready"
   until_ok 20 "reader started" logs_have reader reading
   # attach -i: our line reaches the container's stdin; its answer comes back through attach.
-  (sleep 2; echo hello-attach; sleep 30) | $KBIN attach -i reader > "$TMP/attach" 2>&1 &
+  # attach's stdin is a FIFO this shell holds open (no feeder process to leak).
+  mkfifo "$TMP/attach.in"
+  $KBIN attach -i reader < "$TMP/attach.in" > "$TMP/attach" 2>&1 &
   BG+=($!)
+  exec 7> "$TMP/attach.in"
+  sleep 2
+  echo hello-attach >&7
   until_ok 30 "the attached line reached the container" logs_have reader "got hello-attach"
-  until_ok 10 "attach's output stream" grep -q "got hello-attach" "$TMP/attach"
-  kill "${BG[-1]}" 2>/dev/null || true
+  until_ok 15 "attach's output stream" grep -q "got hello-attach" "$TMP/attach"
+  exec 7>&-
+  stop_bg
+}
+
+# Stops the last background job: killed, reaped, forgotten (finish must not signal a pid
+# that may have been reused since).
+stop_bg() {
+  local p="${BG[-1]}"
+  kill "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset 'BG[-1]'
 }
 
 s_port_forward() {
@@ -321,7 +380,7 @@ s_port_forward() {
   $KBIN port-forward deployment/web "$port:80" > "$TMP/pf" 2>&1 &
   BG+=($!)
   until_ok 30 "port-forward 127.0.0.1:$port -> web:80" sh -c "curl -sf --max-time 2 http://127.0.0.1:$port/ | grep '^web v1'"
-  kill "${BG[-1]}" 2>/dev/null || true
+  stop_bg
 }
 
 s_cp() {
@@ -352,7 +411,9 @@ s_rolling_update() {
 s_scale() {
   K scale deployment/web --replicas=0 >/dev/null
   until_ok 60 "web scaled to 0" no_pods -l app=web
-  ! http_from_client web >/dev/null 2>&1 || fail "the Service answered with no replicas"
+  # kube-proxy REJECTs a Service without endpoints: refused, not merely failed (a broken
+  # exec or DNS would fail too).
+  until_ok 20 "the Service with no replicas refused (kube-proxy's REJECT)" refused_from_client web
   K scale deployment/web --replicas=2 >/dev/null
   K rollout status deployment/web --timeout=90s >/dev/null || fail "web not back at 2"
   until_ok 20 "the Service answers again" serves v2
@@ -372,7 +433,7 @@ spec:
     # dd is the container's process: its 128 MiB buffer is filled from /dev/zero.
     command: [dd, if=/dev/zero, of=/dev/null, bs=128M, count=1]
 EOF
-  until_ok 60 "oom terminated" sh -c "$KBIN get pod oom -o 'jsonpath={.status.containerStatuses[0].state.terminated.reason}' | grep ."
+  until_ok 60 "oom terminated" sh -c "timeout 10 $KBIN get pod oom -o 'jsonpath={.status.containerStatuses[0].state.terminated.reason}' | grep ."
   local reason code
   reason="$(jp pod/oom '{.status.containerStatuses[0].state.terminated.reason}')"
   code="$(jp pod/oom '{.status.containerStatuses[0].state.terminated.exitCode}')"
@@ -401,23 +462,53 @@ EOF
   K delete job count --wait=false >/dev/null
 }
 
-# name uid containerID restartCount, of every pod that runs: must not change across a restart.
+# name uid containerID restartCount, of every pod that runs, as the API shows it; and
+# every running container's id, creation time and state as the runtime itself reports
+# them: must not change across a restart.
 pod_snapshot() {
   K get pods --field-selector=status.phase=Running -o \
     'jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{range .status.containerStatuses[*]} {.containerID} {.restartCount}{end}{"\n"}{end}' | sort
+  timeout 30 "$TOOLS/crictl" --runtime-endpoint "unix://$DIR/berth.sock" --timeout 20s ps -o json 2> "$TMP/crictl.err" |
+    grep -oE '"(id|createdAt|state)": *"[^"]*"' | paste -d' ' - - - | sed 's/^/runtime /' | sort
 }
 
-all_ready() { ! K get pods --field-selector=status.phase=Running -o 'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | q -v True; }
+# The node's Ready condition was heartbeated after epoch second $1: kubelet posts the node's
+# status when it starts, once it has synced with the runtime (later only every 5 min).
+heartbeat_after() {
+  local hb
+  hb="$(jp "node/$NODE" '{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')" || return 1
+  [ -n "$hb" ] && [ "$(date -d "$hb" +%s)" -gt "$1" ]
+}
+# kubelet renewed its node Lease after epoch second $1 (every 10 s): it has been running
+# since then, relisting the runtime every second.
+lease_after() {
+  local r
+  r="$(K get lease -n kube-node-lease "$NODE" -o 'jsonpath={.spec.renewTime}')" || return 1
+  [ -n "$r" ] && [ "$(date -d "$r" +%s)" -gt "$1" ]
+}
+
+all_ready() {
+  local out
+  out="$(K get pods --field-selector=status.phase=Running -o 'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')" || return 1
+  ! echo "$out" | q -v True
+}
 
 restart_component() { # kubelet|berthd
   local before after
   until_ok 30 "every pod Ready before the restart" all_ready
   before="$(pod_snapshot)"
-  [ "$(echo "$before" | wc -l)" -ge 5 ] || fail "expected >= 5 running pods, have: $before"
+  [ "$(echo "$before" | grep -vc '^runtime ')" -ge 5 ] || fail "expected >= 5 running pods, have: $before"
+  [ "$(echo "$before" | grep -c '^runtime ')" -ge 5 ] || fail "expected >= 5 running containers, have: $before"
+  local t0
+  t0="$(date +%s)"
   "$CLUSTER" restart "$1" >/dev/null
+  local t1
+  t1="$(date +%s)"
   until_ok 60 "node Ready after restarting $1" node_ready
-  # Give kubelet a few sync loops (PLEG relists every second) to act on what it found.
-  sleep 8
+  # kubelet has synced with the runtime again: a restarted kubelet posts the node's status
+  # once it has; after berthd's restart, kubelet renews its Lease at least once more.
+  [ "$1" != kubelet ] || until_ok 60 "a node heartbeat after restarting kubelet" heartbeat_after "$t0"
+  until_ok 30 "a node Lease renewal after restarting $1" lease_after "$t1"
   until_ok 30 "every pod Ready after restarting $1" all_ready
   after="$(pod_snapshot)"
   [ "$before" = "$after" ] || fail "pods changed across the $1 restart:
@@ -428,15 +519,17 @@ $after"
   # The node still works: exec, logs and the Service.
   [ "$(K exec client -- echo alive)" = alive ] || fail "exec after restarting $1"
   K logs --tail=1 ticker | q tick || fail "logs after restarting $1"
-  serves v2 || fail "the Service after restarting $1"
+  # A restarted kubelet reports readiness anew (unknown, then ready at the first probe):
+  # the EndpointSlice and kube-proxy follow a moment later, so the Service gets a bound.
+  until_ok 30 "the Service after restarting $1" serves v2
 }
 
 s_restart_kubelet() { restart_component kubelet; }
 s_restart_berthd() { restart_component berthd; }
 
 s_drain() {
-  K drain "$NODE" --ignore-daemonsets --delete-emptydir-data --force --grace-period=2 --timeout=90s >/dev/null 2>&1 ||
-    fail "drain"
+  K drain "$NODE" --ignore-daemonsets --delete-emptydir-data --force --grace-period=2 --timeout=90s > "$TMP/drain" 2>&1 ||
+    fail "drain: $(tail -n 5 "$TMP/drain")"
   [ "$(jp "node/$NODE" '{.spec.unschedulable}')" = true ] || fail "node not cordoned"
   until_ok 60 "every pod gone from the drained node" no_pods --field-selector=status.phase=Running
   until_ok 30 "web without ready replicas on a drained node" no_ready_web
@@ -455,8 +548,27 @@ s_node() {
 
 [ "$(id -u)" = 0 ] || { echo "cluster-e2e: run as root" >&2; exit 1; }
 for t in script curl iptables-save; do command -v "$t" >/dev/null || { echo "cluster-e2e: $t missing" >&2; exit 1; }; done
+alive_in_dir() { # pids recorded in $DIR/pids whose process still names $DIR
+  local f p
+  for f in "$DIR"/pids/*.pid; do
+    [ -f "$f" ] || continue
+    p="$(cat "$f")"
+    [ -n "$p" ] && [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' < "/proc/$p/cmdline" | q -F -- "$DIR" && echo "$p"
+  done
+  return 0
+}
 if [ -e "$DIR" ] && [ "$REPLACE" = 1 ]; then
-  log "--replace: taking down the cluster an earlier run left in $DIR"
+  # Only a dead cluster: one whose processes still run is someone's (or a run still going).
+  alive="$(alive_in_dir)"
+  if [ -n "$alive" ]; then
+    echo "cluster-e2e: --replace: the cluster in $DIR still runs (pids $(echo $alive)); not touching it" >&2
+    exit 1
+  fi
+  if [ -n "$(ss -Htln "sport = :${BERTH_CLUSTER_API_PORT:-6443}")" ]; then
+    echo "cluster-e2e: --replace: another cluster holds the API port; not taking anything down" >&2
+    exit 1
+  fi
+  log "--replace: taking down the dead cluster an earlier run left in $DIR"
   "$CLUSTER" down
 fi
 if [ -e "$DIR" ]; then
@@ -475,6 +587,7 @@ until_ok 60 "service account default/default" K get serviceaccount default
 
 scenario "node runtime is berth://"                    s_node
 scenario "Deployment+probes+Service by DNS and IP"     s_service
+scenario "pods cannot reach outside (REJECTed)"       s_no_egress
 scenario "readiness and liveness probes act"           s_probes
 scenario "logs, logs -f, logs --previous"              s_logs
 scenario "exec -it through a pty, exec -i"             s_exec_tty

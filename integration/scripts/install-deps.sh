@@ -34,6 +34,8 @@ TEST_PACKAGES=(
   docker-registry               # the local registry tests pull from
   busybox-static                # test rootfs and images
   containerd                    # the image-pull benchmark compares against it
+  curl                          # local-cluster.sh and cluster-e2e.sh (health checks, port-forward)
+  bc                            # cluster-scale.sh (times)
   nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
   criu                          # CheckpointContainer's `criu check` probe (privileged_checkpoint)

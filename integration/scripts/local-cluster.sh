@@ -4,10 +4,12 @@
 # kube-scheduler, kube-proxy (iptables mode), CoreDNS, a local image registry, berthd
 # and a kubelet registered as node "127.0.0.1". Everything listens on 127.0.0.1 (CoreDNS
 # on the pod bridge's gateway address, which only pods of this node reach); nothing the
-# script starts talks to any other address. Pods themselves could: berthd's built-in
-# network masquerades pod traffic to the host's routes, as a node's pod network does —
-# don't run workloads here that reach out. Run as root, after `cargo build --workspace --bins` and
-# integration/scripts/build-kube.sh + build-kubelet.sh.
+# script starts talks to any other address, and neither may pods: berthd's built-in network
+# masquerades pod traffic to the host's routes (as a node's pod network does), so `up`
+# first inserts a FORWARD rule that REJECTs everything from the pod network that is not
+# for the pod network ("berth-cluster no egress"; a Service's traffic is already DNAT'd
+# to a pod's address when it is forwarded), and `down` removes it. Run as root, after
+# `cargo build --workspace --bins` and integration/scripts/build-kube.sh + build-kubelet.sh.
 #
 #   integration/scripts/local-cluster.sh up       # start (certificates made on first up)
 #   integration/scripts/local-cluster.sh status   # processes, node, pods
@@ -19,7 +21,10 @@
 # State lives in $BERTH_CLUSTER_DIR (default /var/lib/berth-cluster): certificates,
 # kubeconfigs, logs (logs/<component>.log), pid files, etcd's data, berthd's root and
 # state, kubelet's root. `down` removes all of it, the cgroup tree /berth-cluster, the
-# pod bridge berthc0 and its masquerade rule, and kube-proxy's iptables chains.
+# pod bridge berthc0 and its masquerade rule, the no-egress rule, and the KUBE-* iptables
+# chains that did not exist before `up` (kube-proxy's; `up` refuses to start when another
+# kube-proxy's KUBE-SERVICES chain or nft table is there). `down` fails (after removing
+# everything) when a mount or netns pin of berthd's was left after every pod was removed.
 set -euo pipefail
 
 DIR="${BERTH_CLUSTER_DIR:-/var/lib/berth-cluster}"
@@ -27,7 +32,9 @@ DIR="${BERTH_CLUSTER_DIR:-/var/lib/berth-cluster}"
 RUN="${BERTH_CLUSTER_RUN:-/run/berthc}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLS="${BERTH_TOOLS_DIR:-/var/cache/berth/tools}/bin"
-BERTH_BIN="${BERTH_BIN_DIR:-$REPO/target/debug}"
+# The bins cargo built last: CARGO_TARGET_DIR if set (relative to the current directory,
+# as cargo reads it), else the repository's target/.
+BERTH_BIN="${BERTH_BIN_DIR:-$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")/debug}"
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.7.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
@@ -47,6 +54,11 @@ SERVICE_CIDR=10.0.0.0/24
 SERVICE_IP=10.0.0.1
 BRIDGE=berthc0
 CGROUP_ROOT=/berth-cluster
+# Pods reach only the pod network (and, through kube-proxy's DNAT, Services): never out.
+EGRESS_RULE=(-s "$NODE_CIDR" ! -d "$NODE_CIDR" -m comment --comment "berth-cluster no egress" -j REJECT)
+# Chains kubelet itself makes (any kubelet on the host, privileged_kubelet.rs's too):
+# never deleted by `down`, as kube-proxy --cleanup never did.
+KUBELET_CHAINS='^(KUBE-FIREWALL|KUBE-KUBELET-CANARY|KUBE-IPTABLES-HINT)$'
 COMPONENTS=(registry etcd kube-apiserver kube-controller-manager kube-scheduler berthd kubelet kube-proxy coredns)
 
 log() { echo "local-cluster: $*"; }
@@ -153,13 +165,21 @@ stop() { # name : SIGTERM, then SIGKILL after 15 s; only the pid we recorded
   rm -f "$DIR/pids/$name.pid"
 }
 
-wait_for() { # what seconds command...
-  local what="$1" secs="$2" i; shift 2
-  for i in $(seq $((secs * 5))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
+wait_for() { # what seconds command... : bounded by wall time, not by a count of tries
+  local what="$1" secs="$2" end c; shift 2
+  end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || die "$what not up after ${secs}s; see $DIR/logs/"
     sleep 0.2
   done
-  die "$what not up after ${secs}s; see $DIR/logs/"
+  # When `what` is one of ours, the answer must have come from the process we started,
+  # not from someone else's server on the same port.
+  for c in "${COMPONENTS[@]}"; do
+    if [ "$c" = "$what" ] && ! running "$c"; then
+      die "$what answered, but the process we started is gone (another server on its port?); see $DIR/logs/$what.log"
+    fi
+  done
+  return 0
 }
 
 https_ok() { curl -sfk --max-time 2 "$@"; }
@@ -200,14 +220,17 @@ http: {addr: "127.0.0.1:$REGISTRY_PORT"}
 EOF
   start registry /usr/bin/docker-registry serve "$DIR/registry/config.yml"
   wait_for registry 20 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
-  if [ ! -f "$DIR/registry/pushed" ]; then
+  # The marker names which set was pushed: busybox-only does not satisfy a later full `up`.
+  local want="${BERTH_CLUSTER_IMAGES:-all}"
+  [ "$want" = busybox ] || want=all
+  if [ ! -f "$DIR/registry/pushed-$want" ] && [ ! -f "$DIR/registry/pushed-all" ]; then
     local only=()
     # BERTH_CLUSTER_IMAGES=busybox: only busybox and CoreDNS (seconds, not minutes).
-    [ "${BERTH_CLUSTER_IMAGES:-all}" = busybox ] && only=(--busybox-only)
+    [ "$want" = busybox ] && only=(--busybox-only)
     if [ ${#only[@]} -gt 0 ]; then log "pushing busybox and coredns to the local registry"
     else log "pushing images (busybox, critest's, nginx, httpd, coredns) to the local registry"; fi
     "$BERTH_BIN/berth-cluster-images" "${only[@]}" "http://127.0.0.1:$REGISTRY_PORT" "$coredns" "$COREDNS_VERSION"
-    touch "$DIR/registry/pushed"
+    touch "$DIR/registry/pushed-$want"
   fi
   for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
     mkdir -p "$DIR/certs.d/$h"
@@ -231,6 +254,9 @@ up() {
   bin "kubectl-$KUBE_VERSION" >/dev/null
   running kube-apiserver || ports_free
   mkdir -p "$DIR"/{logs,pids,etcd,registry,certs.d,cni/net.d,berth,kubelet,pod-logs}
+  snapshot_chains
+  # Before any pod exists: nothing from the pod network leaves the machine.
+  iptables -C FORWARD "${EGRESS_RULE[@]}" 2>/dev/null || iptables -I FORWARD 1 "${EGRESS_RULE[@]}"
   make_pki
 
   up_registry "$coredns"
@@ -416,6 +442,7 @@ down() {
   stop coredns
   stop kubelet
   # Every pod goes through berthd's own teardown (containers, mounts, netns, veths, IPs).
+  local leaked=""
   if running berthd && [ -x "$TOOLS/crictl" ]; then
     local crictl=("$TOOLS/crictl" --runtime-endpoint "unix://$DIR/berth.sock" --timeout 30s)
     local p
@@ -423,13 +450,18 @@ down() {
       "${crictl[@]}" stopp "$p" >/dev/null 2>&1 || true
       "${crictl[@]}" rmp -f "$p" >/dev/null 2>&1 || true
     done
+    # Every pod is gone through berthd's own teardown: whatever berthd still has mounted
+    # (rootfs, volumes, a netns pin) is a leak, before the lazy unmount below hides it.
+    # Only its shared pin directory ($RUN/ns, bind-mounted on itself) stays.
+    leaked="$(mounts_below "$RUN" "$DIR/berth" | grep -vxF "$RUN/ns" || true)"
+    if [ -n "$leaked" ]; then
+      echo "local-cluster: LEAK: still mounted after every pod was removed:" >&2
+      echo "$leaked" | sed 's/^/  /' >&2
+    fi
   fi
   stop berthd
   stop kube-proxy
-  if [ -x "$TOOLS/kube-proxy-$KUBE_VERSION" ]; then
-    # Removes the KUBE-* chains and rules kube-proxy made (iptables mode).
-    "$TOOLS/kube-proxy-$KUBE_VERSION" --cleanup >/dev/null 2>&1 || true
-  fi
+  remove_new_chains
   stop kube-scheduler
   stop kube-controller-manager
   stop kube-apiserver
@@ -440,22 +472,87 @@ down() {
   while iptables -t nat -C POSTROUTING "${rule[@]}" 2>/dev/null; do
     iptables -t nat -D POSTROUTING "${rule[@]}"
   done
+  while iptables -C FORWARD "${EGRESS_RULE[@]}" 2>/dev/null; do
+    iptables -D FORWARD "${EGRESS_RULE[@]}"
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   # Mounts below the cluster dir (kubelet's volumes, berthd's rootfs and netns pins),
   # deepest first, before anything is removed.
   local m
   local d
   for d in "$DIR" "$RUN"; do
-    for m in $(findmnt -rn -o TARGET | grep -F "$d/" | sort -r); do
+    for m in $(mounts_below "$d" | sort -r); do
       umount -l "$m" 2>/dev/null || true
     done
-    if findmnt -rn -o TARGET | grep -qF "$d/"; then
+    if [ -n "$(mounts_below "$d")" ]; then
       die "mounts remain below $d; not removing it"
     fi
   done
   remove_cgroups
-  rm -rf "$DIR" "$RUN"
-  log "down: removed $DIR, $RUN, $BRIDGE, cgroup $CGROUP_ROOT, kube-proxy's rules"
+  rm -rf --one-file-system "$DIR" "$RUN"
+  log "down: removed $DIR, $RUN, $BRIDGE, cgroup $CGROUP_ROOT, the no-egress rule, kube-proxy's rules"
+  [ -z "$leaked" ] || die "berthd left mounts after every pod was removed (listed above)"
+}
+
+mounts_below() { # dir... : mount points strictly below any of them
+  local d
+  for d in "$@"; do
+    findmnt -rn -o TARGET | awk -v p="$d/" 'index($0, p) == 1'
+  done
+}
+
+# ---------------------------------------------------------------- iptables chains
+
+# The KUBE-* chains of every table, both families, before anything starts: `down` deletes
+# only the ones that appeared after (kube-proxy's), not another cluster's on this host.
+# The first `up` refuses when another kube-proxy is already programming this host.
+snapshot_chains() {
+  [ -f "$DIR/chains-before" ] && return 0 # up again on a running cluster: keep the first
+  if iptables-save -t nat 2>/dev/null | grep -q '^:KUBE-SERVICES ' ||
+     iptables-save -t filter 2>/dev/null | grep -q '^:KUBE-SERVICES '; then
+    die "a KUBE-SERVICES chain exists: another kube-proxy runs on this host; not starting a second"
+  fi
+  if command -v nft >/dev/null && nft list tables 2>/dev/null | grep -q 'kube-proxy'; then
+    die "a kube-proxy nftables table exists: another kube-proxy runs on this host"
+  fi
+  list_chains > "$DIR/chains-before.tmp"
+  mv "$DIR/chains-before.tmp" "$DIR/chains-before"
+}
+
+list_chains() { # "family table chain" of every KUBE-* chain
+  local fam t
+  for fam in iptables ip6tables; do
+    command -v "$fam-save" >/dev/null || continue
+    for t in nat filter mangle; do
+      "$fam-save" -t "$t" 2>/dev/null | sed -n "s/^:\(KUBE-[^ ]*\) .*/$fam $t \1/p"
+    done
+  done
+}
+
+remove_new_chains() { # what kube-proxy --cleanup did, for our chains only
+  [ -f "$DIR/chains-before" ] || return 0
+  local fam t new script
+  for fam in iptables ip6tables; do
+    command -v "$fam-save" >/dev/null || continue
+    for t in nat filter mangle; do
+      new="$(list_chains | awk -v f="$fam" -v t="$t" '$1 == f && $2 == t {print $3}' |
+        grep -vxF -f <(awk -v f="$fam" -v t="$t" '$1 == f && $2 == t {print $3}' "$DIR/chains-before") |
+        grep -vE "$KUBELET_CHAINS" || true)"
+      [ -n "$new" ] || continue
+      # One iptables-restore --noflush per table: the rules of other chains that jump
+      # to ours, then our chains flushed, then deleted.
+      script="$(
+        echo "*$t"
+        "$fam-save" -t "$t" | awk -v new="$new" '
+          BEGIN { n = split(new, a, "\n"); for (i = 1; i <= n; i++) ours[a[i]] = 1 }
+          /^-A / { for (i = 1; i < NF; i++) if ($i == "-j" && ($(i + 1) in ours) && !($2 in ours)) { sub(/^-A /, "-D "); print; break } }'
+        for c in $new; do echo "-F $c"; done
+        for c in $new; do echo "-X $c"; done
+        echo COMMIT
+      )"
+      echo "$script" | "$fam-restore" --noflush || log "removing $fam $t chains failed"
+    done
+  done
 }
 
 status() {
@@ -490,7 +587,12 @@ restart() {
 
 ports_free() { # every loopback port up listens on, before anything starts
   local p
-  for p in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" 10249 10256 10257 10259; do
+  local ports=("$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" 10249 10256 10257 10259)
+  # The registry's and CoreDNS's too (a wait_for could succeed against someone else's
+  # server), unless it is ours (`images` started the registry).
+  running registry || ports+=("$REGISTRY_PORT")
+  running coredns || ports+=(18080 18181)
+  for p in "${ports[@]}"; do
     if [ -n "$(ss -Htln "sport = :$p")" ]; then
       die "port $p is in use (another control plane? BERTH_CLUSTER_API_PORT/_ETCD_PORT/_ETCD_PEER_PORT move ours)"
     fi

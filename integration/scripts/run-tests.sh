@@ -21,15 +21,22 @@ source integration/scripts/install-deps.sh --all
 # The VM lane's guest image (Debian packages, debootstrap: mostly download and unpack) is
 # built in the background while the Rust build runs; cached, so usually instant.
 vm_image_pid="" vm_lane_pid="" vm_image_log="" vm_lane_log=""
-kube_pid="" kube_log="" cluster_pid="" cluster_log=""
+cluster_pid="" cluster_log="" cluster_go=""
 # A failed step ends the script: stop what still runs in the background. Each job runs in
 # its own session (setsid), so the whole group is signalled — debootstrap, mkfs, QEMU —
-# not only the script at its head (vm-lane.sh's own trap then removes its files).
+# not only the script at its head (vm-lane.sh's own trap then removes its files). What a
+# stopped job had written is printed (its tail) before its log is removed.
 stop_background() {
-  local p
-  for p in $vm_image_pid $vm_lane_pid $kube_pid $cluster_pid; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  local p f
+  for p in $vm_image_pid $vm_lane_pid $cluster_pid; do kill -TERM -- "-$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -f "$vm_image_log" "$vm_lane_log" "$kube_log" "$cluster_log"
+  for f in "$vm_image_log" "$vm_lane_log" "$cluster_log"; do
+    [ -s "$f" ] || continue
+    printf '\n=== last lines of %s\n' "$f" >&2
+    tail -n 30 "$f" >&2
+  done
+  rm -f "$vm_image_log" "$vm_lane_log" "$cluster_log"
+  [ -z "$cluster_go" ] || rm -rf "$cluster_go"
 }
 trap stop_background EXIT
 if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
@@ -37,15 +44,25 @@ if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   setsid integration/vm/build-image.sh > "$vm_image_log" 2>&1 < /dev/null &
   vm_image_pid=$!
 fi
-# The local cluster's Kubernetes binaries (build-kube.sh: control plane, kubectl, etcd,
-# CoreDNS; kubelet comes with install-deps.sh) for the kubectl end-to-end step: cached in
-# /var/cache/berth/tools/bin, so usually instant; on a fresh machine ~15-20 CPU-minutes of
-# Go builds at nice 19, started now to overlap the Rust build and the tests.
-# Skipped when a test filter was given, or with BERTH_CLUSTER_E2E=0.
+# kubectl end to end on a local cluster on Berth (integration/scripts/cluster-e2e.sh,
+# docs/cluster.md), one background job started now: first the cluster's Kubernetes
+# binaries (build-kube.sh: control plane, kubectl, etcd, CoreDNS; kubelet comes with
+# install-deps.sh; cached in /var/cache/berth/tools/bin, so usually instant, on a fresh
+# machine ~15-20 CPU-minutes of Go builds at nice 19), then it waits for the go-ahead
+# file (made once the bins are built and the tests ran), then the end to end (~4 min).
+# Nothing waits for it before the end, so a fresh machine's Go builds overlap everything.
+# CI's cluster lives in its own directories: --replace there never touches a cluster
+# someone started by hand in the default ones. Skipped when a test filter was given, or
+# with BERTH_CLUSTER_E2E=0.
 if [ "$#" -eq 0 ] && [ "${BERTH_CLUSTER_E2E:-1}" != 0 ]; then
-  kube_log=$(mktemp /tmp/berth-kube-build.XXXXXX.log)
-  setsid integration/scripts/build-kube.sh > "$kube_log" 2>&1 < /dev/null &
-  kube_pid=$!
+  cluster_log=$(mktemp /tmp/berth-cluster-e2e.XXXXXX.log)
+  cluster_go=$(mktemp -d /tmp/berth-cluster-go.XXXXXX)
+  BERTH_CLUSTER_DIR=/var/lib/berth-cluster-ci BERTH_CLUSTER_RUN=/run/berthci \
+    setsid bash -c '
+      integration/scripts/build-kube.sh || { echo "run-tests: building the local cluster'"'"'s Kubernetes binaries failed"; exit 1; }
+      while [ ! -e "$1/go" ]; do sleep 2; done
+      exec integration/scripts/cluster-e2e.sh --replace' cluster-e2e "$cluster_go" > "$cluster_log" 2>&1 < /dev/null &
+  cluster_pid=$!
 fi
 wait_vm_image() {
   [ -n "$vm_image_pid" ] || return 0
@@ -98,20 +115,12 @@ if [ "$#" -eq 0 ] && [ "${BERTH_VM_LANE:-1}" != 0 ]; then
   vm_lane_pid=$!
 fi
 
-# kubectl end to end on a local cluster on Berth (integration/scripts/cluster-e2e.sh,
-# docs/cluster.md): about 4 minutes, in the background beside the steps below; its
+# kubectl end to end (started above): the bins are built and the tests are done, so it
+# may start its cluster now (once build-kube.sh is done), beside the steps below; its
 # result is collected at the end. Run alone: integration/scripts/cluster-e2e.sh.
-if [ -n "$kube_pid" ]; then
-  if ! wait "$kube_pid"; then
-    cat "$kube_log" >&2
-    echo "run-tests: building the local cluster's Kubernetes binaries failed" >&2
-    exit 1
-  fi
-  kube_pid=""
+if [ -n "$cluster_go" ]; then
   step "kubectl end to end on a local cluster, in the background"
-  cluster_log=$(mktemp /tmp/berth-cluster-e2e.XXXXXX.log)
-  setsid integration/scripts/cluster-e2e.sh --replace > "$cluster_log" 2>&1 < /dev/null &
-  cluster_pid=$!
+  touch "$cluster_go/go"
 fi
 
 # A few iterations of the berthd-vs-containerd benchmark (debug build), so the harness
@@ -148,6 +157,9 @@ if [ -n "$cluster_pid" ]; then
   cluster_pid=""
   cat "$cluster_log"
   rm -f "$cluster_log"
+  cluster_log=""
+  rm -rf "$cluster_go"
+  cluster_go=""
   [ "$rc" -eq 0 ] || cluster_failed=$rc
 fi
 
@@ -158,6 +170,7 @@ if [ -n "$vm_lane_pid" ]; then
   vm_lane_pid=""
   cat "$vm_lane_log"
   rm -f "$vm_lane_log"
+  vm_lane_log=""
   if [ "$rc" -ne 0 ]; then
     echo "run-tests: the VM lane failed ($rc)" >&2
     exit 1
