@@ -11,7 +11,7 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 pub mod stats;
-pub use stats::{CgroupStats, UNLIMITED, weight_to_shares};
+pub use stats::{CgroupStats, Detail, UNLIMITED, weight_to_shares};
 
 /// Cgroup failures; each names the file or directory involved.
 #[derive(Debug, thiserror::Error)]
@@ -634,10 +634,12 @@ impl Cgroup {
         crate::devices_bpf::attach(&self.dir(""), &crate::devices_bpf::compile(rules))
     }
 
-    /// Everything this cgroup's files say, each field `None` where its file is
-    /// absent: the one reading every stat and metric derives from.
-    pub fn read_stats(&self) -> CgroupStats {
+    /// What this cgroup's files say (all of them, or only those of [`Stats`]), each
+    /// field `None` where its file is absent or unread: the one reading every stat and
+    /// metric derives from.
+    pub fn read_stats(&self, detail: Detail) -> CgroupStats {
         stats::Files {
+            detail,
             version: self.version,
             root: &self.root,
             rel: self.rel(),
@@ -648,7 +650,7 @@ impl Cgroup {
     /// Current usage (see [`Stats`]). On v1 a cgroup without a memory usage file is
     /// an error naming it.
     pub fn stats(&self) -> Result<Stats, CgroupError> {
-        let s = self.read_stats();
+        let s = self.read_stats(Detail::Usage);
         if self.version == Version::V1 && s.memory.usage.is_none() {
             // Say why, as reading it did.
             read_u64(&self.dir("memory").join("memory.usage_in_bytes"))?;

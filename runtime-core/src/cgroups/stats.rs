@@ -17,6 +17,17 @@ use super::Version;
 /// A limit that is not set.
 pub const UNLIMITED: u64 = u64::MAX;
 
+/// How much of a cgroup to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The few files [`super::Stats`] needs (CPU usage, memory usage and working set,
+    /// OOM kills, tasks), which `ListContainerStats` reads for every container: the
+    /// other fields are left `None`, unread.
+    Usage,
+    /// Every file (the metrics).
+    Full,
+}
+
 /// Everything Berth reads from one cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupStats {
@@ -169,6 +180,7 @@ pub fn weight_to_shares(weight: u64) -> u64 {
 
 /// Reads the files of one cgroup (v1: one directory per controller).
 pub(super) struct Files<'a> {
+    pub detail: Detail,
     pub version: Version,
     pub root: &'a Path,
     pub rel: &'a Path,
@@ -200,6 +212,10 @@ impl Files<'_> {
             Version::V1 => self.read_v1(),
             Version::V2 => self.read_v2(),
         };
+        s.pids.current = self.u64("pids", "pids.current");
+        if self.detail == Detail::Usage {
+            return s;
+        }
         let pressure = |res: &str| {
             self.text("cpuacct", &format!("{res}.pressure"))
                 .map(|t| parse_pressure(&t))
@@ -209,18 +225,37 @@ impl Files<'_> {
             memory: pressure("memory"),
             io: pressure("io"),
         };
-        s.pids = PidsStats {
-            current: self.u64("pids", "pids.current"),
-            limit: self.limit("pids", "pids.max"),
-        };
+        s.pids.limit = self.limit("pids", "pids.max");
         s.hugetlb = self.read_hugetlb();
         s
     }
 
     fn read_v1(&self) -> CgroupStats {
         let mut s = CgroupStats::default();
+        s.cpu.usage_ns = self.u64("cpuacct", "cpuacct.usage");
+        let stat = self.text("memory", "memory.stat").unwrap_or_default();
+        let m = &mut s.memory;
+        m.usage = self.u64("memory", "memory.usage_in_bytes");
+        m.inactive_file = keyed(&stat, "total_inactive_file");
+        m.cache = keyed(&stat, "total_cache");
+        m.rss = keyed(&stat, "total_rss");
+        m.mapped_file = keyed(&stat, "total_mapped_file");
+        m.faults = PageFaults {
+            pgfault: keyed(&stat, "pgfault"),
+            pgmajfault: keyed(&stat, "pgmajfault"),
+        };
+        m.hierarchy_faults = PageFaults {
+            pgfault: keyed(&stat, "total_pgfault"),
+            pgmajfault: keyed(&stat, "total_pgmajfault"),
+        };
+        m.oom_kills = self
+            .text("memory", "memory.oom_control")
+            .and_then(|t| keyed(&t, "oom_kill"));
+        if self.detail == Detail::Usage {
+            return s;
+        }
+
         let c = &mut s.cpu;
-        c.usage_ns = self.u64("cpuacct", "cpuacct.usage");
         (c.user_ns, c.system_ns) = match (
             self.u64("cpuacct", "cpuacct.usage_user"),
             self.u64("cpuacct", "cpuacct.usage_sys"),
@@ -246,21 +281,7 @@ impl Files<'_> {
         c.quota_us = self.u64("cpu", "cpu.cfs_quota_us");
         c.shares = self.u64("cpu", "cpu.shares");
 
-        let stat = self.text("memory", "memory.stat").unwrap_or_default();
         let m = &mut s.memory;
-        m.usage = self.u64("memory", "memory.usage_in_bytes");
-        m.inactive_file = keyed(&stat, "total_inactive_file");
-        m.cache = keyed(&stat, "total_cache");
-        m.rss = keyed(&stat, "total_rss");
-        m.mapped_file = keyed(&stat, "total_mapped_file");
-        m.faults = PageFaults {
-            pgfault: keyed(&stat, "pgfault"),
-            pgmajfault: keyed(&stat, "pgmajfault"),
-        };
-        m.hierarchy_faults = PageFaults {
-            pgfault: keyed(&stat, "total_pgfault"),
-            pgmajfault: keyed(&stat, "total_pgmajfault"),
-        };
         // Swap: memory+swap usage minus memory usage (needs swap accounting).
         m.swap = match (self.u64("memory", "memory.memsw.usage_in_bytes"), m.usage) {
             (Some(memsw), Some(u)) => Some(memsw.saturating_sub(u)),
@@ -269,9 +290,6 @@ impl Files<'_> {
         m.max_usage = self.u64("memory", "memory.max_usage_in_bytes");
         m.failcnt = self.u64("memory", "memory.failcnt");
         m.kernel = self.u64("memory", "memory.kmem.usage_in_bytes");
-        m.oom_kills = self
-            .text("memory", "memory.oom_control")
-            .and_then(|t| keyed(&t, "oom_kill"));
         m.limit = self.limit("memory", "memory.limit_in_bytes");
         m.reservation = self.limit("memory", "memory.soft_limit_in_bytes");
         m.swap_limit = self.limit("memory", "memory.memsw.limit_in_bytes");
@@ -296,12 +314,6 @@ impl Files<'_> {
             c.periods = keyed(&stat, "nr_periods");
             c.throttled_periods = keyed(&stat, "nr_throttled");
         }
-        if let Some(max) = self.text("cpu", "cpu.max") {
-            let mut parts = max.split_whitespace();
-            c.quota_us = parts.next().and_then(|q| q.parse().ok());
-            c.period_us = parts.next().and_then(|p| p.parse().ok());
-        }
-        c.shares = self.u64("cpu", "cpu.weight").map(weight_to_shares);
 
         let stat = self.text("memory", "memory.stat").unwrap_or_default();
         let m = &mut s.memory;
@@ -324,15 +336,27 @@ impl Files<'_> {
             pgmajfault: keyed(&stat, "pgmajfault"),
         };
         m.hierarchy_faults = m.faults;
-        m.swap = self.u64("memory", "memory.swap.current");
-        m.max_usage = self.u64("memory", "memory.peak");
         if let Some(ev) = self.text("memory", "memory.events") {
             m.failcnt = keyed(&ev, "max");
             m.oom_kills = keyed(&ev, "oom_kill");
         }
+        if self.detail == Detail::Usage {
+            return s;
+        }
+
+        m.swap = self.u64("memory", "memory.swap.current");
+        m.max_usage = self.u64("memory", "memory.peak");
         m.limit = self.limit("memory", "memory.max");
         m.reservation = self.limit("memory", "memory.low");
         m.swap_limit = self.limit("memory", "memory.swap.max");
+
+        let c = &mut s.cpu;
+        if let Some(max) = self.text("cpu", "cpu.max") {
+            let mut parts = max.split_whitespace();
+            c.quota_us = parts.next().and_then(|q| q.parse().ok());
+            c.period_us = parts.next().and_then(|p| p.parse().ok());
+        }
+        c.shares = self.u64("cpu", "cpu.weight").map(weight_to_shares);
 
         let (bytes, ios) = parse_io_stat_v2(&self.text("io", "io.stat").unwrap_or_default());
         s.blkio = BlkioStats { bytes, ios };
@@ -487,6 +511,7 @@ mod tests {
 
     fn read(version: Version, root: &Path, rel: &str) -> CgroupStats {
         Files {
+            detail: Detail::Full,
             version,
             root,
             rel: Path::new(rel),
@@ -759,5 +784,47 @@ mod tests {
         assert_eq!(parse_limit("junk"), None);
         assert_eq!(weight_to_shares(1), 2);
         assert_eq!(weight_to_shares(10_000), 262_144);
+    }
+
+    /// `Usage` reads only what the small `Stats` needs, and that agrees with the full
+    /// reading: container stats and metrics show the same working set.
+    #[test]
+    fn usage_reads_the_summary_files_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let w = |file: &str, text: &str| write(r, &format!("c/{file}"), text);
+        w("cpu.stat", "usage_usec 1500\nuser_usec 1000\n");
+        w("cpu.max", "max 100000\n");
+        w("memory.current", "1000000\n");
+        w("memory.stat", "anon 10\ninactive_file 250000\n");
+        w("memory.events", "max 3\noom_kill 1\n");
+        w("memory.max", "2000000\n");
+        w("pids.current", "7\n");
+        w("pids.max", "9\n");
+        let files = |detail| {
+            Files {
+                detail,
+                version: Version::V2,
+                root: r,
+                rel: Path::new("c"),
+            }
+            .read()
+        };
+        let (usage, full) = (files(Detail::Usage), files(Detail::Full));
+        assert_eq!(usage.memory.working_set(), Some(750_000));
+        assert_eq!(usage.memory.working_set(), full.memory.working_set());
+        assert_eq!(
+            (usage.cpu.usage_ns, usage.pids.current),
+            (Some(1_500_000), Some(7))
+        );
+        assert_eq!(usage.memory.oom_kills, Some(1));
+        assert_eq!(
+            (usage.cpu.period_us, usage.memory.limit, usage.pids.limit),
+            (None, None, None)
+        );
+        assert_eq!(
+            (full.cpu.period_us, full.memory.limit, full.pids.limit),
+            (Some(100_000), Some(2_000_000), Some(9))
+        );
     }
 }
