@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
+pub mod stats;
+pub use stats::{CgroupStats, Detail, UNLIMITED, weight_to_shares};
+
 /// Cgroup failures; each names the file or directory involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -159,7 +162,9 @@ pub fn resolve_cgroups_path(cgroups_path: &str, id: &str) -> Result<PathBuf, Cgr
     Ok(Path::new("/").join(p))
 }
 
-/// Resource usage of a cgroup.
+/// The summary of a cgroup's usage that container stats, the monitor's OOM check and
+/// `berth-runtime events --stats` use: derived from the one reading,
+/// [`Cgroup::read_stats`], with what is absent as 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Total CPU time in nanoseconds.
@@ -172,6 +177,18 @@ pub struct Stats {
     pub pids: u64,
     /// Times the OOM killer killed a process of this cgroup.
     pub oom_kills: u64,
+}
+
+impl From<&CgroupStats> for Stats {
+    fn from(s: &CgroupStats) -> Self {
+        Stats {
+            cpu_usage_ns: s.cpu.usage_ns.unwrap_or(0),
+            memory_usage: s.memory.usage.unwrap_or(0),
+            memory_working_set: s.memory.working_set().unwrap_or(0),
+            pids: s.pids.current.unwrap_or(0),
+            oom_kills: s.memory.oom_kills.unwrap_or(0),
+        }
+    }
 }
 
 /// One container's cgroup.
@@ -217,16 +234,6 @@ fn read_u64(path: &Path) -> Result<u64, CgroupError> {
             std::io::ErrorKind::InvalidData,
             format!("not a number: {s:?}"),
         ),
-    })
-}
-
-/// Find `key value` in a flat-keyed file (memory.stat, cpu.stat, memory.events).
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next() == Some(key))
-            .then(|| it.next().and_then(|v| v.parse().ok()))
-            .flatten()
     })
 }
 
@@ -627,35 +634,28 @@ impl Cgroup {
         crate::devices_bpf::attach(&self.dir(""), &crate::devices_bpf::compile(rules))
     }
 
-    /// Current usage.
-    pub fn stats(&self) -> Result<Stats, CgroupError> {
-        let mut s = Stats::default();
-        match self.version {
-            Version::V1 => {
-                s.cpu_usage_ns = read_u64(&self.dir("cpuacct").join("cpuacct.usage")).unwrap_or(0);
-                let m = self.dir("memory");
-                s.memory_usage = read_u64(&m.join("memory.usage_in_bytes"))?;
-                let stat = read_file(&m.join("memory.stat")).unwrap_or_default();
-                let inactive = keyed(&stat, "total_inactive_file").unwrap_or(0);
-                s.memory_working_set = s.memory_usage.saturating_sub(inactive);
-                let oom = read_file(&m.join("memory.oom_control")).unwrap_or_default();
-                s.oom_kills = keyed(&oom, "oom_kill").unwrap_or(0);
-                s.pids = read_u64(&self.dir("pids").join("pids.current")).unwrap_or(0);
-            }
-            Version::V2 => {
-                let d = self.dir("");
-                let cpu = read_file(&d.join("cpu.stat")).unwrap_or_default();
-                s.cpu_usage_ns = keyed(&cpu, "usage_usec").unwrap_or(0) * 1000;
-                s.memory_usage = read_u64(&d.join("memory.current")).unwrap_or(0);
-                let stat = read_file(&d.join("memory.stat")).unwrap_or_default();
-                let inactive = keyed(&stat, "inactive_file").unwrap_or(0);
-                s.memory_working_set = s.memory_usage.saturating_sub(inactive);
-                let ev = read_file(&d.join("memory.events")).unwrap_or_default();
-                s.oom_kills = keyed(&ev, "oom_kill").unwrap_or(0);
-                s.pids = read_u64(&d.join("pids.current")).unwrap_or(0);
-            }
+    /// What this cgroup's files say (all of them, or only those of [`Stats`]), each
+    /// field `None` where its file is absent or unread: the one reading every stat and
+    /// metric derives from.
+    pub fn read_stats(&self, detail: Detail) -> CgroupStats {
+        stats::Files {
+            detail,
+            version: self.version,
+            root: &self.root,
+            rel: self.rel(),
         }
-        Ok(s)
+        .read()
+    }
+
+    /// Current usage (see [`Stats`]). On v1 a cgroup without a memory usage file is
+    /// an error naming it.
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        let s = self.read_stats(Detail::Usage);
+        if self.version == Version::V1 && s.memory.usage.is_none() {
+            // Say why, as reading it did.
+            read_u64(&self.dir("memory").join("memory.usage_in_bytes"))?;
+        }
+        Ok(Stats::from(&s))
     }
 
     /// Freeze (`true`) or thaw (`false`) every process.
