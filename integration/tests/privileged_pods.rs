@@ -548,29 +548,8 @@ async fn critest_pod_sandbox_specs_pass() {
 #[tokio::test]
 async fn update_pod_sandbox_resources_resizes_the_pod_cgroup() {
     use berth_proto::v1::{LinuxContainerResources, UpdatePodSandboxResourcesRequest};
-    struct CgroupGuard(String);
-    impl Drop for CgroupGuard {
-        fn drop(&mut self) {
-            for ctl in [
-                "memory",
-                "cpu,cpuacct",
-                "cpu",
-                "cpuacct",
-                "pids",
-                "cpuset",
-                "blkio",
-                "hugetlb",
-                "devices",
-                "freezer",
-                "net_cls,net_prio",
-                "perf_event",
-            ] {
-                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}{}", self.0));
-            }
-        }
-    }
     let parent = format!("/berth-test-resize-{}", std::process::id());
-    let _guard = CgroupGuard(parent.clone());
+    let _guard = berth_integration::cgroup::CgroupParent(parent.clone());
     let d = TestDaemon::start().await.expect("start");
     let mut config = pod_config("resize");
     config.linux = Some(LinuxPodSandboxConfig {
