@@ -109,6 +109,52 @@ pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput>
     run(crictl.as_os_str(), &full, Duration::from_secs(60)).await
 }
 
+/// What a critest run printed: the tool's output, its stdout, and ginkgo's summary line
+/// (`Ran N of M Specs ... | N Passed | N Failed | ...`; "no ginkgo summary" when none).
+#[derive(Debug)]
+pub struct CritestRun {
+    pub out: ToolOutput,
+    pub text: String,
+    pub summary: String,
+}
+
+/// Runs critest against a daemon's endpoint (runtime and image service), without
+/// colour, with `args` (a `--ginkgo.focus=`, `-benchmark`...) within `timeout`.
+pub async fn critest(
+    endpoint: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<CritestRun> {
+    let critest = tool("critest")?;
+    let mut full = vec![
+        "--runtime-endpoint",
+        endpoint,
+        "--image-endpoint",
+        endpoint,
+        "--ginkgo.no-color",
+    ];
+    full.extend_from_slice(args);
+    let out = run(critest.as_os_str(), &full, timeout).await?;
+    let text = out.stdout();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" Passed | "))
+        .unwrap_or("no ginkgo summary")
+        .to_owned();
+    Ok(CritestRun { out, text, summary })
+}
+
+/// [`crictl`] expected to succeed: its stdout; panics with the command line, its exit
+/// status and stderr when it fails (for tests).
+pub async fn crictl_ok(endpoint: &str, args: &[&str]) -> String {
+    crictl(endpoint, args)
+        .await
+        .expect("crictl")
+        .success()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .stdout()
+}
+
 /// Like [`crictl`], with `stdin` piped in and then closed (`attach -i`, `exec -i`).
 pub async fn crictl_with_stdin(
     endpoint: &str,
