@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use berth_integration::CriClient;
 use berth_integration::bench::{
-    check_interrupted, container_config, describe, env_usize, install_signal_handlers, machine,
-    pct, pod_config, pull, push_bench_images, rpc, sorted,
+    self, check_interrupted, describe, env_usize, install_signal_handlers, machine, pct, pull,
+    push_bench_images, rpc, sorted,
 };
 use berth_integration::daemon::DaemonOptions;
 use berth_integration::fixtures::BUSYBOX;
@@ -73,40 +73,8 @@ struct Runtime {
 
 /// RunPodSandbox + CreateContainer + StartContainer; returns (pod id, container id).
 async fn start_pod(rt: &mut Runtime) -> anyhow::Result<(String, String)> {
-    let config = pod_config(rt.name, &rt.logs, 0);
-    let pod_id = rpc(
-        "RunPodSandbox",
-        rt.client
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }),
-    )
-    .await?
-    .pod_sandbox_id;
-    let ctr_id = rpc(
-        "CreateContainer",
-        rt.client
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config()),
-                sandbox_config: Some(config),
-            }),
-    )
-    .await?
-    .container_id;
-    rpc(
-        "StartContainer",
-        rt.client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: ctr_id.clone(),
-            }),
-    )
-    .await?;
-    Ok((pod_id, ctr_id))
+    let started = bench::start_pod(&mut rt.client, rt.name, &rt.logs, 0).await?;
+    Ok((started.pod_id, started.container_id))
 }
 
 async fn remove_pod(rt: &mut Runtime, pod_id: &str) -> anyhow::Result<()> {

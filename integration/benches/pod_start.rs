@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use berth_integration::CriClient;
 use berth_integration::bench::{
-    check_interrupted, container_config, describe, env_usize, install_signal_handlers, interrupted,
-    machine, pct, pod_config, pull, push_bench_images, rpc, sorted,
+    self, check_interrupted, describe, env_usize, install_signal_handlers, interrupted, machine,
+    pct, pull, push_bench_images, rpc, sorted,
 };
 use berth_integration::daemon::DaemonOptions;
 use berth_integration::fixtures::BUSYBOX;
@@ -140,44 +140,8 @@ impl Sample {
 
 /// RunPodSandbox + CreateContainer + StartContainer; returns the pod id.
 async fn start_pod(rt: &mut Runtime, i: usize) -> anyhow::Result<(String, [Duration; 3])> {
-    let config = pod_config(rt.key, &rt.logs, i);
-    let t0 = Instant::now();
-    let pod_id = rpc(
-        "RunPodSandbox",
-        rt.client
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }),
-    )
-    .await?
-    .pod_sandbox_id;
-    let t1 = Instant::now();
-    let ctr_id = rpc(
-        "CreateContainer",
-        rt.client
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config()),
-                sandbox_config: Some(config),
-            }),
-    )
-    .await?
-    .container_id;
-    let t2 = Instant::now();
-    rpc(
-        "StartContainer",
-        rt.client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: ctr_id,
-            }),
-    )
-    .await?;
-    let t3 = Instant::now();
-    Ok((pod_id, [t1 - t0, t2 - t1, t3 - t2]))
+    let started = bench::start_pod(&mut rt.client, rt.key, &rt.logs, i).await?;
+    Ok((started.pod_id, started.times))
 }
 
 /// StopPodSandbox + RemovePodSandbox (both runtimes remove the pod's containers with

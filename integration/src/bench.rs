@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_proto::v1 as cri;
@@ -107,6 +107,63 @@ pub fn pod_config(key: &str, logs: &Path, i: usize) -> cri::PodSandboxConfig {
 /// The one container of a bench pod: busybox `sleep 3600`.
 pub fn container_config() -> cri::ContainerConfig {
     fixtures::container_config("main", BUSYBOX, &["sleep", "3600"])
+}
+
+/// A bench pod [`start_pod`] started: its ids and how long each step took.
+#[derive(Debug)]
+pub struct StartedPod {
+    pub pod_id: String,
+    pub container_id: String,
+    /// RunPodSandbox, CreateContainer, StartContainer.
+    pub times: [Duration; 3],
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer of pod `i` ([`pod_config`],
+/// [`container_config`]) on runtime `key`, each step timed from the client.
+pub async fn start_pod(
+    client: &mut CriClient,
+    key: &str,
+    logs: &Path,
+    i: usize,
+) -> anyhow::Result<StartedPod> {
+    let config = pod_config(key, logs, i);
+    let t0 = Instant::now();
+    let pod_id = rpc(
+        "RunPodSandbox",
+        client.runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        }),
+    )
+    .await?
+    .pod_sandbox_id;
+    let t1 = Instant::now();
+    let container_id = rpc(
+        "CreateContainer",
+        client
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config()),
+                sandbox_config: Some(config),
+            }),
+    )
+    .await?
+    .container_id;
+    let t2 = Instant::now();
+    rpc(
+        "StartContainer",
+        client.runtime.start_container(cri::StartContainerRequest {
+            container_id: container_id.clone(),
+        }),
+    )
+    .await?;
+    let t3 = Instant::now();
+    Ok(StartedPod {
+        pod_id,
+        container_id,
+        times: [t1 - t0, t2 - t1, t3 - t2],
+    })
 }
 
 /// `PullImage` on runtime `who`, bounded by [`RPC_TIMEOUT`].

@@ -289,6 +289,47 @@ pub async fn container_status(client: &mut CriClient, id: &str) -> cri::Containe
         .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
 }
 
+/// `ContainerStatus` with `verbose`: the status, and berthd's verbose `info` as JSON
+/// (`Null` when absent).
+pub async fn container_status_verbose(
+    client: &mut CriClient,
+    id: &str,
+) -> (cri::ContainerStatus, serde_json::Value) {
+    let r = client
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner();
+    let info = r
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str(i).ok())
+        .unwrap_or_default();
+    let status = r
+        .status
+        .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"));
+    (status, info)
+}
+
+/// `PodSandboxStatus` (not verbose), expected to answer; the status.
+pub async fn pod_status(client: &mut CriClient, pod_id: &str) -> cri::PodSandboxStatus {
+    client
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus {pod_id}: {e}"))
+        .into_inner()
+        .status
+        .unwrap_or_else(|| panic!("PodSandboxStatus {pod_id}: no status"))
+}
+
 /// `RemoveContainer`, errors ignored (clean-up).
 pub async fn remove_container(client: &mut CriClient, id: &str) {
     let _ = client

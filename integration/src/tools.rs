@@ -97,6 +97,17 @@ where
 /// crictl config file involved.
 pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput> {
     let crictl = tool("crictl")?;
+    run(
+        crictl.as_os_str(),
+        crictl_args(endpoint, args),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// crictl's arguments for `endpoint` (runtime and image service, 20 s per RPC), then
+/// `args`.
+fn crictl_args<'a>(endpoint: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut full = vec![
         "--runtime-endpoint",
         endpoint,
@@ -106,7 +117,7 @@ pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput>
         "20s",
     ];
     full.extend_from_slice(args);
-    run(crictl.as_os_str(), &full, Duration::from_secs(60)).await
+    full
 }
 
 /// What a critest run printed: the tool's output, its stdout, and ginkgo's summary line
@@ -163,15 +174,7 @@ pub async fn crictl_with_stdin(
 ) -> anyhow::Result<ToolOutput> {
     use tokio::io::AsyncWriteExt;
     let crictl = tool("crictl")?;
-    let mut full = vec![
-        "--runtime-endpoint",
-        endpoint,
-        "--image-endpoint",
-        endpoint,
-        "--timeout",
-        "20s",
-    ];
-    full.extend_from_slice(args);
+    let full = crictl_args(endpoint, args);
     let command = std::iter::once(crictl.display().to_string())
         .chain(full.iter().map(|a| (*a).to_owned()))
         .collect::<Vec<_>>()

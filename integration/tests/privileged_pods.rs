@@ -40,13 +40,7 @@ fn pod_config(name: &str) -> PodSandboxConfig {
 
 async fn run(d: &TestDaemon, config: PodSandboxConfig) -> Result<String, tonic::Status> {
     let mut c = d.client().await.expect("client");
-    c.runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
+    berth_integration::fixtures::run_pod_with(&mut c, &config, "").await
 }
 
 async fn status(d: &TestDaemon, id: &str) -> berth_proto::v1::PodSandboxStatusResponse {
@@ -63,18 +57,7 @@ async fn status(d: &TestDaemon, id: &str) -> berth_proto::v1::PodSandboxStatusRe
 
 async fn stop_and_remove(d: &TestDaemon, id: &str) {
     let mut c = d.client().await.expect("client");
-    c.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    c.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("RemovePodSandbox");
+    berth_integration::fixtures::stop_and_remove_pod(&mut c, id).await;
 }
 
 fn netns_pin(d: &TestDaemon, id: &str) -> PathBuf {

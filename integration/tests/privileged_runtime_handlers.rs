@@ -59,22 +59,10 @@ fn runc_list(root: &Path) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The container's state and berthd's verbose info.
 async fn container_state(client: &mut CriClient, id: &str) -> (i32, serde_json::Value) {
-    let r = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .and_then(|i| serde_json::from_str(i).ok())
-        .unwrap_or_default();
-    (r.status.expect("status").state, info)
+    let (status, info) = fixtures::container_status_verbose(client, id).await;
+    (status.state, info)
 }
 
 /// The init's cgroup (v1 memory controller line of /proc/<pid>/cgroup).
@@ -150,17 +138,7 @@ async fn runc_handler_runs_pods_like_the_native_one() {
     let pod_id = run_pod_with(&mut client, &pod, "runc")
         .await
         .expect("RunPodSandbox with handler runc");
-    let pod_status = client
-        .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let pod_status = fixtures::pod_status(&mut client, &pod_id).await;
     assert_eq!(pod_status.runtime_handler, "runc");
 
     let ctr_id = create(
