@@ -40,9 +40,11 @@ async fn crictl_container_workflow() {
     let ctr = write_file(
         dir.path(),
         "ctr.json",
-        r#"{"metadata":{"name":"main"},"image":{"image":"registry.k8s.io/e2e-test-images/busybox:1.29-2"},
+        &format!(
+            r#"{{"metadata":{{"name":"main"}},"image":{{"image":"{BUSYBOX}"}},
             "command":["sh","-c","echo hello; echo oops >&2; exec sleep 3600"],
-            "log_path":"main.log","labels":{"tier":"test"}}"#,
+            "log_path":"main.log","labels":{{"tier":"test"}}}}"#
+        ),
     );
     let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
     crictl_ok(&ep, &["pull", BUSYBOX]).await;
