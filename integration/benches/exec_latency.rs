@@ -24,32 +24,22 @@
 //! (processes, shims, mounts, network namespaces, CNI state, NAT rules, cgroups) is
 //! removed on exit, also on failure.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use berth_integration::CriClient;
+use berth_integration::bench::{
+    self, check_interrupted, describe, env_usize, install_signal_handlers, machine, pct, pull,
+    push_bench_images, rpc, sorted,
+};
 use berth_integration::daemon::DaemonOptions;
-use berth_integration::forge::BuiltImage;
-use berth_integration::peer::{Containerd, PAUSE, PeerSpec, peer_busybox_image, remove_all_pods};
+use berth_integration::fixtures::BUSYBOX;
+use berth_integration::peer::{Containerd, PAUSE, PeerSpec, remove_all_pods};
 use berth_integration::registry::CRITEST_HOSTS;
 use berth_integration::setup::Node;
 use berth_integration::tools;
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-/// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The bench's busybox: [`peer_busybox_image`] (one both runtimes can run), pushed over
-/// the busybox and pause tags of this run's throwaway registry, so both runtimes pull
-/// exactly the same bytes under the usual names.
-fn bench_image(entrypoint: &[&str], cmd: &[&str]) -> anyhow::Result<BuiltImage> {
-    peer_busybox_image(&["sleep", "sh", "true"], entrypoint, cmd)
-}
 
 /// The containerd peer: Debian's containerd 1.6 with runc, on a CNI network of its own
 /// (pod_start's peers use theirs), so the two benches can run at the same time.
@@ -65,44 +55,6 @@ fn peer_spec() -> PeerSpec {
     }
 }
 
-/// Set by SIGINT/SIGTERM: the bench stops between samples and cleans up. (A Ctrl-C
-/// reaches the daemons too, being in the same process group; the clean-up copes.)
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; cleaning up");
-    }
-    Ok(())
-}
-
-/// Awaits one RPC with a timeout, naming it in errors.
-async fn rpc<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(status)) => Err(anyhow::anyhow!(
-            "{what}: {:?}: {}",
-            status.code(),
-            status.message()
-        )),
-        Err(_) => bail!("{what}: no answer within {RPC_TIMEOUT:?}"),
-    }
-}
-
 struct Runtime {
     name: &'static str,
     client: CriClient,
@@ -111,147 +63,9 @@ struct Runtime {
     logs: PathBuf,
 }
 
-fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("bench-{i}"),
-            uid: format!("bench-{}-{i}", rt.name),
-            namespace: "bench".to_owned(),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{i}"),
-        log_directory: rt.logs.join(format!("pod-{i}")).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn container_config() -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "main".to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: BUSYBOX.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".to_owned(), "3600".to_owned()],
-        log_path: "main.log".to_owned(),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn pull(rt: &mut Runtime, image: &str) -> anyhow::Result<()> {
-    rpc(
-        "PullImage",
-        rt.client.image.pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    )
-    .await
-    .with_context(|| format!("{}: pulling {image}", rt.name))?;
-    Ok(())
-}
-
-async fn describe(rt: &mut Runtime) -> String {
-    let version = rpc(
-        "Version",
-        rt.client.runtime.version(cri::VersionRequest::default()),
-    )
-    .await
-    .map(|v| format!("{} {}", v.runtime_name, v.runtime_version))
-    .unwrap_or_else(|e| format!("version unknown ({e})"));
-    let cgroup = match rpc(
-        "RuntimeConfig",
-        rt.client
-            .runtime
-            .runtime_config(cri::RuntimeConfigRequest::default()),
-    )
-    .await
-    {
-        Ok(c) => match c.linux.map(|l| l.cgroup_driver) {
-            Some(d) if d == cri::CgroupDriver::Systemd as i32 => "systemd".to_owned(),
-            Some(_) => "cgroupfs".to_owned(),
-            None => "not reported".to_owned(),
-        },
-        Err(e) => format!("RuntimeConfig failed: {e}"),
-    };
-    format!("{version}, cgroup driver: {cgroup}")
-}
-
 // ---------------------------------------------------------------------------------
 // Statistics and output
 // ---------------------------------------------------------------------------------
-
-/// Nearest-rank percentile of sorted durations, in ms.
-fn pct(sorted: &[Duration], p: usize) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len()).div_ceil(100);
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-}
-
-fn sorted(v: impl Iterator<Item = Duration>) -> Vec<Duration> {
-    let mut v: Vec<Duration> = v.collect();
-    v.sort();
-    v
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem_kb = proc_meminfo_total().unwrap_or(0);
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2"
-    } else if Path::new("/sys/fs/cgroup/unified").exists() {
-        "cgroup v1 (hybrid)"
-    } else {
-        "cgroup v1"
-    };
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
-    format!(
-        "{cores} cores, {:.0} GiB, kernel {}, {cgroup}, {runc}",
-        mem_kb as f64 / 1048576.0,
-        kernel.trim()
-    )
-}
-
-fn proc_meminfo_total() -> Option<u64> {
-    fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // The workload
@@ -259,40 +73,8 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 
 /// RunPodSandbox + CreateContainer + StartContainer; returns (pod id, container id).
 async fn start_pod(rt: &mut Runtime) -> anyhow::Result<(String, String)> {
-    let config = pod_config(rt, 0);
-    let pod_id = rpc(
-        "RunPodSandbox",
-        rt.client
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }),
-    )
-    .await?
-    .pod_sandbox_id;
-    let ctr_id = rpc(
-        "CreateContainer",
-        rt.client
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config()),
-                sandbox_config: Some(config),
-            }),
-    )
-    .await?
-    .container_id;
-    rpc(
-        "StartContainer",
-        rt.client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: ctr_id.clone(),
-            }),
-    )
-    .await?;
-    Ok((pod_id, ctr_id))
+    let started = bench::start_pod(&mut rt.client, rt.name, &rt.logs, 0).await?;
+    Ok((started.pod_id, started.container_id))
 }
 
 async fn remove_pod(rt: &mut Runtime, pod_id: &str) -> anyhow::Result<()> {
@@ -427,22 +209,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the registry and berthd")?;
-    node.registry
-        .push(
-            "e2e-test-images/busybox",
-            "1.29-2",
-            &bench_image(&[], &["sh"])?,
-        )
-        .await
-        .context("pushing the bench busybox")?;
-    node.registry
-        .push(
-            "pause",
-            "3.9",
-            &bench_image(&["/bin/sleep", "2147483647"], &[])?,
-        )
-        .await
-        .context("pushing the bench pause image")?;
+    push_bench_images(&node.registry, &["sleep", "sh", "true"]).await?;
     let ctd = Containerd::start(&spec, &node.registry.url(), CRITEST_HOSTS)
         .await
         .context("starting containerd")?;
@@ -462,12 +229,12 @@ async fn main() -> anyhow::Result<()> {
         endpoint: format!("unix://{}", ctd.socket.display()),
         logs: logs.path().join("containerd"),
     };
-    println!("berthd:     {}", describe(&mut berth).await);
-    println!("containerd: {}", describe(&mut containerd).await);
+    println!("berthd:     {}", describe(&mut berth.client).await);
+    println!("containerd: {}", describe(&mut containerd.client).await);
 
-    pull(&mut berth, BUSYBOX).await?;
-    pull(&mut containerd, BUSYBOX).await?;
-    pull(&mut containerd, PAUSE).await?;
+    pull(&mut berth.client, berth.name, BUSYBOX).await?;
+    pull(&mut containerd.client, containerd.name, BUSYBOX).await?;
+    pull(&mut containerd.client, containerd.name, PAUSE).await?;
 
     // The guard drops before `node` (declared later): berthd's pods go first.
     // containerd's are removed when `ctd` drops.

@@ -47,66 +47,23 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use berth_integration::CriClient;
+use berth_integration::bench::{
+    self, check_interrupted, describe, env_usize, install_signal_handlers, interrupted, machine,
+    pct, pull, push_bench_images, rpc, sorted,
+};
 use berth_integration::daemon::DaemonOptions;
-use berth_integration::forge::BuiltImage;
-use berth_integration::peer::{Containerd, PAUSE, peer_busybox_image, peer_specs, pids_where};
+use berth_integration::fixtures::BUSYBOX;
+use berth_integration::peer::{Containerd, PAUSE, peer_specs, pids_where};
 use berth_integration::registry::CRITEST_HOSTS;
 use berth_integration::setup::Node;
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-/// Upper bound for one RPC; a runtime that takes longer is broken, not slow.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The bench's busybox: `sleep` and `sh` are all it runs.
-fn bench_image(entrypoint: &[&str], cmd: &[&str]) -> anyhow::Result<BuiltImage> {
-    peer_busybox_image(&["sleep", "sh"], entrypoint, cmd)
-}
-
-/// Set by SIGINT/SIGTERM: the bench stops between samples and cleans up. (A Ctrl-C
-/// reaches the daemons too, being in the same process group; the clean-up copes.)
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; cleaning up");
-    }
-    Ok(())
-}
-
-/// Awaits one RPC with a timeout, naming it in errors.
-async fn rpc<T>(
-    what: &str,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(status)) => Err(anyhow::anyhow!(
-            "{what}: {:?}: {}",
-            status.code(),
-            status.message()
-        )),
-        Err(_) => bail!("{what}: no answer within {RPC_TIMEOUT:?}"),
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------
@@ -166,39 +123,6 @@ impl Runtime {
     }
 }
 
-fn pod_config(rt: &Runtime, i: usize) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("bench-{i}"),
-            uid: format!("bench-{}-{i}", rt.key),
-            namespace: "bench".to_owned(),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{i}"),
-        log_directory: rt.logs.join(format!("pod-{i}")).display().to_string(),
-        // cgroup_parent empty: each runtime's default with the cgroupfs driver.
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn container_config() -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "main".to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: BUSYBOX.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".to_owned(), "3600".to_owned()],
-        log_path: "main.log".to_owned(),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
 /// Durations of one start and teardown.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -216,44 +140,8 @@ impl Sample {
 
 /// RunPodSandbox + CreateContainer + StartContainer; returns the pod id.
 async fn start_pod(rt: &mut Runtime, i: usize) -> anyhow::Result<(String, [Duration; 3])> {
-    let config = pod_config(rt, i);
-    let t0 = Instant::now();
-    let pod_id = rpc(
-        "RunPodSandbox",
-        rt.client
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }),
-    )
-    .await?
-    .pod_sandbox_id;
-    let t1 = Instant::now();
-    let ctr_id = rpc(
-        "CreateContainer",
-        rt.client
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config()),
-                sandbox_config: Some(config),
-            }),
-    )
-    .await?
-    .container_id;
-    let t2 = Instant::now();
-    rpc(
-        "StartContainer",
-        rt.client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: ctr_id,
-            }),
-    )
-    .await?;
-    let t3 = Instant::now();
-    Ok((pod_id, [t1 - t0, t2 - t1, t3 - t2]))
+    let started = bench::start_pod(&mut rt.client, rt.key, &rt.logs, i).await?;
+    Ok((started.pod_id, started.times))
 }
 
 /// StopPodSandbox + RemovePodSandbox (both runtimes remove the pod's containers with
@@ -325,66 +213,9 @@ async fn ensure_empty(rt: &mut Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pull(rt: &mut Runtime, image: &str) -> anyhow::Result<()> {
-    rpc(
-        "PullImage",
-        rt.client.image.pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    )
-    .await
-    .with_context(|| format!("{}: pulling {image}", rt.name))?;
-    Ok(())
-}
-
-async fn describe(rt: &mut Runtime) -> String {
-    let version = rpc(
-        "Version",
-        rt.client.runtime.version(cri::VersionRequest::default()),
-    )
-    .await
-    .map(|v| format!("{} {}", v.runtime_name, v.runtime_version))
-    .unwrap_or_else(|e| format!("version unknown ({e})"));
-    let cgroup = match rpc(
-        "RuntimeConfig",
-        rt.client
-            .runtime
-            .runtime_config(cri::RuntimeConfigRequest::default()),
-    )
-    .await
-    {
-        Ok(c) => match c.linux.map(|l| l.cgroup_driver) {
-            Some(d) if d == cri::CgroupDriver::Systemd as i32 => "systemd".to_owned(),
-            Some(_) => "cgroupfs".to_owned(),
-            None => "not reported".to_owned(),
-        },
-        Err(e) => format!("RuntimeConfig failed: {e}"),
-    };
-    format!("{version}, cgroup driver: {cgroup}")
-}
-
 // ---------------------------------------------------------------------------------
 // Statistics and output
 // ---------------------------------------------------------------------------------
-
-/// Nearest-rank percentile of sorted durations, in ms.
-fn pct(sorted: &[Duration], p: usize) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len()).div_ceil(100);
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-}
-
-fn sorted(v: impl Iterator<Item = Duration>) -> Vec<Duration> {
-    let mut v: Vec<Duration> = v.collect();
-    v.sort();
-    v
-}
 
 /// The report table: one value column per runtime, then one ratio column per
 /// (berthd, peer) pair.
@@ -450,61 +281,12 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem_kb = proc_meminfo_total().unwrap_or(0);
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2"
-    } else if Path::new("/sys/fs/cgroup/unified").exists() {
-        "cgroup v1 (hybrid)"
-    } else {
-        "cgroup v1"
-    };
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
-    format!(
-        "{cores} cores, {:.0} GiB, kernel {}, {cgroup}, {runc}",
-        mem_kb as f64 / 1048576.0,
-        kernel.trim()
-    )
-}
-
 /// The 1/5/15-minute load averages: the machine is shared, and other work on its two
 /// cores shifts the figures (compare ratios within one run).
 fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn proc_meminfo_total() -> Option<u64> {
-    fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// Memory with `n` pods running on one runtime: daemon RSS, and the summed RSS/PSS
@@ -618,7 +400,7 @@ where
             let mut done = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= n || INTERRUPTED.load(Ordering::SeqCst) {
+                if i >= n || interrupted() {
                     return (done, None);
                 }
                 match work(rt.clone(), i).await {
@@ -1066,22 +848,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    node.registry
-        .push(
-            "e2e-test-images/busybox",
-            "1.29-2",
-            &bench_image(&[], &["sh"])?,
-        )
-        .await
-        .context("pushing the bench busybox")?;
-    node.registry
-        .push(
-            "pause",
-            "3.9",
-            &bench_image(&["/bin/sleep", "2147483647"], &[])?,
-        )
-        .await
-        .context("pushing the bench pause image")?;
+    push_bench_images(&node.registry, &["sleep", "sh"]).await?;
     let logs = tempfile::Builder::new()
         .prefix("berth-bench-logs-")
         .tempdir()
@@ -1146,13 +913,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|r| rss_kb(r.pid))
         .collect::<anyhow::Result<_>>()?;
     for rt in &mut rts {
-        let d = describe(rt).await;
+        let d = describe(&mut rt.client).await;
         println!("{}: {d}", rt.name);
     }
     for rt in &mut rts {
-        pull(rt, BUSYBOX).await?;
+        pull(&mut rt.client, &rt.name, BUSYBOX).await?;
         if !rt.berth {
-            pull(rt, PAUSE).await?;
+            pull(&mut rt.client, &rt.name, PAUSE).await?;
         }
     }
 

@@ -4,15 +4,18 @@
 # and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and CoreDNS
 # (github.com/coredns/coredns, with only the plugins a cluster DNS needs).
 #
-# Same trick as build-kubelet.sh: a throwaway module that requires k8s.io/kubernetes and
-# replaces every staging module with its published v0.Y.Z release. The five Kubernetes
+# Same trick as build-kubelet.sh (kube-module.sh): a throwaway module that requires
+# k8s.io/kubernetes and replaces every staging module with its published v0.Y.Z
+# release. The five Kubernetes
 # binaries are ONE `go build` so they share compilation (and kubelet's build cache).
 # Binaries land in $BERTH_TOOLS_DIR/bin/<name>-<version> with a <name> symlink; a second
 # run only checks that they are there.
 #
 #   integration/scripts/build-kube.sh            # everything, versions below
 #   integration/scripts/build-kube.sh k8s|etcd|coredns
+#   BERTH_GO_MOD_ONLY=DIR integration/scripts/build-kube.sh k8s   # only write DIR/go.mod
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/kube-module.sh"
 
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"      # the kubelet's version (build-kubelet.sh)
 ETCD_VERSION="${ETCD_VERSION:-v3.7.0}"       # what k8s.io/kubernetes v1.37.2 itself requires
@@ -30,6 +33,11 @@ cached() { # name version -> 0 if $TOOLS/bin/name-version exists (and refreshes 
 }
 
 build_k8s() {
+  if [ -n "${BERTH_GO_MOD_ONLY:-}" ]; then
+    mkdir -p "$BERTH_GO_MOD_ONLY"
+    cd "$BERTH_GO_MOD_ONLY" && kube_throwaway_module berth.local/kube-build "$KUBE_VERSION"
+    exit 0
+  fi
   local all=1 b
   for b in $KUBE_BINS; do cached "$b" "$KUBE_VERSION" || all=0; done
   if [ "$all" = 1 ]; then echo "build-kube: kubernetes $KUBE_VERSION (cached)"; return; fi
@@ -37,15 +45,7 @@ build_k8s() {
   (
     trap 'rm -rf "$work"' EXIT
     cd "$work"
-    local staging_version="v0.${KUBE_VERSION#v1.}"
-    go mod init berth.local/kube-build >/dev/null 2>&1
-    go mod edit -require="k8s.io/kubernetes@$KUBE_VERSION"
-    local modfile; modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBE_VERSION.mod"
-    [ -f "$modfile" ] || go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null
-    local staging m
-    staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$modfile")"
-    if [ -z "$staging" ]; then echo "build-kube: no staging replaces in $modfile" >&2; exit 1; fi
-    for m in $staging; do go mod edit -replace="$m=$m@$staging_version"; done
+    kube_throwaway_module berth.local/kube-build "$KUBE_VERSION"
     cat > main.go <<'GO'
 // Package main only exists so that `go mod tidy` pulls in what the binaries need.
 package main

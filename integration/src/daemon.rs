@@ -407,9 +407,10 @@ pub fn unmount_below(dir: &Path) {
     }
 }
 
-/// Removes every container and pod through the daemon's own API, on a thread with
-/// its own runtime (Drop cannot await, and may run inside a test's runtime).
-fn remove_everything(socket: PathBuf) {
+/// Stops and removes every pod (and container) through the runtime's own API (berthd
+/// or a containerd peer), on a thread with its own runtime: Drop cannot await, and may
+/// run inside a test's runtime.
+pub fn remove_all_pods(socket: PathBuf) {
     let worker = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -488,30 +489,14 @@ fn kill_leftovers(dir: &Path, root_dir: &Path) {
                 .collect()
         })
         .unwrap_or_default();
-    let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let controllers: Vec<PathBuf> = controllers
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
+    let controllers = crate::cgroup::hierarchies();
+    let mut cgroups = Vec::new();
     for id in &ids {
         for ctl in &controllers {
-            for cg in find_dirs_named(ctl, id, 4) {
-                for pid in fs::read_to_string(cg.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        // SAFETY: kill(2) has no memory-safety preconditions.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                let _ = fs::remove_dir(&cg);
-            }
+            cgroups.extend(find_dirs_named(ctl, id, 4));
         }
     }
+    crate::cgroup::kill_and_remove(cgroups);
 }
 
 fn find_dirs_named(root: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
@@ -536,7 +521,7 @@ fn find_dirs_named(root: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if self.child.is_some() {
-            remove_everything(self.socket.clone());
+            remove_all_pods(self.socket.clone());
         }
         if self.child.is_some()
             && let Err(e) = self.stop()

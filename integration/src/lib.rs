@@ -3,6 +3,8 @@
 //! critest) against it. Everything started here is torn down on drop, also when a
 //! test fails.
 
+pub mod bench;
+pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod fixtures;

@@ -20,6 +20,8 @@ use anyhow::{Context, bail};
 use berth_proto::v1 as cri;
 
 use crate::CriClient;
+use crate::cgroup;
+pub use crate::daemon::remove_all_pods;
 use crate::daemon::unmount_below;
 use crate::forge::{self, BuiltImage, ImageBuilder, LayerBuilder};
 
@@ -174,17 +176,6 @@ fn entry_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn cgroup_controllers() -> Vec<PathBuf> {
-    fs::read_dir("/sys/fs/cgroup")
-        .map(|e| {
-            e.filter_map(Result::ok)
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The same set-up as the 1.x config, in containerd 2.x's config version 3: the CRI
 /// plugin is split into `io.containerd.cri.v1.images` (snapshotter, sandbox image as
 /// `pinned_images.sandbox`, registry) and `io.containerd.cri.v1.runtime` (runtimes,
@@ -332,7 +323,7 @@ state = "{state}"
             )
         };
         fs::write(p.join("config.toml"), config)?;
-        let new_k8s_cgroups = cgroup_controllers()
+        let new_k8s_cgroups = cgroup::hierarchies()
             .into_iter()
             .map(|c| c.join("k8s.io"))
             .filter(|c| !c.exists())
@@ -426,75 +417,6 @@ state = "{state}"
     }
 }
 
-/// Stops and removes every pod (and container) through the runtime's own API, on a
-/// thread with its own runtime: Drop cannot await.
-pub fn remove_all_pods(socket: PathBuf) {
-    let worker = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let cleanup = async {
-                let mut c = CriClient::connect(&socket).await.ok()?;
-                let containers = c
-                    .runtime
-                    .list_containers(cri::ListContainersRequest::default())
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .containers;
-                for ctr in containers {
-                    let _ = c
-                        .runtime
-                        .remove_container(cri::RemoveContainerRequest {
-                            container_id: ctr.id,
-                        })
-                        .await;
-                }
-                let pods = c
-                    .runtime
-                    .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .items;
-                for pod in pods {
-                    let _ = c
-                        .runtime
-                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                            pod_sandbox_id: pod.id.clone(),
-                        })
-                        .await;
-                    let _ = c
-                        .runtime
-                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                            pod_sandbox_id: pod.id,
-                        })
-                        .await;
-                }
-                Some(())
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(60), cleanup).await;
-        });
-    });
-    let _ = worker.join();
-}
-
-fn kill_pids_in(cgroup: &Path) {
-    for pid in fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-    {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
 /// Splits a line of `iptables -S` output into arguments (double quotes group,
 /// `\"` inside them is a literal quote).
 fn split_iptables(line: &str) -> Vec<String> {
@@ -583,18 +505,13 @@ impl Drop for Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let controllers = cgroup_controllers();
-        for ctl in &controllers {
+        let mut cgroups = Vec::new();
+        for ctl in cgroup::hierarchies() {
             for id in &ids {
-                kill_pids_in(&ctl.join("k8s.io").join(id));
+                cgroups.push(ctl.join("k8s.io").join(id));
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
-        for ctl in &controllers {
-            for id in &ids {
-                let _ = fs::remove_dir(ctl.join("k8s.io").join(id));
-            }
-        }
+        cgroup::kill_and_remove(cgroups);
         for cg in &self.new_k8s_cgroups {
             // rmdir fails while another containerd still has pods there: fine.
             let _ = fs::remove_dir(cg);

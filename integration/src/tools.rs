@@ -97,6 +97,17 @@ where
 /// crictl config file involved.
 pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput> {
     let crictl = tool("crictl")?;
+    run(
+        crictl.as_os_str(),
+        crictl_args(endpoint, args),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// crictl's arguments for `endpoint` (runtime and image service, 20 s per RPC), then
+/// `args`.
+fn crictl_args<'a>(endpoint: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut full = vec![
         "--runtime-endpoint",
         endpoint,
@@ -106,7 +117,53 @@ pub async fn crictl(endpoint: &str, args: &[&str]) -> anyhow::Result<ToolOutput>
         "20s",
     ];
     full.extend_from_slice(args);
-    run(crictl.as_os_str(), &full, Duration::from_secs(60)).await
+    full
+}
+
+/// What a critest run printed: the tool's output, its stdout, and ginkgo's summary line
+/// (`Ran N of M Specs ... | N Passed | N Failed | ...`; "no ginkgo summary" when none).
+#[derive(Debug)]
+pub struct CritestRun {
+    pub out: ToolOutput,
+    pub text: String,
+    pub summary: String,
+}
+
+/// Runs critest against a daemon's endpoint (runtime and image service), without
+/// colour, with `args` (a `--ginkgo.focus=`, `-benchmark`...) within `timeout`.
+pub async fn critest(
+    endpoint: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<CritestRun> {
+    let critest = tool("critest")?;
+    let mut full = vec![
+        "--runtime-endpoint",
+        endpoint,
+        "--image-endpoint",
+        endpoint,
+        "--ginkgo.no-color",
+    ];
+    full.extend_from_slice(args);
+    let out = run(critest.as_os_str(), &full, timeout).await?;
+    let text = out.stdout();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" Passed | "))
+        .unwrap_or("no ginkgo summary")
+        .to_owned();
+    Ok(CritestRun { out, text, summary })
+}
+
+/// [`crictl`] expected to succeed: its stdout; panics with the command line, its exit
+/// status and stderr when it fails (for tests).
+pub async fn crictl_ok(endpoint: &str, args: &[&str]) -> String {
+    crictl(endpoint, args)
+        .await
+        .expect("crictl")
+        .success()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .stdout()
 }
 
 /// Like [`crictl`], with `stdin` piped in and then closed (`attach -i`, `exec -i`).
@@ -117,15 +174,7 @@ pub async fn crictl_with_stdin(
 ) -> anyhow::Result<ToolOutput> {
     use tokio::io::AsyncWriteExt;
     let crictl = tool("crictl")?;
-    let mut full = vec![
-        "--runtime-endpoint",
-        endpoint,
-        "--image-endpoint",
-        endpoint,
-        "--timeout",
-        "20s",
-    ];
-    full.extend_from_slice(args);
+    let full = crictl_args(endpoint, args);
     let command = std::iter::once(crictl.display().to_string())
         .chain(full.iter().map(|a| (*a).to_owned()))
         .collect::<Vec<_>>()

@@ -23,20 +23,13 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// A pod on the host network with `annotations`.
 fn pod_config(
     name: &str,
     logs: &Path,
     annotations: HashMap<String, String>,
 ) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
         annotations,
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -49,10 +42,11 @@ fn pod_config(
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..fixtures::pod_config(name, logs)
     }
 }
 
+/// A container sleeping, asking for the CDI devices `cdi` and with `annotations`.
 fn container_config(
     name: &str,
     image: &str,
@@ -60,16 +54,6 @@ fn container_config(
     annotations: HashMap<String, String>,
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "300".into()],
-        log_path: format!("{name}.log"),
         annotations,
         cdi_devices: cdi
             .iter()
@@ -77,21 +61,8 @@ fn container_config(
                 name: (*n).to_owned(),
             })
             .collect(),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
+        ..fixtures::container_config(name, image, &["sleep", "300"])
     }
-}
-
-/// `CreateContainer` then `StartContainer`; the first refusal's status.
-async fn create_and_start(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    let id = fixtures::create(client, pod_id, pod, config).await?;
-    fixtures::start(client, &id).await?;
-    Ok(id)
 }
 
 /// Runs `sh -c script` in the container; returns exit code and stdout+stderr.
@@ -201,17 +172,7 @@ async fn cdi_devices_reach_the_container_and_unknown_ones_are_refused() {
     ));
     let daemon = TestDaemon::start_with(options).await.expect("berthd");
     let mut client = daemon.client().await.expect("client");
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image_ref.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    fixtures::pull(&mut client, &image_ref).await;
 
     // The pod asks for the JSON device by annotation; the first container for the
     // YAML one through CDI_devices, the second through its own annotation.
@@ -223,18 +184,9 @@ async fn cdi_devices_reach_the_container_and_unknown_ones_are_refused() {
             "berth.test/json=dev1".to_owned(),
         )]),
     );
-    let pod_id = client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = fixtures::run_pod(&mut client, &pod).await;
 
-    let a = create_and_start(
+    let a = fixtures::try_create_started(
         &mut client,
         &pod_id,
         &pod,
@@ -272,7 +224,7 @@ async fn cdi_devices_reach_the_container_and_unknown_ones_are_refused() {
         "the spec's createRuntime hook did not run"
     );
 
-    let b = create_and_start(
+    let b = fixtures::try_create_started(
         &mut client,
         &pod_id,
         &pod,
@@ -315,7 +267,7 @@ async fn cdi_devices_reach_the_container_and_unknown_ones_are_refused() {
         ),
         ("u3", vec!["not a name"], HashMap::new(), "CDI_devices"),
     ] {
-        let err = create_and_start(
+        let err = fixtures::try_create_started(
             &mut client,
             &pod_id,
             &pod,
@@ -337,7 +289,7 @@ async fn cdi_devices_reach_the_container_and_unknown_ones_are_refused() {
         "a refused container left a mount"
     );
     // Known devices still resolve next to the broken file.
-    create_and_start(
+    fixtures::try_create_started(
         &mut client,
         &pod_id,
         &pod,

@@ -6,26 +6,16 @@
 use std::process::Command;
 use std::time::Duration;
 
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::setup::Node;
-use berth_integration::tools::crictl;
+use berth_integration::tools::crictl_ok;
 use berth_proto::v1::CheckpointContainerRequest;
 use tonic::Code;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
 
 async fn wait_state(ep: &str, id: &str, state: &str) {
     for _ in 0..100 {
         let v: serde_json::Value =
-            serde_json::from_str(&ok(ep, &["inspect", id]).await).expect("JSON");
+            serde_json::from_str(&crictl_ok(ep, &["inspect", id]).await).expect("JSON");
         if v["status"]["state"] == state {
             return;
         }
@@ -73,13 +63,13 @@ async fn checkpoint_validates_and_reports_why_criu_cannot_run() {
     .expect("write");
     let pod = pod.display().to_string();
     let ctr = ctr.display().to_string();
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let running = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let running = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &running]).await;
+    crictl_ok(&ep, &["start", &running]).await;
     wait_state(&ep, &running, "CONTAINER_RUNNING").await;
     // A second container that is created but never started.
     let idle_cfg = dir.path().join("idle.json");
@@ -90,7 +80,7 @@ async fn checkpoint_validates_and_reports_why_criu_cannot_run() {
         ),
     )
     .expect("write");
-    let idle = ok(
+    let idle = crictl_ok(
         &ep,
         &["create", &pod_id, &idle_cfg.display().to_string(), &pod],
     )
@@ -200,7 +190,7 @@ async fn checkpoint_validates_and_reports_why_criu_cannot_run() {
     );
 
     // A stopped container cannot be checkpointed.
-    ok(&ep, &["stop", "--timeout", "0", &running]).await;
+    crictl_ok(&ep, &["stop", "--timeout", "0", &running]).await;
     wait_state(&ep, &running, "CONTAINER_EXITED").await;
     let e = c
         .runtime
@@ -210,6 +200,6 @@ async fn checkpoint_validates_and_reports_why_criu_cannot_run() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("is not running"), "{}", e.message());
 
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use berth_integration::daemon::{DIE_AFTER_MONITOR_SPAWN, DaemonOptions, TEST_HOOKS_NEEDED};
+use berth_integration::fixtures;
 use berth_integration::setup::Node;
 use berth_integration::{CriClient, TestDaemon};
 use berth_proto::v1::{
@@ -937,14 +938,7 @@ async fn storm(
         monitor_kills: 0,
     };
     let mut c = node.daemon.client().await?;
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    fixtures::try_pull(&mut c, BUSYBOX)
         .await
         .context("pulling busybox")?;
 
@@ -1174,16 +1168,7 @@ async fn a_sandbox_killed_mid_creation_is_torn_down_entirely_at_restart() {
     let mut node = Node::start().await.expect("node");
     let monitors_before = monitor_pids();
     let mut c = node.daemon.client().await.expect("client");
-    let id = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("mid-creation", &cgroup_parent)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let id = fixtures::run_pod(&mut c, &pod_config("mid-creation", &cgroup_parent)).await;
     let ids = BTreeSet::from([id.clone()]);
     assert_eq!(leases_of(&ids).len(), 1, "the pod holds an IP lease");
     node.daemon.kill().expect("SIGKILL berthd");
@@ -1255,43 +1240,17 @@ async fn a_container_started_as_berthd_died_is_running_with_a_start_time() {
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
     let mut c = node.daemon.client().await.expect("client");
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
-    let pod = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("started-as-killed", &cgroup_parent)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let id = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(sleeper("main")),
-            sandbox_config: Some(pod_config("started-as-killed", &cgroup_parent)),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    fixtures::pull(&mut c, BUSYBOX).await;
+    let pod = fixtures::run_pod(&mut c, &pod_config("started-as-killed", &cgroup_parent)).await;
+    let id = fixtures::create(
+        &mut c,
+        &pod,
+        &pod_config("started-as-killed", &cgroup_parent),
+        sleeper("main"),
+    )
+    .await
+    .expect("CreateContainer");
+    fixtures::start(&mut c, &id).await.expect("StartContainer");
     node.daemon.kill().expect("SIGKILL berthd");
 
     let record = node
@@ -1355,43 +1314,17 @@ async fn a_container_with_unreadable_runtime_state_is_removed_entirely() {
     let _cg = CgroupParent(cgroup_parent.clone());
     let mut node = Node::start().await.expect("node");
     let mut c = node.daemon.client().await.expect("client");
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
-    let pod = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("rt-state", &cgroup_parent)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let id = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(sleeper("main")),
-            sandbox_config: Some(pod_config("rt-state", &cgroup_parent)),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    fixtures::pull(&mut c, BUSYBOX).await;
+    let pod = fixtures::run_pod(&mut c, &pod_config("rt-state", &cgroup_parent)).await;
+    let id = fixtures::create(
+        &mut c,
+        &pod,
+        &pod_config("rt-state", &cgroup_parent),
+        sleeper("main"),
+    )
+    .await
+    .expect("CreateContainer");
+    fixtures::start(&mut c, &id).await.expect("StartContainer");
     c.runtime
         .stop_container(StopContainerRequest {
             container_id: id.clone(),
@@ -1450,27 +1383,9 @@ async fn a_container_whose_monitor_was_just_spawned_when_berthd_died_leaves_noth
         .set_env(DIE_AFTER_MONITOR_SPAWN, &trigger.display().to_string());
     node.daemon.restart().await.expect("restart with the hook");
     let mut c = node.daemon.client().await.expect("client");
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    fixtures::pull(&mut c, BUSYBOX).await;
     let pod_cfg = pod_config("monitor-spawned", &cgroup_parent);
-    let pod = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = fixtures::run_pod(&mut c, &pod_cfg).await;
     let containers_dir = node.daemon.root_dir.join("containers");
 
     for mode in ["stop-monitor", "run"] {
@@ -1557,19 +1472,10 @@ async fn a_container_whose_monitor_was_just_spawned_when_berthd_died_leaves_noth
     }
 
     // The hook is spent: a container is created and started as usual.
-    let id = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(sleeper("after")),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
+    let id = fixtures::create(&mut c, &pod, &pod_cfg, sleeper("after"))
         .await
-        .expect("CreateContainer after recovery")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest { container_id: id })
+        .expect("CreateContainer after recovery");
+    fixtures::start(&mut c, &id)
         .await
         .expect("StartContainer after recovery");
     c.runtime

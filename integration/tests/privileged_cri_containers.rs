@@ -4,31 +4,15 @@
 
 use std::time::Duration;
 
+use berth_integration::fixtures::{self, BUSYBOX, write_file};
 use berth_integration::setup::Node;
-use berth_integration::tools::crictl;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p.display().to_string()
-}
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
+use berth_integration::tools::{crictl, crictl_ok};
 
 /// Polls `crictl inspect` until the container reaches `state`.
 async fn wait_state(ep: &str, id: &str, state: &str) -> serde_json::Value {
     for _ in 0..100 {
         let v: serde_json::Value =
-            serde_json::from_str(&ok(ep, &["inspect", id]).await).expect("JSON");
+            serde_json::from_str(&crictl_ok(ep, &["inspect", id]).await).expect("JSON");
         if v["status"]["state"] == state {
             return v;
         }
@@ -44,7 +28,7 @@ async fn crictl_container_workflow() {
     let ep = d.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         &format!(
@@ -53,16 +37,18 @@ async fn crictl_container_workflow() {
             logs.display()
         ),
     );
-    let ctr = write(
+    let ctr = write_file(
         dir.path(),
         "ctr.json",
-        r#"{"metadata":{"name":"main"},"image":{"image":"registry.k8s.io/e2e-test-images/busybox:1.29-2"},
+        &format!(
+            r#"{{"metadata":{{"name":"main"}},"image":{{"image":"{BUSYBOX}"}},
             "command":["sh","-c","echo hello; echo oops >&2; exec sleep 3600"],
-            "log_path":"main.log","labels":{"tier":"test"}}"#,
+            "log_path":"main.log","labels":{{"tier":"test"}}}}"#
+        ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let id = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
@@ -70,7 +56,7 @@ async fn crictl_container_workflow() {
     let v = wait_state(&ep, &id, "CONTAINER_CREATED").await;
     assert_eq!(v["status"]["labels"]["tier"], "test");
 
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
     let v = wait_state(&ep, &id, "CONTAINER_RUNNING").await;
     let log_path = v["status"]["logPath"].as_str().expect("logPath").to_owned();
     assert_eq!(log_path, logs.join("main.log").display().to_string());
@@ -80,7 +66,7 @@ async fn crictl_container_workflow() {
             .is_some_and(|r| !r.is_empty())
     );
 
-    let ps = ok(&ep, &["ps"]).await;
+    let ps = crictl_ok(&ep, &["ps"]).await;
     assert!(
         ps.lines()
             .any(|l| l.starts_with(&id[..13]) && l.contains("Running") && l.contains("main")),
@@ -120,7 +106,7 @@ async fn crictl_container_workflow() {
     assert!(out.stderr().contains("oops"), "{}", out.stderr());
 
     // Stats and a live resource update, as an operator checks them.
-    let stats = ok(&ep, &["stats", "-o", "json", &id]).await;
+    let stats = crictl_ok(&ep, &["stats", "-o", "json", &id]).await;
     let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
     let s = &v["stats"][0];
     assert_eq!(s["attributes"]["id"], id);
@@ -131,7 +117,7 @@ async fn crictl_container_workflow() {
             .is_some_and(|b| b > 0),
         "{s}"
     );
-    ok(&ep, &["update", "--memory", "67108864", &id]).await;
+    crictl_ok(&ep, &["update", "--memory", "67108864", &id]).await;
     // The pod has no cgroup parent, so the container's cgroup is /berth/<id>.
     let limit = std::fs::read_to_string(format!(
         "/sys/fs/cgroup/memory/berth/{id}/memory.limit_in_bytes"
@@ -145,10 +131,10 @@ async fn crictl_container_workflow() {
 
     // Exec: output, exit codes, and the container's own view.
     // crictl prints ExecSync's stdout with trailing newlines of its own.
-    let out = ok(&ep, &["exec", "-s", &id, "sh", "-c", "echo -n $(hostname)"]).await;
+    let out = crictl_ok(&ep, &["exec", "-s", &id, "sh", "-c", "echo -n $(hostname)"]).await;
     assert_eq!(out.trim_end(), "wf-host");
     // The pod shares one pid namespace (the CRI default): its infra process is pid 1.
-    let pid1 = ok(&ep, &["exec", "-s", &id, "cat", "/proc/1/cmdline"]).await;
+    let pid1 = crictl_ok(&ep, &["exec", "-s", &id, "cat", "/proc/1/cmdline"]).await;
     assert!(pid1.contains("pause"), "pod infra is pid 1: {pid1:?}");
     let failed = crictl(&ep, &["exec", "-s", &id, "sh", "-c", "exit 3"])
         .await
@@ -160,17 +146,17 @@ async fn crictl_container_workflow() {
         failed.stderr()
     );
 
-    ok(&ep, &["stop", "-t", "10", &id]).await;
+    crictl_ok(&ep, &["stop", "-t", "10", &id]).await;
     let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
     assert_eq!(
         v["status"]["exitCode"], 143,
         "SIGTERM ends sleep (not pid 1 here): {v}"
     );
     assert_eq!(v["status"]["reason"], "Error");
-    ok(&ep, &["rm", &id]).await;
-    assert_eq!(ok(&ep, &["ps", "-a", "-q"]).await.trim(), "");
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rm", &id]).await;
+    assert_eq!(crictl_ok(&ep, &["ps", "-a", "-q"]).await.trim(), "");
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mountinfo.contains(&id), "rootfs unmounted");
 }
@@ -181,29 +167,29 @@ async fn exits_are_recorded_with_their_reason() {
     let d = &node.daemon;
     let ep = d.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         r#"{"metadata":{"name":"ex","namespace":"default","uid":"ex-uid","attempt":0},"linux":{}}"#,
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
     for (name, cmd, code, reason) in [
         ("ok", "exit 0", 0, "Completed"),
         ("bad", "exit 42", 42, "Error"),
     ] {
-        let ctr = write(
+        let ctr = write_file(
             dir.path(),
             &format!("{name}.json"),
             &format!(
                 r#"{{"metadata":{{"name":"{name}"}},"image":{{"image":"{BUSYBOX}"}},"command":["sh","-c","{cmd}"]}}"#
             ),
         );
-        let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+        let id = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
             .await
             .trim()
             .to_owned();
-        ok(&ep, &["start", &id]).await;
+        crictl_ok(&ep, &["start", &id]).await;
         let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
         assert_eq!(v["status"]["exitCode"], code, "{v}");
         assert_eq!(v["status"]["reason"], reason, "{v}");
@@ -215,7 +201,7 @@ async fn exits_are_recorded_with_their_reason() {
         );
     }
     // A missing executable fails create with a message naming it.
-    let ctr = write(
+    let ctr = write_file(
         dir.path(),
         "nx.json",
         &format!(
@@ -227,10 +213,10 @@ async fn exits_are_recorded_with_their_reason() {
         .expect("crictl");
     assert!(!out.output.status.success());
     assert!(out.stderr().contains("/no/such/binary"), "{}", out.stderr());
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
     assert_eq!(
-        ok(&ep, &["ps", "-a", "-q"]).await.trim(),
+        crictl_ok(&ep, &["ps", "-a", "-q"]).await.trim(),
         "",
         "rmp removed the containers"
     );
@@ -242,7 +228,7 @@ async fn containers_outlive_a_berthd_crash() {
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         &format!(
@@ -251,9 +237,9 @@ async fn containers_outlive_a_berthd_crash() {
             logs.display()
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let long = write(
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let long = write_file(
         dir.path(),
         "long.json",
         &format!(
@@ -261,23 +247,23 @@ async fn containers_outlive_a_berthd_crash() {
                 "command":["sh","-c","i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]}}"#
         ),
     );
-    let short = write(
+    let short = write_file(
         dir.path(),
         "short.json",
         &format!(
             r#"{{"metadata":{{"name":"short"}},"image":{{"image":"{BUSYBOX}"}},"command":["sh","-c","sleep 2; exit 7"]}}"#
         ),
     );
-    let long_id = ok(&ep, &["create", &pod_id, &long, &pod])
+    let long_id = crictl_ok(&ep, &["create", &pod_id, &long, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &long_id]).await;
-    let short_id = ok(&ep, &["create", &pod_id, &short, &pod])
+    crictl_ok(&ep, &["start", &long_id]).await;
+    let short_id = crictl_ok(&ep, &["create", &pod_id, &short, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &short_id]).await;
+    crictl_ok(&ep, &["start", &short_id]).await;
 
     node.daemon.kill().expect("SIGKILL berthd");
     let log = logs.join("long.log");
@@ -299,15 +285,15 @@ async fn containers_outlive_a_berthd_crash() {
         v["status"]["exitCode"], 7,
         "exit recorded while berthd was down: {v}"
     );
-    let out = ok(&ep, &["exec", "-s", &long_id, "echo", "-n", "still here"]).await;
+    let out = crictl_ok(&ep, &["exec", "-s", &long_id, "echo", "-n", "still here"]).await;
     assert_eq!(out.trim_end(), "still here");
-    let pods = ok(&ep, &["pods", "-q"]).await;
+    let pods = crictl_ok(&ep, &["pods", "-q"]).await;
     assert_eq!(pods.trim(), pod_id);
 
-    ok(&ep, &["stop", "-t", "1", &long_id]).await;
+    crictl_ok(&ep, &["stop", "-t", "1", &long_id]).await;
     wait_state(&ep, &long_id, "CONTAINER_EXITED").await;
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 
     // Nothing of the pod is left on the host: no monitor, mount, cgroup or netns pin.
     let root = node.daemon.dir().display().to_string();
@@ -342,25 +328,25 @@ async fn events_and_pod_stats() {
         .expect("GetContainerEvents")
         .into_inner();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         r#"{"metadata":{"name":"ev","namespace":"default","uid":"ev-uid","attempt":0},"linux":{}}"#,
     );
-    let ctr = write(
+    let ctr = write_file(
         dir.path(),
         "ctr.json",
         &format!(
             r#"{{"metadata":{{"name":"ev"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let id = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
 
     let stats = c
         .runtime
@@ -403,8 +389,8 @@ async fn events_and_pod_stats() {
         .stats;
     assert_eq!(all.len(), 1);
 
-    ok(&ep, &["stop", "-t", "1", &id]).await;
-    ok(&ep, &["rm", &id]).await;
+    crictl_ok(&ep, &["stop", "-t", "1", &id]).await;
+    crictl_ok(&ep, &["rm", &id]).await;
     let mut kinds = Vec::new();
     while kinds.len() < 4 {
         let e = tokio::time::timeout(Duration::from_secs(20), events.message())
@@ -432,19 +418,19 @@ async fn events_and_pod_stats() {
 async fn bad_container_requests_are_refused_cleanly() {
     use berth_proto::v1::{
         ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-        ImageSpec, RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
+        ImageSpec, RemoveContainerRequest, StopContainerRequest,
     };
     use tonic::Code;
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         r#"{"metadata":{"name":"bad","namespace":"default","uid":"bad-uid","attempt":0},"linux":{}}"#,
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
     let mut c = node.daemon.client().await.expect("client");
     let config = |name: &str| ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -525,13 +511,7 @@ async fn bad_container_requests_are_refused_cleanly() {
             .await
             .expect_err("unknown");
         assert_eq!(err.code(), Code::NotFound);
-        let err = c
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .expect_err("unknown");
+        let err = fixtures::start(&mut c, id).await.expect_err("unknown");
         assert_eq!(err.code(), Code::NotFound);
         c.runtime
             .stop_container(StopContainerRequest {
@@ -563,14 +543,14 @@ async fn bad_container_requests_are_refused_cleanly() {
     assert_eq!(rootfs_mounts, 1, "{mountinfo}");
 
     // A stopped pod takes no new containers.
-    ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
     let err = c
         .runtime
         .create_container(create(&pod_id, config("late")))
         .await
         .expect_err("stopped pod");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }
 
 #[tokio::test]
@@ -578,27 +558,27 @@ async fn a_killed_monitor_takes_its_container_down_and_says_why() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         r#"{"metadata":{"name":"mon","namespace":"default","uid":"mon-uid","attempt":0},"linux":{}}"#,
     );
-    let ctr = write(
+    let ctr = write_file(
         dir.path(),
         "ctr.json",
         &format!(
             r#"{{"metadata":{{"name":"mon"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"]}}"#
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let id = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
     let v: serde_json::Value =
-        serde_json::from_str(&ok(&ep, &["inspect", &id]).await).expect("JSON");
+        serde_json::from_str(&crictl_ok(&ep, &["inspect", &id]).await).expect("JSON");
     let monitor = v["info"]["monitorPid"].as_i64().expect("monitor pid");
     let init = v["info"]["pid"].as_i64().expect("init pid");
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is the monitor's.
@@ -624,9 +604,9 @@ async fn a_killed_monitor_takes_its_container_down_and_says_why() {
         stat.is_empty() || stat.contains(") Z "),
         "the container's init is gone: {stat}"
     );
-    ok(&ep, &["rm", &id]).await;
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rm", &id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }
 
 /// cri-api v0.37: `Mount.mount_options` narrow a bind as asked (an executable on a
@@ -644,7 +624,7 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         &format!(
@@ -652,8 +632,8 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
             dir.path().display()
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
     // The volume's filesystem (/tmp here) allows exec: only the mount option forbids it.
     let vol = tempfile::tempdir().expect("volume");
     let script = vol.path().join("run.sh");
@@ -704,7 +684,7 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
         err.message()
     );
     assert_eq!(
-        ok(&ep, &["ps", "-a", "-q"]).await.trim(),
+        crictl_ok(&ep, &["ps", "-a", "-q"]).await.trim(),
         "",
         "a refused create leaves no container"
     );
@@ -720,10 +700,10 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
         .expect("create")
         .into_inner()
         .container_id;
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
     let mut logs = String::new();
     for _ in 0..100 {
-        logs = ok(&ep, &["logs", &id]).await;
+        logs = crictl_ok(&ep, &["logs", &id]).await;
         if logs.contains("ready") {
             break;
         }
@@ -759,14 +739,14 @@ async fn mount_options_and_the_cri_stop_signal_reach_the_container() {
 
     // SIGUSR1 is 29 in the CRI enum; sending 29 (SIGIO on Linux) would leave the shell
     // (pid 1, no handler) running until the SIGKILL after the timeout: exit 137.
-    ok(&ep, &["stop", "-t", "20", &id]).await;
+    crictl_ok(&ep, &["stop", "-t", "20", &id]).await;
     let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
-    let logs = ok(&ep, &["logs", &id]).await;
+    let logs = crictl_ok(&ep, &["logs", &id]).await;
     assert!(logs.contains("got-usr1"), "{logs}");
     assert_eq!(v["status"]["exitCode"], 0, "{v}");
-    ok(&ep, &["rm", &id]).await;
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rm", &id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }
 
 /// Host pids whose command line is exactly `sleep <arg>`.
@@ -812,12 +792,12 @@ async fn start_host_pid(
         "command": ["sh", "-c", script],
         "linux": { "security_context": { "namespace_options": { "network": 2, "pid": 2 } } },
     });
-    let ctr = write(dir, &format!("{name}.json"), &config.to_string());
-    let id = ok(ep, &["create", pod_id, &ctr, pod])
+    let ctr = write_file(dir, &format!("{name}.json"), &config.to_string());
+    let id = crictl_ok(ep, &["create", pod_id, &ctr, pod])
         .await
         .trim()
         .to_owned();
-    ok(ep, &["start", &id]).await;
+    crictl_ok(ep, &["start", &id]).await;
     id
 }
 
@@ -832,7 +812,7 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tag = format!("{}", 40_000 + std::process::id() % 20_000);
     let _guard = KillSleepers(tag.clone());
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         &format!(
@@ -842,8 +822,8 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
             dir.path().join("logs").display()
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
     let id = start_host_pid(
         &ep,
         dir.path(),
@@ -867,7 +847,7 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
     );
 
     // The shell dies of SIGTERM at once; its background child does not.
-    ok(&ep, &["stop", "-t", "5", &id]).await;
+    crictl_ok(&ep, &["stop", "-t", "5", &id]).await;
     let v = wait_state(&ep, &id, "CONTAINER_EXITED").await;
     let left = sleepers(&tag);
     assert!(
@@ -876,7 +856,7 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
          (exit {})",
         v["status"]["exitCode"]
     );
-    ok(&ep, &["rm", &id]).await;
+    crictl_ok(&ep, &["rm", &id]).await;
 
     // An init that exits by itself leaves nothing running either (kubelet removes an
     // exited container only at garbage collection).
@@ -897,7 +877,7 @@ async fn stop_ends_what_a_host_pid_container_left_in_its_cgroup() {
         left.is_empty(),
         "3 s after its init exited, the container's child `sleep {tag2}` still runs as {left:?}"
     );
-    ok(&ep, &["rm", &id2]).await;
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rm", &id2]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }

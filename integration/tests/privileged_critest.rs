@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use berth_integration::setup::Node;
-use berth_integration::tools;
+use berth_integration::tools::{self, CritestRun};
 
 /// Specs that do not pass yet, with why. Keep in step with README.md ("Conformance").
 const NOT_YET: &[(&str, &str)] = &[];
@@ -20,30 +20,16 @@ const OFFLINE_IMPOSSIBLE: &str = "public image with digest";
 async fn critest_conformance_suite() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
-    let critest = tools::tool("critest").expect("critest");
     let mut skip: Vec<String> = NOT_YET.iter().map(|(spec, _)| regex_escape(spec)).collect();
     skip.push(regex_escape(OFFLINE_IMPOSSIBLE));
     skip.push("Streaming".into());
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            &format!("--ginkgo.skip={}", skip.join("|")),
-            "--ginkgo.no-color",
-        ],
+    let CritestRun { out, text, summary } = tools::critest(
+        &ep,
+        &[&format!("--ginkgo.skip={}", skip.join("|"))],
         Duration::from_secs(1500),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
-    let summary = text
-        .lines()
-        .find(|l| l.contains(" Passed | "))
-        .unwrap_or("no ginkgo summary")
-        .to_owned();
     // The plain closing line CI readers look for.
     if let Some((passed, failed, skipped)) = parse_summary(&summary) {
         println!("critest: {passed} passed, {failed} failed, {skipped} skipped");

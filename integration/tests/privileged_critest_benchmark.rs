@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use berth_integration::setup::Node;
-use berth_integration::tools;
+use berth_integration::tools::{self, CritestRun};
 
 #[tokio::test]
 async fn critest_benchmark_mode_runs_and_reports() {
@@ -23,24 +23,17 @@ async fn critest_benchmark_mode_runs_and_reports() {
     .expect("params");
     let out_dir = dir.path().join("results");
     std::fs::create_dir(&out_dir).expect("results dir");
-    let critest = tools::tool("critest").expect("critest");
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
+    let CritestRun { out, text, .. } = tools::critest(
+        &ep,
+        &[
             "-benchmark",
             &format!("-benchmarking-params-file={}", params.display()),
             &format!("-benchmarking-output-dir={}", out_dir.display()),
-            "--ginkgo.no-color",
         ],
         Duration::from_secs(600),
     )
     .await
     .expect("critest -benchmark");
-    let text = out.stdout();
     assert!(
         out.output.status.success(),
         "critest -benchmark failed:\n{text}\n{}",

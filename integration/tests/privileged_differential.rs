@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use berth_integration::CriClient;
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures;
 use berth_integration::forge::{ImageBuilder, LayerBuilder};
 use berth_integration::peer::{Containerd, PAUSE, PeerSpec, peer_busybox_image, peer_specs};
 use berth_integration::registry::{CRITEST_HOSTS, TestRegistry};
@@ -99,6 +100,8 @@ async fn rpc<T>(
     }
 }
 
+/// Pod `name` of `side`, the same on both sides but for its uid and log directory:
+/// hostname `probe`, a cluster's DNS settings.
 fn pod_config(side: &Side, name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -108,32 +111,18 @@ fn pod_config(side: &Side, name: &str) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         hostname: "probe".to_owned(),
-        log_directory: side.logs.path().join(name).display().to_string(),
         dns_config: Some(cri::DnsConfig {
             servers: vec!["10.0.0.10".to_owned()],
             searches: vec!["diff.svc.cluster.local".to_owned()],
             options: vec!["ndots:5".to_owned()],
         }),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
+        ..fixtures::pod_config(name, &side.logs.path().join(name))
     }
 }
 
+/// A container of the probe image running `command`.
 fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: PROBE_IMAGE.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
+    fixtures::container_config(name, PROBE_IMAGE, command)
 }
 
 impl Side {

@@ -10,10 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_integration::client::CriClient;
+use berth_integration::fixtures::{
+    self, BUSYBOX, container_config, create, pod_config, run_pod, start, try_pull,
+};
 use berth_integration::setup::Node;
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// A tmpfs mounted by the test; lazily unmounted on drop (after the daemon that
 /// used it stopped, when declared before the node).
@@ -56,92 +57,6 @@ fn fill(dir: &Path) -> PathBuf {
     // Single bytes too, so not even a page is left.
     while f.write(&[0]).is_ok_and(|n| n == 1) {}
     path
-}
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: BUSYBOX.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn pull(client: &mut CriClient) -> Result<(), tonic::Status> {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn start(client: &mut CriClient, id: &str) {
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.to_owned(),
-        })
-        .await
-        .expect("StartContainer");
 }
 
 async fn containers(client: &mut CriClient) -> Vec<cri::Container> {
@@ -264,7 +179,7 @@ async fn disk_full_during_pull_and_create_then_recovery() {
 
     // Pull onto a full disk.
     let filler = fill(&root);
-    let err = pull(&mut client)
+    let err = try_pull(&mut client, BUSYBOX)
         .await
         .expect_err("a pull onto a full disk fails");
     assert_enospc("PullImage", &err);
@@ -278,7 +193,7 @@ async fn disk_full_during_pull_and_create_then_recovery() {
         .await
         .expect("berthd serves after a failed pull");
     std::fs::remove_file(&filler).expect("free space");
-    pull(&mut client)
+    try_pull(&mut client, BUSYBOX)
         .await
         .expect("the pull works once space is back");
 
@@ -290,7 +205,7 @@ async fn disk_full_during_pull_and_create_then_recovery() {
         &mut client,
         &pod_id,
         &pod,
-        container_config("c1", &["sleep", "3600"]),
+        container_config("c1", BUSYBOX, &["sleep", "3600"]),
     )
     .await
     .expect_err("a create onto a full disk fails");
@@ -304,11 +219,11 @@ async fn disk_full_during_pull_and_create_then_recovery() {
         &mut client,
         &pod_id,
         &pod,
-        container_config("c2", &["sleep", "3600"]),
+        container_config("c2", BUSYBOX, &["sleep", "3600"]),
     )
     .await
     .expect("a create works once space is back");
-    start(&mut client, &id).await;
+    start(&mut client, &id).await.expect("StartContainer");
 
     // A restart recovers exactly the pod and the one container.
     node.daemon.stop().expect("stop");
@@ -348,7 +263,7 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
     // rotating the log, so the monitor appends to the very file it tore a record in.
     let ballast = logs.path().join("ballast");
     std::fs::write(&ballast, vec![0u8; 256 * 1024]).expect("ballast");
-    pull(&mut client).await.expect("pull");
+    try_pull(&mut client, BUSYBOX).await.expect("pull");
     let pod = pod_config("flood", logs.path());
     let pod_id = run_pod(&mut client, &pod).await;
     let id = create(
@@ -357,6 +272,7 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
         &pod,
         container_config(
             "flood",
+            BUSYBOX,
             &[
                 "sh",
                 "-c",
@@ -366,7 +282,7 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
     )
     .await
     .expect("create");
-    start(&mut client, &id).await;
+    start(&mut client, &id).await.expect("StartContainer");
     let log_path = logs.path().join("flood.log");
     // Wait until the disk is full.
     let mut full = false;
@@ -391,17 +307,7 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The container runs on, the daemon answers, exec works.
-    let st = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let st = fixtures::container_status(&mut client, &id).await;
     assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
     let r = client
         .runtime
@@ -444,19 +350,6 @@ async fn a_container_flooding_its_log_onto_a_full_disk() {
         .expect("StopContainer");
     let lines = assert_cri_log(&log_path);
     assert!(lines > 0, "nothing was logged after the reopen");
-    client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await
-        .expect("RemovePodSandbox");
+    fixtures::stop_and_remove_pod(&mut client, &pod_id).await;
     drop(node);
 }

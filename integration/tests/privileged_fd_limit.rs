@@ -17,11 +17,11 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use berth_integration::CriClient;
 use berth_integration::daemon::DaemonOptions;
+use berth_integration::fixtures;
 use berth_integration::setup::Node;
 use berth_proto::v1::{
-    CreateContainerRequest, ImageSpec, ListContainersRequest, ListPodSandboxRequest,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest, VersionRequest,
+    ListContainersRequest, ListPodSandboxRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+    VersionRequest,
 };
 use reliability_common::{
     BUSYBOX, CgroupParent, cgroups_under, monitor_pids, mounts_under, paths_naming, pod_config,
@@ -86,14 +86,7 @@ fn names_fd_exhaustion(status: &tonic::Status) -> bool {
 }
 
 async fn run_pod(c: &mut CriClient, name: &str, cg: &str) -> Result<String, tonic::Status> {
-    Ok(c.runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config(name, cg)),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
+    fixtures::run_pod_with(c, &pod_config(name, cg), "").await
 }
 
 /// CreateContainer then StartContainer; an error says which step failed.
@@ -103,21 +96,10 @@ async fn create_started(
     name: &str,
     cg: &str,
 ) -> Result<String, (&'static str, tonic::Status)> {
-    let id = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(sleeper(name)),
-            sandbox_config: Some(pod_config(name, cg)),
-        })
+    let id = fixtures::create(c, pod, &pod_config(name, cg), sleeper(name))
         .await
-        .map_err(|s| ("CreateContainer", s))?
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
+        .map_err(|s| ("CreateContainer", s))?;
+    fixtures::start(c, &id)
         .await
         .map_err(|s| ("StartContainer", s))?;
     Ok(id)
@@ -157,14 +139,7 @@ async fn run(node: &Node, cg: &str) -> anyhow::Result<()> {
     let d = &node.daemon;
     let pid = d.pid().context("berthd is not running")?;
     let mut c = d.client().await?;
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    fixtures::try_pull(&mut c, BUSYBOX)
         .await
         .context("pulling busybox")?;
     let base_pod = run_pod(&mut c, "fd-base", cg).await?;

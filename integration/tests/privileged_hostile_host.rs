@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_integration::daemon::{DIE_AFTER_MONITOR_SPAWN, TEST_HOOKS_NEEDED, TestDaemon};
 use berth_integration::fixtures::{
-    container_config, create, pod_config, pull, remove_pod, run_pod, start,
+    self, container_config, create, pod_config, pull, remove_pod, run_pod, start,
 };
 use berth_integration::forge::{ImageBuilder, LayerBuilder, busybox_layer};
 use berth_integration::registry::TestRegistry;
@@ -351,27 +351,6 @@ fn main() {
 }
 "#;
 
-fn build_forger(dir: &Path) -> PathBuf {
-    let src = dir.join("forger.rs");
-    std::fs::write(&src, FORGER_SRC).expect("write forger source");
-    let out = dir.join("forger");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let status = std::process::Command::new(rustc)
-        .args([
-            "--edition",
-            "2024",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running rustc");
-    assert!(status.success(), "building the forger failed");
-    out
-}
-
 /// Host pids whose command line has `needle` among its arguments, with argv[0].
 fn processes_with_arg(needle: &str) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -415,7 +394,7 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
     let logs = tempfile::tempdir().expect("logs");
     let shared = tempfile::tempdir().expect("shared");
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    build_forger(shared.path());
+    fixtures::build_static_program(shared.path(), "forger", FORGER_SRC);
     let mut client = daemon.client().await.expect("client");
     let image = push(
         &reg,
@@ -536,17 +515,7 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
         "recovery killed the forger (a container process)"
     );
     // A's real monitor was found again: A is running, and stopping it is seen.
-    let status = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: a.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus A")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = fixtures::container_status(&mut client, &a).await;
     assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
     client
         .runtime
@@ -556,17 +525,7 @@ async fn a_forged_monitor_command_line_does_not_fool_recovery() {
         })
         .await
         .expect("StopContainer A");
-    let status = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: a.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus A")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = fixtures::container_status(&mut client, &a).await;
     assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
     assert!(!alive(forger), "the forger dies with its container");
 

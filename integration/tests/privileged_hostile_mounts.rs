@@ -198,11 +198,7 @@ async fn swap_race(client: &mut CriClient, userns: bool) {
     )
     .await
     .expect("create attacker");
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: attacker.clone(),
-        })
+    fixtures::start(client, &attacker)
         .await
         .expect("start attacker");
     let log = logs.join("attacker.log");
@@ -375,13 +371,7 @@ async fn mounts_into_proc_are_refused_with_invalid_argument(client: &mut CriClie
     )
     .await
     .expect("a bind mount on /proc/uptime");
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start");
+    fixtures::start(client, &id).await.expect("start");
     let log = logs.join("uptime.log");
     let started = Instant::now();
     let mut text = String::new();

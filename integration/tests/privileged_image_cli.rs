@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use berth_integration::client::CriClient;
+use berth_integration::fixtures;
 use berth_integration::forge::ImageBuilder;
 use berth_integration::registry::TestRegistry;
 use berth_integration::{DaemonOptions, TestDaemon};
@@ -246,16 +247,7 @@ async fn live_import_pinned_rm_export_and_a_container_from_the_round_trip() {
         linux: Some(cri::LinuxPodSandboxConfig::default()),
         ..Default::default()
     };
-    let pod_id = c2
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = fixtures::run_pod(&mut c2, &pod).await;
     let ctr = c2
         .runtime
         .create_container(cri::CreateContainerRequest {
@@ -275,10 +267,7 @@ async fn live_import_pinned_rm_export_and_a_container_from_the_round_trip() {
         .expect("CreateContainer")
         .into_inner()
         .container_id;
-    c2.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: ctr.clone(),
-        })
+    fixtures::start(&mut c2, &ctr)
         .await
         .expect("StartContainer");
     let exec = |c: &mut CriClient| {

@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::forge::critest_images;
 use berth_integration::registry::{CRITEST_HOSTS, TestRegistry};
-use berth_integration::tools::{self, crictl};
+use berth_integration::tools::{self, CritestRun, crictl};
 use berth_integration::{DaemonOptions, TestDaemon};
 use berth_proto::v1::{ImageSpec, ImageStatusRequest, PullImageRequest};
 use tonic::Code;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// A registry holding critest's busybox-based images, and a berthd whose certs.d
 /// mirrors every upstream registry to it.
@@ -178,25 +177,18 @@ async fn pull_errors_name_the_problem() {
 #[tokio::test]
 async fn critest_image_specs_pass() {
     let (_registry, d, _certs) = setup().await;
-    let critest = tools::tool("critest").expect("critest");
     let ep = d.endpoint();
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
+    let CritestRun { out, text, .. } = tools::critest(
+        &ep,
+        &[
             r"--ginkgo.focus=\[k8s.io\] Image Manager|Idempotence RemoveImage",
             // Needs the real upstream manifest digest: cannot pass offline.
             "--ginkgo.skip=public image with digest",
-            "--ginkgo.no-color",
         ],
         Duration::from_secs(600),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
     assert!(
         out.output.status.success() && text.contains(" 0 Failed"),
         "critest:\n{text}\n{}",

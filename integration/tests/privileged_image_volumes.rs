@@ -8,11 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use berth_integration::client::CriClient;
+use berth_integration::fixtures::{
+    self, BUSYBOX, create, exec_output, pod_config, pull, remove_pod, run_pod, start,
+};
 use berth_integration::forge::{BuiltImage, ImageBuilder, LayerBuilder};
 use berth_integration::setup::Node;
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const MULTI: &str = "registry.k8s.io/berth-test/volume-multi:1";
 const SINGLE: &str = "registry.k8s.io/berth-test/volume-single:1";
 
@@ -51,44 +52,6 @@ fn single_layer_image() -> BuiltImage {
         .expect("build single-layer image")
 }
 
-struct Exec {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> Exec {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
-        .into_inner();
-    Exec {
-        code: r.exit_code,
-        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-    }
-}
-
-fn pod_config(name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
 fn image_mount(path: &str, image: &str, sub_path: &str, readonly: bool) -> cri::Mount {
     cri::Mount {
         container_path: path.to_owned(),
@@ -102,64 +65,12 @@ fn image_mount(path: &str, image: &str, sub_path: &str, readonly: bool) -> cri::
     }
 }
 
+/// A busybox container sleeping with `mounts`.
 fn container_config(name: &str, mounts: Vec<cri::Mount>) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: BUSYBOX.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "3600".into()],
         mounts,
-        ..Default::default()
+        ..fixtures::container_config(name, BUSYBOX, &["sleep", "3600"])
     }
-}
-
-async fn pull(client: &mut CriClient, image: &str) -> String {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"))
-        .into_inner()
-        .image_ref
-}
-
-async fn create(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-async fn start(client: &mut CriClient, id: &str) {
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.to_owned(),
-        })
-        .await
-        .expect("StartContainer");
 }
 
 async fn remove(client: &mut CriClient, id: &str) {
@@ -215,17 +126,9 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
     let multi_id = pull(&mut c, MULTI).await;
     let single_id = pull(&mut c, SINGLE).await;
 
-    let pod = pod_config("imgvol");
-    let pod_id = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let logs = tempfile::tempdir().expect("log dir");
+    let pod = pod_config("imgvol", logs.path());
+    let pod_id = run_pod(&mut c, &pod).await;
 
     // kubelet passes the id PullImage returned; a tag works as well.
     let id = create(
@@ -244,10 +147,10 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
     )
     .await
     .expect("CreateContainer with image volumes");
-    start(&mut c, &id).await;
+    start(&mut c, &id).await.expect("StartContainer");
 
     // The merged view of both layers, the upper one winning.
-    let r = exec(
+    let r = exec_output(
         &mut c,
         &id,
         &[
@@ -264,15 +167,15 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
         "{}",
         r.stderr
     );
-    let r = exec(&mut c, &id, &["cat", "/mnt/single/single/marker"]).await;
+    let r = exec_output(&mut c, &id, &["cat", "/mnt/single/single/marker"]).await;
     assert_eq!(r.stdout, "single layer marker\n", "{}", r.stderr);
     // image_sub_path mounts that directory only; a symlink resolves in the image.
-    let r = exec(&mut c, &id, &["ls", "/mnt/conf"]).await;
+    let r = exec_output(&mut c, &id, &["ls", "/mnt/conf"]).await;
     assert_eq!(r.stdout.trim(), "app.conf", "{}", r.stderr);
-    let r = exec(&mut c, &id, &["cat", "/mnt/linked/marker"]).await;
+    let r = exec_output(&mut c, &id, &["cat", "/mnt/linked/marker"]).await;
     assert_eq!(r.stdout, "single layer marker\n", "{}", r.stderr);
     // Executables in the volume run (no noexec).
-    let r = exec(&mut c, &id, &["/mnt/single/single/run.sh"]).await;
+    let r = exec_output(&mut c, &id, &["/mnt/single/single/run.sh"]).await;
     assert_eq!(
         (r.code, r.stdout.as_str()),
         (0, "ran from the volume\n"),
@@ -286,7 +189,7 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
         "/mnt/single/new",
         "/mnt/conf/app.conf",
     ] {
-        let r = exec(&mut c, &id, &["sh", "-c", &format!("echo x >> {target}")]).await;
+        let r = exec_output(&mut c, &id, &["sh", "-c", &format!("echo x >> {target}")]).await;
         assert_ne!(r.code, 0, "writing {target} must fail");
         assert!(
             r.stderr.contains("Read-only file system"),
@@ -296,17 +199,7 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
     }
 
     // ContainerStatus echoes each image mount with the image it resolved to.
-    let status = c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = fixtures::container_status(&mut c, &id).await;
     let mounts: Vec<(String, String, String, String, bool)> = status
         .mounts
         .iter()
@@ -378,7 +271,7 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
         })
         .await
         .expect("RemoveImage of a volume's image");
-    let r = exec(&mut c, &id, &["cat", "/mnt/multi/data/second.txt"]).await;
+    let r = exec_output(&mut c, &id, &["cat", "/mnt/multi/data/second.txt"]).await;
     assert_eq!(r.stdout, "second layer\n", "{}", r.stderr);
 
     // The volumes survive a restart of berthd: still mounted, still leased.
@@ -389,7 +282,7 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
         4,
         "a restart must not drop image volume mounts"
     );
-    let r = exec(&mut c, &id, &["cat", "/mnt/conf/app.conf"]).await;
+    let r = exec_output(&mut c, &id, &["cat", "/mnt/conf/app.conf"]).await;
     assert_eq!(r.stdout, "key=value\n", "{}", r.stderr);
 
     remove(&mut c, &id).await;
@@ -475,16 +368,5 @@ async fn image_volumes_mount_read_only_and_leave_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "a failed create leaked a lease: {left:?}");
 
-    let _ = c
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await;
-    let _ = c
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await;
+    remove_pod(&mut c, &pod_id).await;
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_image::{Auth, ErrorKind, ImageStore, RegistryHosts, StoreError, StoreOptions};
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::forge::{
     Compression, Group, ImageBuilder, LayerBuilder, User, busybox_layer, critest_images,
 };
@@ -748,7 +749,7 @@ async fn crictl_pull_images_inspecti_rmi_and_imagefsinfo_through_a_mirror() {
     let hosts = tempfile::tempdir().unwrap();
     let d = daemon_with_mirrors(&reg, hosts.path()).await;
     let ep = d.endpoint();
-    let name = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+    let name = BUSYBOX;
 
     let out = crictl(&ep, &["pull", name])
         .await
@@ -1173,13 +1174,7 @@ async fn the_default_critest_busybox_has_the_tools_the_specs_run() {
     reg.write_mirror_hosts(hosts.path(), CRITEST_HOSTS).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(tmp.path(), Some(hosts.path().to_owned()));
-    let busybox = store
-        .pull(
-            "registry.k8s.io/e2e-test-images/busybox:1.29-2",
-            &Auth::anonymous(),
-        )
-        .await
-        .unwrap();
+    let busybox = store.pull(BUSYBOX, &Auth::anonymous()).await.unwrap();
     let env = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     let out = run_in_image(
         &store.snapshot_dirs(&busybox),

@@ -8,19 +8,9 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::setup::Node;
-use berth_integration::tools::crictl;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
+use berth_integration::tools::crictl_ok;
 
 /// Pids of the processes that have `path` open.
 fn holders(path: &Path) -> Vec<u32> {
@@ -98,18 +88,18 @@ async fn spawned_processes_do_not_inherit_berthds_descriptors() {
     )
     .expect("ctr.json");
     let pod_s = pod.display().to_string();
-    let pod_id = ok(&ep, &["runp", &pod_s]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(
+    let pod_id = crictl_ok(&ep, &["runp", &pod_s]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let id = crictl_ok(
         &ep,
         &["create", &pod_id, &ctr.display().to_string(), &pod_s],
     )
     .await
     .trim()
     .to_owned();
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
     // An exec'd process is spawned through the same paths.
-    let out = ok(&ep, &["exec", "-s", &id, "ls", "/proc/1/fd"]).await;
+    let out = crictl_ok(&ep, &["exec", "-s", &id, "ls", "/proc/1/fd"]).await;
     assert!(!out.trim().is_empty(), "ls /proc/1/fd printed nothing");
 
     // The test's own children (berthd, the registry) inherit it from the test; what
@@ -126,6 +116,6 @@ async fn spawned_processes_do_not_inherit_berthds_descriptors() {
         inherited.as_raw_fd()
     );
 
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }

@@ -13,11 +13,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_integration::client::CriClient;
+use berth_integration::fixtures::{
+    self, BUSYBOX, exec_output, pod_config, pull, remove_pod, run_pod, try_create_started,
+    with_seccomp,
+};
 use berth_integration::setup::Node;
 use berth_proto::v1 as cri;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// A small static program run inside the container for the checks busybox has no
 /// applet for: it makes the named syscall and prints `ok` or the errno.
@@ -51,30 +52,6 @@ fn main() {
 }
 "#;
 
-/// Builds the probe with the toolchain that builds the project, statically linked so
-/// it runs in a busybox rootfs.
-fn build_probe(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("probe.rs");
-    std::fs::write(&src, PROBE_SRC).expect("write probe source");
-    let out = dir.join("probe");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let status = std::process::Command::new(rustc)
-        .args([
-            "--edition",
-            "2024",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running rustc");
-    assert!(status.success(), "building the probe failed");
-    out
-}
-
 /// Removes a host path on drop (files the test plants, and anything an escape made).
 struct RemoveOnDrop(Vec<std::path::PathBuf>);
 
@@ -86,128 +63,21 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-struct Exec {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> Exec {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
-        .into_inner();
-    Exec {
-        code: r.exit_code,
-        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-    }
-}
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
+/// A busybox container running `command` with `mounts`, under `seccomp` when given.
 fn container_config(
     name: &str,
     command: &[&str],
     mounts: Vec<cri::Mount>,
     seccomp: Option<cri::security_profile::ProfileType>,
 ) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: BUSYBOX.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
+    let config = cri::ContainerConfig {
         mounts,
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                seccomp: seccomp.map(|t| cri::SecurityProfile {
-                    profile_type: t as i32,
-                    localhost_ref: String::new(),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..fixtures::container_config(name, BUSYBOX, command)
+    };
+    match seccomp {
+        Some(profile) => with_seccomp(config, profile),
+        None => config,
     }
-}
-
-async fn run_pod(client: &mut CriClient, config: &cri::PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn start_container(
-    client: &mut CriClient,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    let id = client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    Ok(id)
-}
-
-async fn remove_pod(client: &mut CriClient, pod_id: &str) {
-    let _ = client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
-    let _ = client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-        })
-        .await;
 }
 
 fn host_mount_points() -> Vec<String> {
@@ -225,24 +95,14 @@ async fn a_default_container_cannot_reach_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
     let probe_dir = dir.path().join("probe");
     std::fs::create_dir(&probe_dir).expect("probe dir");
-    build_probe(&probe_dir);
+    fixtures::build_static_program(&probe_dir, "probe", PROBE_SRC);
     // A host file no container should be able to read, at a path only the host has.
     let marker_name = format!("berth-isolation-{}", std::process::id());
     let marker = std::env::temp_dir().join(&marker_name);
     std::fs::write(&marker, "host secret").expect("marker");
     let _cleanup = RemoveOnDrop(vec![marker.clone()]);
 
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
+    pull(&mut client, BUSYBOX).await;
     let pod = pod_config("iso", &dir.path().join("logs"));
     let pod_id = run_pod(&mut client, &pod).await;
     // The init records its own fds and cwd before it becomes `sleep`.
@@ -252,7 +112,7 @@ async fn a_default_container_cannot_reach_the_host() {
         readonly: true,
         ..Default::default()
     };
-    let id = start_container(
+    let id = try_create_started(
         &mut client,
         &pod_id,
         &pod,
@@ -285,14 +145,14 @@ async fn a_default_container_cannot_reach_the_host() {
     let url_taken = Instant::now();
 
     // Host processes: the pod's pid namespace holds only its own few processes.
-    let r = exec(&mut client, &id, &["sh", "-c", "ls -d /proc/[0-9]*"]).await;
+    let r = exec_output(&mut client, &id, &["sh", "-c", "ls -d /proc/[0-9]*"]).await;
     let pids: Vec<&str> = r.stdout.split_whitespace().collect();
     assert!(
         !pids.is_empty() && pids.len() < 10,
         "the container sees {} processes: {pids:?}",
         pids.len()
     );
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &id,
         &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
@@ -303,7 +163,7 @@ async fn a_default_container_cannot_reach_the_host() {
         "host processes are visible: {}",
         r.stdout
     );
-    let r = exec(&mut client, &id, &["ps", "-o", "pid,args"]).await;
+    let r = exec_output(&mut client, &id, &["ps", "-o", "pid,args"]).await;
     assert!(!r.stdout.contains("berthd"), "{}", r.stdout);
 
     // Mounts: no CAP_SYS_ADMIN, so no new mounts of any kind.
@@ -314,15 +174,15 @@ async fn a_default_container_cannot_reach_the_host() {
         "mount --bind /tmp /probe",
         "umount /proc",
     ] {
-        let r = exec(&mut client, &id, &["sh", "-c", cmd]).await;
+        let r = exec_output(&mut client, &id, &["sh", "-c", cmd]).await;
         assert_ne!(r.code, 0, "{cmd} succeeded: {}{}", r.stdout, r.stderr);
     }
-    let r = exec(&mut client, &id, &["sh", "-c", "echo x > /probe/written"]).await;
+    let r = exec_output(&mut client, &id, &["sh", "-c", "echo x > /probe/written"]).await;
     assert_ne!(r.code, 0, "a read-only volume was writable");
 
     // Modules: init_module/finit_module need CAP_SYS_MODULE. A kernel built without
     // module support (no /proc/modules, as on some VMs) answers ENOSYS to everyone.
-    let r = exec(&mut client, &id, &["insmod", "/bin/busybox"]).await;
+    let r = exec_output(&mut client, &id, &["insmod", "/bin/busybox"]).await;
     assert_ne!(r.code, 0);
     let host_has_modules = Path::new("/proc/modules").exists();
     assert!(
@@ -331,7 +191,7 @@ async fn a_default_container_cannot_reach_the_host() {
         "insmod failed for another reason than a missing privilege: {}",
         r.stderr
     );
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &id,
         &["sh", "-c", "echo /tmp/x > /proc/sys/kernel/modprobe"],
@@ -341,12 +201,12 @@ async fn a_default_container_cannot_reach_the_host() {
 
     // Clock: setting the time needs CAP_SYS_TIME.
     // (busybox date reports the failure on stderr but exits 0.)
-    let r = exec(&mut client, &id, &["date", "-s", "2001-01-01 00:00:00"]).await;
+    let r = exec_output(&mut client, &id, &["date", "-s", "2001-01-01 00:00:00"]).await;
     assert!(r.stderr.contains("can't set date"), "date -s: {}", r.stderr);
     assert!(r.stderr.contains("not permitted"), "{}", r.stderr);
-    let r = exec(&mut client, &id, &["/probe/probe", "settime"]).await;
+    let r = exec_output(&mut client, &id, &["/probe/probe", "settime"]).await;
     assert_eq!(r.stdout.trim(), "errno 1", "clock_settime: {}", r.stdout);
-    let r = exec(&mut client, &id, &["hwclock", "-w"]).await;
+    let r = exec_output(&mut client, &id, &["hwclock", "-w"]).await;
     assert_ne!(r.code, 0, "hwclock -w succeeded");
     let year: u32 = std::process::Command::new("date")
         .arg("+%Y")
@@ -361,7 +221,7 @@ async fn a_default_container_cannot_reach_the_host() {
     assert!(year > 2001, "the host clock changed: {year}");
 
     // Host files through /proc/<pid>/root of every process the container can see.
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &id,
         &[
@@ -377,7 +237,7 @@ async fn a_default_container_cannot_reach_the_host() {
     );
     // CVE-2019-5736: the binaries behind the processes the container can see (the
     // pod's infra process is berth-monitor) cannot be opened for writing.
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &id,
         &[
@@ -394,10 +254,10 @@ async fn a_default_container_cannot_reach_the_host() {
     let monitor_before = std::fs::read(&monitor).expect("read berth-monitor");
 
     // CVE-2024-21626: no host fd and no host cwd, in the init or in exec'd processes.
-    let init_fds = exec(&mut client, &id, &["cat", "/tmp/init-fds"])
+    let init_fds = exec_output(&mut client, &id, &["cat", "/tmp/init-fds"])
         .await
         .stdout;
-    let exec_fds = exec(&mut client, &id, &["ls", "-l", "/proc/self/fd/"])
+    let exec_fds = exec_output(&mut client, &id, &["ls", "-l", "/proc/self/fd/"])
         .await
         .stdout;
     for (who, listing) in [("init", &init_fds), ("exec", &exec_fds)] {
@@ -421,13 +281,13 @@ async fn a_default_container_cannot_reach_the_host() {
             );
         }
     }
-    let init_cwd = exec(&mut client, &id, &["cat", "/tmp/init-cwd"])
+    let init_cwd = exec_output(&mut client, &id, &["cat", "/tmp/init-cwd"])
         .await
         .stdout;
     assert_eq!(init_cwd.trim(), "/", "the init's cwd");
-    let r = exec(&mut client, &id, &["readlink", "/proc/self/cwd"]).await;
+    let r = exec_output(&mut client, &id, &["readlink", "/proc/self/cwd"]).await;
     assert_eq!(r.stdout.trim(), "/", "an exec'd process's cwd");
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &id,
         &["sh", "-c", "cd /proc/self/cwd/../../../../ && ls"],
@@ -441,7 +301,7 @@ async fn a_default_container_cannot_reach_the_host() {
 
     // Seccomp: an unset profile means Unconfined in CRI (as in containerd), so these
     // run with RuntimeDefault, as kubelet asks for with seccompDefault or the pod spec.
-    let confined = start_container(
+    let confined = try_create_started(
         &mut client,
         &pod_id,
         &pod,
@@ -455,7 +315,7 @@ async fn a_default_container_cannot_reach_the_host() {
     .await
     .expect("RuntimeDefault container starts");
     for probe in ["userns", "keyctl", "add_key"] {
-        let r = exec(&mut client, &confined, &["/probe/probe", probe]).await;
+        let r = exec_output(&mut client, &confined, &["/probe/probe", probe]).await;
         assert_eq!(
             r.stdout.trim(),
             "errno 1",
@@ -463,9 +323,9 @@ async fn a_default_container_cannot_reach_the_host() {
             r.stdout
         );
     }
-    let r = exec(&mut client, &confined, &["unshare", "-U", "true"]).await;
+    let r = exec_output(&mut client, &confined, &["unshare", "-U", "true"]).await;
     assert_ne!(r.code, 0, "unshare -U succeeded under RuntimeDefault");
-    let r = exec(&mut client, &confined, &["/probe/probe", "settime"]).await;
+    let r = exec_output(&mut client, &confined, &["/probe/probe", "settime"]).await;
     assert_eq!(r.stdout.trim(), "errno 1", "{}", r.stdout);
 
     // CVE-2021-30465: a container plants a symlink in a shared volume, pointing at
@@ -481,7 +341,7 @@ async fn a_default_container_cannot_reach_the_host() {
     std::fs::create_dir(&victim_src).expect("victim dir");
     std::fs::write(victim_src.join("payload"), "payload").expect("payload");
     let mounts_before = host_mount_points();
-    let escaping = start_container(
+    let escaping = try_create_started(
         &mut client,
         &pod_id,
         &pod,
@@ -521,7 +381,7 @@ async fn a_default_container_cannot_reach_the_host() {
     );
     if let Ok(escaping) = &escaping {
         // Accepted: the symlink was resolved inside the container's rootfs.
-        let r = exec(
+        let r = exec_output(
             &mut client,
             escaping,
             &["cat", &format!("/{escape_name}/payload")],

@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use berth_integration::cgroup::CgroupParent;
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::setup::Node;
 use berth_integration::tools::{crictl, tool};
 use serde_json::Value;
@@ -37,7 +39,6 @@ const NODE: &str = "berth-kubelet-it";
 /// hierarchy, so cleanup never touches anything else.
 const CGROUP_ROOT: &str = "/berth-kubelet-it";
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const NGINX: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
 
 /// A kubelet child process with its own directories; stopped and cleaned up on drop.
@@ -202,7 +203,7 @@ impl Drop for Kubelet {
         self.stop();
         // kubelet mounts nothing for these pods, but be safe about its root dir.
         berth_integration::daemon::unmount_below(self.dir.path());
-        remove_cgroups(CGROUP_ROOT);
+        drop(CgroupParent(CGROUP_ROOT.to_owned()));
         if !self.passed {
             eprintln!("--- kubelet log (tail) ---\n{}", tail(&self.log(), 80));
         }
@@ -228,31 +229,6 @@ fn create_cgroups(root: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Removes `root` and everything below it in every mounted cgroup hierarchy (v1
-/// controllers and the v2 tree), deepest first.
-fn remove_cgroups(root: &str) {
-    let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in entries.flatten() {
-        let dir = hierarchy.path().join(root.trim_start_matches('/'));
-        if dir.is_dir() {
-            remove_cgroup_tree(&dir);
-        }
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 fn tail(text: &str, lines: usize) -> String {

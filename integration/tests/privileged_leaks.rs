@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use berth_integration::daemon::DaemonOptions;
+use berth_integration::fixtures;
 use berth_integration::setup::Node;
 use berth_integration::{CriClient, TestDaemon};
-use berth_proto::v1::{
-    CreateContainerRequest, ImageSpec, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-};
+use berth_proto::v1::{RemovePodSandboxRequest, StopPodSandboxRequest};
 use reliability_common::{
     BUSYBOX, CgroupParent, cgroups_under, env_number, mounts_under, pod_config, process_figures,
     sleeper,
@@ -75,29 +73,13 @@ async fn sample(d: &TestDaemon, cycle: u64, cgroup_parent: &str) -> anyhow::Resu
 
 async fn cycle(c: &mut CriClient, n: u64, cgroup_parent: &str) -> anyhow::Result<()> {
     let name = format!("leak-{n}");
-    let pod = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config(&name, cgroup_parent)),
-            runtime_handler: String::new(),
-        })
+    let pod = fixtures::run_pod_with(c, &pod_config(&name, cgroup_parent), "")
         .await
-        .with_context(|| format!("cycle {n}: RunPodSandbox"))?
-        .into_inner()
-        .pod_sandbox_id;
-    let ctr = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(sleeper("main")),
-            sandbox_config: Some(pod_config(&name, cgroup_parent)),
-        })
+        .with_context(|| format!("cycle {n}: RunPodSandbox"))?;
+    let ctr = fixtures::create(c, &pod, &pod_config(&name, cgroup_parent), sleeper("main"))
         .await
-        .with_context(|| format!("cycle {n}: CreateContainer"))?
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest { container_id: ctr })
+        .with_context(|| format!("cycle {n}: CreateContainer"))?;
+    fixtures::start(c, &ctr)
         .await
         .with_context(|| format!("cycle {n}: StartContainer"))?;
     c.runtime
@@ -118,14 +100,7 @@ async fn cycle(c: &mut CriClient, n: u64, cgroup_parent: &str) -> anyhow::Result
 async fn run(node: &Node, cycles: u64, cgroup_parent: &str) -> anyhow::Result<()> {
     let d = &node.daemon;
     let mut c = d.client().await?;
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    fixtures::try_pull(&mut c, BUSYBOX)
         .await
         .context("pulling busybox")?;
     // The first sample after warm-up: cycle 50, or 10% in for longer runs.

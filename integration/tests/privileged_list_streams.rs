@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::setup::Node;
 use berth_integration::tools::crictl;
 use berth_proto::v1::{
@@ -11,8 +12,6 @@ use berth_proto::v1::{
     StreamContainerStatsRequest, StreamContainersRequest, StreamImagesRequest,
     StreamPodSandboxStatsRequest, StreamPodSandboxesRequest,
 };
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 #[tokio::test]
 async fn stream_rpcs_match_their_list_counterparts() {

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_integration::daemon::DaemonOptions;
+use berth_integration::fixtures;
 use berth_integration::setup::Node;
 use berth_integration::{CriClient, TestDaemon};
 use berth_proto::v1::{
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, ListContainerStatsRequest,
-    ListContainersRequest, ListPodSandboxRequest, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerStatusRequest, CreateContainerRequest, ListContainerStatsRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxStatusRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use reliability_common::{BUSYBOX, CgroupParent, Rng, env_number, pod_config, sleeper};
 
@@ -256,14 +256,7 @@ fn print_latencies(who: &str, lat: &Latencies) {
 
 async fn run(d: &TestDaemon, clients: u64, secs: u64, cgroup_parent: &str) -> anyhow::Result<()> {
     let mut c = d.client().await?;
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    fixtures::try_pull(&mut c, BUSYBOX)
         .await
         .context("pulling busybox")?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,23 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use berth_integration::fixtures::BUSYBOX;
 use berth_integration::setup::Node;
-use berth_integration::tools::{self, crictl};
+use berth_integration::tools::{self, CritestRun, crictl_ok};
 use berth_proto::v1::{
     ExecSyncRequest, ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, Metric,
     MetricType, PodSandboxMetrics, StreamPodSandboxMetricsRequest,
 };
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
 
 /// A metric's labels as a map, using the descriptor's keys.
 fn labels(keys: &BTreeMap<String, Vec<String>>, m: &Metric) -> BTreeMap<String, String> {
@@ -102,13 +92,13 @@ async fn metrics_of_a_running_pod() {
     .expect("write");
     let pod = pod.display().to_string();
     let ctr = ctr.display().to_string();
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let cid = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let cid = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &cid]).await;
+    crictl_ok(&ep, &["start", &cid]).await;
 
     // One MiB in the writable layer.
     let out = c
@@ -249,7 +239,7 @@ async fn metrics_of_a_running_pod() {
     assert_eq!(names(&streamed[0]), names(&pm));
 
     // Once the pod is stopped, its container has no cgroup left to measure.
-    ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
     let after = c
         .runtime
         .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
@@ -263,7 +253,7 @@ async fn metrics_of_a_running_pod() {
         .expect("the stopped pod is still listed");
     assert!(mine.container_metrics.is_empty(), "{mine:?}");
     assert!(mine.metrics.is_empty(), "no netns, no network series");
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }
 
 /// critest's own metrics specs ("runtime should support metrics operations": the
@@ -273,26 +263,13 @@ async fn metrics_of_a_running_pod() {
 async fn critest_metrics_specs_pass() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
-    let critest = tools::tool("critest").expect("critest");
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            "--ginkgo.focus=runtime\\sshould\\ssupport\\smetrics\\soperations",
-            "--ginkgo.no-color",
-        ],
+    let CritestRun { out, text, summary } = tools::critest(
+        &ep,
+        &["--ginkgo.focus=runtime\\sshould\\ssupport\\smetrics\\soperations"],
         Duration::from_secs(600),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
-    let summary = text
-        .lines()
-        .find(|l| l.contains(" Passed | "))
-        .unwrap_or("no ginkgo summary");
     assert!(
         out.output.status.success() && summary.contains("2 Passed | 0 Failed"),
         "critest metrics specs: {summary}\n{text}\n{}",

@@ -15,9 +15,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures;
+use berth_integration::tools::{self, CritestRun};
 use berth_proto::v1::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, PortMapping,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 
 const BRIDGE: &str = "berthnat0";
@@ -122,15 +124,7 @@ fn pod_config(name: &str) -> PodSandboxConfig {
 
 async fn run(d: &TestDaemon, config: PodSandboxConfig) -> String {
     let mut c = d.client().await.expect("client");
-    c.runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
+    fixtures::run_pod(&mut c, &config).await
 }
 
 /// The pod's IP and the verbose info's `hostInterface`.
@@ -383,27 +377,13 @@ async fn critest_networking_specs_pass_on_the_native_network() {
     .await
     .expect("node");
     let ep = node.daemon.endpoint();
-    let critest = berth_integration::tools::tool("critest").expect("critest");
-    let out = berth_integration::tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            "--ginkgo.focus=Networking",
-            "--ginkgo.no-color",
-        ],
+    let CritestRun { out, text, summary } = tools::critest(
+        &ep,
+        &["--ginkgo.focus=Networking"],
         Duration::from_secs(600),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
-    let summary = text
-        .lines()
-        .find(|l| l.contains(" Passed | "))
-        .unwrap_or("no ginkgo summary")
-        .to_owned();
     assert!(
         out.output.status.success() && summary.contains("| 0 Failed |"),
         "critest networking failed: {summary}\n{text}\n{}",

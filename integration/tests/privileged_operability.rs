@@ -6,15 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use berth_integration::daemon::{DaemonOptions, TestDaemon};
+use berth_integration::fixtures::{self, BUSYBOX};
 use berth_integration::setup::Node;
 use berth_proto::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ImageSpec, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
+    RemovePodSandboxRequest, StopPodSandboxRequest, VersionRequest,
 };
 use tonic::Code;
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// A free loopback port (there is a small window in which another process could take it).
 fn free_port() -> u16 {
@@ -272,24 +270,8 @@ async fn metrics_endpoint_counts_what_the_daemon_did() {
         .expect_err("unknown pod");
     assert_eq!(missing.code(), Code::NotFound);
 
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: "registry.k8s.io/berth-no-such-image:1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    fixtures::pull(&mut c, BUSYBOX).await;
+    fixtures::try_pull(&mut c, "registry.k8s.io/berth-no-such-image:1")
         .await
         .expect_err("pulling an image the registry lacks fails");
 
@@ -305,45 +287,16 @@ async fn metrics_endpoint_counts_what_the_daemon_did() {
         linux: Some(Default::default()),
         ..Default::default()
     };
-    let pod = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let ctr = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "sleeper".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "3600".into()],
-                log_path: "sleeper.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: ctr.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let pod = fixtures::run_pod(&mut c, &pod_config).await;
+    let ctr = fixtures::create(
+        &mut c,
+        &pod,
+        &pod_config,
+        fixtures::container_config("sleeper", BUSYBOX, &["sleep", "3600"]),
+    )
+    .await
+    .expect("CreateContainer");
+    fixtures::start(&mut c, &ctr).await.expect("StartContainer");
 
     let after = scrape(&http, port).await;
     let rpc = |m: &'static str, code: &'static str, svc: &'static str| {

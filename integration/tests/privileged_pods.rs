@@ -40,13 +40,7 @@ fn pod_config(name: &str) -> PodSandboxConfig {
 
 async fn run(d: &TestDaemon, config: PodSandboxConfig) -> Result<String, tonic::Status> {
     let mut c = d.client().await.expect("client");
-    c.runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
+    berth_integration::fixtures::run_pod_with(&mut c, &config, "").await
 }
 
 async fn status(d: &TestDaemon, id: &str) -> berth_proto::v1::PodSandboxStatusResponse {
@@ -63,18 +57,7 @@ async fn status(d: &TestDaemon, id: &str) -> berth_proto::v1::PodSandboxStatusRe
 
 async fn stop_and_remove(d: &TestDaemon, id: &str) {
     let mut c = d.client().await.expect("client");
-    c.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    c.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("RemovePodSandbox");
+    berth_integration::fixtures::stop_and_remove_pod(&mut c, id).await;
 }
 
 fn netns_pin(d: &TestDaemon, id: &str) -> PathBuf {
@@ -548,29 +531,8 @@ async fn critest_pod_sandbox_specs_pass() {
 #[tokio::test]
 async fn update_pod_sandbox_resources_resizes_the_pod_cgroup() {
     use berth_proto::v1::{LinuxContainerResources, UpdatePodSandboxResourcesRequest};
-    struct CgroupGuard(String);
-    impl Drop for CgroupGuard {
-        fn drop(&mut self) {
-            for ctl in [
-                "memory",
-                "cpu,cpuacct",
-                "cpu",
-                "cpuacct",
-                "pids",
-                "cpuset",
-                "blkio",
-                "hugetlb",
-                "devices",
-                "freezer",
-                "net_cls,net_prio",
-                "perf_event",
-            ] {
-                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}{}", self.0));
-            }
-        }
-    }
     let parent = format!("/berth-test-resize-{}", std::process::id());
-    let _guard = CgroupGuard(parent.clone());
+    let _guard = berth_integration::cgroup::CgroupParent(parent.clone());
     let d = TestDaemon::start().await.expect("start");
     let mut config = pod_config("resize");
     config.linux = Some(LinuxPodSandboxConfig {

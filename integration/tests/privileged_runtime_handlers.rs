@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use berth_integration::client::CriClient;
 use berth_integration::daemon::DaemonOptions;
+use berth_integration::fixtures::{
+    self, BUSYBOX, container_config, create, exec_output, pod_config, pull, run_pod_with, start,
+};
 use berth_integration::setup::Node;
 use berth_integration::tools::crictl;
 use berth_proto::v1 as cri;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const RUNC: &str = "/usr/sbin/runc";
 
 /// Force-deletes whatever runc still has under `root` (the test's safety net: a
@@ -57,50 +59,10 @@ fn runc_list(root: &Path) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: log_dir.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
-    client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 20,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
-        .into_inner()
-}
-
+/// The container's state and berthd's verbose info.
 async fn container_state(client: &mut CriClient, id: &str) -> (i32, serde_json::Value) {
-    let r = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .and_then(|i| serde_json::from_str(i).ok())
-        .unwrap_or_default();
-    (r.status.expect("status").state, info)
+    let (status, info) = fixtures::container_status_verbose(client, id).await;
+    (status.state, info)
 }
 
 /// The init's cgroup (v1 memory controller line of /proc/<pid>/cgroup).
@@ -160,12 +122,7 @@ async fn runc_handler_runs_pods_like_the_native_one() {
 
     // An unknown handler is refused, naming it and the configured ones.
     let logs = tempfile::tempdir().expect("log dir");
-    let err = client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("rh-unknown", logs.path())),
-            runtime_handler: "kata".into(),
-        })
+    let err = run_pod_with(&mut client, &pod_config("rh-unknown", logs.path()), "kata")
         .await
         .expect_err("unknown handler must fail");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
@@ -175,83 +132,38 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         err.message()
     );
 
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
+    pull(&mut client, BUSYBOX).await;
 
     let pod = pod_config("rh-runc", logs.path());
-    let pod_id = client
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: "runc".into(),
-        })
+    let pod_id = run_pod_with(&mut client, &pod, "runc")
         .await
-        .expect("RunPodSandbox with handler runc")
-        .into_inner()
-        .pod_sandbox_id;
-    let pod_status = client
-        .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("status");
+        .expect("RunPodSandbox with handler runc");
+    let pod_status = fixtures::pod_status(&mut client, &pod_id).await;
     assert_eq!(pod_status.runtime_handler, "runc");
 
-    let ctr_id = client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "app".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: BUSYBOX.into(),
-                    ..Default::default()
-                }),
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo hello-from-runc; echo oops-on-stderr >&2; \
-                     i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 3600"
-                        .into(),
-                ],
-                log_path: "app.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer under runc")
-        .into_inner()
-        .container_id;
+    let ctr_id = create(
+        &mut client,
+        &pod_id,
+        &pod,
+        container_config(
+            "app",
+            BUSYBOX,
+            &[
+                "sh",
+                "-c",
+                "echo hello-from-runc; echo oops-on-stderr >&2; \
+                 i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 3600",
+            ],
+        ),
+    )
+    .await
+    .expect("CreateContainer under runc");
     assert_eq!(
         runc_list(&runc_root),
         vec![(ctr_id.clone(), "created".to_owned())],
         "runc list after create"
     );
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: ctr_id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    start(&mut client, &ctr_id).await.expect("StartContainer");
     assert_eq!(
         runc_list(&runc_root),
         vec![(ctr_id.clone(), "running".to_owned())],
@@ -311,22 +223,18 @@ async fn runc_handler_runs_pods_like_the_native_one() {
     assert!(out.stdout().contains("hello-from-runc"), "{}", out.stdout());
 
     // ExecSync runs in the container (its hostname, its rootfs) and keeps the code.
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &ctr_id,
         &["sh", "-c", "hostname; echo $((6*7)); echo e >&2; exit 3"],
     )
     .await;
-    assert_eq!(r.exit_code, 3);
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "rh-runc\n42\n");
-    assert_eq!(String::from_utf8_lossy(&r.stderr), "e\n");
-    let r = exec(&mut client, &ctr_id, &["/no/such/binary"]).await;
-    assert_ne!(r.exit_code, 0);
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains("/no/such/binary"),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    assert_eq!(r.code, 3);
+    assert_eq!(r.stdout, "rh-runc\n42\n");
+    assert_eq!(r.stderr, "e\n");
+    let r = exec_output(&mut client, &ctr_id, &["/no/such/binary"]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/no/such/binary"), "{}", r.stderr);
     // The streaming Exec goes through runc exec as well.
     let out = crictl(
         &ep,
@@ -372,67 +280,50 @@ async fn runc_handler_runs_pods_like_the_native_one() {
     // rootfs, a recursively read-only bind mount, and a terminal.
     let host_dir = tempfile::tempdir().expect("host dir");
     std::fs::create_dir(host_dir.path().join("sub")).expect("sub");
-    let secure_id = client
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "restricted".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: BUSYBOX.into(),
-                    ..Default::default()
-                }),
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo tty-hello; exec sleep 3600".into(),
-                ],
-                tty: true,
-                stdin: true,
-                log_path: "restricted.log".into(),
-                mounts: vec![cri::Mount {
-                    container_path: "/data".into(),
-                    host_path: host_dir.path().display().to_string(),
-                    readonly: true,
-                    recursive_read_only: runc_has_rro,
-                    ..Default::default()
-                }],
-                linux: Some(cri::LinuxContainerConfig {
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        run_as_user: Some(cri::Int64Value { value: 1000 }),
-                        readonly_rootfs: true,
-                        no_new_privs: true,
-                        capabilities: Some(cri::Capability {
-                            drop_capabilities: vec!["ALL".into()],
-                            ..Default::default()
-                        }),
-                        seccomp: Some(cri::SecurityProfile {
-                            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                            ..Default::default()
-                        }),
+    let secure_id = create(
+        &mut client,
+        &pod_id,
+        &pod,
+        cri::ContainerConfig {
+            tty: true,
+            stdin: true,
+            mounts: vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: host_dir.path().display().to_string(),
+                readonly: true,
+                recursive_read_only: runc_has_rro,
+                ..Default::default()
+            }],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: 1000 }),
+                    readonly_rootfs: true,
+                    no_new_privs: true,
+                    capabilities: Some(cri::Capability {
+                        drop_capabilities: vec!["ALL".into()],
+                        ..Default::default()
+                    }),
+                    seccomp: Some(cri::SecurityProfile {
+                        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
                         ..Default::default()
                     }),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer (restricted, tty) under runc")
-        .into_inner()
-        .container_id;
-    client
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: secure_id.clone(),
-        })
+            ..container_config(
+                "restricted",
+                BUSYBOX,
+                &["sh", "-c", "echo tty-hello; exec sleep 3600"],
+            )
+        },
+    )
+    .await
+    .expect("CreateContainer (restricted, tty) under runc");
+    start(&mut client, &secure_id)
         .await
         .expect("StartContainer (restricted)");
-    let r = exec(
+    let r = exec_output(
         &mut client,
         &secure_id,
         &[
@@ -444,7 +335,7 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         ],
     )
     .await;
-    let out = String::from_utf8_lossy(&r.stdout);
+    let out = r.stdout;
     assert!(out.starts_with("1000\n"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "seccomp filter mode: {out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
@@ -483,8 +374,8 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         "{info}"
     );
     assert_eq!(info["pid"].as_i64(), Some(pid));
-    let r = exec(&mut client, &ctr_id, &["echo", "after-restart"]).await;
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "after-restart\n");
+    let r = exec_output(&mut client, &ctr_id, &["echo", "after-restart"]).await;
+    assert_eq!(r.stdout, "after-restart\n");
 
     // Stop: the stop signal (SIGTERM) or, after the timeout, SIGKILL ends it.
     client
@@ -497,17 +388,7 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         .expect("StopContainer");
     let (state, _) = container_state(&mut client, &ctr_id).await;
     assert_eq!(state, cri::ContainerState::ContainerExited as i32);
-    let exit = client
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: ctr_id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .status
-        .expect("status");
+    let exit = fixtures::container_status(&mut client, &ctr_id).await;
     assert!(matches!(exit.exit_code, 137 | 143), "{exit:?}");
 
     client
@@ -529,18 +410,5 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         memory_cgroup.display()
     );
 
-    client
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    client
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await
-        .expect("RemovePodSandbox");
+    fixtures::stop_and_remove_pod(&mut client, &pod_id).await;
 }

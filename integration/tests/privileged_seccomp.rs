@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_integration::client::CriClient;
+use berth_integration::fixtures::{
+    self, ExecOutput, container_config, create, pod_config, pull, run_pod, start, with_seccomp,
+};
 use berth_integration::forge::{ImageBuilder, LayerBuilder};
 use berth_integration::setup::Node;
-use berth_integration::tools;
+use berth_integration::tools::{self, CritestRun};
 use berth_proto::v1 as cri;
 
 /// The probe image, served by the test registry through berthd's docker.io mirror.
@@ -333,85 +336,18 @@ async fn publish_probe(node: &Node, dir: &Path) {
         .expect("push probe image");
 }
 
-struct Exec {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> Exec {
-    let r = client
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 30,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
-        .into_inner();
-    Exec {
-        code: r.exit_code,
-        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
-    }
-}
-
-async fn pull(client: &mut CriClient, image: &str) {
-    client
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image}: {e}"));
-}
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
 /// A container under RuntimeDefault with the default capabilities, as kubelet asks
 /// for it with `seccompProfile: RuntimeDefault`.
 fn runtime_default_container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                seccomp: Some(cri::SecurityProfile {
-                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                    localhost_ref: String::new(),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    with_seccomp(
+        container_config(name, image, command),
+        cri::security_profile::ProfileType::RuntimeDefault,
+    )
+}
+
+/// `ExecSync` with 30 s: the probe's work and nginx's start can be slow on a busy host.
+async fn exec(client: &mut CriClient, id: &str, cmd: &[&str]) -> ExecOutput {
+    fixtures::exec_within(client, id, cmd, 30).await
 }
 
 /// A pod and its containers. `remove` tears it down at the end of a test; when an
@@ -425,37 +361,15 @@ struct Pod {
 impl Pod {
     async fn run(client: &CriClient, config: cri::PodSandboxConfig) -> Self {
         let mut client = client.clone();
-        let id = client
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let id = run_pod(&mut client, &config).await;
         Self { id, config, client }
     }
 
     async fn start(&mut self, config: cri::ContainerConfig) -> String {
-        let id = self
-            .client
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: self.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(self.config.clone()),
-            })
+        let id = create(&mut self.client, &self.id, &self.config, config)
             .await
-            .expect("CreateContainer under RuntimeDefault")
-            .into_inner()
-            .container_id;
-        self.client
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
+            .expect("CreateContainer under RuntimeDefault");
+        start(&mut self.client, &id)
             .await
             .expect("StartContainer under RuntimeDefault");
         id
@@ -599,27 +513,13 @@ async fn runtime_default_refuses_host_reaching_calls_and_runs_ordinary_workloads
 async fn critest_seccomp_specs_pass() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
-    let critest = tools::tool("critest").expect("critest");
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            "--ginkgo.focus=(?i)seccomp",
-            "--ginkgo.no-color",
-        ],
+    let CritestRun { out, text, summary } = tools::critest(
+        &ep,
+        &["--ginkgo.focus=(?i)seccomp"],
         Duration::from_secs(600),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
-    let summary = text
-        .lines()
-        .find(|l| l.contains(" Passed | "))
-        .unwrap_or("no ginkgo summary")
-        .to_owned();
     println!("critest seccomp specs: {summary}");
     assert!(
         out.output.status.success()

@@ -6,15 +6,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use berth_integration::fixtures::{self, BUSYBOX};
 use berth_integration::setup::Node;
 use berth_proto::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatsRequest, CreateContainerRequest,
-    ExecSyncRequest, FilesystemUsage, ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig,
-    ListContainerStatsRequest, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerStatsRequest, ExecSyncRequest, FilesystemUsage, LinuxPodSandboxConfig,
+    ListContainerStatsRequest, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    StopPodSandboxRequest,
 };
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 /// berthd's `fsinfo::USAGE_MAX_AGE`: the oldest writable-layer usage it serves.
 const MAX_AGE: Duration = Duration::from_secs(30);
 /// Slack for a loaded machine on top of the bound.
@@ -51,54 +50,17 @@ async fn writable_layer_usage_grows_within_the_refresh_bound() {
         linux: Some(LinuxPodSandboxConfig::default()),
         ..Default::default()
     };
-    let pod_id = c
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    c.image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
-    let ctr_id = c
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "writer".to_owned(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: BUSYBOX.to_owned(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".to_owned(), "3600".to_owned()],
-                log_path: "writer.log".to_owned(),
-                linux: Some(LinuxContainerConfig::default()),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: ctr_id.clone(),
-        })
+    let pod_id = fixtures::run_pod(&mut c, &pod_config).await;
+    fixtures::pull(&mut c, BUSYBOX).await;
+    let ctr_id = fixtures::create(
+        &mut c,
+        &pod_id,
+        &pod_config,
+        fixtures::container_config("writer", BUSYBOX, &["sleep", "3600"]),
+    )
+    .await
+    .expect("CreateContainer");
+    fixtures::start(&mut c, &ctr_id)
         .await
         .expect("StartContainer");
 

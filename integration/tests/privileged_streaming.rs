@@ -6,27 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use berth_integration::fixtures::{BUSYBOX, write_file};
 use berth_integration::setup::Node;
-use berth_integration::tools::{self, crictl};
+use berth_integration::tools::{self, CritestRun, crictl_ok};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p.display().to_string()
-}
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
 
 /// Removes the pod (and its containers) even when the test fails.
 struct PodGuard {
@@ -86,15 +71,15 @@ async fn run_container(
     name: &str,
     config: &str,
 ) -> String {
-    let path = write(dir, &format!("{name}.json"), config);
-    let id = ok(ep, &["create", pod_id, &path, pod])
+    let path = write_file(dir, &format!("{name}.json"), config);
+    let id = crictl_ok(ep, &["create", pod_id, &path, pod])
         .await
         .trim()
         .to_owned();
-    ok(ep, &["start", &id]).await;
+    crictl_ok(ep, &["start", &id]).await;
     for _ in 0..100 {
         let v: serde_json::Value =
-            serde_json::from_str(&ok(ep, &["inspect", &id]).await).expect("JSON");
+            serde_json::from_str(&crictl_ok(ep, &["inspect", &id]).await).expect("JSON");
         if v["status"]["state"] == "CONTAINER_RUNNING" {
             return id;
         }
@@ -135,7 +120,7 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
-    let pod = write(
+    let pod = write_file(
         dir.path(),
         "pod.json",
         &format!(
@@ -144,13 +129,13 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
             dir.path().join("logs").display()
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
     let _guard = PodGuard {
         ep: ep.clone(),
         crictl: tools::tool("crictl").expect("crictl"),
         pod: pod_id.clone(),
     };
-    ok(&ep, &["pull", BUSYBOX]).await;
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
     // A web server on port 80 inside the pod (its own network namespace).
     let web = run_container(
         &ep,
@@ -311,7 +296,7 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{transport}: {out:?}");
         let v: serde_json::Value =
-            serde_json::from_str(&ok(&ep, &["inspect", &id]).await).expect("JSON");
+            serde_json::from_str(&crictl_ok(&ep, &["inspect", &id]).await).expect("JSON");
         let log = std::fs::read_to_string(v["status"]["logPath"].as_str().unwrap_or_default())
             .unwrap_or_else(|e| format!("{e}"));
         assert_eq!(
@@ -476,7 +461,7 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         ),
         tonic::Code::NotFound
     );
-    let exited = ok(&ep, &["ps", "-a", "-q", "--name", "att-spdy"]).await;
+    let exited = crictl_ok(&ep, &["ps", "-a", "-q", "--name", "att-spdy"]).await;
     assert_eq!(
         code(client.runtime.exec(exec(exited.trim(), false, true)).await),
         tonic::Code::FailedPrecondition,
@@ -503,15 +488,14 @@ async fn crictl_exec_attach_and_port_forward_in_a_busybox_pod() {
         .url;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
 }
 
 #[tokio::test]
 async fn critest_streaming_specs_in_both_modes() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
-    let critest = tools::tool("critest").expect("critest");
     for extra in [
         &[][..],
         &[
@@ -520,24 +504,12 @@ async fn critest_streaming_specs_in_both_modes() {
             "-websocket-portforward",
         ][..],
     ] {
-        let mut args = vec![
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            "--ginkgo.focus=Streaming",
-            "--ginkgo.no-color",
-        ];
+        let mut args = vec!["--ginkgo.focus=Streaming"];
         args.extend_from_slice(extra);
-        let out = tools::run(critest.as_os_str(), &args, Duration::from_secs(600))
-            .await
-            .expect("critest");
-        let text = out.stdout();
-        let summary = text
-            .lines()
-            .find(|l| l.contains(" Passed | "))
-            .unwrap_or("no ginkgo summary")
-            .to_owned();
+        let CritestRun { out, text, summary } =
+            tools::critest(&ep, &args, Duration::from_secs(600))
+                .await
+                .expect("critest");
         println!("critest streaming {extra:?}: {summary}");
         assert!(
             out.output.status.success(),

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_integration::daemon::DaemonOptions;
-use berth_integration::fixtures::{container_config, create_started, exec, pod_config, pull};
+use berth_integration::fixtures::{
+    container_config, container_status_verbose, create_started, exec, pod_config, pull,
+};
 use berth_integration::forge::ImageBuilder;
 use berth_integration::setup::Node;
 use berth_integration::tools::crictl;
@@ -64,24 +66,6 @@ fn now_ns() -> i64 {
     i64::try_from(since.as_nanos()).expect("nanoseconds fit")
 }
 
-async fn status(c: &mut CriClient, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
-    let r = c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .and_then(|i| serde_json::from_str(i).ok())
-        .unwrap_or_default();
-    (r.status.expect("a status"), info)
-}
-
 fn pid_of(info: &serde_json::Value, key: &str) -> i64 {
     info[key]
         .as_i64()
@@ -91,7 +75,7 @@ fn pid_of(info: &serde_json::Value, key: &str) -> i64 {
 async fn wait_exited(c: &mut CriClient, id: &str) -> cri::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (s, _) = status(c, id).await;
+        let (s, _) = container_status_verbose(c, id).await;
         if s.state == cri::ContainerState::ContainerExited as i32 {
             return s;
         }
@@ -235,7 +219,7 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
         ),
     )
     .await;
-    let (_, info) = status(&mut c, &victim).await;
+    let (_, info) = container_status_verbose(&mut c, &victim).await;
     let victim_pid = pid_of(&info, "pid");
     // One created but not yet started: kubelet may start it after the upgrade.
     let later = berth_integration::fixtures::create(
@@ -250,7 +234,7 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
     )
     .await
     .expect("CreateContainer");
-    let (_, info) = status(&mut c, &ticker).await;
+    let (_, info) = container_status_verbose(&mut c, &ticker).await;
     let (pid, monitor_pid) = (pid_of(&info, "pid"), pid_of(&info, "monitorPid"));
     drop(c);
 
@@ -282,23 +266,13 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
     );
 
     // The pod and the containers are as they were.
-    let ps = c
-        .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("pod status");
+    let ps = berth_integration::fixtures::pod_status(&mut c, &pod_id).await;
     assert_eq!(
         ps.state,
         cri::PodSandboxState::SandboxReady as i32,
         "{ps:?}"
     );
-    let (s, info) = status(&mut c, &ticker).await;
+    let (s, info) = container_status_verbose(&mut c, &ticker).await;
     assert_eq!(
         s.state,
         cri::ContainerState::ContainerRunning as i32,
@@ -310,7 +284,7 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
         monitor_pid,
         "the old monitor: {info}"
     );
-    let (s, _) = status(&mut c, &three).await;
+    let (s, _) = container_status_verbose(&mut c, &three).await;
     assert_eq!(
         s.state,
         cri::ContainerState::ContainerExited as i32,
@@ -320,7 +294,7 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
 
     // The one that died during the upgrade shows its exit, recorded by its old
     // monitor: SIGKILL, at the time it happened.
-    let (s, _) = status(&mut c, &victim).await;
+    let (s, _) = container_status_verbose(&mut c, &victim).await;
     assert_eq!(
         s.state,
         cri::ContainerState::ContainerExited as i32,
@@ -409,7 +383,7 @@ async fn containers_survive_an_upgrade_from_the_previous_release() {
     berth_integration::fixtures::start(&mut c, &later)
         .await
         .expect("StartContainer of a container the old berthd created");
-    let (s, _) = status(&mut c, &later).await;
+    let (s, _) = container_status_verbose(&mut c, &later).await;
     assert_eq!(
         s.state,
         cri::ContainerState::ContainerRunning as i32,

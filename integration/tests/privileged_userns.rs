@@ -7,25 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use berth_integration::fixtures::{BUSYBOX, write_file};
 use berth_integration::setup::Node;
-use berth_integration::tools::{self, crictl};
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write");
-    p.display().to_string()
-}
-
-async fn ok(ep: &str, args: &[&str]) -> String {
-    crictl(ep, args)
-        .await
-        .expect("crictl")
-        .success()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .stdout()
-}
+use berth_integration::tools::{self, CritestRun, crictl, crictl_ok};
 
 /// A pod config with a user namespace given by `userns` (JSON of `userns_options`).
 fn pod_json(name: &str, logs: &Path, userns: &str) -> String {
@@ -61,8 +45,8 @@ async fn pod_user_namespace_maps_root_and_idmaps_volumes() {
     // An emptyDir-like volume: host root's directory, writable only by host root.
     let vol = dir.path().join("vol");
     std::fs::create_dir(&vol).expect("volume dir");
-    let pod = write(dir.path(), "pod.json", &pod_json("userns", &logs, MAPPING));
-    let ctr = write(
+    let pod = write_file(dir.path(), "pod.json", &pod_json("userns", &logs, MAPPING));
+    let ctr = write_file(
         dir.path(),
         "ctr.json",
         &format!(
@@ -73,15 +57,15 @@ async fn pod_user_namespace_maps_root_and_idmaps_volumes() {
             vol.display()
         ),
     );
-    let pod_id = ok(&ep, &["runp", &pod]).await.trim().to_owned();
+    let pod_id = crictl_ok(&ep, &["runp", &pod]).await.trim().to_owned();
     let pin_dir = d.state_dir.join("ns").join(&pod_id);
     assert!(pin_dir.join("user").exists(), "no pinned user namespace");
-    ok(&ep, &["pull", BUSYBOX]).await;
-    let id = ok(&ep, &["create", &pod_id, &ctr, &pod])
+    crictl_ok(&ep, &["pull", BUSYBOX]).await;
+    let id = crictl_ok(&ep, &["create", &pod_id, &ctr, &pod])
         .await
         .trim()
         .to_owned();
-    ok(&ep, &["start", &id]).await;
+    crictl_ok(&ep, &["start", &id]).await;
 
     let log_path = logs.join("main.log");
     let mut text = String::new();
@@ -111,7 +95,7 @@ async fn pod_user_namespace_maps_root_and_idmaps_volumes() {
 
     // On the host the container's root is uid 100000, not root.
     let v: serde_json::Value =
-        serde_json::from_str(&ok(&ep, &["inspect", &id]).await).expect("inspect JSON");
+        serde_json::from_str(&crictl_ok(&ep, &["inspect", &id]).await).expect("inspect JSON");
     let pid = v["info"]["pid"].as_i64().expect("pid in inspect info");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let uid = status
@@ -128,8 +112,8 @@ async fn pod_user_namespace_maps_root_and_idmaps_volumes() {
         .ino();
     assert_eq!(pinned, joined, "container not in the pod's user namespace");
 
-    ok(&ep, &["stopp", &pod_id]).await;
-    ok(&ep, &["rmp", &pod_id]).await;
+    crictl_ok(&ep, &["stopp", &pod_id]).await;
+    crictl_ok(&ep, &["rmp", &pod_id]).await;
     assert!(!pin_dir.exists(), "pin dir left behind");
     assert!(
         mounts_under(&d.state_dir.join("ns")).is_empty(),
@@ -158,14 +142,14 @@ async fn bad_user_namespace_requests_are_refused_naming_the_field() {
         ("ctrmode", container_mode, "userns_options.mode"),
         ("hostroot", host_root, "host id 0"),
     ] {
-        let pod = write(dir.path(), "pod.json", &pod_json(name, &logs, userns));
+        let pod = write_file(dir.path(), "pod.json", &pod_json(name, &logs, userns));
         let out = crictl(&ep, &["runp", &pod]).await.expect("crictl");
         assert!(!out.output.status.success(), "{name}: accepted");
         let err = out.stderr();
         assert!(err.contains("InvalidArgument"), "{name}: {err}");
         assert!(err.contains(field), "{name}: {err}");
     }
-    let pods = ok(&ep, &["pods", "-q"]).await;
+    let pods = crictl_ok(&ep, &["pods", "-q"]).await;
     assert!(pods.trim().is_empty(), "refused pods listed: {pods}");
     assert!(
         mounts_under(&d.state_dir.join("ns")).is_empty(),
@@ -179,27 +163,13 @@ async fn bad_user_namespace_requests_are_refused_naming_the_field() {
 async fn critest_user_namespace_specs_pass() {
     let node = Node::start().await.expect("node");
     let ep = node.daemon.endpoint();
-    let critest = tools::tool("critest").expect("critest");
-    let out = tools::run(
-        critest.as_os_str(),
-        [
-            "--runtime-endpoint",
-            &ep,
-            "--image-endpoint",
-            &ep,
-            "--ginkgo.focus=UserNamespaces",
-            "--ginkgo.no-color",
-        ],
+    let CritestRun { out, text, summary } = tools::critest(
+        &ep,
+        &["--ginkgo.focus=UserNamespaces"],
         Duration::from_secs(600),
     )
     .await
     .expect("critest");
-    let text = out.stdout();
-    let summary = text
-        .lines()
-        .find(|l| l.contains(" Passed | "))
-        .unwrap_or("no ginkgo summary")
-        .to_owned();
     assert!(
         // Six specs, all run: a skip (feature not advertised) would not count as passed.
         out.output.status.success() && summary.contains("6 Passed | 0 Failed"),

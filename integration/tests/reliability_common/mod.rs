@@ -16,7 +16,11 @@ use berth_proto::v1::{
 };
 
 /// The image every churned container runs.
-pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+#[allow(unused_imports)] // each test binary uses a different part
+pub use berth_integration::fixtures::BUSYBOX;
+
+#[allow(unused_imports)]
+pub use berth_integration::cgroup::{CgroupParent, cgroups_under};
 
 /// Serialises the tests of one binary: `cargo test` runs them on parallel threads of
 /// one process, and each checks host-wide state (monitor processes, the test bridge)
@@ -232,64 +236,6 @@ pub fn is_pinned_ns(path: &str) -> bool {
                     .nth(1)
                     .is_some_and(|t| *t == "nsfs")
         })
-}
-
-/// Cgroup directories below `parent` (a path relative to each controller's root), in
-/// every mounted controller.
-pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return out;
-    };
-    for ctl in ctls.filter_map(Result::ok) {
-        let base = ctl.path().join(parent.trim_start_matches('/'));
-        collect_dirs(&base, &mut out);
-    }
-    out
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.filter_map(Result::ok) {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path());
-                collect_dirs(&e.path(), out);
-            }
-        }
-    }
-}
-
-/// Removes `parent` in every controller (deepest first), killing what still runs in
-/// it: the Drop guard of a test's cgroup parent.
-pub struct CgroupParent(pub String);
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        let mut dirs = cgroups_under(&self.0);
-        if let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") {
-            for ctl in ctls.filter_map(Result::ok) {
-                let base = ctl.path().join(self.0.trim_start_matches('/'));
-                if base.is_dir() {
-                    dirs.push(base);
-                }
-            }
-        }
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in &dirs {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|p| p.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        for d in &dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
 }
 
 /// Host-side interfaces enslaved to the test bridge.
