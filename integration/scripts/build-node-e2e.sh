@@ -85,7 +85,7 @@ fi
 if [ ! -x "$E2E_BIN" ]; then
   echo "build-node-e2e: building e2e_node.test $KUBE_VERSION (many minutes the first time)"
   ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
-  CGO_ENABLED=0 "${GO[@]}" test -mod=mod -c -trimpath -ldflags "$ld" -o "$E2E_BIN.tmp" k8s.io/kubernetes/test/e2e_node
+  CGO_ENABLED=0 "${GO[@]}" test -mod=mod -c -vet=off -trimpath -ldflags "$ld" -o "$E2E_BIN.tmp" k8s.io/kubernetes/test/e2e_node
   mv "$E2E_BIN.tmp" "$E2E_BIN"
 fi
 if [ ! -x "$AGNHOST_BIN" ]; then
