@@ -9,9 +9,10 @@
 //! What is built here (test/utils/image/manifest.go of Kubernetes v1.37):
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
-//!   with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
+//!   plus Debian's curl, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
 //!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
-//! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base, `CMD ["sh"]`;
+//! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
+//!   `/bin` as upstream's, `CMD ["sh"]`;
 //! - nginx 1.27.0-2 and 1.28.0-2: Debian's nginx on port 80;
 //! - nonewprivs 1.4: critest's set-uid `nnp` probe;
 //! - nonroot 1.5: busybox with `USER 1234`, as its Dockerfile;
@@ -27,9 +28,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use berth_integration::forge::{
-    BuiltImage, Group, ImageBuilder, LayerBuilder, Pusher, User, busybox_layer, nginx_image,
-    nonewprivs_image,
+    BUSYBOX, BuiltImage, Group, ImageBuilder, LayerBuilder, Pusher, User, busybox_layer,
+    nginx_image, nonewprivs_image,
 };
+
+/// Debian's curl (package `curl`).
+const CURL: &str = "/usr/bin/curl";
 
 /// Repository paths below `registry.k8s.io/` and their tags.
 const E2E: &str = "e2e-test-images";
@@ -46,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let plain = busybox_layer(&[], &[])?;
     let busybox = ImageBuilder::new()
         .layer(plain.clone())
+        .layer(all_applets_in_bin()?)
         .cmd(["sh"])
         .build()?;
     let agnhost_image = agnhost_image(agnhost)?;
@@ -92,6 +97,29 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The upstream busybox image has every applet in `/bin` (the specs run `/bin/sysctl`);
+/// Debian's busybox lists some under `/sbin` and `/usr/bin`: add `/bin/<applet>`
+/// symlinks for those (busybox runs the applet its `argv[0]` names).
+fn all_applets_in_bin() -> anyhow::Result<LayerBuilder> {
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .context("running busybox --list-full")?;
+    if !out.status.success() {
+        bail!("busybox --list-full failed: {}", out.status);
+    }
+    let mut layer = LayerBuilder::new();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((dir, name)) = applet.trim().rsplit_once('/') else {
+            continue;
+        };
+        if dir != "bin" && !name.is_empty() && !name.contains("..") {
+            layer = layer.symlink(&format!("bin/{name}"), "busybox");
+        }
+    }
+    Ok(layer)
+}
+
 /// agnhost as its Dockerfile lays it out, on the busybox base instead of alpine.
 fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
     let base = busybox_layer(
@@ -118,6 +146,9 @@ fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
         .layer(
             LayerBuilder::new()
                 .host_binary_at("/agnhost", agnhost)?
+                // Upstream's alpine base has curl; exec hooks and the networking
+                // specs run it. Debian's, with the libraries it links.
+                .host_binary(CURL)?
                 .symlink("agnhost-2", "agnhost")
                 .dir("uploads", 0o755),
         )
