@@ -5,6 +5,7 @@ mod image;
 mod metrics;
 mod runtime;
 mod stats;
+mod status;
 pub mod trace;
 
 use std::sync::{Arc, RwLock};
