@@ -2,8 +2,10 @@
 //! requests, call into the daemon's subsystems, and map errors to gRPC codes.
 
 mod image;
+#[allow(unsafe_code)] // sysconf(_SC_CLK_TCK)
 mod metrics;
 mod runtime;
+#[allow(unsafe_code)] // setns(2) into the pod netns to read its interfaces
 mod stats;
 mod status;
 pub mod trace;

@@ -7,11 +7,14 @@
 //! the record marked `ready`. A `creating` record found at start-up (berthd died
 //! mid-way) is torn down, so a half-created pod is never visible.
 
+#[allow(unsafe_code)] // mount(2) of the pod's /dev/shm tmpfs
 pub mod files;
+#[allow(unsafe_code)] // unshare(2), setns(2), sethostname(2), bind mounts of the namespace pins
 pub mod namespaces;
 mod network;
 mod recovery;
 mod request;
+#[allow(unsafe_code)] // the pre_exec hook entering the pod's user namespace
 mod run;
 mod stop;
 
