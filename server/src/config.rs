@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod subnet;
+
 /// Where the default configuration file lives when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// Where CDI spec files live when `[cdi] spec_dirs` is not set; a later directory's
+/// device overrides an earlier one's of the same name (the CDI rule).
+pub const DEFAULT_CDI_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,10 +65,7 @@ pub struct CdiConfig {
 impl Default for CdiConfig {
     fn default() -> Self {
         Self {
-            spec_dirs: crate::container::cdi::DEFAULT_SPEC_DIRS
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
+            spec_dirs: DEFAULT_CDI_SPEC_DIRS.iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -479,7 +482,7 @@ impl Config {
             )));
         }
         self.validate_registry()?;
-        crate::cni::native::Subnet::parse(&self.cni.builtin_subnet)
+        subnet::Subnet::parse(&self.cni.builtin_subnet)
             .map_err(|e| ConfigError::Invalid(format!("cni.builtin_subnet: {e}")))?;
         let bridge = &self.cni.builtin_bridge;
         if bridge.is_empty()

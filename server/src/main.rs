@@ -1,5 +1,7 @@
 //! `berthd`: the Berth container runtime daemon (CRI runtime.v1 over a Unix socket).
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::LazyLock;
@@ -557,6 +559,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 /// it, a socket of a supervisor) must not reach what berthd spawns: infra processes,
 /// monitors and containers would keep them open for their whole life. Everything
 /// berthd opens itself is close-on-exec already.
+#[allow(unsafe_code)] // close_range(2): rustix has no safe wrapper for it
 fn mark_inherited_fds_cloexec() {
     // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on our own
     // descriptors from 3 up; it closes nothing and touches no memory.

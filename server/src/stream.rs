@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::container::manager::{ContainerManager, Phase};
-use crate::cri::Shared;
+use crate::pod::PodManager;
 
 /// How long berth-runtime gets to hand over the pty master.
 const CONSOLE_WAIT: Duration = Duration::from_secs(10);
@@ -31,31 +31,47 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Connecting to a port inside a pod.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The [`StreamBackend`] of berthd. Holds the daemon's state weakly: the state owns
-/// the streaming server, which owns this backend.
+/// The [`StreamBackend`] of berthd: what streaming needs of the daemon (the
+/// container manager, the pod manager for port-forward's netns, the state directory),
+/// held weakly: the daemon's state owns the streaming server, which owns this backend.
 #[derive(Debug)]
 pub struct Backend {
-    shared: Weak<Shared>,
+    containers: Weak<ContainerManager>,
+    pods: Weak<PodManager>,
+    state_dir: PathBuf,
 }
 
 impl Backend {
-    /// A backend over the daemon's shared state.
-    pub fn new(shared: Weak<Shared>) -> Self {
-        Self { shared }
+    /// A backend over the daemon's container and pod managers.
+    pub fn new(
+        containers: Weak<ContainerManager>,
+        pods: Weak<PodManager>,
+        state_dir: PathBuf,
+    ) -> Self {
+        Self {
+            containers,
+            pods,
+            state_dir,
+        }
     }
 
-    fn shared(&self) -> Result<Arc<Shared>, BackendError> {
-        self.shared
+    fn containers(&self) -> Result<Arc<ContainerManager>, BackendError> {
+        self.containers
             .upgrade()
             .ok_or_else(|| BackendError::new("berthd is shutting down"))
     }
 
-    /// The running container `id`: the daemon state, its full id and whether its
+    fn pods(&self) -> Result<Arc<PodManager>, BackendError> {
+        self.pods
+            .upgrade()
+            .ok_or_else(|| BackendError::new("berthd is shutting down"))
+    }
+
+    /// The running container `id`: the container manager, its full id and whether its
     /// stdin closes when the first attach ends (`stdin_once`).
-    fn running(&self, id: &str) -> Result<(Arc<Shared>, String, bool), BackendError> {
-        let shared = self.shared()?;
-        let ctr = shared
-            .containers
+    fn running(&self, id: &str) -> Result<(Arc<ContainerManager>, String, bool), BackendError> {
+        let containers = self.containers()?;
+        let ctr = containers
             .get(id)
             .map_err(|e| BackendError::new(e.to_string()))?;
         if ctr.state().phase != Phase::Running {
@@ -66,29 +82,25 @@ impl Backend {
         }
         let id = ctr.id.clone();
         let stdin_once = ctr.config.stdin_once;
-        Ok((shared, id, stdin_once))
+        Ok((containers, id, stdin_once))
     }
 }
 
 impl StreamBackend for Backend {
     async fn exec(&self, req: ExecRequest, io: StreamIo) -> Result<i32, BackendError> {
-        let (shared, id, _) = self.running(&req.container_id)?;
+        let (containers, id, _) = self.running(&req.container_id)?;
         // Under an OCI runtime (runc, crun) its own `exec`, which takes the command
         // right after the id; berth-runtime wants `--` before it.
-        let (runtime, rt_root, argv) = match shared.containers.oci_runtime(&id) {
+        let (runtime, rt_root, argv) = match containers.oci_runtime(&id) {
             Some(rt) => (rt.path, rt.root, req.cmd.clone()),
             None => {
                 let mut argv = vec!["--".to_owned()];
                 argv.extend(req.cmd.iter().cloned());
-                (
-                    helper("berth-runtime")?,
-                    shared.containers.runtime_root(),
-                    argv,
-                )
+                (helper("berth-runtime")?, containers.runtime_root(), argv)
             }
         };
-        let state_dir = shared.config.state_dir.clone();
-        drop(shared);
+        let state_dir = self.state_dir.clone();
+        drop(containers);
         if req.tty {
             exec_tty(&runtime, &rt_root, &state_dir, &id, &argv, io).await
         } else {
@@ -97,13 +109,12 @@ impl StreamBackend for Backend {
     }
 
     async fn attach(&self, req: AttachRequest, io: StreamIo) -> Result<(), BackendError> {
-        let (shared, id, stdin_once) = self.running(&req.container_id)?;
-        let sock = shared
-            .containers
+        let (containers, id, stdin_once) = self.running(&req.container_id)?;
+        let sock = containers
             .runtime_root()
             .join(&id)
             .join(protocol::ATTACH_SOCKET);
-        drop(shared);
+        drop(containers);
         attach(&sock, &id, stdin_once, io).await
     }
 
@@ -112,9 +123,8 @@ impl StreamBackend for Backend {
         pod_sandbox_id: &str,
         port: u16,
     ) -> Result<Box<dyn Connection>, BackendError> {
-        let shared = self.shared()?;
-        let sb = shared
-            .pods
+        let pods = self.pods()?;
+        let sb = pods
             .get(pod_sandbox_id)
             .map_err(|e| BackendError::new(e.to_string()))?;
         if !sb.is_ready() {
@@ -124,7 +134,7 @@ impl StreamBackend for Backend {
             )));
         }
         let netns = sb.state().pins.net;
-        drop(shared);
+        drop(pods);
         let stream = connect_in_netns(netns, port).await?;
         Ok(Box::new(stream))
     }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 pub mod exec;
+#[allow(unsafe_code)] // setns(2) into the pod netns on a dedicated thread
 pub mod native;
+#[allow(unsafe_code)] // socket(2), send(2)/recv(2) and if_nametoindex(3) for netlink
 pub mod netlink;
 
 use crate::config::{BuiltinMode, CniConfig};

@@ -24,9 +24,6 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 
-/// Where CDI spec files live when `[cdi] spec_dirs` is not set; a later directory's
-/// device overrides an earlier one's of the same name (the CDI rule).
-pub const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 /// Annotations whose value lists CDI devices (comma-separated qualified names).
 pub const ANNOTATION_PREFIX: &str = "cdi.k8s.io/";
 /// Largest spec file read (NVIDIA's for 8 GPUs are well under 1 MiB).

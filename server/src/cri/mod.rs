@@ -2,9 +2,12 @@
 //! requests, call into the daemon's subsystems, and map errors to gRPC codes.
 
 mod image;
+#[allow(unsafe_code)] // sysconf(_SC_CLK_TCK)
 mod metrics;
 mod runtime;
+#[allow(unsafe_code)] // setns(2) into the pod netns to read its interfaces
 mod stats;
+mod status;
 pub mod trace;
 
 use std::sync::{Arc, RwLock};
@@ -30,7 +33,7 @@ pub struct Shared {
     /// Pod CIDRs from kubelet's `UpdateRuntimeConfig`, used by the built-in network.
     pub pod_cidrs: Arc<RwLock<Vec<String>>>,
     /// Pod sandboxes.
-    pub pods: PodManager,
+    pub pods: Arc<PodManager>,
     /// Pulled images and their unpacked layers.
     pub images: ImageStore,
     /// Containers.
@@ -52,7 +55,7 @@ impl CriService {
         let images = ImageStore::open(config.image_store_dir(), config.store_options())?;
         Ok(Self {
             shared: Arc::new(Shared {
-                pods: PodManager::new(config.clone(), Arc::clone(&pod_cidrs)),
+                pods: Arc::new(PodManager::new(config.clone(), Arc::clone(&pod_cidrs))),
                 containers: Arc::new(ContainerManager::new(config.clone(), images.clone())),
                 config,
                 pod_cidrs,
@@ -78,7 +81,11 @@ impl CriService {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<String, berth_stream::StartError> {
-        let backend = Arc::new(crate::stream::Backend::new(Arc::downgrade(&self.shared)));
+        let backend = Arc::new(crate::stream::Backend::new(
+            Arc::downgrade(&self.shared.containers),
+            Arc::downgrade(&self.shared.pods),
+            self.shared.config.state_dir.clone(),
+        ));
         let config = berth_stream::StreamConfig {
             addr,
             ..berth_stream::StreamConfig::default()
