@@ -27,7 +27,6 @@ use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use crate::config::{CgroupDriver, Config};
 use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
-use crate::pod::Sandbox;
 use crate::store;
 use crate::systemd;
 
@@ -442,7 +441,6 @@ impl ContainerManager {
     /// `CreateContainer`.
     pub async fn create(
         self: &Arc<Self>,
-        pod: &Sandbox,
         pod_ctx: PodContext,
         config: ContainerConfig,
     ) -> Result<String> {
@@ -476,7 +474,7 @@ impl ContainerManager {
             })?;
         // CDI devices are resolved before anything is created: an unknown one fails
         // the request with nothing to roll back.
-        let cdi_names = super::cdi::requested_devices(&config, &pod.config.annotations)?;
+        let cdi_names = super::cdi::requested_devices(&config, &pod_ctx.annotations)?;
         let cdi = if cdi_names.is_empty() {
             super::cdi::Injection::default()
         } else {
@@ -518,10 +516,9 @@ impl ContainerManager {
         }
         let mut config = config;
         let volumes = super::image_volume::resolve(&self.images, &mut config)?;
-        let pod_meta = pod.config.metadata.clone().unwrap_or_default();
         let name = format!(
             "{}_{}_{}_{}_{}",
-            meta.name, pod_meta.name, pod_meta.namespace, pod_meta.uid, meta.attempt
+            meta.name, pod_ctx.pod_name, pod_ctx.pod_namespace, pod_ctx.pod_uid, meta.attempt
         );
         let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
         {
@@ -534,10 +531,10 @@ impl ContainerManager {
             names.insert(name.clone(), id.clone());
         }
 
-        let log_path = if config.log_path.is_empty() || pod.config.log_directory.is_empty() {
+        let log_path = if config.log_path.is_empty() || pod_ctx.log_directory.is_empty() {
             PathBuf::new()
         } else {
-            match container_log_path(&pod.config.log_directory, &config.log_path) {
+            match container_log_path(&pod_ctx.log_directory, &config.log_path) {
                 Ok(p) => p,
                 Err(e) => {
                     self.names().remove(&name);
@@ -558,7 +555,7 @@ impl ContainerManager {
         let (tx, _) = tokio::sync::watch::channel(Phase::Creating);
         let ctr = Arc::new(Container {
             id: id.clone(),
-            pod_id: pod.id.clone(),
+            pod_id: pod_ctx.sandbox_id.clone(),
             config,
             created_at: now_nanos(),
             image_id: image.id.to_string(),
@@ -579,7 +576,7 @@ impl ContainerManager {
                 message: String::new(),
                 rootfs_mounted: false,
                 user: None,
-                runtime_handler: pod.runtime_handler.clone(),
+                runtime_handler: pod_ctx.runtime_handler.clone(),
             }),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
@@ -611,7 +608,7 @@ impl ContainerManager {
                     &ctr,
                     berth_proto::v1::ContainerEventType::ContainerCreatedEvent,
                 );
-                tracing::info!(container = %id, pod = %pod.id, name = %meta.name, "container created");
+                tracing::info!(container = %id, pod = %ctr.pod_id, name = %meta.name, "container created");
                 Ok(id)
             }
             Err(e) => {

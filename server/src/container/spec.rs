@@ -169,6 +169,20 @@ pub struct PodContext {
     pub hostname_value: String,
     /// Cgroup parent of the pod (already validated against the driver).
     pub cgroup_parent: String,
+    /// The pod's name, namespace and uid (its metadata): with the container's name
+    /// and attempt, the container's unique name.
+    pub pod_name: String,
+    /// See [`Self::pod_name`].
+    pub pod_namespace: String,
+    /// See [`Self::pod_name`].
+    pub pod_uid: String,
+    /// The pod's annotations (CDI devices can be requested there).
+    pub annotations: HashMap<String, String>,
+    /// The pod's `log_directory`: container log paths are relative to it and must
+    /// stay inside it (`""` = no logs).
+    pub log_directory: String,
+    /// The pod's runtime handler (`""` = native): its containers run under it.
+    pub runtime_handler: String,
 }
 
 /// A pod's pinned user namespace and the mappings it was created with.
