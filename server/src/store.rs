@@ -2,10 +2,12 @@
 //! the directory), so a crash at any instant leaves either the old or the new record,
 //! never a torn one. berthd rebuilds its in-memory index from these at start-up.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Writes `data` to `path` atomically and durably (mode 0600: records hold the
 /// container's environment, secrets included). The one implementation is shared with
@@ -161,6 +163,57 @@ pub fn find_by_id_or_prefix<T>(
     }
 }
 
+/// The in-memory index of one kind of record (pods, containers): id → record, plus
+/// the reserved names → id. Both locks shrug off poisoning (a panicking request must
+/// not take the index down with it). `field` names the request field and `kind` the
+/// object in the errors of [`Self::find`] and [`Self::get`].
+#[derive(Debug)]
+pub struct Records<T> {
+    by_id: RwLock<HashMap<String, Arc<T>>>,
+    names: Mutex<HashMap<String, String>>,
+    field: &'static str,
+    kind: &'static str,
+}
+
+impl<T> Records<T> {
+    /// An empty index; `field` is e.g. `"pod_sandbox_id"`, `kind` e.g. `"pod sandbox"`.
+    pub fn new(field: &'static str, kind: &'static str) -> Self {
+        Self {
+            by_id: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            field,
+            kind,
+        }
+    }
+
+    /// The records by id, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<T>>> {
+        self.by_id.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The records by id, for inserting and removing.
+    pub fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<T>>> {
+        self.by_id.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The reserved names → id.
+    pub fn names(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// By full id or unique id prefix (as crictl abbreviates them).
+    pub fn find(&self, id: &str) -> crate::error::Result<Option<Arc<T>>> {
+        find_by_id_or_prefix(&self.read(), id, self.field, self.kind)
+    }
+
+    /// Like [`Self::find`], but a missing record is `NotFound`.
+    pub fn get(&self, id: &str) -> crate::error::Result<Arc<T>> {
+        let kind = self.kind;
+        self.find(id)?
+            .ok_or_else(|| crate::error::Error::NotFound(format!("{kind} {id:?} not found")))
+    }
+}
+
 /// Whether `id` is safe to use as a path component (ids come from clients).
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -217,6 +270,24 @@ mod tests {
         );
         let e = find("").expect_err("empty").to_string();
         assert_eq!(e, "pod_sandbox_id is required");
+    }
+
+    #[test]
+    fn records_find_get_and_reserve_names() {
+        let records: Records<u8> = Records::new("container_id", "container");
+        records
+            .write()
+            .insert("abc1".into(), std::sync::Arc::new(7));
+        records.names().insert("web".into(), "abc1".into());
+        assert_eq!(records.get("abc").expect("prefix").as_ref(), &7);
+        assert!(records.find("zz").expect("missing").is_none());
+        let e = records.get("zz").expect_err("missing");
+        assert!(matches!(e, crate::error::Error::NotFound(_)), "{e:?}");
+        assert_eq!(e.to_string(), "container \"zz\" not found");
+        let e = records.find("").expect_err("empty").to_string();
+        assert_eq!(e, "container_id is required");
+        assert_eq!(records.names().get("web").map(String::as_str), Some("abc1"));
+        assert_eq!(records.read().len(), 1);
     }
 
     #[test]

@@ -10,7 +10,6 @@
 pub mod files;
 pub mod namespaces;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -222,11 +221,11 @@ impl Sandbox {
 pub struct PodManager {
     config: Config,
     pod_cidrs: Arc<RwLock<Vec<String>>>,
-    pods: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// The sandboxes by id, and the reserved sandbox names
+    /// (`name_namespace_uid_attempt`) → id.
+    pods: store::Records<Sandbox>,
     /// The native built-in network (used when `cni.builtin_mode` is `native`).
     native: Arc<NativeNetwork>,
-    /// Reserved sandbox names (`name_namespace_uid_attempt`) → id.
-    names: Mutex<HashMap<String, String>>,
     /// `[cni]` with the keys a config reload (SIGHUP) may change: conf_dir and
     /// plugin_dirs.
     cni: RwLock<crate::config::CniConfig>,
@@ -240,8 +239,7 @@ impl PodManager {
             cni: RwLock::new(config.cni.clone()),
             config,
             pod_cidrs,
-            pods: RwLock::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            pods: store::Records::new("pod_sandbox_id", "pod sandbox"),
         }
     }
 
@@ -352,38 +350,20 @@ impl PodManager {
         }
     }
 
-    fn pods_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Sandbox>>> {
-        self.pods
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn pods_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Sandbox>>> {
-        self.pods
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
-        store::find_by_id_or_prefix(&self.pods_read(), id, "pod_sandbox_id", "pod sandbox")
+        self.pods.find(id)
     }
 
     /// Like [`Self::find`], but a missing sandbox is `NotFound`.
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        self.find(id)?
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+        self.pods.get(id)
     }
 
     /// All sandboxes that are not being created.
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
-        self.pods_read()
+        self.pods
+            .read()
             .values()
             .filter(|p| p.phase() != Phase::Creating)
             .cloned()
@@ -392,7 +372,7 @@ impl PodManager {
 
     /// Sandboxes matching `filter`, newest first.
     pub fn list(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodSandbox> {
-        let pods = self.pods_read();
+        let pods = self.pods.read();
         let mut out: Vec<&Arc<Sandbox>> = pods
             .values()
             .filter(|p| p.phase() != Phase::Creating)
@@ -411,7 +391,7 @@ impl PodManager {
         let name = sandbox_name(&meta);
         let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
         {
-            let mut names = self.names();
+            let mut names = self.pods.names();
             if let Some(holder) = names.get(&name) {
                 return Err(Error::AlreadyExists(format!(
                     "pod sandbox name {name:?} is already reserved by sandbox {holder}"
@@ -438,7 +418,7 @@ impl PodManager {
         });
         match self.create(&sandbox).await {
             Ok(()) => {
-                self.pods_write().insert(id.clone(), sandbox);
+                self.pods.write().insert(id.clone(), sandbox);
                 tracing::info!(pod = %id, name = %name, "pod sandbox ready");
                 Ok(id)
             }
@@ -446,7 +426,7 @@ impl PodManager {
                 let state = sandbox.state();
                 self.teardown(&sandbox, &state).await;
                 self.remove_files(&id);
-                self.names().remove(&name);
+                self.pods.names().remove(&name);
                 tracing::info!(name = %name, error = %e, "pod sandbox creation failed; rolled back");
                 Err(e)
             }
@@ -869,9 +849,9 @@ impl PodManager {
         let _op = sb.op.lock().await;
         self.stop_locked(&sb).await?;
         self.remove_files(&sb.id);
-        self.pods_write().remove(&sb.id);
+        self.pods.write().remove(&sb.id);
         let name = sandbox_name(&sb.metadata());
-        let mut names = self.names();
+        let mut names = self.pods.names();
         if names.get(&name) == Some(&sb.id) {
             names.remove(&name);
         }
@@ -914,9 +894,10 @@ impl PodManager {
                         }
                         _ => {}
                     }
-                    self.names()
+                    self.pods
+                        .names()
                         .insert(sandbox_name(&sb.metadata()), id.clone());
-                    self.pods_write().insert(id, sb);
+                    self.pods.write().insert(id, sb);
                 }
                 Err(e) => {
                     tracing::warn!(pod = %id, error = %e, "unreadable sandbox record; removing it");
@@ -926,7 +907,7 @@ impl PodManager {
         }
         // Addresses of the native network whose pod has no record any more (berthd died
         // between allocating and recording, or the record was lost) go back to the pool.
-        let live: std::collections::HashSet<String> = self.pods_read().keys().cloned().collect();
+        let live: std::collections::HashSet<String> = self.pods.read().keys().cloned().collect();
         for ip in self.native.ipam().release_orphans(&live) {
             tracing::info!(ip = %ip, "released a native network address no pod holds");
         }
