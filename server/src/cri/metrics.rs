@@ -20,7 +20,7 @@ use berth_proto::v1::{
 use berth_runtime_core::cgroups::Version;
 
 use super::Shared;
-use crate::container::manager::{Container, Phase};
+use crate::container::{Container, Phase};
 use crate::host::clock::now_nanos;
 use crate::pod::Sandbox;
 
