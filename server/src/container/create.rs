@@ -111,7 +111,7 @@ impl ContainerManager {
         );
         let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
         {
-            let mut names = self.names();
+            let mut names = self.containers.names();
             if let Some(holder) = names.get(&name) {
                 return Err(Error::AlreadyExists(format!(
                     "container name {name:?} is already reserved by container {holder}"
@@ -126,7 +126,7 @@ impl ContainerManager {
             match container_log_path(&pod_ctx.log_directory, &config.log_path) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.names().remove(&name);
+                    self.containers.names().remove(&name);
                     return Err(e);
                 }
             }
@@ -192,7 +192,7 @@ impl ContainerManager {
             .await
         {
             Ok(()) => {
-                self.write().insert(id.clone(), Arc::clone(&ctr));
+                self.containers.write().insert(id.clone(), Arc::clone(&ctr));
                 self.emit(
                     &ctr,
                     berth_proto::v1::ContainerEventType::ContainerCreatedEvent,
@@ -202,7 +202,7 @@ impl ContainerManager {
             }
             Err(e) => {
                 self.cleanup(&ctr).await;
-                self.names().remove(&name);
+                self.containers.names().remove(&name);
                 tracing::info!(name = %meta.name, error = %e, "container creation failed; rolled back");
                 Err(e)
             }

@@ -37,7 +37,6 @@ mod status;
 mod stop;
 mod update;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -216,8 +215,9 @@ pub struct ContainerManager {
     config: Config,
     images: ImageStore,
     events: tokio::sync::broadcast::Sender<Event>,
-    containers: RwLock<HashMap<String, Arc<Container>>>,
-    names: Mutex<HashMap<String, String>>,
+    /// The containers by id, and the reserved container names
+    /// (`<name>_<pod>_<namespace>_<uid>_<attempt>`) → id.
+    containers: store::Records<Container>,
     /// Writable-layer usage, seconds old (see `fsinfo::USAGE_MAX_AGE`).
     layer_usage: crate::host::fsinfo::UsageCache,
     /// `cdi.spec_dirs`, replaced by a config reload (SIGHUP).
@@ -234,8 +234,7 @@ impl ContainerManager {
             config,
             images,
             events: tokio::sync::broadcast::channel(1024).0,
-            containers: RwLock::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            containers: store::Records::new("container_id", "container"),
             layer_usage: crate::host::fsinfo::UsageCache::default(),
             apparmor: Arc::new(self::apparmor::AppArmor::detect()),
         }
@@ -296,33 +295,14 @@ impl ContainerManager {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Container>>> {
-        self.containers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// By full id or unique prefix.
     pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
-        store::find_by_id_or_prefix(&self.read(), id, "container_id", "container")
+        self.containers.find(id)
     }
 
     /// Like [`Self::find`], `NotFound` when missing.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
-        self.find(id)?
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+        self.containers.get(id)
     }
 
     fn persist(&self, ctr: &Container) -> Result<()> {

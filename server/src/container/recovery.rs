@@ -58,8 +58,10 @@ impl ContainerManager {
                 self.cleanup(&ctr).await;
                 continue;
             }
-            self.names().insert(ctr.name_key.clone(), id.clone());
-            self.write().insert(id.clone(), Arc::clone(&ctr));
+            self.containers
+                .names()
+                .insert(ctr.name_key.clone(), id.clone());
+            self.containers.write().insert(id.clone(), Arc::clone(&ctr));
             if state.phase != Phase::Exited {
                 if let Some(monitor) = monitor_of(&state, &id) {
                     crate::prom::global().monitor_reattached();

@@ -16,8 +16,8 @@ impl ContainerManager {
         let _op = ctr.op.lock().await;
         self.stop_locked(&ctr, 0).await?;
         self.cleanup(&ctr).await;
-        self.write().remove(&ctr.id);
-        let mut names = self.names();
+        self.containers.write().remove(&ctr.id);
+        let mut names = self.containers.names();
         names.retain(|_, v| v != &ctr.id);
         self.emit(
             &ctr,

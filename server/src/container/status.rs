@@ -128,7 +128,7 @@ impl Container {
 impl ContainerManager {
     /// Containers matching `filter`, newest first.
     pub fn list(&self, filter: Option<&ContainerFilter>) -> Vec<CriContainer> {
-        let all = self.read();
+        let all = self.containers.read();
         let mut v: Vec<&Arc<Container>> = all
             .values()
             .filter(|c| c.phase() != Phase::Creating)
@@ -140,7 +140,8 @@ impl ContainerManager {
 
     /// Ids of the containers of a pod.
     pub fn in_pod(&self, pod_id: &str) -> Vec<String> {
-        self.read()
+        self.containers
+            .read()
             .values()
             .filter(|c| c.pod_id == pod_id)
             .map(|c| c.id.clone())
@@ -224,7 +225,8 @@ impl ContainerManager {
 
     /// The containers of a pod.
     pub fn of_pod(&self, pod_id: &str) -> Vec<Arc<Container>> {
-        self.read()
+        self.containers
+            .read()
             .values()
             .filter(|c| c.pod_id == pod_id && c.state().phase != Phase::Creating)
             .cloned()
@@ -233,7 +235,7 @@ impl ContainerManager {
 
     /// `ListContainerStats`.
     pub fn list_stats(&self, filter: Option<&ContainerStatsFilter>) -> Vec<ContainerStats> {
-        let all: Vec<Arc<Container>> = self.read().values().cloned().collect();
+        let all: Vec<Arc<Container>> = self.containers.read().values().cloned().collect();
         all.into_iter()
             .filter(|c| c.phase() != Phase::Creating)
             .filter(|c| {
