@@ -19,6 +19,10 @@
 //! - `spec`: the OCI spec; `cdi`, `apparmor`, `seccomp`, `image_volume`, `handler`,
 //!   `checkpoint`: what their names say.
 
+// Raw syscalls (mount(2), kill(2), poll(2) on a pidfd) live in `crate::host`; nothing
+// here needs `unsafe`, and nothing new should.
+#![deny(unsafe_code)]
+
 pub mod apparmor;
 pub mod cdi;
 pub mod checkpoint;

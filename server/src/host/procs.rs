@@ -304,9 +304,13 @@ pub fn kill_tree(pid: i32) {
                 .filter_map(|c| c.parse::<i32>().ok()),
         );
     }
-    for p in all {
-        // SAFETY: kill(2) has no memory preconditions.
-        unsafe { libc::kill(p, libc::SIGKILL) };
+    // Pid::new again: a pid read from /proc is never 0, 1 or negative, but kill(2)
+    // must not get one if it were.
+    for p in all.into_iter().filter_map(Pid::new) {
+        if let Some(p) = rustix::process::Pid::from_raw(p.raw()) {
+            // An already exited process is not an error.
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
     }
 }
 
