@@ -12,7 +12,6 @@ pub mod admin;
 pub mod check;
 pub mod cni;
 pub mod config;
-#[allow(unsafe_code)] // pre_exec hooks, kill(2), mount(2): h1 narrows it inside container/
 pub mod container;
 pub mod cri;
 pub mod daemon;

@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use crate::container::manager::{ContainerManager, Phase};
+use crate::container::{ContainerManager, Phase};
 use crate::pod::PodManager;
 
 /// How long berth-runtime gets to hand over the pty master.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use super::manager::{ContainerManager, Phase};
+use super::{ContainerManager, Phase};
 use crate::error::{Error, Result};
 
 /// How long `criu check` may take.

@@ -15,6 +15,7 @@ use berth_image::{Image, ImageStore};
 use berth_proto::v1::{ContainerConfig, Mount as CriMount};
 
 use crate::error::{Error, Result};
+use crate::host::mounts::sys_mount;
 
 /// Where the container's image volumes are mounted, below its state dir.
 const VOLUMES_DIR: &str = "image-volumes";
@@ -229,40 +230,6 @@ fn mount_readonly(lowers: &[PathBuf], target: &Path) -> std::io::Result<()> {
             )
         }
     }
-}
-
-/// mount(2).
-fn sys_mount(
-    source: Option<&std::ffi::OsStr>,
-    target: &Path,
-    fstype: Option<&std::ffi::CStr>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |b: &[u8]| {
-        std::ffi::CString::new(b)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-    };
-    let source = source.map(|s| cstr(s.as_bytes())).transpose()?;
-    let target = cstr(target.as_os_str().as_bytes())?;
-    let data = data.map(|d| cstr(d.as_bytes())).transpose()?;
-    // SAFETY: every pointer is either null or a valid NUL-terminated string that
-    // outlives the call; mount(2) does not keep them.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            target.as_ptr(),
-            fstype.map_or(std::ptr::null(), std::ffi::CStr::as_ptr),
-            flags,
-            data.as_ref()
-                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The directory `sub` names inside the mounted image at `root`, resolved as if

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use berth_image::ImageStore;
 
 use crate::config::Config;
-use crate::container::manager::ContainerManager;
+use crate::container::ContainerManager;
 use crate::pod::PodManager;
 
 /// Runtime name reported by `Version`.

@@ -147,7 +147,7 @@ impl RuntimeService for CriService {
             .into());
         }
         let ctx = self.shared.pods.pod_context(&pod)?;
-        let container_id = self.shared.containers.create(&pod, ctx, config).await?;
+        let container_id = self.shared.containers.create(ctx, config).await?;
         Ok(Response::new(CreateContainerResponse { container_id }))
     }
 

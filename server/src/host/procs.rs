@@ -286,6 +286,66 @@ pub fn berth_monitors(keep: impl Fn(&Path, &[&[u8]]) -> bool) -> Vec<Verified> {
     found
 }
 
+/// SIGKILLs `pid` and all its descendants (children first listed via /proc).
+pub fn kill_tree(pid: i32) {
+    // kill(2) reads 0 and -1 as "my process group" and "every process"; 1 is init.
+    if crate::host::procs::Pid::new(pid).is_none() {
+        return;
+    }
+    let mut stack = vec![pid];
+    let mut all = Vec::new();
+    while let Some(p) = stack.pop() {
+        all.push(p);
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        stack.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    // Pid::new again: a pid read from /proc is never 0, 1 or negative, but kill(2)
+    // must not get one if it were.
+    for p in all.into_iter().filter_map(Pid::new) {
+        if let Some(p) = rustix::process::Pid::from_raw(p.raw()) {
+            // An already exited process is not an error.
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Waits until the process behind `fd`, a pidfd (not our child), exits.
+pub async fn wait_pidfd_exit(fd: std::os::fd::OwnedFd) {
+    let spare = fd.try_clone();
+    // SAFETY: `fd` is an open pidfd owned by the AsyncFd for its whole lifetime; its
+    // raw fd never changes.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => {
+            let Ok(spare) = spare else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                use std::os::fd::AsRawFd;
+                let mut p = libc::pollfd {
+                    fd: spare.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `p` is one valid pollfd for the call; `spare` stays open.
+                while unsafe { libc::poll(&raw mut p, 1, -1) } < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                }
+            })
+            .await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

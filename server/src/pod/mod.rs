@@ -309,6 +309,12 @@ impl PodManager {
             hostname: dir.join("hostname"),
             hostname_value: pod_hostname(sb),
             cgroup_parent: sb.cgroup_parent.clone(),
+            pod_name: meta.name.clone(),
+            pod_namespace: meta.namespace.clone(),
+            pod_uid: meta.uid.clone(),
+            annotations: sb.config.annotations.clone(),
+            log_directory: sb.config.log_directory.clone(),
+            runtime_handler: sb.runtime_handler.clone(),
         })
     }
 

@@ -25,7 +25,7 @@ use berth_runtime_core::cgroups::Detail;
 use self::reading::{ContainerReading, InterfaceCounters};
 use self::table::{FAMILIES, Family, Source};
 use super::Shared;
-use crate::container::manager::{Container, Phase};
+use crate::container::{Container, Phase};
 use crate::host::clock::now_nanos;
 use crate::pod::Sandbox;
 

@@ -1,0 +1,878 @@
+//! CRI `ContainerConfig` + image config + pod → OCI runtime spec (`config.json`).
+//!
+//! Follows what containerd's CRI plugin produces, so workloads behave the same:
+//! ENTRYPOINT/CMD merging, environment precedence, user resolution through the image's
+//! /etc/passwd and /etc/group, the default capability set, masked and read-only
+//! paths, mounts with propagation, devices, resources and seccomp.
+//!
+//! This file holds the inputs ([`SpecInput`], [`PodContext`], [`ImageConfig`]) and
+//! [`build`], which assembles the spec from one submodule per OCI section:
+//! `process` (args, environment, user), `security` (capabilities, masked and
+//! read-only paths, seccomp), `mounts`, `resources` (cgroups path, limits, devices).
+
+mod mounts;
+mod process;
+mod resources;
+mod security;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1::{ContainerConfig, NamespaceMode};
+use serde_json::{Value, json};
+
+use self::mounts::{mounts, rootfs_propagation};
+pub use self::process::{IMAGE_FILE_MAX, merge_args, merge_env, read_image_file, resolve_user};
+pub use self::resources::{cgroups_path, resources_update};
+use self::resources::{devices, linux_resources};
+use self::security::seccomp_profile;
+pub use self::security::{
+    ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
+    capabilities, host_capabilities,
+};
+use crate::config::CgroupDriver;
+use crate::error::{Error, Result};
+
+/// What the image says about how to run it (its OCI config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// ENTRYPOINT.
+    pub entrypoint: Vec<String>,
+    /// CMD.
+    pub cmd: Vec<String>,
+    /// ENV, `KEY=value`.
+    pub env: Vec<String>,
+    /// USER: `name`, `uid`, `uid:gid`, `name:group`.
+    pub user: String,
+    /// WORKDIR.
+    pub working_dir: String,
+}
+
+/// What the pod contributes to each of its containers.
+#[derive(Debug, Clone, Default)]
+pub struct PodContext {
+    /// Pod id (for annotations).
+    pub sandbox_id: String,
+    /// Pod name, namespace, uid (annotations).
+    pub sandbox_name: String,
+    /// Pinned network namespace; `None` = host network.
+    pub netns: Option<PathBuf>,
+    /// Pinned IPC namespace; `None` = host IPC.
+    pub ipcns: Option<PathBuf>,
+    /// Pinned UTS namespace; `None` = host UTS.
+    pub utsns: Option<PathBuf>,
+    /// The pod's own user namespace; `None` = the host's.
+    pub userns: Option<PodUserNamespace>,
+    /// PID namespace of the pod's infra process when the pod shares one.
+    pub pidns: Option<PathBuf>,
+    /// The pod uses the host PID namespace.
+    pub host_pid: bool,
+    /// The pod's /dev/shm tmpfs; `None` = the host's /dev/shm (host IPC).
+    pub shm: Option<PathBuf>,
+    /// resolv.conf, hosts, hostname files of the pod.
+    pub resolv_conf: PathBuf,
+    /// `/etc/hosts` of the pod.
+    pub hosts: PathBuf,
+    /// `/etc/hostname` of the pod.
+    pub hostname: PathBuf,
+    /// The pod's hostname (its config's, else the node's): the containers' `HOSTNAME`.
+    pub hostname_value: String,
+    /// Cgroup parent of the pod (already validated against the driver).
+    pub cgroup_parent: String,
+    /// The pod's name, namespace and uid (its metadata): with the container's name
+    /// and attempt, the container's unique name.
+    pub pod_name: String,
+    /// See [`Self::pod_name`].
+    pub pod_namespace: String,
+    /// See [`Self::pod_name`].
+    pub pod_uid: String,
+    /// The pod's annotations (CDI devices can be requested there).
+    pub annotations: HashMap<String, String>,
+    /// The pod's `log_directory`: container log paths are relative to it and must
+    /// stay inside it (`""` = no logs).
+    pub log_directory: String,
+    /// The pod's runtime handler (`""` = native): its containers run under it.
+    pub runtime_handler: String,
+}
+
+/// A pod's pinned user namespace and the mappings it was created with.
+#[derive(Debug, Clone, Default)]
+pub struct PodUserNamespace {
+    /// The pin file.
+    pub path: PathBuf,
+    /// uid mappings.
+    pub uids: Vec<crate::host::idmap::IdMapping>,
+    /// gid mappings.
+    pub gids: Vec<crate::host::idmap::IdMapping>,
+}
+
+impl PodUserNamespace {
+    /// The host uid and gid of the namespace's root.
+    pub fn root_host_ids(&self) -> Result<(u32, u32)> {
+        let root = |maps: &[crate::host::idmap::IdMapping]| {
+            maps.iter()
+                .find(|m| m.container_id == 0 && m.length > 0)
+                .map(|m| m.host_id)
+        };
+        root(&self.uids)
+            .zip(root(&self.gids))
+            .ok_or_else(|| Error::Internal("the pod's user namespace maps no root".into()))
+    }
+
+    /// Mounts image layers at `target` idmapped with this namespace (see
+    /// `berth_runtime_core::idmap::mount_idmapped_layers`); `what` names the mount in
+    /// errors. A kernel or filesystem that cannot do it is FailedPrecondition, saying
+    /// why: better than a container that sees its image as 65534's and cannot write.
+    pub fn mount_idmapped_layers(
+        &self,
+        lowers: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        target: &Path,
+        what: &str,
+    ) -> Result<()> {
+        let ns = std::fs::File::open(&self.path).map_err(|e| {
+            Error::io(
+                format!("opening the pod's user namespace {}", self.path.display()),
+                e,
+            )
+        })?;
+        berth_runtime_core::idmap::mount_idmapped_layers(
+            lowers,
+            upper_work,
+            target,
+            std::os::fd::AsFd::as_fd(&ns),
+        )
+        .map_err(|e| {
+            if berth_runtime_core::idmap::is_unsupported(&e) {
+                Error::FailedPrecondition(format!(
+                    "the pod has its own user namespace, so {what} must be an idmapped view \
+                     of the image, which this node cannot give ({e}); it needs Linux 6.15 or \
+                     newer and berthd's root_dir on a filesystem that supports idmapped \
+                     mounts (ext4, xfs, btrfs, tmpfs); `berthd check` reports the kernel"
+                ))
+            } else {
+                Error::io(format!("mounting {what}: {}: {}", e.step, e.path), e.source)
+            }
+        })
+    }
+}
+
+/// Everything needed to build one container's spec.
+#[derive(Debug)]
+pub struct SpecInput<'a> {
+    /// Container id.
+    pub id: &'a str,
+    /// The CRI config.
+    pub config: &'a ContainerConfig,
+    /// The image's config.
+    pub image: &'a ImageConfig,
+    /// The image reference the container runs (annotation).
+    pub image_name: &'a str,
+    /// The container's root filesystem (mounted), to read /etc/passwd and /etc/group.
+    pub rootfs: &'a Path,
+    /// The pod.
+    pub pod: &'a PodContext,
+    /// Cgroup driver in use.
+    pub cgroup_driver: CgroupDriver,
+}
+
+/// The user a container process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Additional gids (from /etc/group membership and the CRI's supplemental groups).
+    pub additional_gids: Vec<u32>,
+    /// Home directory from /etc/passwd (for HOME).
+    pub home: Option<String>,
+}
+
+/// Builds the OCI runtime spec (`config.json` contents) of a container.
+pub fn build(input: &SpecInput<'_>) -> Result<Value> {
+    let config = input.config;
+    let linux = config.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let resources = linux.resources.clone().unwrap_or_default();
+    let privileged = sc.privileged;
+
+    let args = merge_args(config, input.image)?;
+    let user = resolve_user(input.rootfs, &sc, &input.image.user)?;
+    let env = merge_env(config, input.image, &user, &input.pod.hostname_value);
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !input.image.working_dir.is_empty() {
+        input.image.working_dir.clone()
+    } else {
+        "/".to_owned()
+    };
+    if !cwd.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "working_dir {cwd:?} must be an absolute path"
+        )));
+    }
+
+    let caps = capabilities(&sc)?;
+    let seccomp = seccomp_profile(&sc, privileged, &caps)?;
+    let cap_list: Vec<Value> = caps.iter().map(|c| Value::from(c.as_str())).collect();
+
+    let mut process = json!({
+        "terminal": config.tty,
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": user.additional_gids,
+        },
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": cap_list,
+            "effective": cap_list,
+            "permitted": cap_list,
+        },
+        "noNewPrivileges": sc.no_new_privs,
+    });
+    if resources.oom_score_adj != 0 {
+        process["oomScoreAdj"] = Value::from(resources.oom_score_adj);
+    }
+
+    let mounts = mounts(input, privileged, sc.readonly_rootfs)?;
+    let rootfs_propagation = rootfs_propagation(config);
+
+    let mut namespaces = vec![json!({ "type": "mount" })];
+    let ns_options = sc.namespace_options.clone().unwrap_or_default();
+    for (kind, path) in [
+        ("network", &input.pod.netns),
+        ("ipc", &input.pod.ipcns),
+        ("uts", &input.pod.utsns),
+    ] {
+        if let Some(p) = path {
+            namespaces.push(json!({ "type": kind, "path": p }));
+        }
+    }
+    if let Some(u) = &input.pod.userns {
+        for (what, id, maps) in [("uid", user.uid, &u.uids), ("gid", user.gid, &u.gids)] {
+            if !maps
+                .iter()
+                .any(|m| id >= m.container_id && id - m.container_id < m.length)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the container's {what} {id} is not mapped by the pod's user namespace (namespace_options.userns_options.{what}s)"
+                )));
+            }
+        }
+        namespaces.push(json!({ "type": "user", "path": u.path }));
+    }
+    let pid_mode = NamespaceMode::try_from(ns_options.pid).unwrap_or(NamespaceMode::Pod);
+    match (pid_mode, &input.pod.pidns) {
+        (NamespaceMode::Node, _) => {}
+        _ if input.pod.host_pid => {}
+        (NamespaceMode::Pod, Some(p)) => namespaces.push(json!({ "type": "pid", "path": p })),
+        (NamespaceMode::Target, _) => {
+            return Err(Error::InvalidArgument(
+                "namespace_options.pid TARGET is not supported by berthd yet".into(),
+            ));
+        }
+        _ => namespaces.push(json!({ "type": "pid" })),
+    }
+
+    let mut linux_spec = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path(input.cgroup_driver, &input.pod.cgroup_parent, input.id),
+        "resources": linux_resources(&resources, config, privileged)?,
+        "devices": devices(config, privileged)?,
+        "rootfsPropagation": rootfs_propagation,
+    });
+    if let Some(u) = &input.pod.userns {
+        let oci = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
+            maps.iter()
+                .map(|m| json!({ "containerID": m.container_id, "hostID": m.host_id, "size": m.length }))
+                .collect()
+        };
+        linux_spec["uidMappings"] = json!(oci(&u.uids));
+        linux_spec["gidMappings"] = json!(oci(&u.gids));
+    }
+    if !privileged {
+        linux_spec["maskedPaths"] = json!(if sc.masked_paths.is_empty() {
+            DEFAULT_MASKED_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            sc.masked_paths.clone()
+        });
+        linux_spec["readonlyPaths"] = json!(if sc.readonly_paths.is_empty() {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            sc.readonly_paths.clone()
+        });
+    }
+    if let Some(profile) = seccomp {
+        linux_spec["seccomp"] = profile;
+    }
+
+    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    // Berth's own annotations are berthd's to set (the device-rule policy comes from
+    // its config), never a pod spec's.
+    annotations.retain(|k, _| !k.starts_with("io.berth."));
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    annotations.insert(
+        "io.kubernetes.cri.container-name".into(),
+        config.metadata.clone().unwrap_or_default().name,
+    );
+    annotations.insert(
+        "io.kubernetes.cri.sandbox-id".into(),
+        input.pod.sandbox_id.clone(),
+    );
+    annotations.insert(
+        "io.kubernetes.cri.sandbox-name".into(),
+        input.pod.sandbox_name.clone(),
+    );
+    annotations.insert(
+        "io.kubernetes.cri.image-name".into(),
+        input.image_name.to_owned(),
+    );
+
+    Ok(json!({
+        "ociVersion": "1.1.0",
+        "process": process,
+        "root": { "path": input.rootfs, "readonly": sc.readonly_rootfs },
+        "mounts": mounts,
+        "linux": linux_spec,
+        "annotations": annotations,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::v1::{
+        Capability, ContainerMetadata, Int64Value, KeyValue, LinuxContainerConfig,
+        LinuxContainerResources, LinuxContainerSecurityContext, Mount, MountPropagation,
+        SecurityProfile,
+    };
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("etc")).expect("etc");
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nwww-data:x:33:33:www:/var/www:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nwww-data:x:33:\nextra:x:50000:www-data\n",
+        )
+        .expect("group");
+        d
+    }
+
+    fn ctr(command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn build_with(config: &ContainerConfig, image: &ImageConfig, root: &Path) -> Result<Value> {
+        let pod = PodContext {
+            sandbox_id: "pod1".into(),
+            netns: Some("/run/berth/ns/pod1/net".into()),
+            resolv_conf: "/var/lib/berth/pods/pod1/resolv.conf".into(),
+            hosts: "/var/lib/berth/pods/pod1/hosts".into(),
+            hostname: "/var/lib/berth/pods/pod1/hostname".into(),
+            hostname_value: "web-0".into(),
+            cgroup_parent: "/kubepods/podu1".into(),
+            ..Default::default()
+        };
+        build(&SpecInput {
+            id: "ctr1",
+            config,
+            image,
+            image_name: "busybox",
+            rootfs: root,
+            pod: &pod,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+        })
+    }
+
+    /// A pod spec cannot switch off device-rule enforcement by setting berthd's own
+    /// annotation: only berthd's config can.
+    #[test]
+    fn pod_annotations_cannot_set_berths_own() {
+        let r = rootfs();
+        let mut c = ctr(&["sh"]);
+        c.annotations.insert(
+            berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION.into(),
+            "true".into(),
+        );
+        c.annotations.insert("team".into(), "a".into());
+        let spec = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        let a = &spec["annotations"];
+        assert!(
+            a.get(berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION)
+                .is_none(),
+            "{a}"
+        );
+        assert_eq!(a["team"], "a");
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_merge_like_containerd() {
+        let image = ImageConfig {
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["default".into()],
+            ..Default::default()
+        };
+        let mut c = ctr(&[]);
+        assert_eq!(merge_args(&c, &image).expect("args"), ["/ep", "default"]);
+        c.args = vec!["x".into()];
+        assert_eq!(merge_args(&c, &image).expect("args"), ["/ep", "x"]);
+        c.command = vec!["/cmd".into()];
+        assert_eq!(merge_args(&c, &image).expect("args"), ["/cmd", "x"]);
+        let e = merge_args(&ctr(&[]), &ImageConfig::default()).expect_err("nothing to run");
+        assert!(matches!(e, Error::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn cri_env_overrides_image_env_and_defaults_fill_in() {
+        let image = ImageConfig {
+            env: vec!["A=1".into(), "B=2".into()],
+            ..Default::default()
+        };
+        let mut c = ctr(&["sh"]);
+        c.envs = vec![KeyValue {
+            key: "B".into(),
+            value: b"3".to_vec(),
+        }];
+        let user = ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: Some("/root".into()),
+        };
+        let env = merge_env(&c, &image, &user, "");
+        assert_eq!(env[0], "A=1");
+        assert_eq!(env[1], "B=3");
+        assert!(env.iter().any(|e| e.starts_with("PATH=/usr/local/sbin")));
+        assert!(env.contains(&"HOME=/root".to_owned()));
+    }
+
+    /// The image's /etc/passwd is each hostile shape in turn; resolving the user must
+    /// answer InvalidArgument naming the file, at once (the FIFO used to block
+    /// CreateContainer forever in open(2)).
+    #[test]
+    fn hostile_passwd_files_are_refused_at_once() {
+        use std::os::unix::fs::symlink;
+        let sc = LinuxContainerSecurityContext::default();
+        let check = |make: &dyn Fn(&Path), what: &str| {
+            let r = rootfs();
+            let passwd = r.path().join("etc/passwd");
+            std::fs::remove_file(&passwd).expect("rm passwd");
+            make(&passwd);
+            let started = std::time::Instant::now();
+            let err = resolve_user(r.path(), &sc, "").expect_err(what);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{what}"
+            );
+            assert!(matches!(err, Error::InvalidArgument(_)), "{what}: {err:?}");
+            assert!(err.to_string().contains("/etc/passwd"), "{what}: {err}");
+        };
+        check(
+            &|p| {
+                rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from(0o644))
+                    .expect("mkfifo")
+            },
+            "fifo",
+        );
+        check(
+            &|p| symlink("../../../../../../../etc/shadow", p).expect("link"),
+            "link out of the root",
+        );
+        check(
+            &|p| symlink("/proc/self/environ", p).expect("link"),
+            "proc link",
+        );
+        check(&|p| symlink("passwd", p).expect("link"), "loop");
+        check(&|p| std::fs::create_dir(p).expect("dir"), "directory");
+        check(
+            &|p| {
+                std::fs::File::create(p)
+                    .and_then(|f| f.set_len(1 << 30))
+                    .expect("sparse file");
+            },
+            "1 GiB sparse file",
+        );
+    }
+
+    /// A symlink that stays inside the image is followed inside it, even when it is
+    /// absolute or climbs with `..` (it is read as if the rootfs were `/`); a missing
+    /// file is no error.
+    #[test]
+    fn image_files_resolve_inside_the_root() {
+        let r = rootfs();
+        std::fs::create_dir_all(r.path().join("usr/share")).expect("dir");
+        std::fs::rename(r.path().join("etc/passwd"), r.path().join("usr/share/pw")).expect("mv");
+        std::os::unix::fs::symlink("../../../../usr/share/pw", r.path().join("etc/passwd"))
+            .expect("link");
+        let u = resolve_user(
+            r.path(),
+            &LinuxContainerSecurityContext::default(),
+            "www-data",
+        )
+        .expect("in-root link");
+        assert_eq!(u.uid, 33);
+        std::fs::remove_file(r.path().join("etc/group")).expect("rm group");
+        assert!(
+            read_image_file(r.path(), "/etc/group")
+                .expect("missing")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn hostname_env_is_the_pods_unless_the_image_or_cri_config_sets_it() {
+        let root = rootfs();
+        let image = ImageConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
+        let env_of = |spec: &Value| -> Vec<String> {
+            spec["process"]["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .map(|v| v.as_str().expect("string").to_owned())
+                .collect()
+        };
+        let hostnames = |env: &[String]| -> Vec<String> {
+            env.iter()
+                .filter(|e| e.starts_with("HOSTNAME="))
+                .cloned()
+                .collect()
+        };
+        // The pod's hostname reaches the process (build_with's pod is "web-0").
+        let spec = build_with(&ctr(&[]), &image, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=web-0"]);
+
+        // The image's ENV HOSTNAME wins over the pod's, as with containerd.
+        let with_image_env = ImageConfig {
+            env: vec!["HOSTNAME=from-image".into()],
+            ..image.clone()
+        };
+        let spec = build_with(&ctr(&[]), &with_image_env, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=from-image"]);
+
+        // And the container config's envs win over both.
+        let mut c = ctr(&[]);
+        c.envs = vec![KeyValue {
+            key: "HOSTNAME".into(),
+            value: b"from-cri".to_vec(),
+        }];
+        let spec = build_with(&c, &with_image_env, root.path()).expect("spec");
+        assert_eq!(hostnames(&env_of(&spec)), ["HOSTNAME=from-cri"]);
+    }
+
+    #[test]
+    fn users_resolve_through_the_images_files() {
+        let r = rootfs();
+        let mut sc = LinuxContainerSecurityContext::default();
+        let u = resolve_user(r.path(), &sc, "www-data").expect("by name");
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (33, 33, vec![33, 50000])
+        );
+        let strict = LinuxContainerSecurityContext {
+            supplemental_groups_policy: berth_proto::v1::SupplementalGroupsPolicy::Strict.into(),
+            ..Default::default()
+        };
+        let u = resolve_user(r.path(), &strict, "www-data").expect("strict");
+        assert_eq!(
+            u.additional_gids,
+            vec![33],
+            "Strict ignores the image's /etc/group"
+        );
+        let u = resolve_user(r.path(), &sc, "1003:1004").expect("numeric");
+        assert_eq!((u.uid, u.gid), (1003, 1004));
+        let u = resolve_user(r.path(), &sc, "www-data:extra").expect("name:group");
+        assert_eq!((u.uid, u.gid), (33, 50000));
+        sc.run_as_username = "nobody".into();
+        let u = resolve_user(r.path(), &sc, "").expect("cri username");
+        assert_eq!(u.uid, 65534);
+        sc.run_as_username.clear();
+        sc.run_as_user = Some(Int64Value { value: 1001 });
+        sc.run_as_group = Some(Int64Value { value: 1002 });
+        sc.supplemental_groups = vec![1234, 5678];
+        let u = resolve_user(r.path(), &sc, "www-data").expect("cri ids");
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids),
+            (1001, 1002, vec![1002, 1234, 5678])
+        );
+        let e = resolve_user(r.path(), &LinuxContainerSecurityContext::default(), "ghost")
+            .expect_err("unknown");
+        assert!(e.to_string().contains("ghost"), "{e}");
+        let only_group = LinuxContainerSecurityContext {
+            run_as_group: Some(Int64Value { value: 5 }),
+            ..Default::default()
+        };
+        assert!(
+            resolve_user(r.path(), &only_group, "").is_err(),
+            "group without user"
+        );
+    }
+
+    #[test]
+    fn capability_adds_and_drops() {
+        let sc = |add: &[&str], drop: &[&str]| LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                add_capabilities: add.iter().map(|s| (*s).to_owned()).collect(),
+                drop_capabilities: drop.iter().map(|s| (*s).to_owned()).collect(),
+                add_ambient_capabilities: vec![],
+            }),
+            ..Default::default()
+        };
+        let d = capabilities(&sc(&[], &[])).expect("default");
+        assert!(!d.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(d.contains(&"CAP_NET_RAW".to_owned()));
+        let c = capabilities(&sc(&["NET_ADMIN"], &["NET_RAW"])).expect("caps");
+        assert!(c.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(!c.contains(&"CAP_NET_RAW".to_owned()));
+        assert!(capabilities(&sc(&[], &["ALL"])).expect("none").is_empty());
+        assert_eq!(
+            capabilities(&sc(&["ALL"], &[])).expect("all"),
+            host_capabilities()
+        );
+        assert!(
+            host_capabilities().contains(&"CAP_SYS_ADMIN".to_owned()),
+            "tests run as root"
+        );
+        assert!(capabilities(&sc(&["NOT_A_CAP"], &[])).is_err());
+    }
+
+    #[test]
+    fn spec_is_a_valid_oci_spec_with_pod_namespaces_and_defaults() {
+        let r = rootfs();
+        let v = build_with(&ctr(&["top"]), &ImageConfig::default(), r.path()).expect("spec");
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_value(v.clone()).expect("valid OCI spec");
+        let ns = &v["linux"]["namespaces"];
+        assert!(
+            ns.as_array()
+                .expect("ns")
+                .iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/run/berth/ns/pod1/net")
+        );
+        assert!(
+            ns.as_array()
+                .expect("ns")
+                .iter()
+                .any(|n| n["type"] == "pid" && n.get("path").is_none())
+        );
+        assert_eq!(v["linux"]["cgroupsPath"], "/kubepods/podu1/ctr1");
+        assert!(
+            v["linux"]["maskedPaths"]
+                .as_array()
+                .expect("masked")
+                .iter()
+                .any(|p| p == "/proc/kcore")
+        );
+        assert_eq!(
+            v["linux"]["seccomp"],
+            Value::Null,
+            "no profile asked: unconfined (CRI nil)"
+        );
+        assert!(
+            v["mounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["destination"] == "/etc/resolv.conf")
+        );
+        assert_eq!(
+            spec.process()
+                .as_ref()
+                .expect("process")
+                .args()
+                .as_ref()
+                .expect("args")[0],
+            "top"
+        );
+    }
+
+    #[test]
+    fn runtime_default_seccomp_and_privileged() {
+        let r = rootfs();
+        let mut c = ctr(&["sh"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                seccomp: Some(SecurityProfile::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        c.linux
+            .as_mut()
+            .expect("linux")
+            .security_context
+            .as_mut()
+            .expect("sc")
+            .privileged = true;
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        assert!(
+            v["linux"].get("seccomp").is_none(),
+            "privileged ignores the profile"
+        );
+        assert!(v["linux"].get("maskedPaths").is_none());
+    }
+
+    #[test]
+    fn mount_options_narrow_binds_and_reject_anything_else() {
+        let r = rootfs();
+        let host = tempfile::tempdir().expect("tempdir");
+        let mut c = ctr(&["sh"]);
+        c.mounts = vec![Mount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            mount_options: vec!["noexec".into(), "nodev".into(), "nosuid".into()],
+            ..Default::default()
+        }];
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        let m = v["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .expect("mount")
+            .clone();
+        let opts: Vec<&str> = m["options"]
+            .as_array()
+            .expect("opts")
+            .iter()
+            .filter_map(|o| o.as_str())
+            .collect();
+        for o in ["noexec", "nodev", "nosuid", "rw"] {
+            assert!(opts.contains(&o), "{o} missing from {opts:?}");
+        }
+
+        // "exec" or "suid" would undo what a runtime applies; "shared" is not a
+        // bind flag: each is refused, naming the mount and the option.
+        for bad in ["exec", "suid", "dev", "shared", ""] {
+            c.mounts[0].mount_options = vec!["noexec".into(), bad.into()];
+            let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err(bad);
+            assert!(
+                matches!(e, Error::InvalidArgument(_))
+                    && e.to_string().contains("/data")
+                    && e.to_string().contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mounts_resolve_host_symlinks_and_map_propagation() {
+        let r = rootfs();
+        let host = tempfile::tempdir().expect("tempdir");
+        let real = host.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        std::os::unix::fs::symlink(&real, host.path().join("link")).expect("symlink");
+        let mut c = ctr(&["sh"]);
+        c.mounts = vec![Mount {
+            container_path: "/data/".into(),
+            host_path: host.path().join("link").display().to_string(),
+            propagation: MountPropagation::PropagationHostToContainer.into(),
+            ..Default::default()
+        }];
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        let m = v["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .expect("mount")
+            .clone();
+        assert_eq!(
+            m["source"],
+            real.canonicalize().expect("canon").display().to_string()
+        );
+        assert!(
+            m["options"]
+                .as_array()
+                .expect("opts")
+                .iter()
+                .any(|o| o == "rslave")
+        );
+        assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
+
+        c.mounts[0].host_path = "/nonexistent/berth".into();
+        let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err("missing host path");
+        assert!(e.to_string().contains("/nonexistent/berth"), "{e}");
+    }
+
+    #[test]
+    fn memory_limit_sets_swap_to_the_same_value() {
+        let r = rootfs();
+        let mut c = ctr(&["sh"]);
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 15 << 20,
+                cpu_quota: 5000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 15 << 20);
+        assert_eq!(v["linux"]["resources"]["memory"]["swap"], 15 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 5000);
+    }
+
+    #[test]
+    fn systemd_cgroup_paths() {
+        assert_eq!(
+            cgroups_path(
+                CgroupDriver::Systemd,
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podx.slice",
+                "abc"
+            ),
+            "kubepods-burstable-podx.slice:berth:abc"
+        );
+        // runtime-core turns the OCI form into the same path berthd computes: the
+        // container's `berth-<id>.scope` inside the pod slice's nested path.
+        for (parent, id) in [
+            ("kubepods-burstable-podx.slice", "abc"),
+            ("kubepods.slice", "c1"),
+            ("", "c2"),
+        ] {
+            let oci = cgroups_path(CgroupDriver::Systemd, parent, id);
+            assert_eq!(
+                berth_runtime_core::cgroups::resolve_cgroups_path(&oci, id)
+                    .expect("resolves")
+                    .display()
+                    .to_string(),
+                crate::systemd::container_cgroup_path(parent, id).expect("valid"),
+                "{oci}"
+            );
+        }
+        assert_eq!(
+            cgroups_path(CgroupDriver::Cgroupfs, "", "abc"),
+            "/berth/abc"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! The spec's `mounts`: the defaults, the CRI's mounts with propagation and
+//! idmapping, and the rootfs propagation they need.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1::{ContainerConfig, MountPropagation};
+use serde_json::{Value, json};
+
+use super::{PodUserNamespace, SpecInput};
+use crate::error::{Error, Result};
+
+pub(super) fn mounts(
+    input: &SpecInput<'_>,
+    privileged: bool,
+    readonly_rootfs: bool,
+) -> Result<Vec<Value>> {
+    let config = input.config;
+    let user_targets: BTreeSet<String> = config
+        .mounts
+        .iter()
+        .map(|m| clean_container_path(&m.container_path))
+        .collect();
+    let sys_opts = if privileged {
+        vec!["nosuid", "noexec", "nodev"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "ro"]
+    };
+    let mut out = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts }),
+        json!({ "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }] }),
+    ];
+    let shm_source = input
+        .pod
+        .shm
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    let pod_files = [
+        ("/dev/shm", shm_source, false),
+        (
+            "/etc/resolv.conf",
+            input.pod.resolv_conf.clone(),
+            readonly_rootfs,
+        ),
+        ("/etc/hosts", input.pod.hosts.clone(), readonly_rootfs),
+        ("/etc/hostname", input.pod.hostname.clone(), readonly_rootfs),
+    ];
+    for (dest, source, ro) in pod_files {
+        if user_targets.contains(dest) {
+            continue; // kubelet's own /etc/hosts etc. win
+        }
+        let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+        if dest == "/dev/shm" {
+            options.push("noexec");
+        }
+        options.push(if ro { "ro" } else { "rw" });
+        let mut mount =
+            json!({ "destination": dest, "type": "bind", "source": source, "options": options });
+        // In a pod user namespace the pod's files are idmapped like its volumes (they
+        // are root's on the host), so the container's root may edit them as in any
+        // pod. /dev/shm is a tmpfs of mode 1777: files made there are the mapped ids'.
+        if let Some(u) = &input.pod.userns
+            && dest != "/dev/shm"
+        {
+            idmap_mount(&mut mount, &berth_proto::v1::Mount::default(), u);
+        }
+        out.push(mount);
+    }
+    for m in &config.mounts {
+        // Image volumes arrive here as binds: the container manager mounted the image
+        // and set host_path (see container/image_volume.rs).
+        if m.image.is_some() && (m.host_path.is_empty() || !m.readonly) {
+            return Err(Error::InvalidArgument(format!(
+                "mount {:?}: image volume was not prepared as a read-only mount",
+                m.container_path
+            )));
+        }
+        if !m.container_path.starts_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "mounts: container_path {:?} must be absolute",
+                m.container_path
+            )));
+        }
+        if m.host_path.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "mounts: {:?} has no host_path",
+                m.container_path
+            )));
+        }
+        // Nothing may be mounted over the kernel's files in /proc (runc's
+        // checkProcMount); runtime-core checks again after resolving symlinks.
+        berth_runtime_core::rootfs::check_proc_mount(
+            Path::new(&m.container_path),
+            "bind",
+            Some(Path::new(&m.host_path)),
+        )
+        .map_err(|e| Error::InvalidArgument(format!("mounts: {e}")))?;
+        // Symlinks in the host path are resolved here, on the host, where they belong;
+        // the target inside the container is resolved in the rootfs by runtime-core.
+        let source = std::fs::canonicalize(&m.host_path).map_err(|e| {
+            Error::InvalidArgument(format!("mounts: host_path {:?}: {e}", m.host_path))
+        })?;
+        let propagation = match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        if m.recursive_read_only {
+            if !m.readonly {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: recursive_read_only needs readonly",
+                    m.container_path
+                )));
+            }
+            if propagation != "rprivate" {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: recursive_read_only needs private propagation",
+                    m.container_path
+                )));
+            }
+        }
+        let mut options = vec!["rbind", propagation];
+        options.push(if m.readonly { "ro" } else { "rw" });
+        if m.recursive_read_only {
+            options.push("rro");
+        }
+        // cri-api v0.37 `mount_options` (kubelet's VolumeBindMountOptions): only the
+        // three flags that narrow a bind; anything else could widen it or is a typo
+        // that would otherwise be dropped silently.
+        for opt in &m.mount_options {
+            match opt.as_str() {
+                "noexec" | "nodev" | "nosuid" => {
+                    if !options.contains(&opt.as_str()) {
+                        options.push(opt.as_str());
+                    }
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "mount {:?}: mount_options: {opt:?} is not one of noexec, nodev, nosuid",
+                        m.container_path
+                    )));
+                }
+            }
+        }
+        let mut mount = json!({
+            "destination": clean_container_path(&m.container_path),
+            "type": "bind",
+            "source": source,
+            "options": options,
+        });
+        if let Some(u) = &input.pod.userns
+            && m.image.is_none()
+        {
+            // In a pod user namespace volumes are idmapped (runtime-core), with the
+            // mount's own mappings when kubelet gives them, else the pod's. Image
+            // volumes were mounted idmapped by berthd already (image_volume.rs): an
+            // overlay cannot be idmapped again.
+            idmap_mount(&mut mount, m, u);
+        }
+        out.push(mount);
+    }
+    Ok(out)
+}
+
+fn idmap_mount(mount: &mut Value, m: &berth_proto::v1::Mount, pod: &PodUserNamespace) {
+    let own = |maps: &[berth_proto::v1::IdMapping]| -> Vec<Value> {
+        maps.iter()
+            .map(
+                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
+            )
+            .collect()
+    };
+    let pods = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
+        maps.iter()
+            .map(
+                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
+            )
+            .collect()
+    };
+    let (uids, gids) = if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+        (pods(&pod.uids), pods(&pod.gids))
+    } else {
+        (own(&m.uid_mappings), own(&m.gid_mappings))
+    };
+    mount["uidMappings"] = json!(uids);
+    mount["gidMappings"] = json!(gids);
+    if let Some(opts) = mount["options"].as_array_mut() {
+        opts.push(json!("ridmap"));
+    }
+}
+
+fn clean_container_path(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// The rootfs propagation the container's mounts need: shared if any mount is
+/// bidirectional, slave if any receives host mounts, private otherwise.
+pub(super) fn rootfs_propagation(config: &ContainerConfig) -> &'static str {
+    let props: Vec<_> = config
+        .mounts
+        .iter()
+        .map(|m| {
+            MountPropagation::try_from(m.propagation)
+                .unwrap_or(MountPropagation::PropagationPrivate)
+        })
+        .collect();
+    if props.contains(&MountPropagation::PropagationBidirectional) {
+        "rshared"
+    } else if props.contains(&MountPropagation::PropagationHostToContainer) {
+        "rslave"
+    } else {
+        "rprivate"
+    }
+}

@@ -1,0 +1,56 @@
+//! `StartContainer`: releases the created container's init.
+
+use super::handler::Handler;
+use super::{ContainerManager, Phase};
+use crate::error::{Error, Result};
+use crate::host::clock::now_nanos;
+
+impl ContainerManager {
+    /// `StartContainer`.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let ctr = self.get(id)?;
+        let _op = ctr.op.lock().await;
+        match ctr.state().phase {
+            Phase::Created => {}
+            Phase::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is already running",
+                    ctr.id
+                )));
+            }
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is not in the created state",
+                    ctr.id
+                )));
+            }
+        }
+        if let Handler::Oci(rt) = self.handler(&ctr)? {
+            rt.start(&ctr.id)
+                .await
+                .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        } else {
+            let root = self.runtime_root();
+            let cid = ctr.id.clone();
+            tokio::task::spawn_blocking(move || {
+                berth_runtime_core::Container::load(&root, &cid).and_then(|mut c| c.start())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("start task: {e}")))?
+            .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+        }
+        ctr.update(|s| {
+            if s.phase == Phase::Created {
+                s.phase = Phase::Running;
+                s.started_at = now_nanos();
+            }
+        });
+        self.persist(&ctr)?;
+        self.emit(
+            &ctr,
+            berth_proto::v1::ContainerEventType::ContainerStartedEvent,
+        );
+        tracing::info!(container = %ctr.id, "container started");
+        Ok(())
+    }
+}
