@@ -814,6 +814,7 @@ mod tests {
     /// host directory (renameat2 RENAME_EXCHANGE) while mount points are prepared
     /// through that name. Bounded by count and time.
     #[test]
+    #[allow(unsafe_code)] // renameat2(RENAME_EXCHANGE) has no safe wrapper: the race under test
     fn swapping_a_directory_and_a_symlink_never_creates_outside_the_root() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("rootfs");

@@ -19,6 +19,8 @@
 //! control lines) is typed once, for both sides, in
 //! `berth_runtime_core::monitor_protocol`.
 
+#![deny(unsafe_code)] // each use is allowed where it is needed, with its reason
+
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -107,8 +109,10 @@ macro_rules! outln {
 }
 
 mod crilog;
+#[allow(unsafe_code)] // poll(2), fcntl(2), TIOCSWINSZ and write(2) on the fds the monitor holds
 mod monitor;
 mod oci;
+#[allow(unsafe_code)] // fork + unshare + _exit for pin-ns
 mod podns;
 mod report;
 
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(unsafe_code)] // takes ownership of a dup of fd 1, the create-report pipe
 fn run(
     root: &Path,
     bundle: &Path,
@@ -275,8 +280,7 @@ fn run_inner(
 /// Survive berthd: own session, and adopt orphans of our subtree.
 fn become_subreaper() {
     let _ = nix::unistd::setsid();
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only sets a flag on this process.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_child_subreaper(true);
 }
 
 /// The container's stdio as this monitor sets it up, before the container exists.
