@@ -27,4 +27,5 @@ pub mod hooks;
 #[allow(unsafe_code)] // fork of a user-namespace holder, mount_setattr(2)
 pub mod idmap;
 pub mod monitor_protocol;
+pub mod pid;
 pub mod time;

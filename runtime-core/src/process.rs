@@ -27,6 +27,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use crate::channel::{self, Channel, ChildError, Message, ROOTFS_SPEC_STEP};
+use crate::pid;
 use crate::rootfs;
 use crate::sys::Errno;
 
@@ -224,8 +225,8 @@ fn parent_side(
                 Some(Message::Failed(e)) => return Err(ProcessError::Child(e)),
                 Some(other) => return Err(ProcessError::Protocol(other)),
                 None => {
-                    let status = match init_pid {
-                        Some(pid) => waitpid(Pid::from_raw(pid), None),
+                    let status = match init_pid.and_then(pid::Pid::new) {
+                        Some(pid) => pid.wait(None),
                         None => waitpid(stage1, None),
                     };
                     return Err(ProcessError::ChildVanished(format!("{status:?}")));
@@ -235,9 +236,14 @@ fn parent_side(
     })();
     if result.is_err() {
         // Leave nothing behind: kill and reap whatever was created.
-        for pid in [Some(stage1.as_raw()), init_pid].into_iter().flatten() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(pid), None);
+        // A pid of 0 or less (a confused InitPid) names a group: never signalled.
+        for pid in [Some(stage1.as_raw()), init_pid]
+            .into_iter()
+            .flatten()
+            .filter_map(pid::Pid::new)
+        {
+            let _ = pid.kill(nix::sys::signal::Signal::SIGKILL);
+            let _ = pid.wait(None);
         }
     }
     result

@@ -13,6 +13,7 @@ use std::time::Duration;
 use berth_runtime_core::monitor_protocol::{
     self as protocol, ControlReply, ControlRequest, attach,
 };
+use berth_runtime_core::pid::Pid;
 
 use crate::Res;
 use crate::crilog::{CriLog, Stream};
@@ -262,12 +263,10 @@ fn reap_orphans(init: i32) {
     for child in text
         .split_whitespace()
         .filter_map(|p| p.parse::<i32>().ok())
+        .filter_map(Pid::new)
     {
-        if child != init {
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(child),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+        if child.get() != init {
+            let _ = child.wait(Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         }
     }
 }
