@@ -14,6 +14,8 @@
 //! # let _ = lower_dirs; Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod distribution;
 pub mod hosts;
 mod locks;

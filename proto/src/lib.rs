@@ -3,6 +3,8 @@
 //!
 //! See `proto/README.md` for where `api.proto` comes from and how to update it.
 
+#![forbid(unsafe_code)]
+
 /// The upstream cri-api module version `proto/api.proto` was taken from.
 pub const CRI_API_VERSION: &str = "v0.37.2";
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use oci_spec::runtime::{Process, Spec};
 
 use crate::cgroups::{Cgroup, CgroupError, Stats};
+use crate::pid::Pid;
 use crate::process::{self, ProcessError, SpawnConfig, Spawned, StartMode, Stdio};
 
 /// Where cgroup hierarchies are mounted on the host.
@@ -514,7 +514,7 @@ impl Container {
                 wanted: "an init process (its creation did not get that far)",
             });
         };
-        nix::sys::signal::kill(init, sig).map_err(|errno| ContainerError::Sys {
+        init.kill(sig).map_err(|errno| ContainerError::Sys {
             what: "kill",
             errno,
         })
@@ -523,7 +523,7 @@ impl Container {
     /// The init's pid, if one was recorded (a container whose creation was cut short
     /// has 0). Never 0 or negative: kill(2) and waitpid(2) read those as groups.
     fn init_pid(&self) -> Option<Pid> {
-        (self.state.pid > 0).then(|| Pid::from_raw(self.state.pid))
+        Pid::new(self.state.pid)
     }
 
     /// Record the init's exit code (for callers that waited for it).
@@ -576,7 +576,7 @@ impl Container {
             });
             let _ = self.kill(libc::SIGKILL, true);
             if let Some(init) = self.init_pid() {
-                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+                let _ = init.kill(Signal::SIGKILL);
             }
             if let Some(fd) = &pidfd {
                 let mut pfd = [nix::poll::PollFd::new(
@@ -591,11 +591,10 @@ impl Container {
         loop {
             // Reap the init only if it is really our child: a blind waitpid on a reused
             // pid could steal the exit status of a caller's unrelated child.
-            if self.is_our_child() {
-                let _ = nix::sys::wait::waitpid(
-                    Pid::from_raw(self.state.pid),
-                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                );
+            if let Some(init) = self.init_pid()
+                && self.is_our_child()
+            {
+                let _ = init.wait(Some(nix::sys::wait::WaitPidFlag::WNOHANG));
             }
             self.refresh();
             let procs_left = self
@@ -665,9 +664,16 @@ impl Container {
 /// Wait for a child process and turn its status into a shell-style exit code
 /// (128 + signal for a killed process).
 pub fn wait_exit_code(pid: i32) -> Result<i32, ContainerError> {
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::WaitStatus;
+    // waitpid(0) or waitpid(-1) would reap any child: never someone else's status.
+    let Some(pid) = Pid::new(pid) else {
+        return Err(ContainerError::Sys {
+            what: "waitpid",
+            errno: Errno::ECHILD,
+        });
+    };
     loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match pid.wait(None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) | Err(Errno::EINTR) => continue,

@@ -5,6 +5,8 @@
 //! berth-runtime run --bundle bundle demo
 //! ```
 
+#![deny(unsafe_code)] // each use is allowed where it is needed, with its reason
+
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
@@ -373,6 +375,7 @@ impl Drop for RawMode {
     }
 }
 
+#[allow(unsafe_code)] // TIOCGWINSZ/TIOCSWINSZ ioctls: no safe wrapper for the winsize struct
 fn copy_window_size(master: &OwnedFd) {
     // SAFETY: an all-zero winsize is a valid value to be filled by the ioctl.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
@@ -386,6 +389,7 @@ fn copy_window_size(master: &OwnedFd) {
 
 /// Relay our terminal (raw mode) and the container's pty until the container closes
 /// it, then return the exit code.
+#[allow(unsafe_code)] // a SIGWINCH handler and poll(2) on raw fds
 fn proxy_terminal(master: OwnedFd, pid: i32) -> Res<i32> {
     use nix::sys::termios;
     let saved = termios::tcgetattr(std::io::stdin())?;
@@ -447,6 +451,7 @@ fn proxy_terminal(master: OwnedFd, pid: i32) -> Res<i32> {
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
+#[allow(unsafe_code)] // kill(2) from a signal handler: only async-signal-safe calls
 extern "C" fn forward_signal(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
@@ -456,6 +461,7 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 }
 
 /// While we wait for the container, signals sent to us go to its init.
+#[allow(unsafe_code)] // installing signal handlers (signal(2))
 fn forward_signals_to(pid: i32) {
     FORWARD_TO.store(pid, Ordering::Relaxed);
     for sig in [

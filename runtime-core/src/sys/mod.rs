@@ -3,6 +3,7 @@
 //! with [`fake::RecordingSyscall`] without root, and the real work lives in [`linux`].
 
 pub mod fake;
+#[allow(unsafe_code)] // the real system calls behind the Syscall trait
 pub mod linux;
 
 use std::os::fd::BorrowedFd;
