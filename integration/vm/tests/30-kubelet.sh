@@ -5,7 +5,7 @@
 # (the seed's 5 %) runs, and its container's cgroup — which kubelet places in its QoS
 # hierarchy — has memory.max 83886080 and cpu.max "5000 100000". Removing the manifest
 # removes the pod. (The systemd driver: 31-kubelet-systemd.sh.)
-# vm-lane: timeout 420
+# vm-lane: timeout 720
 . /mnt/berth/vm/lib.sh
 . "$(dirname "$0")/lib-kubelet.sh"
 static_pod_running() {

@@ -6,7 +6,7 @@
 # the pod's slice with the requested limits (memory.max 83886080, cpu.max
 # "5000 100000", also as the unit's MemoryMax), and a `systemctl daemon-reload` leaves
 # them so. Removing the manifest removes the pod, its scope and its slice.
-# vm-lane: timeout 480
+# vm-lane: timeout 780
 . /mnt/berth/vm/lib.sh
 . "$(dirname "$0")/lib-kubelet.sh"
 conf=/etc/berth/config.toml

@@ -63,7 +63,7 @@ spec:
       requests: { memory: 80Mi, cpu: 50m }
 YAML
   mv "$d/manifests/.limits.yaml" "$d/manifests/limits.yaml"
-  wait_for 240 _kubelet_pod_running || { _klog; crictl ps -a; fail "the static pod's container is not running after 240 s"; }
+  wait_for 420 _kubelet_pod_running || { _klog; crictl ps -a; fail "the static pod's container is not running after 420 s"; }
   ctr=$(crictl ps -q --name '^main$' --label io.kubernetes.pod.name=limits-vmnode --state running | head -n1)
   cg=$(ctr_cgroup "$ctr")
   say "kubelet's container cgroup: $cg"
@@ -71,7 +71,7 @@ YAML
   [ "$(cat "$cg/cpu.max")" = "5000 100000" ] || fail "cpu.max '$(cat "$cg/cpu.max")'"
   static_pod_running
   rm "$d/manifests/limits.yaml"
-  wait_for 120 _kubelet_pod_gone || { _klog; fail "the pod was not removed after its manifest was"; }
+  wait_for 240 _kubelet_pod_gone || { _klog; fail "the pod was not removed after its manifest was"; }
 }
 _klog() { echo "--- kubelet log (tail) ---"; tail -n 60 "$d/kubelet.log"; }
 _kubelet_pod_running() {
