@@ -6,6 +6,13 @@
 # critest writes straight to out/critest-full.out, so a run cut short by the lane's
 # time limit still shows how far it got.
 . /mnt/berth/vm/lib.sh
+# critest's AppArmor specs load their test profiles with `sudo apparmor_parser`; the
+# guest has no sudo and the runner is root already: a sudo that just runs the command
+# (dropping flags such as -n or -E).
+mkdir -p "$TEST_TMP/bin"
+printf '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n' > "$TEST_TMP/bin/sudo"
+chmod 0755 "$TEST_TMP/bin/sudo"
+export PATH=$TEST_TMP/bin:$PATH
 out=$BERTH_VM_OUT/critest-full.out
 rc=0
 critest --runtime-endpoint unix:///run/berth/berth.sock --image-endpoint unix:///run/berth/berth.sock \
