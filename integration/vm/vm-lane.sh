@@ -12,8 +12,9 @@
 #
 # 1. The guest image (build-image.sh, cached in /var/cache/berth/vm/<key>).
 # 2. A run directory with two 9p shares: `berthin`, read-only — the host's
-#    target/debug/{berthd,berth-monitor,berth-runtime}, crictl, critest and kubelet from
-#    /var/cache/berth/tools/bin, integration/vm (runner, lib.sh, tests) and deploy/;
+#    target/debug/{berthd,berth-monitor,berth-runtime}, crictl, critest, kubelet and
+#    grpcurl (for CRI calls crictl has no command for) from /var/cache/berth/tools/bin,
+#    integration/vm (runner, lib.sh, tests) and deploy/;
 #    `berthreg`, read-only: a registry storage with critest's images (berth-vm-images,
 #    cached in /var/cache/berth/vm/registry-<key>); and `berthout`, where the guest
 #    writes its results.
@@ -74,7 +75,7 @@ for b in berthd berth-monitor berth-runtime; do
   [ -x "$TARGET/$b" ] || die "$TARGET/$b missing: cargo build --workspace --bins"
   share "$TARGET/$b" "$in/bin/$b"
 done
-for t in crictl critest kubelet-v1.37.2; do
+for t in crictl critest kubelet-v1.37.2 grpcurl; do
   [ -x "$TOOLS_BIN/$t" ] || die "$TOOLS_BIN/$t missing: integration/scripts/install-deps.sh"
   share "$(realpath "$TOOLS_BIN/$t")" "$in/bin/${t%-v*}"
 done

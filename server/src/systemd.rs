@@ -150,6 +150,68 @@ pub fn pod_slice(parent: &str) -> &str {
     }
 }
 
+/// Slices that are systemd's own: never stopped for a pod, whoever names them.
+const SYSTEM_SLICES: &[&str] = &["-.slice", "system.slice", "user.slice", "machine.slice"];
+
+/// RemovePodSandbox's question under the systemd driver: is the pod's cgroup parent a
+/// slice of its own, which berthd stops so that systemd forgets it (a transient slice
+/// is otherwise left loaded and active for good)? Only when the pod named one, it is
+/// not one of systemd's own slices, no other sandbox berthd knows names it (`shared`),
+/// and stopping it can end nothing: no process runs in it any more (`cgroup.events`
+/// says `populated 0`, or its cgroup is already gone) and it holds no other slice (a
+/// pod's slice holds scopes; one holding slices is a parent such as kubelet's QoS
+/// slices). `cgroup_root` is the cgroup mount; on a host that is not pure cgroup v2
+/// (no `cgroup.controllers` there) nothing is stopped.
+pub fn pod_slice_to_stop(parent: &str, shared: bool, cgroup_root: &Path) -> bool {
+    if parent.is_empty() || shared || SYSTEM_SLICES.contains(&parent) {
+        return false;
+    }
+    let Ok(path) = expand_slice(parent) else {
+        return false;
+    };
+    if !cgroup_root.join("cgroup.controllers").exists() {
+        // Not a pure cgroup v2 host: whether the slice is in use cannot be read here.
+        return false;
+    }
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    let events = match std::fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(e) => e,
+        Err(_) if !dir.exists() => return true,
+        Err(_) => return false,
+    };
+    if events.lines().any(|l| l.trim() == "populated 1") {
+        return false;
+    }
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => !entries.flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(".slice")
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        }),
+        Err(_) => false,
+    }
+}
+
+/// RemovePodSandbox under the systemd driver, once the pod's infra scope and
+/// containers are gone: stops the pod's slice when [`pod_slice_to_stop`] says it is
+/// the pod's own, as its scopes are stopped, so that no unit outlives the pod. kubelet
+/// stops the pod slices it made itself too; whoever is second finds no unit, which is
+/// not an error. Best effort: a failure is logged, the pod is removed all the same.
+pub async fn release_pod_slice(pod: &str, parent: &str, shared: bool) {
+    let root = Path::new(berth_runtime_core::container::CGROUP_ROOT);
+    if !pod_slice_to_stop(parent, shared, root) {
+        tracing::debug!(
+            pod,
+            slice = parent,
+            "pod slice kept (shared, systemd's own, or in use)"
+        );
+        return;
+    }
+    match client().stop_unit(parent).await {
+        Ok(()) => tracing::info!(pod, slice = parent, "pod slice stopped"),
+        Err(e) => tracing::warn!(pod, slice = parent, error = %e, "stopping the pod slice"),
+    }
+}
+
 /// One unit property value (the `v` of systemd's `a(sv)`), plain so that the
 /// translation from OCI resources is testable without a bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -766,6 +828,67 @@ mod tests {
             .map(|(_, v)| v.value_signature().to_string())
             .collect();
         assert_eq!(sigs, ["t", "b", "s", "au", "ay"]);
+    }
+
+    /// A fake cgroup v2 tree with `slice` (a pod slice) populated or not.
+    fn v2_tree_with(slice_path: &str, populated: bool) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("cgroup.controllers"), "cpu memory\n").expect("write");
+        let dir = tmp.path().join(slice_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let events = format!("populated {}\nfrozen 0\n", u8::from(populated));
+        std::fs::write(dir.join("cgroup.events"), events).expect("write");
+        tmp
+    }
+
+    /// RemovePodSandbox stops the pod's own slice once nothing runs in it — and only
+    /// then: never systemd's own slices, one another sandbox names, one with processes
+    /// in it (stopping a slice stops everything inside), a parent of other slices, or
+    /// anything on a host that is not pure cgroup v2.
+    #[test]
+    fn only_a_pods_own_empty_slice_is_stopped() {
+        let own = "vmlane-pod1.slice";
+        let empty = v2_tree_with("/vmlane.slice/vmlane-pod1.slice", false);
+        assert!(pod_slice_to_stop(own, false, empty.path()));
+        assert!(
+            !pod_slice_to_stop(own, true, empty.path()),
+            "shared with another pod"
+        );
+        assert!(
+            !pod_slice_to_stop("", false, empty.path()),
+            "no parent: system.slice"
+        );
+        for sys in SYSTEM_SLICES {
+            assert!(!pod_slice_to_stop(sys, false, empty.path()), "{sys}");
+        }
+        assert!(!pod_slice_to_stop("/not/a/slice", false, empty.path()));
+
+        let busy = v2_tree_with("/vmlane.slice/vmlane-pod1.slice", true);
+        assert!(
+            !pod_slice_to_stop(own, false, busy.path()),
+            "processes in it"
+        );
+
+        // Already gone (kubelet stopped it first): stopping is a harmless no-op.
+        let gone = v2_tree_with("/other.slice", false);
+        assert!(pod_slice_to_stop(own, false, gone.path()));
+
+        let parent = v2_tree_with("/kubepods.slice/kubepods-besteffort.slice", false);
+        std::fs::write(
+            parent.path().join("kubepods.slice/cgroup.events"),
+            "populated 0\n",
+        )
+        .expect("write");
+        assert!(
+            !pod_slice_to_stop("kubepods.slice", false, parent.path()),
+            "holds slices"
+        );
+
+        std::fs::remove_file(empty.path().join("cgroup.controllers")).expect("rm");
+        assert!(
+            !pod_slice_to_stop(own, false, empty.path()),
+            "not cgroup v2"
+        );
     }
 
     #[test]

@@ -6,10 +6,17 @@
 # files, behind systemd's back, are reset to "max" by it: the classic runc/containerd
 # bug); UpdateContainerResources reaches the unit (systemctl show -p MemoryMax) and
 # survives a reload too; RemoveContainer leaves no unit behind; Status (verbose)
-# reports the systemd driver.
+# reports the systemd driver. UpdatePodSandboxResources reaches the pod's slice
+# (MemoryMax, memory.max); RemovePodSandbox stops the slice (before, a pod's transient
+# slice stayed loaded and active for good). A cgroup parent that is a path, not a slice,
+# is refused with InvalidArgument before anything is made, by RunPodSandbox and by
+# UpdatePodSandboxResources (for a pod made under the cgroupfs driver) alike.
 # vm-lane: timeout 600
 . /mnt/berth/vm/lib.sh
 crictl pull "$BUSYBOX" >/dev/null
+
+# A pod made under the cgroupfs driver: its cgroup parent is a path (step 8).
+cgfs=$(run_pod cgfs '"cgroup_parent": "/vmlane-cgfs"')
 
 # berthd with the systemd driver, put back as it was at exit.
 conf=/etc/berth/config.toml
@@ -69,3 +76,46 @@ wait_for 20 sh -c "[ \"\$(systemctl show -p LoadState --value $unit)\" = not-fou
   || fail "$unit is still known after RemoveContainer: $(systemctl status "$unit" 2>&1 | head -n 5)"
 [ ! -d "$sliced/$unit" ] || fail "the scope's cgroup outlived it"
 say "RemoveContainer stopped $unit and systemd forgot it"
+
+# 5. UpdatePodSandboxResources (crictl has no command for it: grpcurl, by reflection)
+#    goes through the pod's slice unit.
+cri() { grpcurl -plaintext -unix -max-time 120 -d "$2" /run/berth/berth.sock "runtime.v1.RuntimeService/$1"; }
+cri UpdatePodSandboxResources "{\"pod_sandbox_id\": \"$pod\", \"resources\": { \"memory_limit_in_bytes\": 209715200, \"cpu_period\": 100000, \"cpu_quota\": 50000 }}" \
+  >/dev/null || fail "UpdatePodSandboxResources"
+[ "$(systemctl show -p MemoryMax --value "$slice")" = 209715200 ] \
+  || fail "after UpdatePodSandboxResources the slice's MemoryMax is '$(systemctl show -p MemoryMax --value "$slice")'"
+[ "$(cat "$sliced/memory.max")" = 209715200 ] || fail "the slice's memory.max is '$(cat "$sliced/memory.max")'"
+[ "$(cat "$sliced/cpu.max")" = "50000 100000" ] || fail "the slice's cpu.max is '$(cat "$sliced/cpu.max")'"
+say "UpdatePodSandboxResources: $slice has MemoryMax 209715200 and cpu.max '50000 100000'"
+
+# 6. RemovePodSandbox: the infra's scope and the pod's slice are stopped; no unit and
+#    no cgroup of the pod is left.
+crictl rmp -f "$pod" >/dev/null || fail "crictl rmp"
+infra=berth-$pod.scope
+[ "$(systemctl show -p ActiveState --value "$infra")" = inactive ] || fail "$infra is still $(systemctl show -p ActiveState --value "$infra")"
+wait_for 20 sh -c "[ \"\$(systemctl show -p ActiveState --value $slice)\" = inactive ]" \
+  || fail "$slice is still $(systemctl show -p ActiveState --value "$slice") after RemovePodSandbox"
+[ ! -d "$sliced" ] || fail "the pod slice's cgroup $sliced outlived the pod"
+say "RemovePodSandbox stopped $infra and $slice"
+
+# 7. A path as cgroup parent under the systemd driver: InvalidArgument, nothing made.
+before=$(crictl pods -q | wc -l)
+if out=$(crictl runp "$(pod_json sdpath '"cgroup_parent": "/vmlane/podpath"')" 2>&1); then
+  crictl rmp -f "$out" >/dev/null 2>&1 || true
+  fail "a pod with cgroup parent /vmlane/podpath ran under the systemd driver"
+fi
+grep -q 'InvalidArgument' <<<"$out" || fail "not InvalidArgument: $out"
+grep -q 'podpath' <<<"$out" || fail "the error does not name the parent: $out"
+[ "$(crictl pods -q | wc -l)" = "$before" ] || fail "a sandbox was left behind: $(crictl pods)"
+[ ! -e /sys/fs/cgroup/vmlane/podpath ] || fail "a cgroup /vmlane/podpath was made"
+say "a path as cgroup parent: refused ($out)"
+
+# 8. UpdatePodSandboxResources of the pod made under the cgroupfs driver: its path is
+#    no slice name; InvalidArgument, and systemd is not asked (it said "Unit name
+#    /vmlane-cgfs is not valid", an Internal error, before the check came first).
+if out=$(cri UpdatePodSandboxResources "{\"pod_sandbox_id\": \"$cgfs\", \"resources\": { \"memory_limit_in_bytes\": 209715200 }}" 2>&1); then
+  fail "UpdatePodSandboxResources of a pod whose cgroup parent is a path succeeded"
+fi
+grep -q 'InvalidArgument' <<<"$out" || fail "not InvalidArgument: $out"
+grep -q 'vmlane-cgfs' <<<"$out" || fail "the error does not name the parent: $out"
+say "UpdatePodSandboxResources with a path as cgroup parent: refused ($(tr '\n' ' ' <<<"$out"))"

@@ -595,15 +595,18 @@ impl RuntimeService for CriService {
         let systemd_driver = matches!(self.config().cgroup_driver, CgroupDriver::Systemd);
         let parent = if systemd_driver {
             use crate::systemd;
-            // The slice unit first (systemd owns its limits); the cgroup files for
-            // what systemd cannot express, after it, at the slice's cgroup path.
+            // A valid slice name before systemd hears of it (a pod made under the
+            // cgroupfs driver has a path here). Then the slice unit (systemd owns its
+            // limits); the cgroup files for what systemd cannot express, after it, at
+            // the slice's cgroup path.
+            let path = systemd::expand_slice(&sb.cgroup_parent)
+                .map_err(|e| Error::InvalidArgument(format!("linux.cgroup_parent: {e}")))?;
             let props = systemd::resource_properties(&linux)?;
             systemd::client()
                 .update_slice(&sb.cgroup_parent, &props)
                 .await
                 .map_err(Error::from)?;
-            systemd::expand_slice(&sb.cgroup_parent)
-                .map_err(|e| Error::InvalidArgument(format!("linux.cgroup_parent: {e}")))?
+            path
         } else {
             sb.cgroup_parent.clone()
         };

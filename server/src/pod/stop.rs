@@ -96,6 +96,14 @@ impl PodManager {
         self.stop_locked(&sb).await?;
         self.remove_files(&sb.id);
         self.pods.write().remove(&sb.id);
+        if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
+            let shared = self
+                .pods
+                .read()
+                .values()
+                .any(|o| o.cgroup_parent == sb.cgroup_parent);
+            systemd::release_pod_slice(&sb.id, &sb.cgroup_parent, shared).await;
+        }
         let name = sandbox_name(&sb.metadata());
         let mut names = self.pods.names();
         if names.get(&name) == Some(&sb.id) {
