@@ -39,8 +39,16 @@ pub(crate) const SPDY_PROTOCOLS: &[&str] = &[
     "channel.k8s.io",
 ];
 
-/// WebSocket subprotocols for exec and attach (binary framing only).
-pub(crate) const WEBSOCKET_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// WebSocket subprotocols for exec and attach, in kubelet's streaming library's
+/// order: v5 and v4 (binary, JSON status), then the original `channel.k8s.io`
+/// (binary) and `base64.channel.k8s.io` (text), both with a plain-text error
+/// channel. Kubelet serves no v2/v3 over WebSocket, so neither do we.
+pub(crate) const WEBSOCKET_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
 
 impl Version {
     pub(crate) fn from_name(name: &str) -> Option<Version> {

@@ -314,8 +314,8 @@ async fn run_ws<B: StreamBackend>(
     backend: Arc<B>,
     linger: Duration,
 ) {
-    let version = Version::from_name(protocol).unwrap_or(Version::V4);
-    ws::serve_exec(socket, version, cmd, backend, linger).await;
+    let (framing, version) = ws::Framing::for_protocol(protocol);
+    ws::serve_exec(socket, framing, version, cmd, backend, linger).await;
 }
 
 fn upgrade_spdy<B: StreamBackend>(

@@ -205,3 +205,118 @@ async fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
     let run = run_goclient(&["exec", "-url", &url, "-transport", "spdy"], Some(b"")).await;
     assert_eq!(run.stdout, "next client\n", "{run:?}");
 }
+
+/// Runs one exec over a raw WebSocket offering only `protocol`, sends `stdin`
+/// as one client message, and returns the chosen subprotocol and every
+/// (opcode, payload) the server sent before its close frame.
+async fn raw_ws_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, Vec<(u8, Vec<u8>)>) {
+    use tokio::io::AsyncReadExt;
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let chosen = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-protocol"))
+        })
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    // One masked client frame (zero mask key: payload unchanged).
+    let opcode = if protocol.starts_with("base64.") {
+        1
+    } else {
+        2
+    };
+    let len = u8::try_from(stdin.len())
+        .ok()
+        .filter(|n| *n < 126)
+        .expect("short stdin");
+    let mut frame = vec![0x80 | opcode, 0x80 | len, 0, 0, 0, 0];
+    frame.extend_from_slice(stdin);
+    s.write_all(&frame).await.unwrap();
+    let mut msgs = Vec::new();
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).await.unwrap();
+            let len = match h[1] & 0x7f {
+                126 => u64::from(s.read_u16().await.unwrap()),
+                127 => s.read_u64().await.unwrap(),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+            s.read_exact(&mut payload).await.unwrap();
+            if h[0] & 0x0f == 8 {
+                break;
+            }
+            msgs.push((h[0] & 0x0f, payload));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("server closes within 20 s");
+    (chosen, msgs)
+}
+
+/// The node e2e spec's subprotocol (`channel.k8s.io`) and its text twin
+/// (`base64.channel.k8s.io`) are negotiated and framed like kubelet's server:
+/// stdin reaches the command, stdout/stderr come back on channels 1/2, and the
+/// exit code comes as plain text on channel 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_v1_binary_and_base64_exec_over_a_real_socket() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let server = start_server(StreamConfig::default()).await;
+    for protocol in ["channel.k8s.io", "base64.channel.k8s.io"] {
+        let url = server
+            .register_exec(ExecRequest {
+                container_id: "c1".into(),
+                cmd: ["sh", "-c", "head -c 3; echo err >&2; exit 3"]
+                    .map(String::from)
+                    .to_vec(),
+                tty: false,
+                stdin: true,
+                stdout: true,
+                stderr: true,
+            })
+            .unwrap();
+        let stdin = if protocol.starts_with("base64.") {
+            format!("0{}", b64.encode("hi\n")).into_bytes()
+        } else {
+            b"\x00hi\n".to_vec()
+        };
+        let (chosen, msgs) = raw_ws_exec(&url, protocol, &stdin).await;
+        assert_eq!(chosen, protocol);
+        let mut channels: [Vec<u8>; 4] = Default::default();
+        for (opcode, payload) in &msgs {
+            let (ch, data) = if protocol.starts_with("base64.") {
+                assert_eq!(*opcode, 1, "{protocol}: text messages only: {msgs:?}");
+                (payload[0] - b'0', b64.decode(&payload[1..]).unwrap())
+            } else {
+                assert_eq!(*opcode, 2, "{protocol}: binary messages only: {msgs:?}");
+                (payload[0], payload[1..].to_vec())
+            };
+            channels[usize::from(ch)].extend_from_slice(&data);
+        }
+        assert_eq!(channels[1], b"hi\n", "{protocol}: {msgs:?}");
+        assert_eq!(channels[2], b"err\n", "{protocol}: {msgs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&channels[3]),
+            "command terminated with non-zero exit code: 3",
+            "{protocol}"
+        );
+    }
+}
