@@ -153,6 +153,18 @@ pub fn pod_slice(parent: &str) -> &str {
 /// Slices that are systemd's own: never stopped for a pod, whoever names them.
 const SYSTEM_SLICES: &[&str] = &["-.slice", "system.slice", "user.slice", "machine.slice"];
 
+/// Whether a slice is named as a pod's own: its last `-` part starts with `pod`, as
+/// kubelet names pod slices (`kubepods-burstable-pod<uid>.slice`). kubelet's QoS slices
+/// (`kubepods.slice`, `kubepods-besteffort.slice`) and any other parent slice are not,
+/// even when they happen to be empty: stopping one would drop the settings kubelet gave
+/// it.
+fn is_pod_slice(parent: &str) -> bool {
+    parent
+        .strip_suffix(".slice")
+        .and_then(|n| n.rsplit('-').next())
+        .is_some_and(|last| last.starts_with("pod"))
+}
+
 /// RemovePodSandbox's question under the systemd driver: is the pod's cgroup parent a
 /// slice of its own, which berthd stops so that systemd forgets it (a transient slice
 /// is otherwise left loaded and active for good)? Only when the pod named one, it is
@@ -163,7 +175,7 @@ const SYSTEM_SLICES: &[&str] = &["-.slice", "system.slice", "user.slice", "machi
 /// slices). `cgroup_root` is the cgroup mount; on a host that is not pure cgroup v2
 /// (no `cgroup.controllers` there) nothing is stopped.
 pub fn pod_slice_to_stop(parent: &str, shared: bool, cgroup_root: &Path) -> bool {
-    if parent.is_empty() || shared || SYSTEM_SLICES.contains(&parent) {
+    if parent.is_empty() || shared || SYSTEM_SLICES.contains(&parent) || !is_pod_slice(parent) {
         return false;
     }
     let Ok(path) = expand_slice(parent) else {
@@ -883,6 +895,23 @@ mod tests {
             !pod_slice_to_stop("kubepods.slice", false, parent.path()),
             "holds slices"
         );
+
+        // kubelet's QoS slice, empty of pod slices: still not a pod's own.
+        let qos = v2_tree_with("/kubepods.slice/kubepods-besteffort.slice", false);
+        assert!(!pod_slice_to_stop(
+            "kubepods-besteffort.slice",
+            false,
+            qos.path()
+        ));
+        let kpod = v2_tree_with(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12ab.slice",
+            false,
+        );
+        assert!(pod_slice_to_stop(
+            "kubepods-besteffort-pod12ab.slice",
+            false,
+            kpod.path()
+        ));
 
         std::fs::remove_file(empty.path().join("cgroup.controllers")).expect("rm");
         assert!(

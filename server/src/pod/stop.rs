@@ -96,6 +96,15 @@ impl PodManager {
         self.stop_locked(&sb).await?;
         self.remove_files(&sb.id);
         self.pods.write().remove(&sb.id);
+        let name = sandbox_name(&sb.metadata());
+        {
+            let mut names = self.pods.names();
+            if names.get(&name) == Some(&sb.id) {
+                names.remove(&name);
+            }
+        }
+        // Best effort and possibly slow (a systemd job): the name is free already, so a
+        // new sandbox of the same name does not wait for it.
         if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
             let shared = self
                 .pods
@@ -103,11 +112,6 @@ impl PodManager {
                 .values()
                 .any(|o| o.cgroup_parent == sb.cgroup_parent);
             systemd::release_pod_slice(&sb.id, &sb.cgroup_parent, shared).await;
-        }
-        let name = sandbox_name(&sb.metadata());
-        let mut names = self.pods.names();
-        if names.get(&name) == Some(&sb.id) {
-            names.remove(&name);
         }
         tracing::info!(pod = %sb.id, "pod sandbox removed");
         Ok(())
