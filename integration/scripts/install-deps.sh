@@ -36,7 +36,7 @@ TEST_PACKAGES=(
   containerd                    # the image-pull benchmark compares against it
   curl                          # local-cluster.sh and cluster-e2e.sh (health checks, port-forward)
   bc                            # cluster-scale.sh (times)
-  nginx apache2-bin             # critest's nginx/httpd test images (forge.rs)
+  nginx apache2-bin             # critest's nginx/httpd test images (integration/src/forge/)
   runc                          # the runc runtime handler test (privileged_runtime_handlers)
   criu                          # CheckpointContainer's `criu check` probe (privileged_checkpoint)
   debootstrap                   # the fresh-machine check's root (fresh-root-check.sh), the VM lane's image
@@ -61,7 +61,7 @@ fi
 
 # --- dynamically linked busybox for critest's images ----------------------------
 # Debian's `busybox` conflicts with busybox-static, so it is downloaded and unpacked
-# into the cache instead of installed; forge.rs builds critest's busybox image from
+# into the cache instead of installed; forge/ builds critest's busybox image from
 # it (its sh execs commands, the static one runs applets in-process).
 BUSYBOX_DIR=/var/cache/berth/busybox
 if [ "${1:-}" != "--runtime" ] && [ ! -x "$BUSYBOX_DIR/bin/busybox" ]; then

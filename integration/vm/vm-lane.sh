@@ -83,8 +83,8 @@ cp -r "$here/run-guest.sh" "$here/lib.sh" "$here/tests" "$in/vm/"
 cp "$checkout/deploy/berthd.service" "$checkout/deploy/config.toml" "$checkout/deploy/kubelet-config.yaml" "$in/deploy/"
 # The registry storage with critest's images: built by berth-vm-images (minutes on a
 # loaded host), cached by the inputs that decide its content — the image recipes
-# (forge.rs), the builder, and the Debian packages whose binaries go in.
-reg_key=$( { cat "$checkout/integration/src/forge.rs" "$checkout/integration/src/bin/berth-vm-images.rs"
+# (integration/src/forge/), the builder, and the Debian packages whose binaries go in.
+reg_key=$( { cat "$checkout"/integration/src/forge/*.rs "$checkout/integration/src/bin/berth-vm-images.rs"
   dpkg-query -W busybox-static nginx apache2-bin procps util-linux 2>/dev/null
   ls -l /var/cache/berth/busybox/bin/busybox 2>/dev/null; } | sha256sum | cut -c1-16)
 registry=$CACHE/registry-$reg_key
