@@ -25,7 +25,7 @@ use berth_proto::v1 as cri;
 /// The probe image, served by the test registry through berthd's docker.io mirror.
 const PROBE_REPO: &str = "berthtest/seccomp-probe";
 const PROBE_IMAGE: &str = "docker.io/berthtest/seccomp-probe:1";
-/// Debian's nginx on busybox, as critest uses it (forge.rs).
+/// Debian's nginx on busybox, as critest uses it (integration/src/forge/).
 const NGINX_IMAGE: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
 
 /// The probe, built by the test with `CGO_ENABLED=0 go build`: standard library and
