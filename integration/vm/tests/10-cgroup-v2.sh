@@ -45,7 +45,13 @@ ndescs=$(grep -o '"name":"[a-z_]*"' <<<"$descs" | sort -u | wc -l)
 for m in container_cpu_usage_seconds_total container_memory_working_set_bytes container_spec_memory_swap_limit_bytes; do
   grep -q "\"name\":\"$m\"" <<<"$descs" || fail "ListMetricDescriptors lacks $m ($ndescs descriptors)"
 done
+# The cpu metric is whole seconds (the CRI value is an integer), and at 5 % cpu the
+# container may not have had one yet: the metric must lie between the cgroup's own
+# usage (cpu.stat usage_usec) read just before and just after, in whole seconds.
+usec() { awk '$1 == "usage_usec" { print $2 }' "$cg/cpu.stat"; }
+cpu_before=$(( $(usec) / 1000000 ))
 metrics=$(crictl metricsp -o json | tr -d ' \n')
+cpu_after=$(( $(usec) / 1000000 ))
 # metric NAME: the spin container's value of NAME (the only container of the pod running).
 metric() {
   grep -o "\"name\":\"$1\"[^}]*\"value\":{\"value\":\"\?[0-9]*" <<<"$metrics" | grep -o '[0-9]*$' | head -n1
@@ -54,8 +60,9 @@ mcpu=$(metric container_cpu_usage_seconds_total)
 mws=$(metric container_memory_working_set_bytes)
 mlimit=$(metric container_spec_memory_limit_bytes)
 mswap=$(metric container_spec_memory_swap_limit_bytes)
-[ "${mcpu:-0}" -gt 0 ] && [ "${mws:-0}" -gt 0 ] \
-  || fail "ListPodSandboxMetrics: cpu '${mcpu:-}', working set '${mws:-}' not non-zero: ${metrics:0:3000}"
+[ -n "$mcpu" ] && [ "$mcpu" -ge "$cpu_before" ] && [ "$mcpu" -le "$cpu_after" ] \
+  || fail "ListPodSandboxMetrics: cpu '${mcpu:-}' s, the cgroup's usage ${cpu_before}..${cpu_after} s: ${metrics:0:3000}"
+[ "${mws:-0}" -gt 0 ] || fail "ListPodSandboxMetrics: working set '${mws:-}' not non-zero: ${metrics:0:3000}"
 [ "$mlimit" = "$MB80" ] || fail "container_spec_memory_limit_bytes '$mlimit'"
 [ "$mswap" = 41943040 ] || fail "container_spec_memory_swap_limit_bytes '$mswap'"
 say "metrics: $ndescs descriptors; cpu usage $mcpu, working set $mws, memory limit $mlimit, swap limit $mswap"
