@@ -176,36 +176,15 @@ impl Drop for ExecGuard {
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
             {
-                Some(pid) => kill_tree(pid),
+                Some(pid) => crate::host::procs::kill_tree(pid),
                 None => {
                     if let Some(pid) = self.runtime_pid.and_then(|p| i32::try_from(p).ok()) {
-                        kill_tree(pid);
+                        crate::host::procs::kill_tree(pid);
                     }
                 }
             }
         }
         let _ = std::fs::remove_file(&self.pid_file);
-    }
-}
-
-/// SIGKILLs `pid` and its descendants (found through /proc children lists).
-fn kill_tree(pid: i32) {
-    let mut stack = vec![pid];
-    let mut all = Vec::new();
-    while let Some(p) = stack.pop() {
-        all.push(p);
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        stack.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok()),
-        );
-    }
-    for p in all {
-        if let Some(pid) = rustix::process::Pid::from_raw(p) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
     }
 }
 
