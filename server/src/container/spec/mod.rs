@@ -10,6 +10,8 @@
 //! `process` (args, environment, user), `security` (capabilities, masked and
 //! read-only paths, seccomp), `mounts`, `resources` (cgroups path, limits, devices).
 
+#[cfg(test)]
+mod golden;
 mod mounts;
 mod process;
 mod resources;
