@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 
 use berth_proto::v1::security_profile::ProfileType;
 use berth_proto::v1::{
-    Capability, CdiDevice, ContainerConfig, ContainerMetadata, Device, HugepageLimit, IdMapping,
-    Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, Mount, MountPropagation, NamespaceMode, NamespaceOption,
-    SecurityProfile,
+    Capability, ContainerConfig, ContainerMetadata, Device, HugepageLimit, IdMapping, Int64Value,
+    KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, Mount,
+    MountPropagation, NamespaceMode, NamespaceOption, SecurityProfile,
 };
 use serde_json::Value;
 
@@ -53,7 +52,13 @@ impl Scratch {
             "rootfs/etc/group",
             "root:x:0:\napp:x:1000:\nvideo:x:44:app\n",
         );
-        for d in ["host/data", "host/cache", "host/shared", "host/ro", "cdi-lib"] {
+        for d in [
+            "host/data",
+            "host/cache",
+            "host/shared",
+            "host/ro",
+            "cdi-lib",
+        ] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         std::os::unix::fs::symlink(root.join("host/data"), root.join("host/data-link"))
@@ -379,9 +384,7 @@ fn privileged(s: &Scratch) -> Value {
         cmd: vec!["sh".into()],
         ..Default::default()
     };
-    let mut pod = pod(
-        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu1.slice",
-    );
+    let mut pod = pod("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu1.slice");
     pod.netns = None;
     pod.host_pid = true;
     pod.shm = None;
@@ -474,8 +477,7 @@ fn check(name: &str, got: Value, s: &Scratch) {
         return;
     }
     let want: Value = serde_json::from_str(
-        &std::fs::read_to_string(&fixture)
-            .unwrap_or_else(|e| panic!("{}: {e}", fixture.display())),
+        &std::fs::read_to_string(&fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display())),
     )
     .expect("fixture parses");
     if got != want {
