@@ -18,9 +18,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use berth_proto::v1::ContainerConfig;
+use oci_spec::runtime::{self as oci, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, Mount};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 
@@ -160,8 +160,8 @@ struct Hook {
 pub struct Injection {
     env: Vec<String>,
     devices: Vec<Node>,
-    mounts: Vec<Value>,
-    hooks: Vec<(String, Value)>,
+    mounts: Vec<Mount>,
+    hooks: Vec<(String, oci::Hook)>,
     additional_gids: Vec<u32>,
 }
 
@@ -170,7 +170,7 @@ struct Node {
     path: String,
     /// The host node it stands for, when not at `path` on the host too.
     host_path: Option<String>,
-    kind: &'static str,
+    kind: LinuxDeviceType,
     major: i64,
     minor: i64,
     file_mode: u32,
@@ -479,11 +479,7 @@ impl Injection {
             mounts.push(mount(m).map_err(&bad)?);
         }
         // Parents before children (CDI sorts mounts by depth).
-        mounts.sort_by_key(|m| {
-            m["destination"]
-                .as_str()
-                .map_or(0, |d| d.split('/').filter(|c| !c.is_empty()).count())
-        });
+        mounts.sort_by_key(|m| m.destination().components().count());
         self.mounts.extend(mounts);
         for h in edits.hooks.iter().flatten() {
             if !HOOK_NAMES.contains(&h.hook_name.as_str()) {
@@ -496,19 +492,16 @@ impl Injection {
             if !h.path.starts_with('/') {
                 return Err(bad(format!("hook path {:?} is not absolute", h.path)));
             }
-            let mut hook = json!({ "path": h.path });
-            if let Some(args) = &h.args {
-                hook["args"] = json!(args);
+            if let Some(t) = h.timeout
+                && t <= 0
+            {
+                return Err(bad(format!("hook timeout {t} must be positive")));
             }
-            if let Some(env) = &h.env {
-                hook["env"] = json!(env);
-            }
-            if let Some(t) = h.timeout {
-                if t <= 0 {
-                    return Err(bad(format!("hook timeout {t} must be positive")));
-                }
-                hook["timeout"] = json!(t);
-            }
+            let mut hook = oci::Hook::default();
+            hook.set_path(PathBuf::from(&h.path));
+            hook.set_args(h.args.clone());
+            hook.set_env(h.env.clone());
+            hook.set_timeout(h.timeout);
             self.hooks.push((h.hook_name.clone(), hook));
         }
         for g in edits.additional_gids.iter().flatten() {
@@ -529,72 +522,89 @@ impl Injection {
     }
 
     /// Applies the edits to an OCI spec built by `spec::build`.
-    pub fn apply(&self, spec: &mut Value) {
+    pub fn apply(&self, spec: &mut oci::Spec) {
         if self.is_empty() {
             return;
         }
-        if let Some(env) = spec["process"]["env"].as_array_mut() {
-            for e in &self.env {
-                let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
-                env.retain(|v| {
-                    v.as_str()
-                        .is_none_or(|s| s.split_once('=').map_or(s, |(k, _)| k) != key)
-                });
-                env.push(json!(e));
+        if let Some(process) = spec.process_mut() {
+            if let Some(env) = process.env_mut() {
+                let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+                for e in &self.env {
+                    let k = key(e);
+                    env.retain(|v| key(v) != k);
+                    env.push(e.clone());
+                }
             }
-        }
-        if let Some(gids) = spec["process"]["user"]["additionalGids"].as_array_mut() {
-            for g in &self.additional_gids {
-                if !gids.iter().any(|v| v.as_u64() == Some(u64::from(*g))) {
-                    gids.push(json!(g));
+            if let Some(gids) = process.user_mut().additional_gids_mut() {
+                for g in &self.additional_gids {
+                    if !gids.contains(g) {
+                        gids.push(*g);
+                    }
                 }
             }
         }
-        let linux = &mut spec["linux"];
-        if !linux["devices"].is_array() {
-            linux["devices"] = json!([]);
+        let linux = spec.linux_mut().get_or_insert_with(empty_linux);
+        let devices = linux.devices_mut().get_or_insert_with(Vec::new);
+        for d in &self.devices {
+            devices.retain(|v| v.path() != Path::new(&d.path));
+            let mut node = LinuxDevice::default();
+            node.set_path(PathBuf::from(&d.path));
+            node.set_typ(d.kind);
+            // A FIFO has no numbers: 0, as a runtime reads them (the spec's type
+            // cannot leave them out).
+            node.set_major(d.major);
+            node.set_minor(d.minor);
+            node.set_file_mode(Some(d.file_mode));
+            node.set_uid(Some(d.uid));
+            node.set_gid(Some(d.gid));
+            devices.push(node);
         }
-        if let Some(devices) = linux["devices"].as_array_mut() {
-            for d in &self.devices {
-                devices.retain(|v| v["path"].as_str() != Some(d.path.as_str()));
-                let mut node = json!({
-                    "path": d.path, "type": d.kind, "fileMode": d.file_mode,
-                    "uid": d.uid, "gid": d.gid,
-                });
-                if d.kind != "p" {
-                    node["major"] = json!(d.major);
-                    node["minor"] = json!(d.minor);
-                }
-                devices.push(node);
-            }
+        let rules = linux
+            .resources_mut()
+            .get_or_insert_with(Default::default)
+            .devices_mut()
+            .get_or_insert_with(Vec::new);
+        for d in self.devices.iter().filter(|d| d.kind != LinuxDeviceType::P) {
+            let mut rule = LinuxDeviceCgroup::default();
+            rule.set_allow(true);
+            rule.set_typ(Some(d.kind));
+            rule.set_major(Some(d.major));
+            rule.set_minor(Some(d.minor));
+            rule.set_access(Some(d.access.clone()));
+            rules.push(rule);
         }
-        if !linux["resources"]["devices"].is_array() {
-            linux["resources"]["devices"] = json!([]);
+        spec.mounts_mut()
+            .get_or_insert_with(Vec::new)
+            .extend(self.mounts.iter().cloned());
+        if self.hooks.is_empty() {
+            return;
         }
-        if let Some(rules) = linux["resources"]["devices"].as_array_mut() {
-            for d in self.devices.iter().filter(|d| d.kind != "p") {
-                let kind = if d.kind == "b" { "b" } else { "c" };
-                rules.push(json!({
-                    "allow": true, "type": kind, "major": d.major, "minor": d.minor,
-                    "access": d.access,
-                }));
-            }
-        }
-        if !spec["mounts"].is_array() {
-            spec["mounts"] = json!([]);
-        }
-        if let Some(mounts) = spec["mounts"].as_array_mut() {
-            mounts.extend(self.mounts.iter().cloned());
-        }
+        let hooks = spec.hooks_mut().get_or_insert_with(oci::Hooks::default);
         for (name, hook) in &self.hooks {
-            if !spec["hooks"][name.as_str()].is_array() {
-                spec["hooks"][name.as_str()] = json!([]);
-            }
-            if let Some(list) = spec["hooks"][name.as_str()].as_array_mut() {
-                list.push(hook.clone());
-            }
+            #[allow(deprecated, reason = "CDI specs may still ask for prestart hooks")]
+            let list = match name.as_str() {
+                "prestart" => hooks.prestart_mut(),
+                "createRuntime" => hooks.create_runtime_mut(),
+                "createContainer" => hooks.create_container_mut(),
+                "startContainer" => hooks.start_container_mut(),
+                "poststart" => hooks.poststart_mut(),
+                "poststop" => hooks.poststop_mut(),
+                // `add` took only HOOK_NAMES.
+                _ => continue,
+            };
+            list.get_or_insert_with(Vec::new).push(hook.clone());
         }
     }
+}
+
+/// A `linux` section with nothing in it (`Linux::default()` is a sample container's).
+fn empty_linux() -> oci::Linux {
+    let mut linux = oci::Linux::default();
+    linux.set_resources(None);
+    linux.set_namespaces(None);
+    linux.set_masked_paths(None);
+    linux.set_readonly_paths(None);
+    linux
 }
 
 fn device_node(n: &DeviceNode) -> std::result::Result<Node, String> {
@@ -654,7 +664,11 @@ fn device_node(n: &DeviceNode) -> std::result::Result<Node, String> {
         minor = minor.or(Some(i64::from(libc::minor(rdev))));
         file_mode = file_mode.or(Some(meta.mode() & 0o777));
     }
-    let kind = kind.unwrap_or("c");
+    let kind = match kind {
+        Some("b") => LinuxDeviceType::B,
+        Some("p") => LinuxDeviceType::P,
+        _ => LinuxDeviceType::C,
+    };
     let access = n.permissions.clone().unwrap_or_else(|| "rwm".into());
     if access.is_empty() || !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
         return Err(format!(
@@ -680,7 +694,7 @@ fn device_node(n: &DeviceNode) -> std::result::Result<Node, String> {
     })
 }
 
-fn mount(m: &MountEdit) -> std::result::Result<Value, String> {
+fn mount(m: &MountEdit) -> std::result::Result<Mount, String> {
     match m.kind.as_deref() {
         None | Some("" | "bind") => {}
         Some(other) => {
@@ -731,12 +745,12 @@ fn mount(m: &MountEdit) -> std::result::Result<Value, String> {
     {
         options.push("rprivate".into());
     }
-    Ok(json!({
-        "destination": destination,
-        "type": "bind",
-        "source": source,
-        "options": options,
-    }))
+    let mut mount = Mount::default();
+    mount.set_destination(PathBuf::from(destination));
+    mount.set_typ(Some("bind".into()));
+    mount.set_source(Some(source));
+    mount.set_options(Some(options));
+    Ok(mount)
 }
 
 /// `p` with `.`, `..` and repeated slashes resolved lexically (never above `/`).
@@ -758,6 +772,14 @@ fn clean_path(p: &str) -> String {
 mod tests {
     use super::*;
     use berth_proto::v1::CdiDevice;
+    use serde_json::{Value, json};
+
+    /// Applies `inj` to the spec `json` stands for, and gives back its JSON.
+    fn applied(inj: &Injection, json: Value) -> Value {
+        let mut spec: oci::Spec = serde_json::from_value(json).expect("a spec");
+        inj.apply(&mut spec);
+        serde_json::to_value(spec).expect("serialises")
+    }
 
     fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
         let t = tempfile::tempdir().expect("tempdir");
@@ -802,12 +824,14 @@ containerEdits:
             Some(("/dev/gpu0", "/dev/null")),
             "a user-namespaced pod must refuse it"
         );
-        let mut spec = json!({
-            "process": {"env": ["PATH=/bin", "GPU=old"], "user": {"uid": 0, "gid": 0, "additionalGids": []}},
-            "mounts": [],
-            "linux": {"devices": [], "resources": {"devices": [{"allow": false, "access": "rwm"}]}},
-        });
-        inj.apply(&mut spec);
+        let spec = applied(
+            &inj,
+            json!({
+                "process": {"env": ["PATH=/bin", "GPU=old"], "user": {"uid": 0, "gid": 0, "additionalGids": []}, "cwd": "/"},
+                "mounts": [],
+                "linux": {"devices": [], "resources": {"devices": [{"allow": false, "access": "rwm"}]}},
+            }),
+        );
         assert_eq!(
             spec["process"]["env"],
             json!(["PATH=/bin", "GPU=override", "VENDOR=1"]),
@@ -860,10 +884,10 @@ containerEdits:
         // A later directory overrides: no conflict.
         std::fs::remove_file(d[0].join("b.yaml")).expect("rm");
         std::fs::write(d[1].join("c.yaml"), YAML.replace("GPU=0", "GPU=late")).expect("write");
-        let mut spec = json!({"process": {"env": []}});
-        resolve(&d, &["vendor.example/gpu=0".into()])
-            .expect("later dir wins")
-            .apply(&mut spec);
+        let spec = applied(
+            &resolve(&d, &["vendor.example/gpu=0".into()]).expect("later dir wins"),
+            json!({"process": {"env": [], "user": {"uid": 0, "gid": 0}, "cwd": "/"}}),
+        );
         assert_eq!(spec["process"]["env"][0], "GPU=late");
     }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 use berth_proto::v1::ContainerConfig;
 use berth_runtime_core::monitor_protocol as protocol;
 use prost::Message;
-use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use super::handler::Handler;
@@ -283,25 +282,19 @@ impl ContainerManager {
             rootfs: &rootfs,
             pod: pod_ctx,
             cgroup_driver: self.config.cgroup_driver,
+            apparmor_profile,
+            degraded_device_filter: self.config.allow_degraded_device_filter,
         })?;
         cdi.apply(&mut spec);
-        if let Some(profile) = apparmor_profile {
-            spec["process"]["apparmorProfile"] = json!(profile);
+        if let Some(process) = spec.process() {
+            let user = process.user();
+            let groups = user.additional_gids().clone().unwrap_or_default();
+            ctr.update(|s| s.user = Some((user.uid(), user.gid(), groups)));
         }
-        if self.config.allow_degraded_device_filter {
-            spec["annotations"][berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION] =
-                json!("true");
-        }
-        let user = &spec["process"]["user"];
-        let id =
-            |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-        let groups = user["additionalGids"]
-            .as_array()
-            .map(|a| a.iter().map(id).collect())
-            .unwrap_or_default();
-        ctr.update(|s| s.user = Some((id(&user["uid"]), id(&user["gid"]), groups)));
         let bundle = dir.join("bundle");
-        store::write_atomic(&bundle.join("config.json"), spec.to_string().as_bytes())
+        let config_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::Internal(format!("serialising the OCI spec: {e}")))?;
+        store::write_atomic(&bundle.join("config.json"), &config_json)
             .map_err(|e| Error::io("writing config.json", e))?;
         if let Some(parent) = ctr.log_path.parent()
             && !ctr.log_path.as_os_str().is_empty()
@@ -428,13 +421,15 @@ impl ContainerManager {
     async fn start_scope(
         &self,
         ctr: &Container,
-        spec: &serde_json::Value,
+        spec: &oci_spec::runtime::Spec,
         pid: i32,
         cgroup_parent: &str,
     ) -> Result<()> {
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(spec["linux"]["resources"].clone())
-                .map_err(|e| Error::Internal(format!("the spec's resources: {e}")))?;
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .ok_or_else(|| Error::Internal("the spec has no linux.resources".into()))?;
         let pid = u32::try_from(pid)
             .map_err(|_| Error::Internal(format!("init pid {pid} out of range")))?;
         let unit = systemd::scope_name(&ctr.id);
@@ -442,7 +437,7 @@ impl ContainerManager {
             systemd::pod_slice(cgroup_parent),
             pid,
             format!("berth container {} ({})", ctr.id, ctr.name_key),
-            &resources,
+            resources,
         )?;
         systemd::client().start_scope(&unit, &props).await?;
         tracing::debug!(container = %ctr.id, %unit, "scope started");

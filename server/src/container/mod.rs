@@ -357,11 +357,18 @@ impl ContainerManager {
         let Ok(Handler::Oci(_)) = self.handler(ctr) else {
             return None;
         };
-        let config = std::fs::read(self.dir(&ctr.id).join("bundle").join("config.json")).ok()?;
-        let spec: serde_json::Value = serde_json::from_slice(&config).ok()?;
+        let spec =
+            oci_spec::runtime::Spec::load(self.dir(&ctr.id).join("bundle").join("config.json"))
+                .ok()?;
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         berth_runtime_core::cgroups::Cgroup::new(
             Path::new(berth_runtime_core::container::CGROUP_ROOT),
-            spec["linux"]["cgroupsPath"].as_str().unwrap_or_default(),
+            &cgroups_path,
             &ctr.id,
         )
         .ok()

@@ -8,18 +8,24 @@
 //! sockets, odd `personality` flags) stays away. Rules carry `includes`/`excludes`
 //! conditions on the container's capabilities and the host's architecture, resolved
 //! here, so a pod granted `SYS_ADMIN` or `SYS_PTRACE` gets the calls that go with it.
+//!
+//! A profile is read as JSON (Docker's format has fields the OCI one lacks), resolved,
+//! and handed out as the typed [`LinuxSeccomp`] the spec carries: an action,
+//! architecture or operator the OCI spec does not know is refused here, naming it.
 
+use oci_spec::runtime::LinuxSeccomp;
 use serde_json::{Value, json};
 
 /// Berth's RuntimeDefault profile; `runtime_default` resolves it per container.
 const RUNTIME_DEFAULT: &str = include_str!("seccomp_default.json");
 
 /// The default profile for a container with `capabilities` (bounding set names).
-pub fn runtime_default(capabilities: &[String]) -> Value {
+pub fn runtime_default(capabilities: &[String]) -> LinuxSeccomp {
     let mut profile = resolve(RUNTIME_DEFAULT, capabilities, &host())
         .expect("the embedded RuntimeDefault profile is valid (checked by unit tests)");
     profile["architectures"] = json!(native_architectures());
-    profile
+    typed(profile)
+        .expect("the embedded RuntimeDefault profile is valid OCI (checked by unit tests)")
 }
 
 /// Converts a Localhost profile (Docker's format, or an OCI `linux.seccomp` object) to
@@ -27,8 +33,13 @@ pub fn runtime_default(capabilities: &[String]) -> Value {
 /// conditions are honoured, so a rule meant only for `CAP_SYS_ADMIN` containers does
 /// not open the call to every container. Errors name what is wrong so the operator can
 /// fix the file.
-pub fn from_profile_json(text: &str, capabilities: &[String]) -> Result<Value, String> {
-    resolve(text, capabilities, &host())
+pub fn from_profile_json(text: &str, capabilities: &[String]) -> Result<LinuxSeccomp, String> {
+    typed(resolve(text, capabilities, &host())?)
+}
+
+/// The resolved profile as the OCI type.
+fn typed(profile: Value) -> Result<LinuxSeccomp, String> {
+    serde_json::from_value(profile).map_err(|e| format!("not an OCI seccomp profile: {e}"))
 }
 
 /// What rule conditions are evaluated against, besides the capabilities.
@@ -197,7 +208,6 @@ fn native_architectures() -> Vec<&'static str> {
 mod tests {
     use super::*;
     use berth_runtime_core::security::build_seccomp;
-    use oci_spec::runtime::LinuxSeccomp;
 
     use crate::container::spec::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 
@@ -215,6 +225,11 @@ mod tests {
             .chain(extra)
             .map(|c| (*c).to_owned())
             .collect()
+    }
+
+    /// The RuntimeDefault profile for `capabilities`, as the JSON written to config.json.
+    fn default_json(capabilities: &[String]) -> Value {
+        serde_json::to_value(runtime_default(capabilities)).expect("serialises")
     }
 
     fn rules_for<'a>(p: &'a Value, name: &str) -> Vec<&'a Value> {
@@ -266,10 +281,10 @@ mod tests {
     #[test]
     fn runtime_default_is_an_eperm_allowlist_libseccomp_accepts() {
         for extra in [&[][..], &["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_BPF"][..]] {
-            let p = runtime_default(&caps(extra));
+            let p = default_json(&caps(extra));
             assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
             assert_eq!(p["defaultErrnoRet"], libc::EPERM);
-            let oci: LinuxSeccomp = serde_json::from_value(p.clone()).expect("valid OCI");
+            let oci = runtime_default(&caps(extra));
             let filter = build_seccomp(&oci).expect("libseccomp builds it");
             let default = filter.get_act_default().expect("default");
             assert_eq!(format!("{default:?}"), format!("Errno({})", libc::EPERM));
@@ -326,9 +341,9 @@ mod tests {
             ("CAP_BPF", &["bpf"]),
             ("CAP_PERFMON", &["perf_event_open"]),
         ];
-        let without = runtime_default(&caps(&[]));
+        let without = default_json(&caps(&[]));
         for (cap, calls) in gated {
-            let with = runtime_default(&caps(&[*cap]));
+            let with = default_json(&caps(&[*cap]));
             for call in *calls {
                 assert!(rules_for(&without, call).is_empty(), "{call} without {cap}");
                 assert!(allowed_unconditionally(&with, call), "{call} with {cap}");
@@ -340,13 +355,13 @@ mod tests {
             .into_iter()
             .filter(|c| c != "CAP_SYS_CHROOT")
             .collect();
-        assert!(rules_for(&runtime_default(&no_chroot), "chroot").is_empty());
+        assert!(rules_for(&default_json(&no_chroot), "chroot").is_empty());
     }
 
     #[test]
     fn io_uring_and_keyrings_are_never_allowed_whatever_the_capabilities() {
         let all: Vec<&str> = ALL_CAPABILITIES.to_vec();
-        let p = runtime_default(&caps(&all));
+        let p = default_json(&caps(&all));
         for call in [
             "io_uring_setup",
             "io_uring_enter",
@@ -374,7 +389,7 @@ mod tests {
 
     #[test]
     fn clone_cannot_make_namespaces_without_sys_admin_and_clone3_says_enosys() {
-        let p = runtime_default(&caps(&[]));
+        let p = default_json(&caps(&[]));
         let thread = 0x0001_0000 | 0x100 | 0x200 | 0x400 | 0x800 | 0x0008_0000; // pthread_create
         assert!(allowed(&p, "clone", [thread, 0, 0, 0, 0, 0]));
         assert!(allowed(&p, "clone", [17, 0, 0, 0, 0, 0]), "fork = SIGCHLD");
@@ -394,7 +409,7 @@ mod tests {
         assert_eq!(clone3[0]["action"], "SCMP_ACT_ERRNO");
         assert_eq!(clone3[0]["errnoRet"], libc::ENOSYS);
 
-        let admin = runtime_default(&caps(&["CAP_SYS_ADMIN"]));
+        let admin = default_json(&caps(&["CAP_SYS_ADMIN"]));
         assert!(allowed_unconditionally(&admin, "clone"));
         assert!(allowed_unconditionally(&admin, "clone3"));
         assert!(
@@ -406,7 +421,7 @@ mod tests {
 
     #[test]
     fn personality_only_takes_the_harmless_personas() {
-        let p = runtime_default(&caps(&[]));
+        let p = default_json(&caps(&[]));
         assert!(!allowed_unconditionally(&p, "personality"));
         for ok in [0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff] {
             assert!(allowed(&p, "personality", [ok, 0, 0, 0, 0, 0]), "{ok:#x}");
@@ -424,7 +439,7 @@ mod tests {
     fn socket_refuses_vsock_and_alg_judged_by_the_low_32_bits() {
         const AF_ALG: u64 = 38;
         const AF_VSOCK: u64 = 40;
-        let p = runtime_default(&caps(&[]));
+        let p = default_json(&caps(&[]));
         assert!(!allowed_unconditionally(&p, "socket"));
         for family in 0..64u64 {
             let expect = family != AF_ALG && family != AF_VSOCK;
@@ -446,7 +461,7 @@ mod tests {
 
     #[test]
     fn ptrace_is_allowed_as_on_containerd() {
-        let p = runtime_default(&caps(&[]));
+        let p = default_json(&caps(&[]));
         for call in ["ptrace", "process_vm_readv", "process_vm_writev"] {
             assert!(allowed_unconditionally(&p, call), "{call}");
         }
@@ -454,7 +469,7 @@ mod tests {
 
     #[test]
     fn arch_specific_calls_follow_the_host() {
-        let p = runtime_default(&caps(&[]));
+        let p = default_json(&caps(&[]));
         let x86 = cfg!(target_arch = "x86_64");
         assert_eq!(allowed_unconditionally(&p, "arch_prctl"), x86);
         assert_eq!(allowed_unconditionally(&p, "modify_ldt"), x86);
@@ -521,12 +536,32 @@ mod tests {
     #[test]
     fn docker_format_localhost_profile_converts() {
         let docker = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod","fchmodat"],"action":"SCMP_ACT_ERRNO"},{"name":"sethostname","action":"SCMP_ACT_ERRNO"}]}"#;
-        let p = from_profile_json(docker, &[]).expect("converts");
+        let p = serde_json::to_value(from_profile_json(docker, &[]).expect("converts"))
+            .expect("serialises");
         assert_eq!(p["syscalls"][0]["names"][1], "fchmodat");
         assert_eq!(p["syscalls"][1]["names"][0], "sethostname");
-        let _: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(p).expect("valid OCI");
         assert!(from_profile_json("{", &[]).is_err());
         let e = from_profile_json(r#"{"syscalls":[]}"#, &[]).expect_err("no default");
         assert!(e.contains("defaultAction"), "{e}");
+        // What the OCI spec has no word for is refused when the spec is built, naming
+        // it, not when the runtime reads config.json.
+        let e = from_profile_json(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_MAYBE"}]}"#,
+            &[],
+        )
+        .expect_err("unknown action");
+        assert!(e.contains("SCMP_ACT_MAYBE"), "{e}");
+    }
+
+    /// The typed profile says everything the resolved JSON said: nothing of the
+    /// profile is dropped or changed on its way into the OCI type.
+    #[test]
+    fn the_typed_profile_keeps_every_field_of_the_resolved_one() {
+        let all: Vec<String> = ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+        for capabilities in [caps(&[]), all] {
+            let mut resolved = resolve(RUNTIME_DEFAULT, &capabilities, &host()).expect("resolves");
+            resolved["architectures"] = json!(native_architectures());
+            assert_eq!(default_json(&capabilities), resolved);
+        }
     }
 }

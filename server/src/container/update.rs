@@ -20,9 +20,7 @@ impl ContainerManager {
                 ctr.id
             )));
         }
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(spec::resources_update(r)?)
-                .map_err(|e| Error::Internal(format!("resources: {e}")))?;
+        let resources = spec::resources_update(r)?;
         if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
             // The unit first: systemd owns these limits and would reset cgroupfs writes
             // at its next reload. What it cannot express is written below, after it.

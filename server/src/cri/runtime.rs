@@ -589,9 +589,7 @@ impl RuntimeService for CriService {
             tracing::debug!(pod = %sb.id, "pod has no cgroup parent; resize is a no-op");
             return Ok(Response::new(Default::default()));
         }
-        let linux: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(crate::container::spec::resources_update(&resources)?)
-                .map_err(|e| Error::Internal(format!("resources: {e}")))?;
+        let linux = crate::container::spec::resources_update(&resources)?;
         let systemd_driver = matches!(self.config().cgroup_driver, CgroupDriver::Systemd);
         let parent = if systemd_driver {
             use crate::systemd;

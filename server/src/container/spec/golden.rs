@@ -156,27 +156,14 @@ fn metadata() -> Option<ContainerMetadata> {
     })
 }
 
-/// What container/create.rs does after `build`: CDI edits, the AppArmor profile, the
-/// degraded-device-filter annotation.
-fn config_json(
-    input: &SpecInput<'_>,
-    cdi_devices: &[&str],
-    cdi_dir: &Path,
-    apparmor: Option<&str>,
-    degraded_devices: bool,
-) -> Value {
+/// The spec as container/create.rs writes it: built, the CDI edits applied, serialised.
+fn config_json(input: &SpecInput<'_>, cdi_devices: &[&str], cdi_dir: &Path) -> Value {
     let names: Vec<String> = cdi_devices.iter().map(|s| (*s).to_owned()).collect();
     let injection = cdi::resolve(&[cdi_dir.to_owned()], &names).expect("CDI resolves");
     let mut spec = super::build(input).expect("spec builds");
     injection.apply(&mut spec);
-    if let Some(profile) = apparmor {
-        spec["process"]["apparmorProfile"] = serde_json::json!(profile);
-    }
-    if degraded_devices {
-        spec["annotations"][berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION] =
-            serde_json::json!("true");
-    }
-    serde_json::from_str(&spec.to_string()).expect("config.json parses")
+    let bytes = serde_json::to_vec(&spec).expect("serialises");
+    serde_json::from_slice(&bytes).expect("config.json parses")
 }
 
 /// A non-privileged container in a pod with its own user namespace and a shared PID
@@ -323,14 +310,10 @@ fn rich(s: &Scratch) -> Value {
         rootfs: &rootfs,
         pod: &pod,
         cgroup_driver: CgroupDriver::Cgroupfs,
+        apparmor_profile: Some("localhost/berth-test"),
+        degraded_device_filter: true,
     };
-    config_json(
-        &input,
-        &["vendor.example/gpu=0"],
-        &s.root.join("cdi"),
-        Some("localhost/berth-test"),
-        true,
-    )
+    config_json(&input, &["vendor.example/gpu=0"], &s.root.join("cdi"))
 }
 
 /// A privileged container with the host's PID namespace and network, the systemd
@@ -397,8 +380,10 @@ fn privileged(s: &Scratch) -> Value {
         rootfs: &rootfs,
         pod: &pod,
         cgroup_driver: CgroupDriver::Systemd,
+        apparmor_profile: None,
+        degraded_device_filter: false,
     };
-    config_json(&input, &[], &s.root.join("cdi"), None, false)
+    config_json(&input, &[], &s.root.join("cdi"))
 }
 
 /// The plainest container: the image's command, its own PID namespace, no profile.
@@ -422,8 +407,10 @@ fn minimal(s: &Scratch) -> Value {
         rootfs: &rootfs,
         pod: &pod,
         cgroup_driver: CgroupDriver::Cgroupfs,
+        apparmor_profile: None,
+        degraded_device_filter: false,
     };
-    config_json(&input, &[], &s.root.join("cdi"), None, false)
+    config_json(&input, &[], &s.root.join("cdi"))
 }
 
 /// Replaces what varies between machines with placeholders (see the module doc).

@@ -21,17 +21,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use berth_proto::v1::{ContainerConfig, NamespaceMode};
-use serde_json::{Value, json};
+use oci_spec::runtime::{
+    Linux, LinuxIdMapping, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
+};
 
-use self::mounts::{mounts, rootfs_propagation};
+use self::mounts::{id_mapping, mounts, rootfs_propagation};
 pub use self::process::{IMAGE_FILE_MAX, merge_args, merge_env, read_image_file, resolve_user};
 pub use self::resources::{cgroups_path, resources_update};
 use self::resources::{devices, linux_resources};
-use self::security::seccomp_profile;
 pub use self::security::{
     ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
     capabilities, host_capabilities,
 };
+use self::security::{process_capabilities, seccomp_profile};
 use crate::config::CgroupDriver;
 use crate::error::{Error, Result};
 
@@ -176,6 +178,12 @@ pub struct SpecInput<'a> {
     pub pod: &'a PodContext,
     /// Cgroup driver in use.
     pub cgroup_driver: CgroupDriver,
+    /// The AppArmor profile the process runs under (`None`: none asked, or no
+    /// AppArmor on the node).
+    pub apparmor_profile: Option<&'a str>,
+    /// berthd's config lets the runtime fall back to a weaker device filter
+    /// (`allow_degraded_device_filter`): said to runtime-core by an annotation.
+    pub degraded_device_filter: bool,
 }
 
 /// The user a container process runs as.
@@ -192,7 +200,13 @@ pub struct ResolvedUser {
 }
 
 /// Builds the OCI runtime spec (`config.json` contents) of a container.
-pub fn build(input: &SpecInput<'_>) -> Result<Value> {
+///
+/// Every section is set field by field from an empty value: the `Default` of
+/// `Spec`, `Process`, `Linux`, `Root` and `LinuxCapabilities` (which their builders
+/// start from) is a sample container (hostname "youki", an rlimit, default mounts,
+/// capabilities, namespaces), none of which may leak into a real one. The golden test
+/// (`golden.rs`) holds the result against the fixtures.
+pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     let config = input.config;
     let linux = config.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -217,41 +231,46 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
 
     let caps = capabilities(&sc)?;
     let seccomp = seccomp_profile(&sc, privileged, &caps)?;
-    let cap_list: Vec<Value> = caps.iter().map(|c| Value::from(c.as_str())).collect();
 
-    let mut process = json!({
-        "terminal": config.tty,
-        "user": {
-            "uid": user.uid,
-            "gid": user.gid,
-            "additionalGids": user.additional_gids,
-        },
-        "args": args,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {
-            "bounding": cap_list,
-            "effective": cap_list,
-            "permitted": cap_list,
-        },
-        "noNewPrivileges": sc.no_new_privs,
+    let mut oci_user = User::default();
+    oci_user.set_uid(user.uid);
+    oci_user.set_gid(user.gid);
+    oci_user.set_additional_gids(Some(user.additional_gids.clone()));
+    let mut process = Process::default();
+    process.set_terminal(Some(config.tty));
+    process.set_user(oci_user);
+    process.set_args(Some(args));
+    process.set_env(Some(env));
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_capabilities(Some(process_capabilities(&caps)?));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(sc.no_new_privs));
+    process.set_apparmor_profile(input.apparmor_profile.map(str::to_owned));
+    process.set_oom_score_adj(match resources.oom_score_adj {
+        0 => None,
+        adj => Some(i32::try_from(adj).map_err(|_| {
+            Error::InvalidArgument(format!("resources: oom_score_adj {adj} is out of range"))
+        })?),
     });
-    if resources.oom_score_adj != 0 {
-        process["oomScoreAdj"] = Value::from(resources.oom_score_adj);
-    }
 
     let mounts = mounts(input, privileged, sc.readonly_rootfs)?;
     let rootfs_propagation = rootfs_propagation(config);
 
-    let mut namespaces = vec![json!({ "type": "mount" })];
+    let namespace = |kind: LinuxNamespaceType, path: Option<&Path>| {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(kind);
+        ns.set_path(path.map(Path::to_path_buf));
+        ns
+    };
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
     let ns_options = sc.namespace_options.clone().unwrap_or_default();
     for (kind, path) in [
-        ("network", &input.pod.netns),
-        ("ipc", &input.pod.ipcns),
-        ("uts", &input.pod.utsns),
+        (LinuxNamespaceType::Network, &input.pod.netns),
+        (LinuxNamespaceType::Ipc, &input.pod.ipcns),
+        (LinuxNamespaceType::Uts, &input.pod.utsns),
     ] {
         if let Some(p) = path {
-            namespaces.push(json!({ "type": kind, "path": p }));
+            namespaces.push(namespace(kind, Some(p.as_path())));
         }
     }
     if let Some(u) = &input.pod.userns {
@@ -265,58 +284,61 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
                 )));
             }
         }
-        namespaces.push(json!({ "type": "user", "path": u.path }));
+        namespaces.push(namespace(LinuxNamespaceType::User, Some(u.path.as_path())));
     }
     let pid_mode = NamespaceMode::try_from(ns_options.pid).unwrap_or(NamespaceMode::Pod);
     match (pid_mode, &input.pod.pidns) {
         (NamespaceMode::Node, _) => {}
         _ if input.pod.host_pid => {}
-        (NamespaceMode::Pod, Some(p)) => namespaces.push(json!({ "type": "pid", "path": p })),
+        (NamespaceMode::Pod, Some(p)) => {
+            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(p.as_path())));
+        }
         (NamespaceMode::Target, _) => {
             return Err(Error::InvalidArgument(
                 "namespace_options.pid TARGET is not supported by berthd yet".into(),
             ));
         }
-        _ => namespaces.push(json!({ "type": "pid" })),
+        _ => namespaces.push(namespace(LinuxNamespaceType::Pid, None)),
     }
 
-    let mut linux_spec = json!({
-        "namespaces": namespaces,
-        "cgroupsPath": cgroups_path(input.cgroup_driver, &input.pod.cgroup_parent, input.id),
-        "resources": linux_resources(&resources, config, privileged)?,
-        "devices": devices(config, privileged)?,
-        "rootfsPropagation": rootfs_propagation,
-    });
-    if let Some(u) = &input.pod.userns {
-        let oci = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
-            maps.iter()
-                .map(|m| json!({ "containerID": m.container_id, "hostID": m.host_id, "size": m.length }))
-                .collect()
-        };
-        linux_spec["uidMappings"] = json!(oci(&u.uids));
-        linux_spec["gidMappings"] = json!(oci(&u.gids));
-    }
-    if !privileged {
-        linux_spec["maskedPaths"] = json!(if sc.masked_paths.is_empty() {
-            DEFAULT_MASKED_PATHS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
+    let mut linux_spec = Linux::default();
+    linux_spec.set_namespaces(Some(namespaces));
+    linux_spec.set_cgroups_path(Some(PathBuf::from(cgroups_path(
+        input.cgroup_driver,
+        &input.pod.cgroup_parent,
+        input.id,
+    ))));
+    linux_spec.set_resources(Some(linux_resources(&resources, config, privileged)?));
+    linux_spec.set_devices(Some(devices(config, privileged)?));
+    linux_spec.set_rootfs_propagation(Some(rootfs_propagation.to_owned()));
+    let (uid_mappings, gid_mappings) = match &input.pod.userns {
+        Some(u) => {
+            let oci = |maps: &[crate::host::idmap::IdMapping]| -> Vec<LinuxIdMapping> {
+                maps.iter()
+                    .map(|m| id_mapping(m.container_id, m.host_id, m.length))
+                    .collect()
+            };
+            (Some(oci(&u.uids)), Some(oci(&u.gids)))
+        }
+        None => (None, None),
+    };
+    linux_spec.set_uid_mappings(uid_mappings);
+    linux_spec.set_gid_mappings(gid_mappings);
+    let paths = |asked: &[String], default: &[&str]| {
+        if asked.is_empty() {
+            default.iter().map(|s| (*s).to_owned()).collect()
         } else {
-            sc.masked_paths.clone()
-        });
-        linux_spec["readonlyPaths"] = json!(if sc.readonly_paths.is_empty() {
-            DEFAULT_READONLY_PATHS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        } else {
-            sc.readonly_paths.clone()
-        });
+            asked.to_vec()
+        }
+    };
+    if privileged {
+        linux_spec.set_masked_paths(None);
+        linux_spec.set_readonly_paths(None);
+    } else {
+        linux_spec.set_masked_paths(Some(paths(&sc.masked_paths, DEFAULT_MASKED_PATHS)));
+        linux_spec.set_readonly_paths(Some(paths(&sc.readonly_paths, DEFAULT_READONLY_PATHS)));
     }
-    if let Some(profile) = seccomp {
-        linux_spec["seccomp"] = profile;
-    }
+    linux_spec.set_seccomp(seccomp);
 
     let mut annotations: HashMap<String, String> = config.annotations.clone();
     // Berth's own annotations are berthd's to set (the device-rule policy comes from
@@ -342,15 +364,26 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value> {
         "io.kubernetes.cri.image-name".into(),
         input.image_name.to_owned(),
     );
+    if input.degraded_device_filter {
+        annotations.insert(
+            berth_runtime_core::cgroups::DEGRADED_DEVICES_ANNOTATION.into(),
+            "true".into(),
+        );
+    }
 
-    Ok(json!({
-        "ociVersion": "1.1.0",
-        "process": process,
-        "root": { "path": input.rootfs, "readonly": sc.readonly_rootfs },
-        "mounts": mounts,
-        "linux": linux_spec,
-        "annotations": annotations,
-    }))
+    let mut root = Root::default();
+    root.set_path(input.rootfs.to_path_buf());
+    root.set_readonly(Some(sc.readonly_rootfs));
+
+    let mut spec = Spec::default();
+    spec.set_version("1.1.0".into());
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(None);
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux_spec));
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -361,6 +394,7 @@ mod tests {
         LinuxContainerResources, LinuxContainerSecurityContext, Mount, MountPropagation,
         SecurityProfile,
     };
+    use serde_json::Value;
 
     fn rootfs() -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tempdir");
@@ -389,6 +423,7 @@ mod tests {
         }
     }
 
+    /// The spec as the JSON a runtime reads from config.json.
     fn build_with(config: &ContainerConfig, image: &ImageConfig, root: &Path) -> Result<Value> {
         let pod = PodContext {
             sandbox_id: "pod1".into(),
@@ -408,7 +443,10 @@ mod tests {
             rootfs: root,
             pod: &pod,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            apparmor_profile: None,
+            degraded_device_filter: false,
         })
+        .map(|spec| serde_json::to_value(spec).expect("serialises"))
     }
 
     /// A pod spec cannot switch off device-rule enforcement by setting berthd's own
@@ -663,6 +701,26 @@ mod tests {
             "tests run as root"
         );
         assert!(capabilities(&sc(&["NOT_A_CAP"], &[])).is_err());
+    }
+
+    /// Every capability berthd knows has an OCI name: none is refused, none dropped,
+    /// on its way into the typed spec.
+    #[test]
+    fn every_known_capability_has_an_oci_name() {
+        let all: Vec<String> = ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+        let oci = security::process_capabilities(&all).expect("every capability converts");
+        let json = serde_json::to_value(oci.bounding()).expect("serialises");
+        let mut names: Vec<&str> = json
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut want = ALL_CAPABILITIES.to_vec();
+        want.sort_unstable();
+        assert_eq!(names, want);
+        assert!(oci.inheritable().is_none() && oci.ambient().is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_proto::v1::{ContainerConfig, MountPropagation};
-use serde_json::{Value, json};
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 
 use super::{PodUserNamespace, SpecInput};
 use crate::error::{Error, Result};
@@ -14,7 +14,7 @@ pub(super) fn mounts(
     input: &SpecInput<'_>,
     privileged: bool,
     readonly_rootfs: bool,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Mount>> {
     let config = input.config;
     let user_targets: BTreeSet<String> = config
         .mounts
@@ -27,12 +27,45 @@ pub(super) fn mounts(
         vec!["nosuid", "noexec", "nodev", "ro"]
     };
     let mut out = vec![
-        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
-        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
-        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
-        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
-        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts }),
-        json!({ "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }] }),
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/sys", "sysfs", "sysfs", &sys_opts),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                if privileged { "rw" } else { "ro" },
+            ],
+        ),
     ];
     let shm_source = input
         .pod
@@ -58,17 +91,16 @@ pub(super) fn mounts(
             options.push("noexec");
         }
         options.push(if ro { "ro" } else { "rw" });
-        let mut mount =
-            json!({ "destination": dest, "type": "bind", "source": source, "options": options });
+        let mut bind = mount(dest, "bind", source, &options);
         // In a pod user namespace the pod's files are idmapped like its volumes (they
         // are root's on the host), so the container's root may edit them as in any
         // pod. /dev/shm is a tmpfs of mode 1777: files made there are the mapped ids'.
         if let Some(u) = &input.pod.userns
             && dest != "/dev/shm"
         {
-            idmap_mount(&mut mount, &berth_proto::v1::Mount::default(), u);
+            idmap_mount(&mut bind, &berth_proto::v1::Mount::default(), u);
         }
-        out.push(mount);
+        out.push(bind);
     }
     for m in &config.mounts {
         // Image volumes arrive here as binds: the container manager mounted the image
@@ -146,12 +178,12 @@ pub(super) fn mounts(
                 }
             }
         }
-        let mut mount = json!({
-            "destination": clean_container_path(&m.container_path),
-            "type": "bind",
-            "source": source,
-            "options": options,
-        });
+        let mut bind = mount(
+            &clean_container_path(&m.container_path),
+            "bind",
+            source,
+            &options,
+        );
         if let Some(u) = &input.pod.userns
             && m.image.is_none()
         {
@@ -159,37 +191,54 @@ pub(super) fn mounts(
             // mount's own mappings when kubelet gives them, else the pod's. Image
             // volumes were mounted idmapped by berthd already (image_volume.rs): an
             // overlay cannot be idmapped again.
-            idmap_mount(&mut mount, m, u);
+            idmap_mount(&mut bind, m, u);
         }
-        out.push(mount);
+        out.push(bind);
     }
     Ok(out)
 }
 
-fn idmap_mount(mount: &mut Value, m: &berth_proto::v1::Mount, pod: &PodUserNamespace) {
-    let own = |maps: &[berth_proto::v1::IdMapping]| -> Vec<Value> {
-        maps.iter()
-            .map(
-                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
-            )
-            .collect()
-    };
-    let pods = |maps: &[crate::host::idmap::IdMapping]| -> Vec<Value> {
-        maps.iter()
-            .map(
-                |x| json!({ "containerID": x.container_id, "hostID": x.host_id, "size": x.length }),
-            )
-            .collect()
-    };
-    let (uids, gids) = if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+/// A mount of `source` at `destination`.
+fn mount(destination: &str, kind: &str, source: impl Into<PathBuf>, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(destination));
+    m.set_typ(Some(kind.to_owned()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|o| (*o).to_owned()).collect()));
+    m
+}
+
+/// An OCI id mapping.
+pub(super) fn id_mapping(container_id: u32, host_id: u32, size: u32) -> LinuxIdMapping {
+    // The type has no setters; its builder fails only on a field left unset.
+    LinuxIdMappingBuilder::default()
+        .container_id(container_id)
+        .host_id(host_id)
+        .size(size)
+        .build()
+        .expect("every field of the id mapping is set")
+}
+
+fn idmap_mount(mount: &mut Mount, m: &berth_proto::v1::Mount, pod: &PodUserNamespace) {
+    let (uids, gids): (Vec<_>, Vec<_>) = if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+        let pods = |maps: &[crate::host::idmap::IdMapping]| {
+            maps.iter()
+                .map(|x| id_mapping(x.container_id, x.host_id, x.length))
+                .collect()
+        };
         (pods(&pod.uids), pods(&pod.gids))
     } else {
+        let own = |maps: &[berth_proto::v1::IdMapping]| {
+            maps.iter()
+                .map(|x| id_mapping(x.container_id, x.host_id, x.length))
+                .collect()
+        };
         (own(&m.uid_mappings), own(&m.gid_mappings))
     };
-    mount["uidMappings"] = json!(uids);
-    mount["gidMappings"] = json!(gids);
-    if let Some(opts) = mount["options"].as_array_mut() {
-        opts.push(json!("ridmap"));
+    mount.set_uid_mappings(Some(uids));
+    mount.set_gid_mappings(Some(gids));
+    if let Some(opts) = mount.options_mut() {
+        opts.push("ridmap".into());
     }
 }
 

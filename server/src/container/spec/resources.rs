@@ -1,9 +1,12 @@
 //! The spec's `linux.resources`, `linux.cgroupsPath` and `linux.devices`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use berth_proto::v1::{ContainerConfig, LinuxContainerResources};
-use serde_json::{Value, json};
+use oci_spec::runtime::{
+    LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
+    LinuxResources,
+};
 
 use crate::config::CgroupDriver;
 use crate::error::{Error, Result};
@@ -46,97 +49,129 @@ pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
 
 /// `linux.resources` for a live update (UpdateContainerResources): cpu, memory,
 /// hugepages and unified keys, no device rules.
-pub fn resources_update(r: &LinuxContainerResources) -> Result<Value> {
-    let mut v = linux_resources(r, &ContainerConfig::default(), false)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("devices");
-    }
-    Ok(v)
+pub fn resources_update(r: &LinuxContainerResources) -> Result<LinuxResources> {
+    let mut out = linux_resources(r, &ContainerConfig::default(), false)?;
+    out.set_devices(None);
+    Ok(out)
+}
+
+/// A CRI number the OCI spec holds in another integer type; out of its range is the
+/// caller's mistake, named.
+fn fits<T: TryFrom<i64>>(what: &str, v: i64) -> Result<T> {
+    T::try_from(v)
+        .map_err(|_| Error::InvalidArgument(format!("resources: {what} {v} is out of range")))
 }
 
 pub(super) fn linux_resources(
     r: &LinuxContainerResources,
     config: &ContainerConfig,
     privileged: bool,
-) -> Result<Value> {
-    let mut cpu = serde_json::Map::new();
+) -> Result<LinuxResources> {
+    if r.memory_limit_in_bytes < 0 || r.cpu_quota < -1 || r.cpu_shares < 0 {
+        return Err(Error::InvalidArgument(
+            "resources: negative memory limit, cpu quota or cpu shares".into(),
+        ));
+    }
+    let mut cpu = LinuxCpu::default();
     if r.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(r.cpu_shares));
+        cpu.set_shares(Some(fits("cpu_shares", r.cpu_shares)?));
     }
     if r.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
+        cpu.set_quota(Some(r.cpu_quota));
     }
     if r.cpu_period > 0 {
-        cpu.insert("period".into(), json!(r.cpu_period));
+        cpu.set_period(Some(fits("cpu_period", r.cpu_period)?));
     }
     if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+        cpu.set_cpus(Some(r.cpuset_cpus.clone()));
     }
     if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
+        cpu.set_mems(Some(r.cpuset_mems.clone()));
     }
-    let mut memory = serde_json::Map::new();
+    let mut memory = LinuxMemory::default();
     if r.memory_limit_in_bytes > 0 {
-        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+        memory.set_limit(Some(r.memory_limit_in_bytes));
         // Without an explicit swap limit, no swap beyond the memory limit (containerd).
         let swap = if r.memory_swap_limit_in_bytes > 0 {
             r.memory_swap_limit_in_bytes
         } else {
             r.memory_limit_in_bytes
         };
-        memory.insert("swap".into(), json!(swap));
+        memory.set_swap(Some(swap));
     }
-    if r.memory_limit_in_bytes < 0 || r.cpu_quota < -1 || r.cpu_shares < 0 {
-        return Err(Error::InvalidArgument(
-            "resources: negative memory limit, cpu quota or cpu shares".into(),
-        ));
-    }
-    let hugepages: Vec<Value> = r
+    let hugepages = r
         .hugepage_limits
         .iter()
-        .map(|h| json!({ "pageSize": h.page_size, "limit": h.limit }))
-        .collect();
-    let mut devices = vec![json!({ "allow": privileged, "access": "rwm" })];
+        .map(|h| {
+            let limit = i64::try_from(h.limit).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "resources: hugepage limit {} for {} is out of range",
+                    h.limit, h.page_size
+                ))
+            })?;
+            let mut l = LinuxHugepageLimit::default();
+            l.set_page_size(h.page_size.clone());
+            l.set_limit(limit);
+            Ok(l)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rule = |allow: bool,
+                kind: Option<LinuxDeviceType>,
+                numbers: Option<(i64, Option<i64>)>,
+                access: &str| {
+        let mut d = LinuxDeviceCgroup::default();
+        d.set_allow(allow);
+        d.set_typ(kind);
+        d.set_major(numbers.map(|(major, _)| major));
+        d.set_minor(numbers.and_then(|(_, minor)| minor));
+        d.set_access(Some(access.to_owned()));
+        d
+    };
+    let mut devices = vec![rule(privileged, None, None, "rwm")];
     if !privileged {
+        use LinuxDeviceType::{B, C};
         // What every container may use (and mknod), as Docker and containerd allow.
-        devices.push(json!({ "allow": true, "type": "c", "access": "m" }));
-        devices.push(json!({ "allow": true, "type": "b", "access": "m" }));
+        devices.push(rule(true, Some(C), None, "m"));
+        devices.push(rule(true, Some(B), None, "m"));
         for (major, minor) in DEFAULT_DEVICES {
-            devices.push(json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" }));
+            devices.push(rule(true, Some(C), Some((major, Some(minor))), "rwm"));
         }
-        devices.push(json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
+        devices.push(rule(true, Some(C), Some((136, None)), "rwm"));
         for d in &config.devices {
             let (kind, major, minor) = device_numbers(&d.host_path)?;
-            devices.push(json!({
-                "allow": true, "type": kind, "major": major, "minor": minor,
-                "access": if d.permissions.is_empty() { "rwm".to_owned() } else { d.permissions.clone() },
-            }));
+            let access = if d.permissions.is_empty() {
+                "rwm"
+            } else {
+                d.permissions.as_str()
+            };
+            devices.push(rule(true, Some(kind), Some((major, Some(minor))), access));
         }
     }
-    let mut out = json!({ "devices": devices });
-    if !cpu.is_empty() {
-        out["cpu"] = Value::Object(cpu);
+    let mut out = LinuxResources::default();
+    out.set_devices(Some(devices));
+    if cpu != LinuxCpu::default() {
+        out.set_cpu(Some(cpu));
     }
-    if !memory.is_empty() {
-        out["memory"] = Value::Object(memory);
+    if memory != LinuxMemory::default() {
+        out.set_memory(Some(memory));
     }
     if !hugepages.is_empty() {
-        out["hugepageLimits"] = Value::Array(hugepages);
+        out.set_hugepage_limits(Some(hugepages));
     }
     if !r.unified.is_empty() {
-        out["unified"] = json!(r.unified);
+        out.set_unified(Some(r.unified.clone()));
     }
     Ok(out)
 }
 
-fn device_numbers(path: &str) -> Result<(&'static str, u64, u64)> {
+fn device_numbers(path: &str) -> Result<(LinuxDeviceType, i64, i64)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::InvalidArgument(format!("devices: host_path {path:?}: {e}")))?;
     let kind = if meta.file_type().is_char_device() {
-        "c"
+        LinuxDeviceType::C
     } else if meta.file_type().is_block_device() {
-        "b"
+        LinuxDeviceType::B
     } else {
         return Err(Error::InvalidArgument(format!(
             "devices: {path:?} is not a device"
@@ -145,12 +180,12 @@ fn device_numbers(path: &str) -> Result<(&'static str, u64, u64)> {
     let rdev = meta.rdev();
     Ok((
         kind,
-        u64::from(libc::major(rdev)),
-        u64::from(libc::minor(rdev)),
+        i64::from(libc::major(rdev)),
+        i64::from(libc::minor(rdev)),
     ))
 }
 
-pub(super) fn devices(config: &ContainerConfig, privileged: bool) -> Result<Vec<Value>> {
+pub(super) fn devices(config: &ContainerConfig, privileged: bool) -> Result<Vec<LinuxDevice>> {
     let mut out = Vec::new();
     if privileged {
         return Ok(out); // privileged containers get the host's /dev (runtime-core binds it)
@@ -162,10 +197,15 @@ pub(super) fn devices(config: &ContainerConfig, privileged: bool) -> Result<Vec<
         } else {
             &d.container_path
         };
-        out.push(json!({
-            "path": container_path, "type": kind, "major": major, "minor": minor,
-            "fileMode": 0o666, "uid": 0, "gid": 0,
-        }));
+        let mut node = LinuxDevice::default();
+        node.set_path(PathBuf::from(container_path));
+        node.set_typ(kind);
+        node.set_major(major);
+        node.set_minor(minor);
+        node.set_file_mode(Some(0o666));
+        node.set_uid(Some(0));
+        node.set_gid(Some(0));
+        out.push(node);
     }
     Ok(out)
 }

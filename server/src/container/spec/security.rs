@@ -4,7 +4,7 @@ use std::path::Path;
 
 use berth_proto::v1::security_profile::ProfileType;
 use berth_proto::v1::{LinuxContainerSecurityContext, SecurityProfile};
-use serde_json::Value;
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccomp};
 
 use crate::container::seccomp;
 use crate::error::{Error, Result};
@@ -168,6 +168,29 @@ pub fn capabilities(sc: &LinuxContainerSecurityContext) -> Result<Vec<String>> {
     Ok(set)
 }
 
+/// The process's capability sets: bounding, effective and permitted hold `caps`;
+/// inheritable and ambient are left out (empty), as containerd leaves them.
+pub(super) fn process_capabilities(caps: &[String]) -> Result<LinuxCapabilities> {
+    let set = caps
+        .iter()
+        .map(|c| {
+            c.strip_prefix("CAP_")
+                .unwrap_or(c)
+                .parse::<Capability>()
+                .map_err(|_| Error::Internal(format!("capability {c:?} has no OCI name")))
+        })
+        .collect::<Result<Capabilities>>()?;
+    // Built field by field: `LinuxCapabilities::default()` (what its builder starts
+    // from) grants a few capabilities in every set.
+    let mut out = LinuxCapabilities::default();
+    out.set_bounding(Some(set.clone()));
+    out.set_effective(Some(set.clone()));
+    out.set_permitted(Some(set));
+    out.set_inheritable(None);
+    out.set_ambient(None);
+    Ok(out)
+}
+
 /// The seccomp section, or `None` for unconfined. The deprecated
 /// `seccomp_profile_path` is honoured for older kubelets.
 #[allow(deprecated, reason = "older kubelets still send seccomp_profile_path")]
@@ -175,7 +198,7 @@ pub(super) fn seccomp_profile(
     sc: &LinuxContainerSecurityContext,
     privileged: bool,
     caps: &[String],
-) -> Result<Option<Value>> {
+) -> Result<Option<LinuxSeccomp>> {
     if privileged {
         return Ok(None);
     }
