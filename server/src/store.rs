@@ -214,6 +214,38 @@ impl<T> Records<T> {
     }
 }
 
+/// The mutable state of one record (a container's, a sandbox's) behind a lock that,
+/// like [`Records`], shrugs off poisoning: a request that panicked while holding it
+/// must not make the record unreadable for every later one.
+#[derive(Debug)]
+pub struct StateCell<S>(Mutex<S>);
+
+impl<S: Clone> StateCell<S> {
+    /// A cell holding `state`.
+    pub fn new(state: S) -> Self {
+        Self(Mutex::new(state))
+    }
+
+    /// A copy of the current state.
+    pub fn get(&self) -> S {
+        self.lock().clone()
+    }
+
+    /// Reads part of the state without copying the rest.
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Changes the state in place; `f`'s result is returned, read under the same lock.
+    pub fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Whether `id` is safe to use as a path component (ids come from clients).
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()

@@ -20,7 +20,7 @@ use crate::config::CgroupDriver;
 use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::mounts::mount_overlay;
-use crate::store;
+use crate::store::{self, StateCell};
 use crate::systemd;
 
 /// How long the monitor may take to create a container.
@@ -153,7 +153,7 @@ impl ContainerManager {
             log_path,
             stop_signal: image.config.stop_signal.clone(),
             name_key: name.clone(),
-            state: Mutex::new(CtrState {
+            state: StateCell::new(CtrState {
                 phase: Phase::Creating,
                 pid: 0,
                 monitor_pid: 0,

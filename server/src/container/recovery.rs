@@ -14,7 +14,7 @@ use super::{Container, ContainerManager, CtrState, Phase, Record};
 use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::procs::wait_pidfd_exit;
-use crate::store;
+use crate::store::{self, StateCell};
 
 impl ContainerManager {
     /// Rebuilds the index from disk and reattaches to live monitors; containers whose
@@ -112,7 +112,7 @@ impl ContainerManager {
             image_ref: record.image_ref,
             log_path: record.log_path,
             stop_signal: record.stop_signal,
-            state: Mutex::new(record.state),
+            state: StateCell::new(record.state),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
             last_cpu: Mutex::new(None),

@@ -104,7 +104,7 @@ impl PodManager {
             created_at: record.created_at,
             runtime_handler: record.runtime_handler,
             cgroup_parent: record.cgroup_parent,
-            state: Mutex::new(record.state),
+            state: StateCell::new(record.state),
             op: tokio::sync::Mutex::new(()),
         })
     }

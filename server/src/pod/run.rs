@@ -27,7 +27,7 @@ impl PodManager {
             created_at: now_nanos(),
             runtime_handler,
             cgroup_parent,
-            state: Mutex::new(SandboxState {
+            state: StateCell::new(SandboxState {
                 phase: Phase::Creating,
                 ips: Vec::new(),
                 pins: PinnedNamespaces::default(),
