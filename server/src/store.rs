@@ -214,6 +214,34 @@ impl<T> Records<T> {
     }
 }
 
+/// Writes the record of a container or pod (`kind`) into its own directory `dir`, as
+/// `record.json`, atomically and durably.
+pub fn write_record(
+    dir: &Path,
+    record: &impl serde::Serialize,
+    kind: &str,
+) -> crate::error::Result<()> {
+    let bytes = serde_json::to_vec_pretty(record)
+        .map_err(|e| crate::error::Error::Internal(format!("encoding {kind} record: {e}")))?;
+    write_atomic(&dir.join("record.json"), &bytes)
+        .map_err(|e| crate::error::Error::io(format!("persisting the {kind} record"), e))
+}
+
+/// Reads back what the directory `dir` of a container or pod holds: its record
+/// (`record.json`) and the CRI config it was created with (`config.pb`). The error
+/// names the file that could not be read or decoded.
+pub fn read_record<R, C>(dir: &Path) -> Result<(R, C), String>
+where
+    R: serde::de::DeserializeOwned,
+    C: prost::Message + Default,
+{
+    let read = |name: &str| fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+    let record =
+        serde_json::from_slice(&read("record.json")?).map_err(|e| format!("record.json: {e}"))?;
+    let config = C::decode(read("config.pb")?.as_slice()).map_err(|e| format!("config.pb: {e}"))?;
+    Ok((record, config))
+}
+
 /// The mutable state of one record (a container's, a sandbox's) behind a lock that,
 /// like [`Records`], shrugs off poisoning: a request that panicked while holding it
 /// must not make the record unreadable for every later one.

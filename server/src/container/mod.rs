@@ -317,10 +317,7 @@ impl ContainerManager {
             stop_signal: ctr.stop_signal.clone(),
             state: ctr.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding container record: {e}")))?;
-        store::write_atomic(&self.dir(&ctr.id).join("record.json"), &bytes)
-            .map_err(|e| Error::io("persisting the container record", e))
+        store::write_record(&self.dir(&ctr.id), &record, "container")
     }
 
     fn runtime_container(&self, id: &str) -> Option<berth_runtime_core::Container> {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::v1::ContainerConfig;
-use prost::Message;
 
 use super::monitor::Monitor;
 use super::{Container, ContainerManager, CtrState, Phase, Record};
@@ -90,16 +89,7 @@ impl ContainerManager {
     }
 
     fn load(&self, dir: &Path) -> std::result::Result<Container, String> {
-        let record: Record = serde_json::from_slice(
-            &std::fs::read(dir.join("record.json")).map_err(|e| format!("record.json: {e}"))?,
-        )
-        .map_err(|e| format!("record.json: {e}"))?;
-        let config = ContainerConfig::decode(
-            std::fs::read(dir.join("config.pb"))
-                .map_err(|e| format!("config.pb: {e}"))?
-                .as_slice(),
-        )
-        .map_err(|e| format!("config.pb: {e}"))?;
+        let (record, config): (Record, ContainerConfig) = store::read_record(dir)?;
         let (tx, _) = tokio::sync::watch::channel(record.state.phase);
         Ok(Container {
             id: record.id,

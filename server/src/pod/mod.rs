@@ -392,10 +392,7 @@ impl PodManager {
             cgroup_parent: sb.cgroup_parent.clone(),
             state: sb.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding sandbox record: {e}")))?;
-        store::write_atomic(&self.pod_dir(&sb.id).join("record.json"), &bytes)
-            .map_err(|e| Error::io("persisting the sandbox record", e))
+        store::write_record(&self.pod_dir(&sb.id), &record, "sandbox")
     }
 
     fn remove_files(&self, id: &str) {
