@@ -456,15 +456,8 @@ async fn accept_loop(
     states: StateSource,
 ) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and the like: back off rather than spin.
-                tracing::warn!(error = %e, "metrics server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let stream =
+            crate::listener::accept_or_back_off("metrics server", || listener.accept()).await;
         let states = Arc::clone(&states);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
