@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use berth_proto::v1 as cri;
 
 use crate::CriClient;
 use crate::cgroup;
@@ -353,12 +352,7 @@ state = "{state}"
                     self.log()
                 );
             }
-            if let Ok(mut c) = CriClient::connect(&self.socket).await
-                && c.runtime
-                    .version(cri::VersionRequest::default())
-                    .await
-                    .is_ok()
-            {
+            if CriClient::answers(&self.socket).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
