@@ -201,6 +201,17 @@ impl<T> Records<T> {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Reserves the unique `name` for record `id`. If another record holds it, its id
+    /// is the error (the caller says which kind of name it was).
+    pub fn reserve_name(&self, name: &str, id: &str) -> Result<(), String> {
+        let mut names = self.names();
+        if let Some(holder) = names.get(name) {
+            return Err(holder.clone());
+        }
+        names.insert(name.to_owned(), id.to_owned());
+        Ok(())
+    }
+
     /// By full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> crate::error::Result<Option<Arc<T>>> {
         find_by_id_or_prefix(&self.read(), id, self.field, self.kind)
@@ -338,7 +349,8 @@ mod tests {
         records
             .write()
             .insert("abc1".into(), std::sync::Arc::new(7));
-        records.names().insert("web".into(), "abc1".into());
+        records.reserve_name("web", "abc1").expect("a free name");
+        assert_eq!(records.reserve_name("web", "xyz9"), Err("abc1".to_owned()));
         assert_eq!(records.get("abc").expect("prefix").as_ref(), &7);
         assert!(records.find("zz").expect("missing").is_none());
         let e = records.get("zz").expect_err("missing");
