@@ -579,6 +579,23 @@ impl Systemd {
         }
     }
 
+    /// Calls the manager's `method` about `unit` (with `body`), for methods that answer
+    /// nothing and start no job.
+    async fn call<B>(&self, method: &'static str, unit: &str, body: &B) -> Result<(), SystemdError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.manager()
+            .await?
+            .call::<_, _, ()>(method, body)
+            .await
+            .map_err(|source| SystemdError::Call {
+                method,
+                unit: unit.to_owned(),
+                source,
+            })
+    }
+
     async fn checked<T>(&self, r: Result<T, SystemdError>) -> Result<T, SystemdError> {
         if let Err(e) = &r {
             self.forget_broken(e).await;
@@ -606,18 +623,9 @@ impl Systemd {
         if props.is_empty() {
             return Ok(());
         }
-        let r = async {
-            let manager = self.manager().await?;
-            manager
-                .call::<_, _, ()>("SetUnitProperties", &(unit, true, wire(props)))
-                .await
-                .map_err(|source| SystemdError::Call {
-                    method: "SetUnitProperties",
-                    unit: unit.to_owned(),
-                    source,
-                })
-        }
-        .await;
+        let r = self
+            .call("SetUnitProperties", unit, &(unit, true, wire(props)))
+            .await;
         self.checked(r).await
     }
 
@@ -659,18 +667,7 @@ impl Systemd {
             Err(e) if e.is_no_such_unit() => {}
             Err(e) => return self.checked(Err(e)).await,
         }
-        let r = async {
-            let manager = self.manager().await?;
-            manager
-                .call::<_, _, ()>("ResetFailedUnit", &(unit,))
-                .await
-                .map_err(|source| SystemdError::Call {
-                    method: "ResetFailedUnit",
-                    unit: unit.to_owned(),
-                    source,
-                })
-        }
-        .await;
+        let r = self.call("ResetFailedUnit", unit, &(unit,)).await;
         match r {
             Err(e) if !e.is_no_such_unit() => self.checked(Err(e)).await,
             _ => Ok(()),

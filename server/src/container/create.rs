@@ -20,7 +20,7 @@ use crate::config::CgroupDriver;
 use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::mounts::mount_overlay;
-use crate::store;
+use crate::store::{self, StateCell};
 use crate::systemd;
 
 /// How long the monitor may take to create a container.
@@ -110,15 +110,11 @@ impl ContainerManager {
             meta.name, pod_ctx.pod_name, pod_ctx.pod_namespace, pod_ctx.pod_uid, meta.attempt
         );
         let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
-        {
-            let mut names = self.containers.names();
-            if let Some(holder) = names.get(&name) {
-                return Err(Error::AlreadyExists(format!(
-                    "container name {name:?} is already reserved by container {holder}"
-                )));
-            }
-            names.insert(name.clone(), id.clone());
-        }
+        self.containers.reserve_name(&name, &id).map_err(|holder| {
+            Error::AlreadyExists(format!(
+                "container name {name:?} is already reserved by container {holder}"
+            ))
+        })?;
 
         let log_path = if config.log_path.is_empty() || pod_ctx.log_directory.is_empty() {
             PathBuf::new()
@@ -153,7 +149,7 @@ impl ContainerManager {
             log_path,
             stop_signal: image.config.stop_signal.clone(),
             name_key: name.clone(),
-            state: Mutex::new(CtrState {
+            state: StateCell::new(CtrState {
                 phase: Phase::Creating,
                 pid: 0,
                 monitor_pid: 0,

@@ -19,7 +19,7 @@ mod run;
 mod stop;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use berth_proto::v1::{
     NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
@@ -35,7 +35,7 @@ use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
 use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
-use crate::store;
+use crate::store::{self, StateCell};
 use crate::systemd;
 use namespaces::{NamespaceError, NamespaceSet, PinnedNamespaces};
 use request::validate;
@@ -103,7 +103,7 @@ pub struct Sandbox {
     pub runtime_handler: String,
     /// Cgroup parent (validated against the driver).
     pub cgroup_parent: String,
-    state: Mutex<SandboxState>,
+    state: StateCell<SandboxState>,
     /// Serialises stop and remove of this sandbox.
     op: tokio::sync::Mutex<()>,
 }
@@ -111,26 +111,13 @@ pub struct Sandbox {
 impl Sandbox {
     /// A copy of the current state.
     pub fn state(&self) -> SandboxState {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.get()
     }
 
     /// The current phase, without copying the rest of the state (List and Status
     /// calls read it for every pod).
     pub fn phase(&self) -> Phase {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .phase
-    }
-
-    fn set_state(&self, s: SandboxState) {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        self.state.read(|s| s.phase)
     }
 
     /// Whether the sandbox is ready for containers.
@@ -393,9 +380,7 @@ impl PodManager {
     }
 
     fn update_state(&self, sb: &Sandbox, f: impl FnOnce(&mut SandboxState)) {
-        let mut s = sb.state();
-        f(&mut s);
-        sb.set_state(s);
+        sb.state.update(f);
     }
 
     fn persist(&self, sb: &Sandbox) -> Result<()> {
@@ -407,10 +392,7 @@ impl PodManager {
             cgroup_parent: sb.cgroup_parent.clone(),
             state: sb.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding sandbox record: {e}")))?;
-        store::write_atomic(&self.pod_dir(&sb.id).join("record.json"), &bytes)
-            .map_err(|e| Error::io("persisting the sandbox record", e))
+        store::write_record(&self.pod_dir(&sb.id), &record, "sandbox")
     }
 
     fn remove_files(&self, id: &str) {

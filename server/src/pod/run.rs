@@ -12,22 +12,18 @@ impl PodManager {
         let cgroup_parent = self.validate_cgroup_parent(&config)?;
         let name = sandbox_name(&meta);
         let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
-        {
-            let mut names = self.pods.names();
-            if let Some(holder) = names.get(&name) {
-                return Err(Error::AlreadyExists(format!(
-                    "pod sandbox name {name:?} is already reserved by sandbox {holder}"
-                )));
-            }
-            names.insert(name.clone(), id.clone());
-        }
+        self.pods.reserve_name(&name, &id).map_err(|holder| {
+            Error::AlreadyExists(format!(
+                "pod sandbox name {name:?} is already reserved by sandbox {holder}"
+            ))
+        })?;
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
             config,
             created_at: now_nanos(),
             runtime_handler,
             cgroup_parent,
-            state: Mutex::new(SandboxState {
+            state: StateCell::new(SandboxState {
                 phase: Phase::Creating,
                 ips: Vec::new(),
                 pins: PinnedNamespaces::default(),
