@@ -26,6 +26,7 @@
 pub mod apparmor;
 pub mod cdi;
 pub mod checkpoint;
+pub mod error;
 pub mod handler;
 pub mod image_volume;
 pub mod seccomp;
@@ -49,9 +50,9 @@ use berth_image::ImageStore;
 use berth_proto::v1::{ContainerConfig, ContainerMetadata};
 use serde::{Deserialize, Serialize};
 
+pub use self::error::{Error, Result};
 use self::handler::Handler;
 use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::store;
 
@@ -301,12 +302,12 @@ impl ContainerManager {
 
     /// By full id or unique prefix.
     pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
-        self.containers.find(id)
+        Ok(self.containers.find(id)?)
     }
 
     /// Like [`Self::find`], `NotFound` when missing.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
-        self.containers.get(id)
+        Ok(self.containers.get(id)?)
     }
 
     fn persist(&self, ctr: &Container) -> Result<()> {
@@ -327,8 +328,10 @@ impl ContainerManager {
             stop_signal: ctr.stop_signal.clone(),
             state: ctr.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding container record: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|source| Error::Json {
+            what: "encoding the container record",
+            source,
+        })?;
         store::write_atomic(&self.dir(&ctr.id).join("record.json"), &bytes)
             .map_err(|e| Error::io("persisting the container record", e))
     }

@@ -7,6 +7,7 @@
 //! the record marked `ready`. A `creating` record found at start-up (berthd died
 //! mid-way) is torn down, so a half-created pod is never visible.
 
+pub mod error;
 #[allow(unsafe_code)] // mount(2) of the pod's /dev/shm tmpfs
 pub mod files;
 #[allow(unsafe_code)] // unshare(2), setns(2), sethostname(2), bind mounts of the namespace pins
@@ -29,11 +30,11 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use self::error::{Error, Result};
 use crate::cni::exec::{Attachment, CniRunner, result_ips};
 use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::store;
 use crate::systemd;
@@ -362,12 +363,12 @@ impl PodManager {
 
     /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
-        self.pods.find(id)
+        Ok(self.pods.find(id)?)
     }
 
     /// Like [`Self::find`], but a missing sandbox is `NotFound`.
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        self.pods.get(id)
+        Ok(self.pods.get(id)?)
     }
 
     /// All sandboxes that are not being created.
@@ -407,8 +408,10 @@ impl PodManager {
             cgroup_parent: sb.cgroup_parent.clone(),
             state: sb.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding sandbox record: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|source| Error::Json {
+            what: "encoding the sandbox record",
+            source,
+        })?;
         store::write_atomic(&self.pod_dir(&sb.id).join("record.json"), &bytes)
             .map_err(|e| Error::io("persisting the sandbox record", e))
     }

@@ -36,8 +36,11 @@ impl PodManager {
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || native.add(&bridge, &subnet, &id, &path))
             .await
-            .map_err(|e| Error::Internal(format!("pod network task: {e}")))?
-            .map_err(|e| Error::Internal(format!("pod sandbox {}: pod network: {e}", sb.id)))?;
+            .map_err(Error::task("pod network"))?
+            .map_err(|source| Error::NativeNetwork {
+                id: sb.id.clone(),
+                source,
+            })?;
         tracing::debug!(
             pod = %sb.id,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -47,11 +50,9 @@ impl PodManager {
             runner
                 .add_after(&cni::native_portmap(), &att, Some(result.clone()))
                 .await
-                .map_err(|e| {
-                    Error::Internal(format!(
-                        "pod sandbox {}: pod network (hostPort): {e}",
-                        sb.id
-                    ))
+                .map_err(|source| Error::HostPorts {
+                    id: sb.id.clone(),
+                    source,
                 })?;
         }
         Ok(result_ips(&result))

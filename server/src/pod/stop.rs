@@ -33,9 +33,7 @@ impl PodManager {
             let att = self.attachment(sb, netns);
             if let Err(e) = self.cni_runner().del(&net, &att).await {
                 tracing::warn!(pod = %sb.id, error = %e, "CNI DEL failed");
-                first_error = Some(Error::Internal(format!(
-                    "tearing down the pod network: {e}"
-                )));
+                first_error = Some(Error::NetworkTeardown(e));
             }
         }
         if let Some(infra) = infra_of(state) {
