@@ -51,6 +51,9 @@ pub enum Error {
     /// A CNI plugin failed to detach the pod (StopPodSandbox retries it).
     #[error("tearing down the pod network: {0}")]
     NetworkTeardown(#[source] CniError),
+    /// The built-in network failed to detach the pod.
+    #[error("tearing down the pod network: {0}")]
+    NativeTeardown(#[source] NativeError),
     /// The built-in network failed to attach the pod.
     #[error("pod sandbox {id}: pod network: {source}")]
     NativeNetwork {
@@ -124,7 +127,7 @@ impl HasKind for Error {
             Error::Network { source, .. }
             | Error::HostPorts { source, .. }
             | Error::NetworkTeardown(source) => source.kind(),
-            Error::NativeNetwork { source, .. } => source.kind(),
+            Error::NativeNetwork { source, .. } | Error::NativeTeardown(source) => source.kind(),
             Error::Resize { source, .. } => crate::container::error::cgroup_kind(source),
             Error::Container(e) => e.kind(),
             Error::Host(e) => e.kind(),
