@@ -328,7 +328,7 @@ pub async fn run_with_reload(
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
         .await
-        .map_err(|e| StartError::Recover(e.to_string()))?;
+        .map_err(|e| StartError::Recover(crate::cri::error::message(&e)))?;
     let stream_url = cri.start_streaming(stream_addr).await.map_err(|e| {
         let mut msg = e.to_string();
         if let Some(cause) = std::error::Error::source(&e) {

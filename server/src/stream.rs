@@ -697,13 +697,10 @@ fn connect_blocking(netns: Option<&Path>, port: u16) -> Result<std::net::TcpStre
 }
 
 /// Used by the CRI handlers: the containers a stream request may name.
-pub fn check_running(containers: &ContainerManager, id: &str) -> crate::error::Result<String> {
+pub fn check_running(containers: &ContainerManager, id: &str) -> crate::container::Result<String> {
     let ctr = containers.get(id)?;
     if ctr.state().phase != Phase::Running {
-        return Err(crate::error::Error::FailedPrecondition(format!(
-            "container {} is not running",
-            ctr.id
-        )));
+        return Err(crate::container::Error::NotRunning { id: ctr.id.clone() });
     }
     Ok(ctr.id.clone())
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
-use crate::error::Error;
+use crate::error::{Error, HasKind, Kind};
 
 /// Where systemd, when it is the init system, says so (`sd_booted(3)`).
 pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
@@ -441,13 +441,19 @@ impl SystemdError {
     }
 }
 
+impl HasKind for SystemdError {
+    fn kind(&self) -> Kind {
+        match self {
+            SystemdError::Connect(_) => Kind::FailedPrecondition,
+            SystemdError::Timeout(_) => Kind::Unavailable,
+            SystemdError::Call { .. } | SystemdError::Job { .. } => Kind::Internal,
+        }
+    }
+}
+
 impl From<SystemdError> for Error {
     fn from(e: SystemdError) -> Self {
-        match e {
-            SystemdError::Connect(_) => Error::FailedPrecondition(e.to_string()),
-            SystemdError::Timeout(_) => Error::Unavailable(e.to_string()),
-            SystemdError::Call { .. } | SystemdError::Job { .. } => Error::Internal(e.to_string()),
-        }
+        Error::classified(e)
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// Annotations whose value lists CDI devices (comma-separated qualified names).
 pub const ANNOTATION_PREFIX: &str = "cdi.k8s.io/";

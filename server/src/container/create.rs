@@ -12,12 +12,12 @@ use prost::Message;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
+use super::error::{Error, Result};
 use super::handler::Handler;
 use super::monitor::Monitor;
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use super::{Container, ContainerManager, CtrState, KILL_WAIT, Phase};
 use crate::config::CgroupDriver;
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::mounts::mount_overlay;
 use crate::store::{self, StateCell};
@@ -74,7 +74,7 @@ impl ContainerManager {
                 .clone();
             tokio::task::spawn_blocking(move || super::cdi::resolve(&dirs, &cdi_names))
                 .await
-                .map_err(|e| Error::Internal(format!("resolving CDI devices: {e}")))??
+                .map_err(Error::task("resolving CDI devices"))??
         };
         // The AppArmor label too: a profile that is not loaded (or a node without
         // AppArmor) fails the request before anything exists.
@@ -94,7 +94,7 @@ impl ContainerManager {
             let what = format!("container {:?}", meta.name);
             tokio::task::spawn_blocking(move || apparmor.resolve(&req, sc.privileged, &what))
                 .await
-                .map_err(|e| Error::Internal(format!("resolving the AppArmor profile: {e}")))??
+                .map_err(Error::task("resolving the AppArmor profile"))??
         };
         if pod_ctx.userns.is_some()
             && let Some((path, host)) = cdi.remapped_device_node()
@@ -356,25 +356,24 @@ impl ContainerManager {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let first = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
         let report = match first {
-            Ok(Ok(Some(line))) => protocol::CreateReport::decode(&line)
-                .map_err(|e| Error::Internal(format!("berth-monitor's report: {e}")))?,
+            Ok(Ok(Some(line))) => protocol::CreateReport::decode(&line).map_err(Error::Protocol)?,
             Ok(Ok(None)) => {
                 let status = child.wait().await.ok();
                 // Gone: the clean-up must not wait for an exit it will never see.
                 ctr.update(|s| s.monitor_pid = 0);
-                return Err(Error::Internal(format!(
-                    "creating container {}: berth-monitor exited ({status:?}) without reporting the container; see berthd's log",
-                    ctr.id
-                )));
+                return Err(Error::MonitorExited {
+                    id: ctr.id.clone(),
+                    status: format!("{status:?}"),
+                });
             }
             Ok(Err(e)) => return Err(Error::io("reading the monitor's report", e)),
             Err(_) => {
                 let _ = child.kill().await;
                 ctr.update(|s| s.monitor_pid = 0);
-                return Err(Error::Internal(format!(
-                    "creating container {}: berth-monitor did not create the container within {CREATE_TIMEOUT:?} (is the node overloaded?); retry",
-                    ctr.id
-                )));
+                return Err(Error::MonitorTimeout {
+                    id: ctr.id.clone(),
+                    timeout: CREATE_TIMEOUT,
+                });
             }
         };
         let pid = match report {
@@ -386,14 +385,8 @@ impl ContainerManager {
                 let _ = child.wait().await;
                 ctr.update(|s| s.monitor_pid = 0);
                 tracing::debug!(container = %ctr.id, version, kind = ?e.kind, "create failed in the monitor");
-                // The monitor classifies (a bad executable or working dir is the
-                // caller's mistake, out of fds the node's state, the rest ours).
-                let msg = format!("creating the container: {}", e.message);
-                return Err(match e.kind {
-                    protocol::ErrorKind::SpecFault => Error::InvalidArgument(msg),
-                    protocol::ErrorKind::ResourceExhausted => Error::ResourceExhausted(msg),
-                    protocol::ErrorKind::Internal => Error::Internal(msg),
-                });
+                // The monitor classified it; `Error::Create` keeps its kind.
+                return Err(Error::Create(e));
             }
         };
         ctr.update(|s| s.pid = pid);
@@ -429,8 +422,12 @@ impl ContainerManager {
         cgroup_parent: &str,
     ) -> Result<()> {
         let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(spec["linux"]["resources"].clone())
-                .map_err(|e| Error::Internal(format!("the spec's resources: {e}")))?;
+            serde_json::from_value(spec["linux"]["resources"].clone()).map_err(|source| {
+                Error::Json {
+                    what: "the spec's resources",
+                    source,
+                }
+            })?;
         let pid = u32::try_from(pid)
             .map_err(|_| Error::Internal(format!("init pid {pid} out of range")))?;
         let unit = systemd::scope_name(&ctr.id);
@@ -461,12 +458,12 @@ fn mount_idmapped_rootfs(
     let upper = dir.join("upper");
     std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
         .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
-    userns.mount_idmapped_layers(
+    Ok(userns.mount_idmapped_layers(
         lowers,
         Some((&upper, &dir.join("work"))),
         rootfs,
         "the container's root filesystem",
-    )
+    )?)
 }
 
 /// Creates a container's own directory (see `store::ensure_owned_dir`).

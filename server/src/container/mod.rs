@@ -26,6 +26,7 @@
 pub mod apparmor;
 pub mod cdi;
 pub mod checkpoint;
+pub mod error;
 pub mod handler;
 pub mod image_volume;
 pub mod seccomp;
@@ -49,9 +50,9 @@ use berth_image::ImageStore;
 use berth_proto::v1::{ContainerConfig, ContainerMetadata};
 use serde::{Deserialize, Serialize};
 
+pub use self::error::{Error, Result};
 use self::handler::Handler;
 use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::store::{self, StateCell};
 
@@ -291,12 +292,12 @@ impl ContainerManager {
 
     /// By full id or unique prefix.
     pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
-        self.containers.find(id)
+        Ok(self.containers.find(id)?)
     }
 
     /// Like [`Self::find`], `NotFound` when missing.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
-        self.containers.get(id)
+        Ok(self.containers.get(id)?)
     }
 
     fn persist(&self, ctr: &Container) -> Result<()> {
@@ -317,7 +318,7 @@ impl ContainerManager {
             stop_signal: ctr.stop_signal.clone(),
             state: ctr.state(),
         };
-        store::write_record(&self.dir(&ctr.id), &record, "container")
+        store::write_record(&self.dir(&ctr.id), &record, "container").map_err(Error::from)
     }
 
     fn runtime_container(&self, id: &str) -> Option<berth_runtime_core::Container> {

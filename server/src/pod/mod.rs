@@ -7,6 +7,7 @@
 //! the record marked `ready`. A `creating` record found at start-up (berthd died
 //! mid-way) is torn down, so a half-created pod is never visible.
 
+pub mod error;
 #[allow(unsafe_code)] // mount(2) of the pod's /dev/shm tmpfs
 pub mod files;
 #[allow(unsafe_code)] // unshare(2), setns(2), sethostname(2), bind mounts of the namespace pins
@@ -29,11 +30,11 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use self::error::{Error, Result};
 use crate::cni::exec::{Attachment, CniRunner, result_ips};
 use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::store::{self, StateCell};
 use crate::systemd;
@@ -349,12 +350,12 @@ impl PodManager {
 
     /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
-        self.pods.find(id)
+        Ok(self.pods.find(id)?)
     }
 
     /// Like [`Self::find`], but a missing sandbox is `NotFound`.
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        self.pods.get(id)
+        Ok(self.pods.get(id)?)
     }
 
     /// All sandboxes that are not being created.
@@ -392,7 +393,7 @@ impl PodManager {
             cgroup_parent: sb.cgroup_parent.clone(),
             state: sb.state(),
         };
-        store::write_record(&self.pod_dir(&sb.id), &record, "sandbox")
+        store::write_record(&self.pod_dir(&sb.id), &record, "sandbox").map_err(Error::from)
     }
 
     fn remove_files(&self, id: &str) {
