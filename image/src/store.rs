@@ -419,30 +419,14 @@ impl ImageStore {
     }
 
     async fn write_record(&self, image: Image) -> Result<(), StoreError> {
-        let path = self.record_path(&image.id);
-        let bytes = serde_json::to_vec_pretty(&image).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+        write_json(self.record_path(&image.id), &image).await?;
         self.write_images().insert(image.id.clone(), image);
         Ok(())
     }
 
     async fn delete_record(&self, id: &Digest) -> Result<(), StoreError> {
         let path = self.record_path(id);
-        tokio::task::spawn_blocking(move || {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &path)(e)),
-            }
-            sync_parent(&path)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        blocking(move || remove_durably(&path)).await?;
         self.write_images().remove(id);
         Ok(())
     }
@@ -511,6 +495,30 @@ fn millis(since: Instant) -> u64 {
 /// rename, fsync directory; no temp file left on failure).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     berth_durable::write_atomic(path, bytes).map_err(io_err("writing atomically", path))
+}
+
+/// Runs the blocking file work `f` off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Writes `value` as JSON to `path`, atomically and durably, off the async threads.
+async fn write_json(path: PathBuf, value: &impl Serialize) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    blocking(move || write_atomic(&path, &bytes)).await
+}
+
+/// Removes `path` (if there) and syncs its directory, so the removal survives a crash.
+fn remove_durably(path: &Path) -> Result<(), StoreError> {
+    remove_path(path)?;
+    sync_parent(path)
 }
 
 fn sync_parent(path: &Path) -> Result<(), StoreError> {

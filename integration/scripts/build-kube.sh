@@ -95,7 +95,9 @@ build_etcd() {
     mv "$TOOLS/bin/etcd-$ETCD_VERSION.tmp" "$TOOLS/bin/etcd-$ETCD_VERSION"
     ln -sfn "etcd-$ETCD_VERSION" "$TOOLS/bin/etcd"
   )
-  "$TOOLS/bin/etcd" --version | head -1
+  # sed, not head: head would exit after one line and etcd, still writing, would die of
+  # SIGPIPE, which pipefail turns into a silent failure of the whole script.
+  "$TOOLS/bin/etcd" --version | sed -n 1p
 }
 
 build_coredns() {
@@ -143,7 +145,7 @@ GO
     mv "$TOOLS/bin/coredns-$COREDNS_VERSION.tmp" "$TOOLS/bin/coredns-$COREDNS_VERSION"
     ln -sfn "coredns-$COREDNS_VERSION" "$TOOLS/bin/coredns"
   )
-  "$TOOLS/bin/coredns" -version | head -1
+  "$TOOLS/bin/coredns" -version | sed -n 1p
 }
 
 case "${1:-all}" in

@@ -240,38 +240,11 @@ containerd)
    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "$POD_CIDR"}]]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
-  cat > "$DIR/containerd/config.toml" <<EOF
-version = 3
-root = "$DIR/containerd/root"
-state = "$RUN/containerd"
-
-[grpc]
-  address = "$DIR/runtime.sock"
-
-[plugins."io.containerd.nri.v1.nri"]
-  disable = true
-
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "registry.k8s.io/pause:3.10.2"
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = "$DIR/certs.d"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "runc"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "$DIR/containerd/net.d"
-EOF
+  # The same containerd 2 configuration as integration/src/peer.rs's (one template).
+  sed -e "s|@ROOT@|$DIR/containerd/root|" -e "s|@STATE@|$RUN/containerd|" \
+    -e "s|@SOCKET@|$DIR/runtime.sock|" -e "s|@PAUSE@|registry.k8s.io/pause:3.10.2|" \
+    -e "s|@CERTS@|$DIR/certs.d|" -e "s|@OCI@|runc|" -e "s|@CNI@|$DIR/containerd/net.d|" \
+    "$REPO/integration/peer/containerd2.toml" > "$DIR/containerd/config.toml"
   # containerd finds its shim on PATH: this build's shim, not Debian's.
   PATH="$TOOLS/containerd2:$PATH" "$TOOLS/containerd2/containerd" --config "$DIR/containerd/config.toml" \
     > "$DIR/logs/containerd.log" 2>&1 < /dev/null &

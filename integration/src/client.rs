@@ -36,4 +36,17 @@ impl CriClient {
             image: ImageServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
         })
     }
+
+    /// Whether a CRI server on `socket` answers Version: how a runtime being started
+    /// (berthd, a containerd peer) is known to be ready.
+    pub async fn answers(socket: &Path) -> bool {
+        match Self::connect(socket).await {
+            Ok(mut client) => client
+                .runtime
+                .version(berth_proto::v1::VersionRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
 }

@@ -199,14 +199,8 @@ impl TestDaemon {
                 self.child = None;
                 bail!("berthd exited during start-up ({status}):\n{}", self.log());
             }
-            if let Ok(mut client) = CriClient::connect(&self.socket).await {
-                let version = client
-                    .runtime
-                    .version(berth_proto::v1::VersionRequest::default())
-                    .await;
-                if version.is_ok() {
-                    return Ok(());
-                }
+            if CriClient::answers(&self.socket).await {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(

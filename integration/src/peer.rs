@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use berth_proto::v1 as cri;
 
 use crate::CriClient;
 use crate::cgroup;
@@ -188,45 +187,30 @@ fn containerd2_config(
     cni_dir: &Path,
     certs: &Path,
 ) -> String {
-    format!(
-        r#"version = 3
-root = "{root}"
-state = "{state}"
-
-[grpc]
-  address = "{socket}"
-
-[plugins."io.containerd.nri.v1.nri"]
-  disable = true
-
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "{PAUSE}"
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = "{certs}"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "{oci}"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "{cni}"
-"#,
-        root = p.join("root").display(),
-        state = p.join("state").display(),
-        socket = socket.display(),
-        cni = cni_dir.display(),
-        certs = certs.display(),
-        oci = spec.oci_runtime,
+    fill_template(
+        CONTAINERD2_CONFIG,
+        &[
+            ("@ROOT@", &p.join("root").display().to_string()),
+            ("@STATE@", &p.join("state").display().to_string()),
+            ("@SOCKET@", &socket.display().to_string()),
+            ("@PAUSE@", PAUSE),
+            ("@CERTS@", &certs.display().to_string()),
+            ("@OCI@", spec.oci_runtime),
+            ("@CNI@", &cni_dir.display().to_string()),
+        ],
     )
+}
+
+/// containerd 2's configuration, a template shared with integration/scripts/node-e2e.sh.
+const CONTAINERD2_CONFIG: &str = include_str!("../peer/containerd2.toml");
+
+/// `template` with each `@NAME@` placeholder replaced by its value.
+fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
+    values
+        .iter()
+        .fold(template.to_owned(), |text, (name, value)| {
+            text.replace(name, value)
+        })
 }
 
 impl Containerd {
@@ -368,12 +352,7 @@ state = "{state}"
                     self.log()
                 );
             }
-            if let Ok(mut c) = CriClient::connect(&self.socket).await
-                && c.runtime
-                    .version(cri::VersionRequest::default())
-                    .await
-                    .is_ok()
-            {
+            if CriClient::answers(&self.socket).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -572,4 +551,35 @@ pub fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|d| Path::new(&d).join(bin).is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd2_config_fills_every_placeholder() {
+        let spec = peer_specs()
+            .into_iter()
+            .find(|s| s.config_version >= 3)
+            .expect("a containerd 2 peer");
+        let p = Path::new("/tmp/peer");
+        let config = containerd2_config(
+            &spec,
+            p,
+            &p.join("c.sock"),
+            &p.join("cni"),
+            &p.join("certs.d"),
+        );
+        assert!(!config.contains('@'), "unfilled placeholder in:\n{config}");
+        for line in [
+            "root = \"/tmp/peer/root\"",
+            "address = \"/tmp/peer/c.sock\"",
+            "sandbox = \"registry.k8s.io/pause:3.9\"",
+            "BinaryName = \"runc\"",
+            "conf_dir = \"/tmp/peer/cni\"",
+        ] {
+            assert!(config.contains(line), "{line:?} missing from:\n{config}");
+        }
+    }
 }

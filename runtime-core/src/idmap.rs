@@ -26,15 +26,6 @@ use oci_spec::runtime::{LinuxIdMapping, Mount, Spec};
 /// `MOUNT_ATTR_IDMAP` from linux/mount.h.
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// `struct mount_attr` from linux/mount.h (size version 0).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// Why an idmapped mount could not be prepared; names the step and the path.
 #[derive(Debug, thiserror::Error)]
 #[error("idmapped mount of {path}: {step}: {source}")]
@@ -141,34 +132,18 @@ fn idmapped_tree_with(
     }
     let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags)
         .map_err(|e| err("open_tree", e.into()))?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
-    };
     let mut at_flags = libc::AT_EMPTY_PATH;
     if recursive {
         at_flags |= libc::AT_RECURSIVE;
     }
-    // SAFETY: mount_setattr(2) with a valid mount fd, an empty NUL-terminated path, a
-    // pointer to a live `MountAttr` and its exact size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            at_flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(err(
-            "mount_setattr(MOUNT_ATTR_IDMAP)",
-            io::Error::last_os_error(),
-        ));
-    }
+    crate::sys::linux::mount_setattr(
+        tree.as_raw_fd(),
+        c"",
+        at_flags,
+        MOUNT_ATTR_IDMAP | attr_set,
+        u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
+    )
+    .map_err(|e| err("mount_setattr(MOUNT_ATTR_IDMAP)", e.into()))?;
     Ok(tree)
 }
 

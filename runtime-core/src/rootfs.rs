@@ -173,7 +173,7 @@ fn root_propagation(spec: &Spec) -> Result<(MsFlags, Option<MsFlags>), RootfsErr
 /// The mount point, among those listed in `mountinfo` (the text of
 /// /proc/self/mountinfo), that contains `path`: the longest one that is `path` or one
 /// of its ancestors.
-fn containing_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+pub fn containing_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))

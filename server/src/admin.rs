@@ -157,14 +157,8 @@ pub fn serve(state_dir: &Path, store: ImageStore) -> io::Result<tokio::task::Joi
     let handle = tokio::runtime::Handle::current();
     Ok(tokio::spawn(async move {
         loop {
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let stream =
+                crate::listener::accept_or_back_off("admin socket", || listener.accept()).await;
             let stream = match stream.into_std().and_then(|s| {
                 s.set_nonblocking(false)?;
                 Ok(s)

@@ -519,20 +519,16 @@ impl Config {
     /// The default configuration as an annotated TOML document (`berthd config default`).
     pub fn default_toml() -> String {
         let d = Self::default();
-        let plugin_dirs = d
-            .cni
-            .plugin_dirs
-            .iter()
-            .map(|p| format!("{:?}", p.display().to_string()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let cdi_dirs = d
-            .cdi
-            .spec_dirs
-            .iter()
-            .map(|p| format!("{:?}", p.display().to_string()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // The items of a TOML array of paths.
+        let toml_paths = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let plugin_dirs = toml_paths(&d.cni.plugin_dirs);
+        let cdi_dirs = toml_paths(&d.cdi.spec_dirs);
         format!(
             r#"# berthd configuration. Every key is optional; shown here with its default.
 

@@ -122,48 +122,21 @@ pub fn prepare_dirs(config: &Config) -> Result<(), StartError> {
     // namespaces; each container's and pod's own dir is then 0700 (or 0710 for its
     // user namespace's root group). Modes are set on existing dirs too: older
     // berthds made them 0755.
-    for (what, dir, mode) in [
-        (
-            "root_dir",
-            config.root_dir.clone(),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "state_dir",
-            config.state_dir.clone(),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "root_dir",
-            config.root_dir.join("containers"),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "root_dir",
-            config.root_dir.join("pods"),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "state_dir",
-            config.state_dir.join("rt"),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "state_dir",
-            config.state_dir.join("ns"),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-        (
-            "state_dir",
-            config.state_dir.join("pods"),
-            store::TRAVERSE_ONLY_DIR,
-        ),
-    ] {
-        store::ensure_dir(&dir, mode).map_err(|source| StartError::StateDir {
-            what,
-            path: dir,
-            source,
-        })?;
+    let dirs = [
+        ("root_dir", &config.root_dir, &["containers", "pods"][..]),
+        ("state_dir", &config.state_dir, &["rt", "ns", "pods"][..]),
+    ];
+    for (what, base, subdirs) in dirs {
+        let all = std::iter::once(base.clone()).chain(subdirs.iter().map(|sub| base.join(sub)));
+        for dir in all {
+            store::ensure_dir(&dir, store::TRAVERSE_ONLY_DIR).map_err(|source| {
+                StartError::StateDir {
+                    what,
+                    path: dir,
+                    source,
+                }
+            })?;
+        }
     }
     repair_record_modes(config);
     Ok(())
@@ -355,7 +328,7 @@ pub async fn run_with_reload(
         CriService::new(config).map_err(|e| StartError::Recover(format!("image store: {e}")))?;
     cri.recover()
         .await
-        .map_err(|e| StartError::Recover(e.to_string()))?;
+        .map_err(|e| StartError::Recover(crate::cri::error::message(&e)))?;
     let stream_url = cri.start_streaming(stream_addr).await.map_err(|e| {
         let mut msg = e.to_string();
         if let Some(cause) = std::error::Error::source(&e) {

@@ -1,9 +1,71 @@
-//! Berth's error type at the gRPC edge: one conversion to `tonic::Status`, so handlers
-//! use `?` and the status code of every failure is chosen here, in one place.
+//! The error vocabulary every module shares: [`Kind`], what sort of failure an error
+//! is (the caller's mistake, a missing object, an exhausted node, Berth's own fault),
+//! and [`Error`], the error of the leaf modules (`store`, `systemd`, `host`, `config`)
+//! and of the few steps that have no module error of their own.
+//!
+//! Each larger module has its own typed error (`container::Error`, `pod::Error`,
+//! `cni::exec::CniError`) whose variants carry their cause as a `#[source]` and answer
+//! [`HasKind::kind`]. None of them knows about gRPC: `cri/error.rs` is the one place
+//! that turns any of them into a `tonic::Status`, its code chosen from the kind and
+//! its message the whole cause chain.
 
-use tonic::Status;
+use std::io;
 
-/// A failure a CRI handler reports to its client.
+/// What sort of failure an error is. The CRI edge maps each to one gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is malformed or asks for something impossible.
+    InvalidArgument,
+    /// The named object does not exist.
+    NotFound,
+    /// The request conflicts with an existing object.
+    AlreadyExists,
+    /// The system is not in a state where the request can run.
+    FailedPrecondition,
+    /// A remote dependency (a registry) cannot be reached.
+    Unavailable,
+    /// The operation ran out of time.
+    DeadlineExceeded,
+    /// Credentials were refused.
+    PermissionDenied,
+    /// The node ran out of something (fds, memory, disk): a retry may work.
+    ResourceExhausted,
+    /// A bug, an unexpected state, or the host failing in a way nobody asked for.
+    Internal,
+}
+
+impl Kind {
+    /// The kind of a host error, by its errno: a missing file is NotFound; out of
+    /// fds, memory or disk is ResourceExhausted (the node is exhausted, not broken,
+    /// and a retry may work); anything else is Internal.
+    pub fn of_io(e: &io::Error) -> Kind {
+        match e.raw_os_error() {
+            _ if e.kind() == io::ErrorKind::NotFound => Kind::NotFound,
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT | libc::ENOMEM) => {
+                Kind::ResourceExhausted
+            }
+            _ => Kind::Internal,
+        }
+    }
+
+    /// Like [`Kind::of_io`], but a host error that is not the node running out of
+    /// something is `otherwise`: a write the kernel refused (EINVAL, EBUSY) is the
+    /// caller's value at fault, not Berth.
+    pub fn of_io_or(e: &io::Error, otherwise: Kind) -> Kind {
+        match Kind::of_io(e) {
+            Kind::ResourceExhausted => Kind::ResourceExhausted,
+            _ => otherwise,
+        }
+    }
+}
+
+/// An error that knows its [`Kind`].
+pub trait HasKind: std::error::Error {
+    /// What sort of failure this is.
+    fn kind(&self) -> Kind;
+}
+
+/// A failure of a leaf module, or of a step with no module error of its own.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; the message names the field.
@@ -37,7 +99,29 @@ pub enum Error {
         context: String,
         /// The underlying error.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
+    },
+    /// The image store failed; its own kind says whose fault.
+    #[error(transparent)]
+    Image(#[from] berth_image::StoreError),
+    /// A background task died (panicked or was cancelled) while doing `what`.
+    #[error("{what} task: {source}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A leaf module's own typed error (`systemd::SystemdError`), with the kind that
+    /// module gave it and its cause chain intact.
+    #[error("{source}")]
+    Classified {
+        /// What sort of failure it is.
+        kind: Kind,
+        /// The error itself.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A bug or an unexpected state.
     #[error("internal error: {0}")]
@@ -46,67 +130,56 @@ pub enum Error {
 
 impl Error {
     /// An I/O error with what Berth was doing when it happened.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Self::Io {
             context: context.into(),
             source,
         }
     }
+
+    /// A background task that ended without its result.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| Self::Task { what, source }
+    }
+
+    /// A typed error of a leaf module, its kind kept.
+    pub fn classified<E: HasKind + Send + Sync + 'static>(e: E) -> Self {
+        Self::Classified {
+            kind: e.kind(),
+            source: Box::new(e),
+        }
+    }
 }
 
-impl Error {
-    /// The gRPC code of this failure, chosen by its kind: the caller's mistakes
-    /// (InvalidArgument, NotFound, ...) as the handler classified them; host errors by
-    /// their errno (a missing file is NotFound, out of fds, memory or disk is
-    /// ResourceExhausted: the node is exhausted, not broken, and a retry may work);
-    /// anything else is Berth's own fault, Internal.
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
+impl HasKind for Error {
+    fn kind(&self) -> Kind {
         match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Io { source, .. } => match source.raw_os_error() {
-                _ if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT | libc::ENOMEM) => {
-                    Code::ResourceExhausted
-                }
-                _ => Code::Internal,
-            },
-            // Lower layers (a CNI plugin that could not be run) flatten the errno
-            // into their message; it still says the node ran out of fds.
-            Error::Internal(m) if m.contains("(os error 24)") || m.contains("(os error 23)") => {
-                Code::ResourceExhausted
-            }
-            Error::Internal(_) => Code::Internal,
+            Error::InvalidArgument(_) => Kind::InvalidArgument,
+            Error::NotFound(_) => Kind::NotFound,
+            Error::AlreadyExists(_) => Kind::AlreadyExists,
+            Error::FailedPrecondition(_) => Kind::FailedPrecondition,
+            Error::Unavailable(_) => Kind::Unavailable,
+            Error::DeadlineExceeded(_) => Kind::DeadlineExceeded,
+            Error::PermissionDenied(_) => Kind::PermissionDenied,
+            Error::ResourceExhausted(_) => Kind::ResourceExhausted,
+            Error::Io { source, .. } => Kind::of_io(source),
+            Error::Image(e) => image_kind(e),
+            Error::Classified { kind, .. } => *kind,
+            Error::Task { .. } | Error::Internal(_) => Kind::Internal,
         }
-    }
-
-    /// The message a client sees: this error and every cause below it that its own
-    /// text does not already include, with errno numbers shown by name.
-    pub fn message(&self) -> String {
-        let mut msg = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !msg.contains(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-            cause = c.source();
-        }
-        with_errno_names(&msg)
     }
 }
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Self {
-        Status::new(e.code(), e.message())
+/// The kind of an image store failure, from the store's own classification.
+pub fn image_kind(e: &berth_image::StoreError) -> Kind {
+    use berth_image::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidArgument => Kind::InvalidArgument,
+        ErrorKind::NotFound => Kind::NotFound,
+        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => Kind::Unavailable,
+        ErrorKind::PermissionDenied => Kind::PermissionDenied,
+        ErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+        ErrorKind::Internal => Kind::Internal,
     }
 }
 
@@ -248,71 +321,36 @@ fn replace_errnos(text: &str, mark: &str) -> String {
     out
 }
 
-impl From<berth_image::StoreError> for Error {
-    fn from(e: berth_image::StoreError) -> Self {
-        use berth_image::ErrorKind;
-        let msg = e.to_string();
-        match e.kind() {
-            ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
-            ErrorKind::NotFound => Error::NotFound(msg),
-            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => Error::Unavailable(msg),
-            ErrorKind::PermissionDenied => Error::PermissionDenied(msg),
-            ErrorKind::FailedPrecondition => Error::FailedPrecondition(msg),
-            ErrorKind::Internal => Error::Internal(msg),
-        }
-    }
-}
-
-/// Result of a handler step.
+/// Result of a step.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
-    fn codes_are_chosen_by_kind() {
-        let cases = [
-            (Error::InvalidArgument("x".into()), Code::InvalidArgument),
-            (Error::NotFound("x".into()), Code::NotFound),
-            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
-            (
-                Error::FailedPrecondition("x".into()),
-                Code::FailedPrecondition,
-            ),
-            (Error::Internal("x".into()), Code::Internal),
-            (
-                Error::io("reading x", std::io::Error::other("boom")),
-                Code::Internal,
-            ),
-            (
-                Error::io(
-                    "generating an id",
-                    std::io::Error::from_raw_os_error(libc::EMFILE),
-                ),
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::io("writing x", std::io::Error::from_raw_os_error(libc::ENOSPC)),
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::io("forking", std::io::Error::from_raw_os_error(libc::ENOMEM)),
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::io("opening x", std::io::Error::from_raw_os_error(libc::ENOENT)),
-                Code::NotFound,
-            ),
-            (
-                Error::Internal("running a CNI plugin: (os error 24)".into()),
-                Code::ResourceExhausted,
-            ),
-        ];
-        for (e, code) in cases {
-            assert_eq!(Status::from(e).code(), code);
+    fn host_errors_are_classified_by_errno() {
+        let k = |errno| Kind::of_io(&io::Error::from_raw_os_error(errno));
+        assert_eq!(k(libc::ENOENT), Kind::NotFound);
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::ENOMEM,
+        ] {
+            assert_eq!(k(errno), Kind::ResourceExhausted, "{}", errno_name(errno));
         }
+        assert_eq!(k(libc::EIO), Kind::Internal);
+        assert_eq!(k(libc::EPERM), Kind::Internal);
+        let or =
+            |errno| Kind::of_io_or(&io::Error::from_raw_os_error(errno), Kind::InvalidArgument);
+        assert_eq!(or(libc::EINVAL), Kind::InvalidArgument);
+        assert_eq!(or(libc::ENOSPC), Kind::ResourceExhausted);
+        assert_eq!(
+            Error::io("x", io::Error::other("boom")).kind(),
+            Kind::Internal
+        );
     }
 
     #[test]
@@ -320,16 +358,6 @@ mod tests {
         assert_eq!(errno_name(libc::ENOENT), "ENOENT");
         assert_eq!(errno_name(libc::EINVAL), "EINVAL");
         assert_eq!(errno_name(9999), "errno 9999");
-        let s = Status::from(Error::io(
-            "mounting /x",
-            std::io::Error::from_raw_os_error(libc::EPERM),
-        ));
-        assert_eq!(s.code(), Code::Internal);
-        assert!(
-            s.message().ends_with("(EPERM)") && !s.message().contains("os error"),
-            "{}",
-            s.message()
-        );
         // Flattened into a string by a lower layer, twice, and a lookalike that is not
         // an errno.
         assert_eq!(
@@ -341,30 +369,5 @@ mod tests {
             with_errno_names("container init failed at chdir: /no/such/dir (errno 2)"),
             "container init failed at chdir: /no/such/dir (ENOENT)"
         );
-    }
-
-    #[test]
-    fn message_keeps_the_cause_chain() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("unpacking layer sha256:ab")]
-        struct Outer(#[source] std::io::Error);
-        let inner = std::io::Error::other(Outer(std::io::Error::from_raw_os_error(libc::EACCES)));
-        let s = Status::from(Error::io("pulling x", inner));
-        assert!(
-            s.message()
-                .starts_with("pulling x: unpacking layer sha256:ab")
-                && s.message().ends_with("(EACCES)"),
-            "{}",
-            s.message()
-        );
-    }
-
-    #[test]
-    fn io_message_keeps_context() {
-        let s = Status::from(Error::io(
-            "reading /x",
-            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        ));
-        assert!(s.message().starts_with("reading /x: "), "{}", s.message());
     }
 }

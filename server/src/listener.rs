@@ -26,6 +26,24 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// What a refused client is told.
 const REFUSAL: &[u8] = b"berthd: too many open files (EMFILE); connection refused, retry later";
 
+/// The next connection of a plain accept loop (the admin socket, the metrics server).
+/// An accept error (EMFILE and the like) is logged, naming `what`, and retried after
+/// [`BACKOFF`] rather than spun on.
+pub async fn accept_or_back_off<S, A, F>(what: &str, mut accept: impl FnMut() -> F) -> S
+where
+    F: Future<Output = io::Result<(S, A)>>,
+{
+    loop {
+        match accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: accept failed");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// The incoming connections of the gRPC server. Never yields an error: errors are
 /// handled here (see the module doc).
 #[derive(Debug)]

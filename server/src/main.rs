@@ -298,6 +298,35 @@ fn progress_renderer(
     berth_server::progress::Renderer::new(std::io::stderr(), tty, what, archive_bytes)
 }
 
+/// A progress renderer on stderr that the image store's progress callbacks feed.
+struct SharedRenderer(
+    std::sync::Arc<std::sync::Mutex<berth_server::progress::Renderer<std::io::Stderr>>>,
+);
+
+impl SharedRenderer {
+    fn new(renderer: berth_server::progress::Renderer<std::io::Stderr>) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(renderer)))
+    }
+
+    /// A store progress callback showing each step `p` as `wrap(p)`.
+    fn callback<P: 'static>(
+        &self,
+        wrap: fn(P) -> berth_server::admin::Progress,
+    ) -> std::sync::Arc<dyn Fn(P) + Send + Sync> {
+        let shown = std::sync::Arc::clone(&self.0);
+        std::sync::Arc::new(move |p| {
+            shown
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .show(wrap(p));
+        })
+    }
+
+    fn finish(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).finish();
+    }
+}
+
 fn import_renderer(
     file: &std::fs::File,
     path: &std::path::Path,
@@ -455,44 +484,28 @@ fn image_command_offline(config: &Config, command: ImageCommand) -> anyhow::Resu
             ImageCommand::Import { file } => {
                 let archive = std::fs::File::open(&file)
                     .map_err(|e| anyhow::anyhow!("opening {}: {e}", file.display()))?;
-                let progress = std::sync::Arc::new(std::sync::Mutex::new(import_renderer(
-                    &archive, &file,
-                )));
-                let shown = std::sync::Arc::clone(&progress);
+                let progress = SharedRenderer::new(import_renderer(&archive, &file));
                 let result = store
                     .import_archive_file(
                         archive,
                         &file,
-                        Some(std::sync::Arc::new(move |p: berth_image::store::ImportProgress| {
-                            shown
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .show(berth_server::admin::Progress::Import(p));
-                        })),
+                        Some(progress.callback(berth_server::admin::Progress::Import)),
                     )
                     .await;
-                progress.lock().unwrap_or_else(|e| e.into_inner()).finish();
+                progress.finish();
                 print_imported(&summaries(&result?));
             }
             ImageCommand::Pull { reference } => {
-                let progress = std::sync::Arc::new(std::sync::Mutex::new(progress_renderer(
-                    format!("pulling {reference}"),
-                    0,
-                )));
-                let shown = std::sync::Arc::clone(&progress);
+                let progress =
+                    SharedRenderer::new(progress_renderer(format!("pulling {reference}"), 0));
                 let result = store
                     .pull_with_progress(
                         &reference,
                         &berth_image::Auth::anonymous(),
-                        Some(std::sync::Arc::new(move |p: berth_image::store::PullProgress| {
-                            shown
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .show(berth_server::admin::Progress::Pull(p));
-                        })),
+                        Some(progress.callback(berth_server::admin::Progress::Pull)),
                     )
                     .await;
-                progress.lock().unwrap_or_else(|e| e.into_inner()).finish();
+                progress.finish();
                 print_pulled(&summaries(std::slice::from_ref(&result?)));
             }
             ImageCommand::List => print_list(&summaries(&store.list())),

@@ -210,13 +210,13 @@ impl Metrics {
             "berth_build_info{{version=\"{}\"}} 1",
             escape(env!("CARGO_PKG_VERSION"))
         );
-        header(
+        single(
             &mut out,
             "berth_start_time_seconds",
             "gauge",
             "When this berthd started, in seconds since the Unix epoch.",
+            float(started),
         );
-        let _ = writeln!(out, "berth_start_time_seconds {}", float(started));
 
         let rpcs = lock(&self.rpcs).clone();
         header(
@@ -252,47 +252,41 @@ impl Metrics {
                 *errors.entry(code).or_insert(0) += h.count();
             }
         }
-        header(
+        labelled(
             &mut out,
             "berth_grpc_errors_total",
             "counter",
             "CRI gRPC calls that failed, by gRPC status code (the kind of error).",
+            "code",
+            errors,
         );
-        for (code, n) in &errors {
-            let _ = writeln!(
-                out,
-                "berth_grpc_errors_total{{code=\"{}\"}} {n}",
-                escape(code)
-            );
-        }
 
-        gauge_family(
+        labelled(
             &mut out,
             "berth_pods",
+            "gauge",
             "Pod sandboxes by state.",
-            &states.pods,
+            "state",
+            states.pods.iter().map(|(s, n)| (*s, *n)),
         );
-        gauge_family(
+        labelled(
             &mut out,
             "berth_containers",
+            "gauge",
             "Containers by state.",
-            &states.containers,
+            "state",
+            states.containers.iter().map(|(s, n)| (*s, *n)),
         );
 
         let pulls = lock(&self.pulls).clone();
-        header(
+        labelled(
             &mut out,
             "berth_image_pulls_total",
             "counter",
             "PullImage calls that ended, by result.",
+            "result",
+            pulls.iter().map(|(result, h)| (*result, h.count())),
         );
-        for (result, h) in &pulls {
-            let _ = writeln!(
-                out,
-                "berth_image_pulls_total{{result=\"{result}\"}} {}",
-                h.count()
-            );
-        }
         header(
             &mut out,
             "berth_image_pull_duration_seconds",
@@ -306,53 +300,36 @@ impl Metrics {
                 &format!("result=\"{result}\""),
             );
         }
-        header(
+        single(
             &mut out,
             "berth_image_pull_bytes_total",
             "counter",
             "Size of the images pulled successfully (compressed layers, config and manifest).",
-        );
-        let _ = writeln!(
-            out,
-            "berth_image_pull_bytes_total {}",
-            self.pull_bytes.load(Ordering::Relaxed)
+            self.pull_bytes.load(Ordering::Relaxed),
         );
 
-        header(
+        single(
             &mut out,
             "berth_monitor_deaths_total",
             "counter",
             "Containers whose berth-monitor died before them (the container is then killed).",
+            self.monitor_deaths.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "berth_monitor_deaths_total {}",
-            self.monitor_deaths.load(Ordering::Relaxed)
-        );
-        header(
+        single(
             &mut out,
             "berth_monitor_reattached_total",
             "counter",
             "Live berth-monitors berthd reattached to when it (re)started.",
+            self.monitors_reattached.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "berth_monitor_reattached_total {}",
-            self.monitors_reattached.load(Ordering::Relaxed)
-        );
-        header(
+        labelled(
             &mut out,
             "berth_container_exits_total",
             "counter",
             "Container exits seen by this berthd, by CRI reason.",
+            "reason",
+            lock(&self.exits).iter().map(|(r, n)| (r.as_str(), *n)),
         );
-        for (reason, n) in lock(&self.exits).iter() {
-            let _ = writeln!(
-                out,
-                "berth_container_exits_total{{reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
         out
     }
 }
@@ -362,10 +339,24 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn gauge_family(out: &mut String, name: &str, help: &str, values: &BTreeMap<&str, u64>) {
-    header(out, name, "gauge", help);
-    for (state, n) in values {
-        let _ = writeln!(out, "{name}{{state=\"{}\"}} {n}", escape(state));
+/// A metric of one unlabelled series.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A metric of one series per value of the label `label`.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, kind, help);
+    for (value, n) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(value));
     }
 }
 
@@ -465,15 +456,8 @@ async fn accept_loop(
     states: StateSource,
 ) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and the like: back off rather than spin.
-                tracing::warn!(error = %e, "metrics server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let stream =
+            crate::listener::accept_or_back_off("metrics server", || listener.accept()).await;
         let states = Arc::clone(&states);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

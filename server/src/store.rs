@@ -201,6 +201,17 @@ impl<T> Records<T> {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Reserves the unique `name` for record `id`. If another record holds it, its id
+    /// is the error (the caller says which kind of name it was).
+    pub fn reserve_name(&self, name: &str, id: &str) -> Result<(), String> {
+        let mut names = self.names();
+        if let Some(holder) = names.get(name) {
+            return Err(holder.clone());
+        }
+        names.insert(name.to_owned(), id.to_owned());
+        Ok(())
+    }
+
     /// By full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> crate::error::Result<Option<Arc<T>>> {
         find_by_id_or_prefix(&self.read(), id, self.field, self.kind)
@@ -211,6 +222,66 @@ impl<T> Records<T> {
         let kind = self.kind;
         self.find(id)?
             .ok_or_else(|| crate::error::Error::NotFound(format!("{kind} {id:?} not found")))
+    }
+}
+
+/// Writes the record of a container or pod (`kind`) into its own directory `dir`, as
+/// `record.json`, atomically and durably.
+pub fn write_record(
+    dir: &Path,
+    record: &impl serde::Serialize,
+    kind: &str,
+) -> crate::error::Result<()> {
+    let bytes = serde_json::to_vec_pretty(record)
+        .map_err(|e| crate::error::Error::Internal(format!("encoding {kind} record: {e}")))?;
+    write_atomic(&dir.join("record.json"), &bytes)
+        .map_err(|e| crate::error::Error::io(format!("persisting the {kind} record"), e))
+}
+
+/// Reads back what the directory `dir` of a container or pod holds: its record
+/// (`record.json`) and the CRI config it was created with (`config.pb`). The error
+/// names the file that could not be read or decoded.
+pub fn read_record<R, C>(dir: &Path) -> Result<(R, C), String>
+where
+    R: serde::de::DeserializeOwned,
+    C: prost::Message + Default,
+{
+    let read = |name: &str| fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+    let record =
+        serde_json::from_slice(&read("record.json")?).map_err(|e| format!("record.json: {e}"))?;
+    let config = C::decode(read("config.pb")?.as_slice()).map_err(|e| format!("config.pb: {e}"))?;
+    Ok((record, config))
+}
+
+/// The mutable state of one record (a container's, a sandbox's) behind a lock that,
+/// like [`Records`], shrugs off poisoning: a request that panicked while holding it
+/// must not make the record unreadable for every later one.
+#[derive(Debug)]
+pub struct StateCell<S>(Mutex<S>);
+
+impl<S: Clone> StateCell<S> {
+    /// A cell holding `state`.
+    pub fn new(state: S) -> Self {
+        Self(Mutex::new(state))
+    }
+
+    /// A copy of the current state.
+    pub fn get(&self) -> S {
+        self.lock().clone()
+    }
+
+    /// Reads part of the state without copying the rest.
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Changes the state in place; `f`'s result is returned, read under the same lock.
+    pub fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -278,7 +349,8 @@ mod tests {
         records
             .write()
             .insert("abc1".into(), std::sync::Arc::new(7));
-        records.names().insert("web".into(), "abc1".into());
+        records.reserve_name("web", "abc1").expect("a free name");
+        assert_eq!(records.reserve_name("web", "xyz9"), Err("abc1".to_owned()));
         assert_eq!(records.get("abc").expect("prefix").as_ref(), &7);
         assert!(records.find("zz").expect("missing").is_none());
         let e = records.get("zz").expect_err("missing");

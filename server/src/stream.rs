@@ -101,10 +101,17 @@ impl StreamBackend for Backend {
         };
         let state_dir = self.state_dir.clone();
         drop(containers);
+        let target = ExecTarget {
+            runtime: &runtime,
+            rt_root: &rt_root,
+            state_dir: &state_dir,
+            id: &id,
+            argv: &argv,
+        };
         if req.tty {
-            exec_tty(&runtime, &rt_root, &state_dir, &id, &argv, io).await
+            exec_tty(&target, io).await
         } else {
-            exec_pipes(&runtime, &rt_root, &state_dir, &id, &argv, io).await
+            exec_pipes(&target, io).await
         }
     }
 
@@ -167,6 +174,58 @@ struct ExecGuard {
     pid_file: PathBuf,
     runtime_pid: Option<u32>,
     armed: bool,
+}
+
+/// What an exec runs (`argv` in container `id`) and through which OCI runtime.
+struct ExecTarget<'a> {
+    runtime: &'a Path,
+    rt_root: &'a Path,
+    state_dir: &'a Path,
+    id: &'a str,
+    argv: &'a [String],
+}
+
+impl ExecTarget<'_> {
+    /// Starts `<runtime> --root <rt_root> exec --pid-file <new file> <mode's options>
+    /// <id> <argv>`, `mode` adding the options and setting up stdio, with a guard armed
+    /// over what it runs.
+    fn spawn(
+        &self,
+        mode: impl FnOnce(&mut tokio::process::Command),
+    ) -> Result<(tokio::process::Child, ExecGuard), BackendError> {
+        let pid_file = unique_path(self.state_dir, "exec", "pid")?;
+        let mut cmd = runtime_command(self.runtime, self.rt_root, &pid_file);
+        mode(&mut cmd);
+        cmd.arg(self.id).args(self.argv);
+        let child = cmd.spawn().map_err(|e| {
+            BackendError::with_source(format!("cannot start {}", self.runtime.display()), e)
+        })?;
+        let guard = ExecGuard {
+            pid_file,
+            runtime_pid: child.id(),
+            armed: true,
+        };
+        Ok((child, guard))
+    }
+}
+
+/// Waits for the exec'd process to end, then disarms its guard, stops what fed it
+/// (stdin is abandoned once the process is gone) and drains its output.
+async fn finish_exec(
+    mut child: tokio::process::Child,
+    mut guard: ExecGuard,
+    background: AbortOnDrop,
+    outputs: Vec<JoinHandle<()>>,
+) -> Result<i32, BackendError> {
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| BackendError::with_source("waiting for the exec'd process", e))?;
+    guard.armed = false;
+    drop(guard);
+    drop(background);
+    finish_output(outputs).await;
+    Ok(exit_code(status))
 }
 
 impl Drop for ExecGuard {
@@ -244,33 +303,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn exec_pipes(
-    runtime: &Path,
-    rt_root: &Path,
-    state_dir: &Path,
-    id: &str,
-    argv: &[String],
-    io: StreamIo,
-) -> Result<i32, BackendError> {
+async fn exec_pipes(target: &ExecTarget<'_>, io: StreamIo) -> Result<i32, BackendError> {
     use std::process::Stdio;
-    let pid_file = unique_path(state_dir, "exec", "pid")?;
-    let mut cmd = runtime_command(runtime, rt_root, &pid_file);
-    cmd.arg(id).args(argv);
-    cmd.stdin(if io.stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BackendError::with_source(format!("cannot start {}", runtime.display()), e))?;
-    let mut guard = ExecGuard {
-        pid_file,
-        runtime_pid: child.id(),
-        armed: true,
-    };
+    let stdin = io.stdin.is_some();
+    let (mut child, guard) = target.spawn(|cmd| {
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    })?;
     let mut background = AbortOnDrop(Vec::new());
     if let (Some(mut from), Some(mut to)) = (io.stdin, child.stdin.take()) {
         background.0.push(tokio::spawn(async move {
@@ -286,28 +326,13 @@ async fn exec_pipes(
     if let Some(err) = child.stderr.take() {
         outputs.push(tokio::spawn(pump_output(err, io.stderr)));
     }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| BackendError::with_source("waiting for the exec'd process", e))?;
-    guard.armed = false;
-    drop(guard);
-    drop(background); // stdin is abandoned once the process is gone
-    finish_output(outputs).await;
-    Ok(exit_code(status))
+    finish_exec(child, guard, background, outputs).await
 }
 
-async fn exec_tty(
-    runtime: &Path,
-    rt_root: &Path,
-    state_dir: &Path,
-    id: &str,
-    argv: &[String],
-    io: StreamIo,
-) -> Result<i32, BackendError> {
+async fn exec_tty(target: &ExecTarget<'_>, io: StreamIo) -> Result<i32, BackendError> {
     use std::process::Stdio;
-    let pid_file = unique_path(state_dir, "exec", "pid")?;
-    let sock_path = unique_path(state_dir, "console", "sock")?;
+    let id = target.id;
+    let sock_path = unique_path(target.state_dir, "console", "sock")?;
     let listener = tokio::net::UnixListener::bind(&sock_path).map_err(|e| {
         BackendError::with_source(
             format!("cannot create console socket {}", sock_path.display()),
@@ -315,23 +340,14 @@ async fn exec_tty(
         )
     })?;
     let _sock_file = RemoveOnDrop(sock_path.clone());
-    let mut cmd = runtime_command(runtime, rt_root, &pid_file);
-    cmd.arg("--tty")
-        .arg("--console-socket")
-        .arg(&sock_path)
-        .arg(id)
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BackendError::with_source(format!("cannot start {}", runtime.display()), e))?;
-    let mut guard = ExecGuard {
-        pid_file,
-        runtime_pid: child.id(),
-        armed: true,
-    };
+    let (mut child, mut guard) = target.spawn(|cmd| {
+        cmd.arg("--tty")
+            .arg("--console-socket")
+            .arg(&sock_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+    })?;
     let mut runtime_err = child.stderr.take();
 
     // berth-runtime connects, then the pty master arrives with SCM_RIGHTS. If it
@@ -418,15 +434,7 @@ async fn exec_tty(
             }
         })
     };
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| BackendError::with_source("waiting for the exec'd process", e))?;
-    guard.armed = false;
-    drop(guard);
-    drop(background);
-    finish_output(vec![output]).await;
-    Ok(exit_code(status))
+    finish_exec(child, guard, background, vec![output]).await
 }
 
 /// Removes a file when dropped.
@@ -689,13 +697,10 @@ fn connect_blocking(netns: Option<&Path>, port: u16) -> Result<std::net::TcpStre
 }
 
 /// Used by the CRI handlers: the containers a stream request may name.
-pub fn check_running(containers: &ContainerManager, id: &str) -> crate::error::Result<String> {
+pub fn check_running(containers: &ContainerManager, id: &str) -> crate::container::Result<String> {
     let ctr = containers.get(id)?;
     if ctr.state().phase != Phase::Running {
-        return Err(crate::error::Error::FailedPrecondition(format!(
-            "container {} is not running",
-            ctr.id
-        )));
+        return Err(crate::container::Error::NotRunning { id: ctr.id.clone() });
     }
     Ok(ctr.id.clone())
 }

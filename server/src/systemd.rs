@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
-use crate::error::Error;
+use crate::error::{Error, HasKind, Kind};
 
 /// Where systemd, when it is the init system, says so (`sd_booted(3)`).
 pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
@@ -441,13 +441,19 @@ impl SystemdError {
     }
 }
 
+impl HasKind for SystemdError {
+    fn kind(&self) -> Kind {
+        match self {
+            SystemdError::Connect(_) => Kind::FailedPrecondition,
+            SystemdError::Timeout(_) => Kind::Unavailable,
+            SystemdError::Call { .. } | SystemdError::Job { .. } => Kind::Internal,
+        }
+    }
+}
+
 impl From<SystemdError> for Error {
     fn from(e: SystemdError) -> Self {
-        match e {
-            SystemdError::Connect(_) => Error::FailedPrecondition(e.to_string()),
-            SystemdError::Timeout(_) => Error::Unavailable(e.to_string()),
-            SystemdError::Call { .. } | SystemdError::Job { .. } => Error::Internal(e.to_string()),
-        }
+        Error::classified(e)
     }
 }
 
@@ -579,6 +585,23 @@ impl Systemd {
         }
     }
 
+    /// Calls the manager's `method` about `unit` (with `body`), for methods that answer
+    /// nothing and start no job.
+    async fn call<B>(&self, method: &'static str, unit: &str, body: &B) -> Result<(), SystemdError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.manager()
+            .await?
+            .call::<_, _, ()>(method, body)
+            .await
+            .map_err(|source| SystemdError::Call {
+                method,
+                unit: unit.to_owned(),
+                source,
+            })
+    }
+
     async fn checked<T>(&self, r: Result<T, SystemdError>) -> Result<T, SystemdError> {
         if let Err(e) = &r {
             self.forget_broken(e).await;
@@ -606,18 +629,9 @@ impl Systemd {
         if props.is_empty() {
             return Ok(());
         }
-        let r = async {
-            let manager = self.manager().await?;
-            manager
-                .call::<_, _, ()>("SetUnitProperties", &(unit, true, wire(props)))
-                .await
-                .map_err(|source| SystemdError::Call {
-                    method: "SetUnitProperties",
-                    unit: unit.to_owned(),
-                    source,
-                })
-        }
-        .await;
+        let r = self
+            .call("SetUnitProperties", unit, &(unit, true, wire(props)))
+            .await;
         self.checked(r).await
     }
 
@@ -659,18 +673,7 @@ impl Systemd {
             Err(e) if e.is_no_such_unit() => {}
             Err(e) => return self.checked(Err(e)).await,
         }
-        let r = async {
-            let manager = self.manager().await?;
-            manager
-                .call::<_, _, ()>("ResetFailedUnit", &(unit,))
-                .await
-                .map_err(|source| SystemdError::Call {
-                    method: "ResetFailedUnit",
-                    unit: unit.to_owned(),
-                    source,
-                })
-        }
-        .await;
+        let r = self.call("ResetFailedUnit", unit, &(unit,)).await;
         match r {
             Err(e) if !e.is_no_such_unit() => self.checked(Err(e)).await,
             _ => Ok(()),

@@ -75,7 +75,7 @@ impl Version {
 }
 
 /// What the client asked to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
     Exec(ExecRequest),
     Attach(AttachRequest),

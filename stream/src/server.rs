@@ -164,13 +164,13 @@ impl StreamServer {
     /// Validates and caches an exec request; returns the URL for the client.
     pub fn register_exec(&self, req: ExecRequest) -> Result<String, RequestError> {
         req.validate()?;
-        self.register(Pending::Exec(req))
+        self.register(Pending::Command(Command::Exec(req)))
     }
 
     /// Validates and caches an attach request; returns the URL for the client.
     pub fn register_attach(&self, req: AttachRequest) -> Result<String, RequestError> {
         req.validate()?;
-        self.register(Pending::Attach(req))
+        self.register(Pending::Command(Command::Attach(req)))
     }
 
     /// Validates and caches a port-forward request; returns the URL for the client.
@@ -283,25 +283,8 @@ async fn upgrade_websocket<B: StreamBackend>(
                 )
                 .await;
             }
-            Pending::Exec(req) => {
-                run_ws(
-                    socket,
-                    &chosen,
-                    Command::Exec(req),
-                    inner.backend.clone(),
-                    linger,
-                )
-                .await
-            }
-            Pending::Attach(req) => {
-                run_ws(
-                    socket,
-                    &chosen,
-                    Command::Attach(req),
-                    inner.backend.clone(),
-                    linger,
-                )
-                .await
+            Pending::Command(command) => {
+                run_ws(socket, &chosen, command, inner.backend.clone(), linger).await
             }
         }
     })
@@ -378,23 +361,12 @@ fn upgrade_spdy<B: StreamBackend>(
                 )
                 .await;
             }
-            Pending::Exec(req) => {
+            Pending::Command(command) => {
                 let version = Version::from_name(&protocol).unwrap_or(Version::V1);
                 remotecommand::serve_spdy(
                     session,
                     version,
-                    Command::Exec(req),
-                    backend,
-                    config.stream_creation_timeout,
-                )
-                .await;
-            }
-            Pending::Attach(req) => {
-                let version = Version::from_name(&protocol).unwrap_or(Version::V1);
-                remotecommand::serve_spdy(
-                    session,
-                    version,
-                    Command::Attach(req),
+                    command,
                     backend,
                     config.stream_creation_timeout,
                 )

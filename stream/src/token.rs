@@ -6,21 +6,22 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::api::{AttachRequest, ExecRequest, PortForwardRequest, RequestError};
+use crate::api::{PortForwardRequest, RequestError};
+use crate::remotecommand::Command;
 
 /// A request waiting for its client to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Pending {
-    Exec(ExecRequest),
-    Attach(AttachRequest),
+    /// An exec or an attach: served by remotecommand.
+    Command(Command),
     PortForward(PortForwardRequest),
 }
 
 impl Pending {
     pub(crate) fn path(&self) -> &'static str {
         match self {
-            Pending::Exec(_) => "exec",
-            Pending::Attach(_) => "attach",
+            Pending::Command(Command::Exec(_)) => "exec",
+            Pending::Command(Command::Attach(_)) => "attach",
             Pending::PortForward(_) => "portforward",
         }
     }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::{Image, ImageStore, StoreError, io_err, remove_path, sync_parent, write_atomic};
+use super::{
+    Image, ImageStore, StoreError, blocking, io_err, remove_durably, remove_path, write_json,
+};
 use crate::reference::Digest;
 
 /// A lease holder name is used as a file name: keep it plain.
@@ -61,23 +63,8 @@ impl ImageStore {
             });
         }
         let chains: Vec<Digest> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
-        let path = self
-            .inner
-            .root
-            .join("leases")
-            .join(format!("{holder}.json"));
-        let bytes = serde_json::to_vec(&chains).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        self.inner
-            .leases
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(holder.to_owned(), chains);
+        write_json(self.lease_path(holder), &chains).await?;
+        self.write_leases().insert(holder.to_owned(), chains);
         Ok(self.snapshot_dirs(image))
     }
 
@@ -86,23 +73,21 @@ impl ImageStore {
     pub async fn release(&self, holder: &str) -> Result<(), StoreError> {
         validate_holder(holder)?;
         let _w = self.inner.write.lock().await;
-        let path = self
-            .inner
+        let path = self.lease_path(holder);
+        blocking(move || remove_durably(&path)).await?;
+        self.write_leases().remove(holder);
+        Ok(())
+    }
+
+    fn lease_path(&self, holder: &str) -> PathBuf {
+        self.inner
             .root
             .join("leases")
-            .join(format!("{holder}.json"));
-        tokio::task::spawn_blocking(move || {
-            remove_path(&path)?;
-            sync_parent(&path)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
-        self.inner
-            .leases
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(holder);
-        Ok(())
+            .join(format!("{holder}.json"))
+    }
+
+    fn write_leases(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Digest>>> {
+        self.inner.leases.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 

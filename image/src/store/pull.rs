@@ -11,8 +11,8 @@ use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
 
 use super::{
-    Image, ImageStore, Layer, StoreError, blob_path, io_err, millis, snapshot_dir, sync_parent,
-    unpack_snapshot, write_atomic,
+    Image, ImageStore, Layer, StoreError, blob_path, blocking, io_err, millis, snapshot_dir,
+    sync_parent, unpack_snapshot, write_atomic,
 };
 use crate::distribution::{Auth, RegistryError, Session};
 use crate::oci::{self, ConfigFile, Descriptor, ManifestError, ManifestKind};
@@ -608,9 +608,7 @@ impl ImageStore {
             return Ok(());
         }
         let bytes = bytes.to_vec();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        blocking(move || write_atomic(&path, &bytes)).await
     }
 }
 

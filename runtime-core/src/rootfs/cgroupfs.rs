@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::mounts::MountOptions;
+use super::mounts::{MountOptions, bind_host_read_only, remount_locked_read_only};
 use super::{RootfsError, RootfsPlan, sys_err};
 use crate::sys::{InRootPath, MountPointKind, MsFlags, Syscall};
 
@@ -51,7 +51,8 @@ pub(super) fn mount_cgroups(
     if v1.is_empty() {
         if plan.in_user_ns {
             // cgroup2 can only be mounted by the owner of the cgroup namespace.
-            return bind_host_cgroup(sys, Path::new("/sys/fs/cgroup"), target, dest);
+            return bind_host_read_only(sys, Path::new("/sys/fs/cgroup"), target, false, dest)
+                .map(drop);
         }
         sys.mount_fs_at("cgroup2", Path::new("cgroup2"), flags, "", target)
             .map_err(sys_err("mount cgroup2", dest))?;
@@ -81,7 +82,7 @@ pub(super) fn mount_cgroups(
             // A user namespace may not mount cgroup v1 at all: bind the host's
             // hierarchy instead (as runc does), made read-only with the rest below.
             let host = Path::new("/sys/fs/cgroup").join(dir_name);
-            bind_host_cgroup(sys, &host, &point, &dir)?;
+            bind_host_read_only(sys, &host, &point, false, &dir)?;
         } else {
             sys.mount_fs_at("cgroup", Path::new("cgroup"), flags, &data, &point)
                 .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
@@ -97,45 +98,8 @@ pub(super) fn mount_cgroups(
         }
     }
     if opts.flags.contains(MsFlags::MS_RDONLY) {
-        sys.mount(
-            None,
-            tmpfs.path(),
-            None,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None,
-        )
-        .map_err(sys_err("remount cgroup tmpfs read-only", dest))?;
+        remount_locked_read_only(sys, tmpfs.path())
+            .map_err(sys_err("remount cgroup tmpfs read-only", dest))?;
     }
     Ok(())
-}
-
-/// Binds a host cgroup hierarchy at `target` (inside a user namespace, where cgroup
-/// file systems cannot be mounted), read-only.
-pub(super) fn bind_host_cgroup(
-    sys: &dyn Syscall,
-    host: &Path,
-    target: &InRootPath,
-    dest: &Path,
-) -> Result<(), RootfsError> {
-    let mount = sys
-        .bind_mount_at(host, target, false)
-        .map_err(sys_err("bind host cgroup hierarchy", dest))?;
-    sys.mount(
-        None,
-        mount.path(),
-        None,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None,
-    )
-    .map_err(sys_err("remount host cgroup hierarchy read-only", dest))
 }

@@ -314,27 +314,48 @@ pub(super) fn mount_entry(
         // Without its own network namespace a container may not mount sysfs (the
         // kernel ties sysfs to the netns owner): bind the host's read-only, as runc does.
         Err(Errno::EPERM) if typ == "sysfs" => {
-            let mount = sys
-                .bind_mount_at(Path::new("/sys"), &target, true)
-                .map_err(sys_err("bind host sysfs", dest))?;
-            sys.mount(
-                None,
-                mount.path(),
-                None,
-                MsFlags::MS_BIND
-                    | MsFlags::MS_REMOUNT
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC,
-                None,
-            )
-            .map_err(sys_err("remount host sysfs read-only", dest))?;
-            mount
+            bind_host_read_only(sys, Path::new("/sys"), &target, true, dest)?
         }
         Err(errno) => return Err(sys_err("mount", dest)(errno)),
     };
     finish_mount(sys, dest, &mount, &opts, MsFlags::empty(), false)
+}
+
+/// Remounts the mount at `path` read-only, nosuid, nodev and noexec: how what a
+/// container is shown but must neither change nor run from (its cgroup tmpfs, a host
+/// file system bound in for it) is locked.
+pub(super) fn remount_locked_read_only(sys: &dyn Syscall, path: &Path) -> Result<(), Errno> {
+    sys.mount(
+        None,
+        path,
+        None,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+/// Binds the host's `host` at `target` (`dest` in the container) and locks the bind
+/// read-only: what a container is given, as runc does, where the kernel will not let
+/// it mount the file system itself (sysfs without its own network namespace, cgroup
+/// hierarchies inside a user namespace).
+pub(super) fn bind_host_read_only(
+    sys: &dyn Syscall,
+    host: &Path,
+    target: &InRootPath,
+    recursive: bool,
+    dest: &Path,
+) -> Result<InRootPath, RootfsError> {
+    let mount = sys
+        .bind_mount_at(host, target, recursive)
+        .map_err(sys_err("bind host file system", dest))?;
+    remount_locked_read_only(sys, mount.path())
+        .map_err(sys_err("remount host file system read-only", dest))?;
+    Ok(mount)
 }
 
 /// Creates the bind mounts' mount points in the rootfs while still privileged on the

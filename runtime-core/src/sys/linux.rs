@@ -19,6 +19,47 @@ fn caps_err(_e: &caps::errors::CapsError) -> Errno {
     Errno::EPERM
 }
 
+/// `struct mount_attr` from linux/mount.h (size version 0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2): sets the `MOUNT_ATTR_*` flags `attr_set` on the mount at `path`
+/// relative to `dirfd` (`""` with `AT_EMPTY_PATH` in `at_flags`: the mount fd
+/// `dirfd` itself); `userns_fd` is the user namespace of `MOUNT_ATTR_IDMAP`.
+pub(crate) fn mount_setattr(
+    dirfd: std::os::fd::RawFd,
+    path: &std::ffi::CStr,
+    at_flags: libc::c_int,
+    attr_set: u64,
+    userns_fd: u64,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd,
+    };
+    // SAFETY: `path` is a NUL-terminated string and `attr` a correctly laid out
+    // `struct mount_attr`; both outlive the call and its size is passed. `dirfd` is
+    // only a number to the kernel (a bad one is EBADF).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            at_flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
 impl Syscall for LinuxSyscall {
     fn mount(
         &self,
@@ -212,36 +253,16 @@ impl Syscall for LinuxSyscall {
     }
 
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
         const MOUNT_ATTR_RDONLY: u64 = 0x1;
-        const AT_RECURSIVE: libc::c_uint = 0x8000;
         let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
             .map_err(|_| Errno::EINVAL)?;
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        // SAFETY: `path` is a NUL-terminated string and `attr` a correctly laid out
-        // `struct mount_attr`; both outlive the call and its size is passed.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        Errno::result(rc).map(drop)
+        mount_setattr(
+            libc::AT_FDCWD,
+            &path,
+            libc::AT_RECURSIVE,
+            MOUNT_ATTR_RDONLY,
+            0,
+        )
     }
 
     fn prepare_mount_point(

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::{NetworkConfig, find_plugin};
+use crate::error::{HasKind, Kind};
 use crate::store;
 
 /// Longest a single plugin may run before it is killed.
@@ -37,7 +38,31 @@ pub enum CniError {
     /// The plugin binary is not installed.
     #[error("CNI plugin {0:?} not found in the plugin directories")]
     PluginNotFound(String),
-    /// The plugin could not be run or did not answer in time.
+    /// The plugin binary could not be started (out of fds, not executable, ...).
+    #[error("CNI {command} of plugin {plugin:?}: cannot run {}: {source}", binary.display())]
+    Spawn {
+        /// ADD/DEL/CHECK.
+        command: &'static str,
+        /// Plugin type.
+        plugin: String,
+        /// The plugin binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the running plugin (its stdin, its output) failed.
+    #[error("CNI {command} of plugin {plugin:?}: {source}")]
+    Io {
+        /// ADD/DEL/CHECK.
+        command: &'static str,
+        /// Plugin type.
+        plugin: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin did not answer in time, or answered nonsense.
     #[error("CNI {command} of plugin {plugin:?}: {message}")]
     Exec {
         /// ADD/DEL/CHECK.
@@ -66,6 +91,26 @@ pub enum CniError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl HasKind for CniError {
+    fn kind(&self) -> Kind {
+        match self {
+            // A network the node is configured with but cannot run: Berth's (the
+            // node's) fault, not the pod's.
+            CniError::PluginNotFound(_) | CniError::Exec { .. } | CniError::Plugin { .. } => {
+                Kind::Internal
+            }
+            CniError::Spawn { source, .. }
+            | CniError::Io { source, .. }
+            | CniError::Cache { source, .. } => match Kind::of_io(source) {
+                // A missing plugin binary or cache directory is the node's set-up,
+                // not an object the client named.
+                Kind::NotFound => Kind::Internal,
+                k => k,
+            },
+        }
+    }
 }
 
 /// Runs plugins for one network, caching results under `cache_dir`.
@@ -202,7 +247,12 @@ impl CniRunner {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| exec_err(format!("cannot run {}: {e}", binary.display())))?;
+            .map_err(|source| CniError::Spawn {
+                command,
+                plugin: kind.clone(),
+                binary: binary.clone(),
+                source,
+            })?;
         let mut stdin = child
             .stdin
             .take()
@@ -216,7 +266,11 @@ impl CniRunner {
         let output = tokio::time::timeout(PLUGIN_TIMEOUT, run)
             .await
             .map_err(|_| exec_err(format!("no answer within {PLUGIN_TIMEOUT:?}")))?
-            .map_err(|e| exec_err(e.to_string()))?;
+            .map_err(|source| CniError::Io {
+                command,
+                plugin: kind.clone(),
+                source,
+            })?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             let message = match serde_json::from_str::<Value>(&stdout) {

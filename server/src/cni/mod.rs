@@ -143,33 +143,41 @@ pub fn load_network(cfg: &CniConfig, pod_cidrs: &[String]) -> Result<NetworkConf
 fn native_network(cfg: &CniConfig, pod_cidrs: &[String]) -> NetworkConfig {
     let subnet =
         native::pod_subnet(&cfg.builtin_subnet, pod_cidrs).map_or_else(|e| e, |s| s.to_string());
-    NetworkConfig {
-        source: ConfigSource::BuiltinNative,
-        name: native::NATIVE_NETWORK_NAME.to_owned(),
-        conflist: json!({
-            "cniVersion": "1.0.0",
-            "name": native::NATIVE_NETWORK_NAME,
+    native_config(
+        json!({
             "type": "berth-native",
             "bridge": cfg.builtin_bridge,
             "subnet": subnet,
             "plugins": [],
         }),
-        plugin_types: Vec::new(),
-    }
+        Vec::new(),
+    )
 }
 
 /// The portmap plugin alone, chained after a native attachment for hostPort pods (its
 /// ADD result is cached under the native network's name, so DEL works after a restart).
 pub fn native_portmap() -> NetworkConfig {
+    native_config(
+        json!({
+            "plugins": [{ "type": "portmap", "capabilities": { "portMappings": true } }],
+        }),
+        vec!["portmap".to_owned()],
+    )
+}
+
+/// A configuration under the native network's name: its conflist is `fields` with
+/// the CNI version and that name.
+fn native_config(fields: Value, plugin_types: Vec<String>) -> NetworkConfig {
+    let mut conflist = fields;
+    if let Value::Object(map) = &mut conflist {
+        map.insert("cniVersion".into(), json!("1.0.0"));
+        map.insert("name".into(), json!(native::NATIVE_NETWORK_NAME));
+    }
     NetworkConfig {
         source: ConfigSource::BuiltinNative,
         name: native::NATIVE_NETWORK_NAME.to_owned(),
-        conflist: json!({
-            "cniVersion": "1.0.0",
-            "name": native::NATIVE_NETWORK_NAME,
-            "plugins": [{ "type": "portmap", "capabilities": { "portMappings": true } }],
-        }),
-        plugin_types: vec!["portmap".to_owned()],
+        conflist,
+        plugin_types,
     }
 }
 

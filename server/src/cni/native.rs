@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::exec::POD_IFNAME;
 use super::netlink::{self, NetlinkError, Socket};
 use crate::config::subnet::Subnet;
+use crate::error::{HasKind, Kind};
 
 /// Name the native network's attachments are recorded under (distinct from the
 /// exec'd built-in network's, so a mode change never tears a pod down the wrong way).
@@ -55,6 +56,18 @@ pub enum NativeError {
     /// Host set-up outside netlink (sysctl, iptables) failed.
     #[error("{0}")]
     Host(String),
+}
+
+impl HasKind for NativeError {
+    fn kind(&self) -> Kind {
+        match self {
+            NativeError::Exhausted(_) => Kind::ResourceExhausted,
+            NativeError::Ipam { source, .. } | NativeError::Netns { source, .. } => {
+                Kind::of_io_or(source, Kind::Internal)
+            }
+            NativeError::Netlink(_) | NativeError::Host(_) => Kind::Internal,
+        }
+    }
 }
 
 /// The subnet pods get: the first IPv4 pod CIDR kubelet gave, else the configured one.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use berth_proto::v1::SecurityProfile;
 use berth_proto::v1::security_profile::ProfileType;
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// The name of Berth's RuntimeDefault profile.
 pub const DEFAULT_PROFILE: &str = "berth-default";
@@ -401,7 +401,15 @@ fn load_profile(parser: &Path, text: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "loading AppArmor profile {DEFAULT_PROFILE} with {}",
+                    parser.display()
+                ),
+                e,
+            )
+        })?;
     let stdin = child.stdin.take();
     let stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {

@@ -22,7 +22,7 @@ use oci_spec::runtime::{self as oci, LinuxDevice, LinuxDeviceCgroup, LinuxDevice
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// Annotations whose value lists CDI devices (comma-separated qualified names).
 pub const ANNOTATION_PREFIX: &str = "cdi.k8s.io/";

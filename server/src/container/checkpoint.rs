@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
+use super::error::{Error, Result};
 use super::{ContainerManager, Phase};
-use crate::error::{Error, Result};
 
 /// How long `criu check` may take.
 const CRIU_CHECK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,15 +11,15 @@ use berth_runtime_core::monitor_protocol as protocol;
 use prost::Message;
 use tokio::io::AsyncBufReadExt;
 
+use super::error::{Error, Result};
 use super::handler::Handler;
 use super::monitor::Monitor;
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use super::{Container, ContainerManager, CtrState, KILL_WAIT, Phase};
 use crate::config::CgroupDriver;
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::mounts::mount_overlay;
-use crate::store;
+use crate::store::{self, StateCell};
 use crate::systemd;
 
 /// How long the monitor may take to create a container.
@@ -73,7 +73,7 @@ impl ContainerManager {
                 .clone();
             tokio::task::spawn_blocking(move || super::cdi::resolve(&dirs, &cdi_names))
                 .await
-                .map_err(|e| Error::Internal(format!("resolving CDI devices: {e}")))??
+                .map_err(Error::task("resolving CDI devices"))??
         };
         // The AppArmor label too: a profile that is not loaded (or a node without
         // AppArmor) fails the request before anything exists.
@@ -93,7 +93,7 @@ impl ContainerManager {
             let what = format!("container {:?}", meta.name);
             tokio::task::spawn_blocking(move || apparmor.resolve(&req, sc.privileged, &what))
                 .await
-                .map_err(|e| Error::Internal(format!("resolving the AppArmor profile: {e}")))??
+                .map_err(Error::task("resolving the AppArmor profile"))??
         };
         if pod_ctx.userns.is_some()
             && let Some((path, host)) = cdi.remapped_device_node()
@@ -109,15 +109,11 @@ impl ContainerManager {
             meta.name, pod_ctx.pod_name, pod_ctx.pod_namespace, pod_ctx.pod_uid, meta.attempt
         );
         let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
-        {
-            let mut names = self.containers.names();
-            if let Some(holder) = names.get(&name) {
-                return Err(Error::AlreadyExists(format!(
-                    "container name {name:?} is already reserved by container {holder}"
-                )));
-            }
-            names.insert(name.clone(), id.clone());
-        }
+        self.containers.reserve_name(&name, &id).map_err(|holder| {
+            Error::AlreadyExists(format!(
+                "container name {name:?} is already reserved by container {holder}"
+            ))
+        })?;
 
         let log_path = if config.log_path.is_empty() || pod_ctx.log_directory.is_empty() {
             PathBuf::new()
@@ -152,7 +148,7 @@ impl ContainerManager {
             log_path,
             stop_signal: image.config.stop_signal.clone(),
             name_key: name.clone(),
-            state: Mutex::new(CtrState {
+            state: StateCell::new(CtrState {
                 phase: Phase::Creating,
                 pid: 0,
                 monitor_pid: 0,
@@ -292,8 +288,10 @@ impl ContainerManager {
             ctr.update(|s| s.user = Some((user.uid(), user.gid(), groups)));
         }
         let bundle = dir.join("bundle");
-        let config_json = serde_json::to_vec(&spec)
-            .map_err(|e| Error::Internal(format!("serialising the OCI spec: {e}")))?;
+        let config_json = serde_json::to_vec(&spec).map_err(|source| Error::Json {
+            what: "serialising the OCI spec",
+            source,
+        })?;
         store::write_atomic(&bundle.join("config.json"), &config_json)
             .map_err(|e| Error::io("writing config.json", e))?;
         if let Some(parent) = ctr.log_path.parent()
@@ -353,25 +351,24 @@ impl ContainerManager {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let first = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
         let report = match first {
-            Ok(Ok(Some(line))) => protocol::CreateReport::decode(&line)
-                .map_err(|e| Error::Internal(format!("berth-monitor's report: {e}")))?,
+            Ok(Ok(Some(line))) => protocol::CreateReport::decode(&line).map_err(Error::Protocol)?,
             Ok(Ok(None)) => {
                 let status = child.wait().await.ok();
                 // Gone: the clean-up must not wait for an exit it will never see.
                 ctr.update(|s| s.monitor_pid = 0);
-                return Err(Error::Internal(format!(
-                    "creating container {}: berth-monitor exited ({status:?}) without reporting the container; see berthd's log",
-                    ctr.id
-                )));
+                return Err(Error::MonitorExited {
+                    id: ctr.id.clone(),
+                    status: format!("{status:?}"),
+                });
             }
             Ok(Err(e)) => return Err(Error::io("reading the monitor's report", e)),
             Err(_) => {
                 let _ = child.kill().await;
                 ctr.update(|s| s.monitor_pid = 0);
-                return Err(Error::Internal(format!(
-                    "creating container {}: berth-monitor did not create the container within {CREATE_TIMEOUT:?} (is the node overloaded?); retry",
-                    ctr.id
-                )));
+                return Err(Error::MonitorTimeout {
+                    id: ctr.id.clone(),
+                    timeout: CREATE_TIMEOUT,
+                });
             }
         };
         let pid = match report {
@@ -383,14 +380,8 @@ impl ContainerManager {
                 let _ = child.wait().await;
                 ctr.update(|s| s.monitor_pid = 0);
                 tracing::debug!(container = %ctr.id, version, kind = ?e.kind, "create failed in the monitor");
-                // The monitor classifies (a bad executable or working dir is the
-                // caller's mistake, out of fds the node's state, the rest ours).
-                let msg = format!("creating the container: {}", e.message);
-                return Err(match e.kind {
-                    protocol::ErrorKind::SpecFault => Error::InvalidArgument(msg),
-                    protocol::ErrorKind::ResourceExhausted => Error::ResourceExhausted(msg),
-                    protocol::ErrorKind::Internal => Error::Internal(msg),
-                });
+                // The monitor classified it; `Error::Create` keeps its kind.
+                return Err(Error::Create(e));
             }
         };
         ctr.update(|s| s.pid = pid);
@@ -460,12 +451,12 @@ fn mount_idmapped_rootfs(
     let upper = dir.join("upper");
     std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
         .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
-    userns.mount_idmapped_layers(
+    Ok(userns.mount_idmapped_layers(
         lowers,
         Some((&upper, &dir.join("work"))),
         rootfs,
         "the container's root filesystem",
-    )
+    )?)
 }
 
 /// Creates a container's own directory (see `store::ensure_owned_dir`).

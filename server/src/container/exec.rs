@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::error::{Error, Result};
 use super::handler::{self, Handler};
 use super::{ContainerManager, ExecOutput, KILL_WAIT, Phase};
-use crate::error::{Error, Result};
 use crate::host::procs::kill_tree;
 use crate::store;
 
@@ -20,10 +20,7 @@ impl ContainerManager {
     pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
         let ctr = self.get(id)?;
         if ctr.state().phase != Phase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                ctr.id
-            )));
+            return Err(Error::NotRunning { id: ctr.id.clone() });
         }
         if cmd.is_empty() {
             return Err(Error::InvalidArgument(format!(

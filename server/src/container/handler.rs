@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::error::{Error, Result};
 use crate::config::{Config, NATIVE_HANDLER_NAMES};
-use crate::error::{Error, Result};
 
 /// What a handler can do, as `Status` reports it (`RuntimeHandlerFeatures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +116,9 @@ pub enum RuntimeError {
         /// The verb.
         verb: String,
     },
+    /// The blocking task running it died (panicked or was cancelled).
+    #[error("the task running the OCI runtime: {0}")]
+    Task(String),
     /// It exited non-zero.
     #[error("{path} {verb} failed ({status}): {message}")]
     Failed {
@@ -192,19 +195,18 @@ impl OciRuntime {
     }
 
     /// Like [`Self::run`], off the async threads.
-    pub async fn run_async(&self, args: Vec<String>) -> Result<Vec<u8>> {
+    pub async fn run_async(&self, args: Vec<String>) -> std::result::Result<Vec<u8>, RuntimeError> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             me.run(&refs)
         })
         .await
-        .map_err(|e| Error::Internal(format!("runtime task: {e}")))?
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(|e| RuntimeError::Task(e.to_string()))?
     }
 
     /// `start <id>`.
-    pub async fn start(&self, id: &str) -> Result<()> {
+    pub async fn start(&self, id: &str) -> std::result::Result<(), RuntimeError> {
         self.run_async(vec!["start".into(), id.into()])
             .await
             .map(drop)

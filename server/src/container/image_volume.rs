@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use berth_image::{Image, ImageStore};
 use berth_proto::v1::{ContainerConfig, Mount as CriMount};
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 use crate::host::mounts::sys_mount;
 
 /// Where the container's image volumes are mounted, below its state dir.

@@ -26,6 +26,7 @@
 pub mod apparmor;
 pub mod cdi;
 pub mod checkpoint;
+pub mod error;
 pub mod handler;
 pub mod image_volume;
 pub mod seccomp;
@@ -49,11 +50,11 @@ use berth_image::ImageStore;
 use berth_proto::v1::{ContainerConfig, ContainerMetadata};
 use serde::{Deserialize, Serialize};
 
+pub use self::error::{Error, Result};
 use self::handler::Handler;
 use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
-use crate::store;
+use crate::store::{self, StateCell};
 
 /// How long a killed container may take to be reported gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -145,7 +146,7 @@ pub struct Container {
     pub stop_signal: String,
     /// The reserved unique name (`<name>_<pod>_<namespace>_<uid>_<attempt>`).
     pub name_key: String,
-    state: Mutex<CtrState>,
+    state: StateCell<CtrState>,
     changed: tokio::sync::watch::Sender<Phase>,
     op: tokio::sync::Mutex<()>,
     /// Last CPU sample (timestamp ns, usage ns), for usage_nano_cores.
@@ -157,30 +158,20 @@ pub struct Container {
 impl Container {
     /// A copy of the current state.
     pub fn state(&self) -> CtrState {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.get()
     }
 
     /// The current phase, without copying the rest of the state (List and Status
     /// calls read it for every container).
     pub fn phase(&self) -> Phase {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .phase
+        self.state.read(|s| s.phase)
     }
 
     fn update(&self, f: impl FnOnce(&mut CtrState)) {
-        let phase = {
-            let mut s = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut s);
+        let phase = self.state.update(|s| {
+            f(s);
             s.phase
-        };
+        });
         self.changed.send_replace(phase);
     }
 
@@ -301,12 +292,12 @@ impl ContainerManager {
 
     /// By full id or unique prefix.
     pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>> {
-        self.containers.find(id)
+        Ok(self.containers.find(id)?)
     }
 
     /// Like [`Self::find`], `NotFound` when missing.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
-        self.containers.get(id)
+        Ok(self.containers.get(id)?)
     }
 
     fn persist(&self, ctr: &Container) -> Result<()> {
@@ -327,10 +318,7 @@ impl ContainerManager {
             stop_signal: ctr.stop_signal.clone(),
             state: ctr.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding container record: {e}")))?;
-        store::write_atomic(&self.dir(&ctr.id).join("record.json"), &bytes)
-            .map_err(|e| Error::io("persisting the container record", e))
+        store::write_record(&self.dir(&ctr.id), &record, "container").map_err(Error::from)
     }
 
     fn runtime_container(&self, id: &str) -> Option<berth_runtime_core::Container> {

@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::v1::ContainerConfig;
-use prost::Message;
 
+use super::error::{Error, Result};
 use super::monitor::Monitor;
 use super::{Container, ContainerManager, CtrState, Phase, Record};
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 use crate::host::procs::wait_pidfd_exit;
-use crate::store;
+use crate::store::{self, StateCell};
 
 impl ContainerManager {
     /// Rebuilds the index from disk and reattaches to live monitors; containers whose
@@ -90,16 +89,7 @@ impl ContainerManager {
     }
 
     fn load(&self, dir: &Path) -> std::result::Result<Container, String> {
-        let record: Record = serde_json::from_slice(
-            &std::fs::read(dir.join("record.json")).map_err(|e| format!("record.json: {e}"))?,
-        )
-        .map_err(|e| format!("record.json: {e}"))?;
-        let config = ContainerConfig::decode(
-            std::fs::read(dir.join("config.pb"))
-                .map_err(|e| format!("config.pb: {e}"))?
-                .as_slice(),
-        )
-        .map_err(|e| format!("config.pb: {e}"))?;
+        let (record, config): (Record, ContainerConfig) = store::read_record(dir)?;
         let (tx, _) = tokio::sync::watch::channel(record.state.phase);
         Ok(Container {
             id: record.id,
@@ -112,7 +102,7 @@ impl ContainerManager {
             image_ref: record.image_ref,
             log_path: record.log_path,
             stop_signal: record.stop_signal,
-            state: Mutex::new(record.state),
+            state: StateCell::new(record.state),
             changed: tx,
             op: tokio::sync::Mutex::new(()),
             last_cpu: Mutex::new(None),

@@ -1,9 +1,9 @@
 //! `RemoveContainer` and the clean-up a failed create shares with it.
 
+use super::error::Result;
 use super::handler::Handler;
 use super::{Container, ContainerManager, KILL_WAIT, Phase};
 use crate::config::CgroupDriver;
-use crate::error::Result;
 use crate::store;
 use crate::systemd;
 

@@ -1,8 +1,8 @@
 //! `StartContainer`: releases the created container's init.
 
+use super::error::{Error, Result};
 use super::handler::Handler;
 use super::{ContainerManager, Phase};
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
 
 impl ContainerManager {
@@ -28,7 +28,7 @@ impl ContainerManager {
         if let Handler::Oci(rt) = self.handler(&ctr)? {
             rt.start(&ctr.id)
                 .await
-                .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+                .map_err(Error::runtime(format!("starting container {}", ctr.id)))?;
         } else {
             let root = self.runtime_root();
             let cid = ctr.id.clone();
@@ -36,8 +36,11 @@ impl ContainerManager {
                 berth_runtime_core::Container::load(&root, &cid).and_then(|mut c| c.start())
             })
             .await
-            .map_err(|e| Error::Internal(format!("start task: {e}")))?
-            .map_err(|e| Error::Internal(format!("starting container {}: {e}", ctr.id)))?;
+            .map_err(Error::task("start"))?
+            .map_err(|source| Error::RuntimeCore {
+                context: format!("starting container {}", ctr.id),
+                source,
+            })?;
         }
         ctr.update(|s| {
             if s.phase == Phase::Created {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::error::{Error, Result};
 use super::{Container, ContainerManager, KILL_WAIT, Phase};
-use crate::error::{Error, Result};
 
 impl ContainerManager {
     /// `StopContainer`: the stop signal, then SIGKILL after `timeout`. Idempotent.

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use berth_proto::v1::LinuxContainerResources;
+use berth_runtime_core::ContainerError;
 use berth_runtime_core::monitor_protocol as protocol;
 
+use super::error::{Error, Result};
 use super::{ContainerManager, Phase, spec};
 use crate::config::CgroupDriver;
-use crate::error::{Error, Result};
 use crate::systemd;
 
 impl ContainerManager {
@@ -39,14 +40,19 @@ impl ContainerManager {
         let cid = ctr.id.clone();
         let oci_cgroup = self.oci_cgroup(&ctr);
         tokio::task::spawn_blocking(move || match oci_cgroup {
-            Some(cg) => cg.apply(&resources).map_err(|e| e.to_string()),
+            Some(cg) => cg.apply(&resources).map_err(|e| Error::update(cid, e)),
             None => berth_runtime_core::Container::load(&root, &cid)
                 .and_then(|c| c.update(&resources))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| match e {
+                    ContainerError::Cgroup(e) => Error::update(cid, e),
+                    source => Error::RuntimeCore {
+                        context: format!("updating resources of {cid}"),
+                        source,
+                    },
+                }),
         })
         .await
-        .map_err(|e| Error::Internal(format!("update task: {e}")))?
-        .map_err(|e| Error::InvalidArgument(format!("updating resources of {}: {e}", ctr.id)))?;
+        .map_err(Error::task("update"))??;
         Ok(())
     }
 
@@ -56,10 +62,7 @@ impl ContainerManager {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let ctr = self.get(id)?;
         if ctr.state().phase != Phase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                ctr.id
-            )));
+            return Err(Error::NotRunning { id: ctr.id.clone() });
         }
         let sock = self
             .runtime_root()

@@ -200,7 +200,7 @@ impl ImageService for CriService {
             })
         })
         .await
-        .map_err(|e| Error::Internal(format!("image fs measurement task failed: {e}")))??;
+        .map_err(Error::task("image fs measurement"))??;
         // Writable layers live on the same filesystem as the image store, so kubelet sees
         // one filesystem (no split image/container fs).
         Ok(Response::new(ImageFsInfoResponse {

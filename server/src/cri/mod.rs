@@ -1,6 +1,7 @@
 //! The CRI edge: RuntimeService and ImageService handlers. They validate and translate
 //! requests, call into the daemon's subsystems, and map errors to gRPC codes.
 
+pub mod error;
 mod image;
 #[allow(unsafe_code)] // sysconf(_SC_CLK_TCK)
 mod metrics;
@@ -71,9 +72,9 @@ impl CriService {
     }
 
     /// Rebuilds in-memory state from disk; run once before serving.
-    pub async fn recover(&self) -> crate::error::Result<()> {
+    pub async fn recover(&self) -> crate::pod::Result<()> {
         self.shared.pods.recover().await?;
-        self.shared.containers.recover().await
+        Ok(self.shared.containers.recover().await?)
     }
 
     /// Starts the streaming server on `addr` (berthd start-up); returns its base URL.

@@ -358,7 +358,7 @@ impl RuntimeService for CriService {
         let containers = std::sync::Arc::clone(&self.shared.containers);
         let stats = tokio::task::spawn_blocking(move || containers.stats(&ctr))
             .await
-            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+            .map_err(Error::task("stats"))?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
 
@@ -370,7 +370,7 @@ impl RuntimeService for CriService {
         let containers = std::sync::Arc::clone(&self.shared.containers);
         let stats = tokio::task::spawn_blocking(move || containers.list_stats(filter.as_ref()))
             .await
-            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+            .map_err(Error::task("stats"))?;
         Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
@@ -411,7 +411,7 @@ impl RuntimeService for CriService {
         let shared = std::sync::Arc::clone(&self.shared);
         let stats = tokio::task::spawn_blocking(move || super::stats::pod_stats(&shared, &sb))
             .await
-            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+            .map_err(Error::task("stats"))?;
         Ok(Response::new(PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -427,7 +427,7 @@ impl RuntimeService for CriService {
             super::stats::list_pod_stats(&shared, filter.as_ref())
         })
         .await
-        .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        .map_err(Error::task("stats"))?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
@@ -471,7 +471,7 @@ impl RuntimeService for CriService {
         let containers = std::sync::Arc::clone(&self.shared.containers);
         let items = tokio::task::spawn_blocking(move || containers.list_stats(filter.as_ref()))
             .await
-            .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+            .map_err(Error::task("stats"))?;
         Ok(Response::new(super::chunked(items, |container_stats| {
             berth_proto::v1::StreamContainerStatsResponse { container_stats }
         })))
@@ -490,7 +490,7 @@ impl RuntimeService for CriService {
             super::stats::list_pod_stats(&shared, filter.as_ref())
         })
         .await
-        .map_err(|e| Error::Internal(format!("stats task: {e}")))?;
+        .map_err(Error::task("stats"))?;
         Ok(Response::new(super::chunked(items, |pod_sandbox_stats| {
             berth_proto::v1::StreamPodSandboxStatsResponse { pod_sandbox_stats }
         })))
@@ -515,7 +515,7 @@ impl RuntimeService for CriService {
         let pod_metrics =
             tokio::task::spawn_blocking(move || super::metrics::list_pod_metrics(&shared))
                 .await
-                .map_err(|e| Error::Internal(format!("metrics task: {e}")))?;
+                .map_err(Error::task("metrics"))?;
         Ok(Response::new(
             berth_proto::v1::ListPodSandboxMetricsResponse { pod_metrics },
         ))
@@ -531,7 +531,7 @@ impl RuntimeService for CriService {
         let shared = std::sync::Arc::clone(&self.shared);
         let items = tokio::task::spawn_blocking(move || super::metrics::list_pod_metrics(&shared))
             .await
-            .map_err(|e| Error::Internal(format!("metrics task: {e}")))?;
+            .map_err(Error::task("metrics"))?;
         Ok(Response::new(super::chunked(
             items,
             |pod_sandbox_metrics| berth_proto::v1::StreamPodSandboxMetricsResponse {
@@ -622,8 +622,11 @@ impl RuntimeService for CriService {
             cg.apply(&linux)
         })
         .await
-        .map_err(|e| Error::Internal(format!("resize task: {e}")))?
-        .map_err(|e| Error::InvalidArgument(format!("resizing pod {}: {e}", sb.id)))?;
+        .map_err(Error::task("resize"))?
+        .map_err(|source| crate::pod::Error::Resize {
+            id: sb.id.clone(),
+            source,
+        })?;
         tracing::info!(pod = %sb.id, "pod cgroup resized");
         Ok(Response::new(Default::default()))
     }
@@ -766,7 +769,7 @@ impl CriService {
     async fn check_sandbox_apparmor(
         &self,
         config: &berth_proto::v1::PodSandboxConfig,
-    ) -> Result<(), Error> {
+    ) -> Result<(), crate::container::Error> {
         let sc = config
             .linux
             .as_ref()
@@ -783,7 +786,9 @@ impl CriService {
         let apparmor = std::sync::Arc::clone(self.shared.containers.apparmor());
         tokio::task::spawn_blocking(move || apparmor.resolve(&req, sc.privileged, "pod sandbox"))
             .await
-            .map_err(|e| Error::Internal(format!("resolving the AppArmor profile: {e}")))??;
+            .map_err(crate::container::Error::task(
+                "resolving the AppArmor profile",
+            ))??;
         Ok(())
     }
 }

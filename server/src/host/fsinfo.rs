@@ -280,41 +280,12 @@ fn refresher(cache: &Weak<Mutex<CacheState>>, rx: &mpsc::Receiver<PathBuf>) {
 pub fn mountpoint_of(path: &Path) -> io::Result<PathBuf> {
     let path = std::fs::canonicalize(path)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    longest_mount_prefix(&mountinfo, &path).ok_or_else(|| {
+    berth_runtime_core::rootfs::containing_mount(&mountinfo, &path).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("no mount in /proc/self/mountinfo holds {}", path.display()),
         )
     })
-}
-
-fn longest_mount_prefix(mountinfo: &str, path: &Path) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_octal(m)))
-        .filter(|m| path.starts_with(m))
-        .max_by_key(|m| m.components().count())
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).ok();
-            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -400,26 +371,6 @@ mod tests {
         let one = usage(d.path()).expect("usage");
         std::fs::hard_link(d.path().join("a"), d.path().join("b")).expect("link");
         assert_eq!(usage(d.path()).expect("usage"), one);
-    }
-
-    #[test]
-    fn picks_the_deepest_mount_holding_the_path() {
-        let info = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
-                    30 22 0:5 / /var/lib rw - tmpfs tmpfs rw\n\
-                    31 22 0:6 / /var/lib2 rw - tmpfs tmpfs rw\n\
-                    32 22 0:7 / /mnt/with\\040space rw - tmpfs tmpfs rw\n";
-        assert_eq!(
-            longest_mount_prefix(info, Path::new("/var/lib/berth/images")),
-            Some(PathBuf::from("/var/lib"))
-        );
-        assert_eq!(
-            longest_mount_prefix(info, Path::new("/var/lib2x")),
-            Some(PathBuf::from("/"))
-        );
-        assert_eq!(
-            longest_mount_prefix(info, Path::new("/mnt/with space/x")),
-            Some(PathBuf::from("/mnt/with space"))
-        );
     }
 
     #[test]

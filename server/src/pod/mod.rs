@@ -7,6 +7,7 @@
 //! the record marked `ready`. A `creating` record found at start-up (berthd died
 //! mid-way) is torn down, so a half-created pod is never visible.
 
+pub mod error;
 #[allow(unsafe_code)] // mount(2) of the pod's /dev/shm tmpfs
 pub mod files;
 #[allow(unsafe_code)] // unshare(2), setns(2), sethostname(2), bind mounts of the namespace pins
@@ -19,7 +20,7 @@ mod run;
 mod stop;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use berth_proto::v1::{
     NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
@@ -29,13 +30,13 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use self::error::{Error, Result};
 use crate::cni::exec::{Attachment, CniRunner, result_ips};
 use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
-use crate::error::{Error, Result};
 use crate::host::clock::now_nanos;
-use crate::store;
+use crate::store::{self, StateCell};
 use crate::systemd;
 use namespaces::{NamespaceError, NamespaceSet, PinnedNamespaces};
 use request::validate;
@@ -103,7 +104,7 @@ pub struct Sandbox {
     pub runtime_handler: String,
     /// Cgroup parent (validated against the driver).
     pub cgroup_parent: String,
-    state: Mutex<SandboxState>,
+    state: StateCell<SandboxState>,
     /// Serialises stop and remove of this sandbox.
     op: tokio::sync::Mutex<()>,
 }
@@ -111,26 +112,13 @@ pub struct Sandbox {
 impl Sandbox {
     /// A copy of the current state.
     pub fn state(&self) -> SandboxState {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.get()
     }
 
     /// The current phase, without copying the rest of the state (List and Status
     /// calls read it for every pod).
     pub fn phase(&self) -> Phase {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .phase
-    }
-
-    fn set_state(&self, s: SandboxState) {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        self.state.read(|s| s.phase)
     }
 
     /// Whether the sandbox is ready for containers.
@@ -362,12 +350,12 @@ impl PodManager {
 
     /// Finds a sandbox by full id or unique id prefix (as crictl abbreviates them).
     pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>> {
-        self.pods.find(id)
+        Ok(self.pods.find(id)?)
     }
 
     /// Like [`Self::find`], but a missing sandbox is `NotFound`.
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        self.pods.get(id)
+        Ok(self.pods.get(id)?)
     }
 
     /// All sandboxes that are not being created.
@@ -393,9 +381,7 @@ impl PodManager {
     }
 
     fn update_state(&self, sb: &Sandbox, f: impl FnOnce(&mut SandboxState)) {
-        let mut s = sb.state();
-        f(&mut s);
-        sb.set_state(s);
+        sb.state.update(f);
     }
 
     fn persist(&self, sb: &Sandbox) -> Result<()> {
@@ -407,10 +393,7 @@ impl PodManager {
             cgroup_parent: sb.cgroup_parent.clone(),
             state: sb.state(),
         };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| Error::Internal(format!("encoding sandbox record: {e}")))?;
-        store::write_atomic(&self.pod_dir(&sb.id).join("record.json"), &bytes)
-            .map_err(|e| Error::io("persisting the sandbox record", e))
+        store::write_record(&self.pod_dir(&sb.id), &record, "sandbox").map_err(Error::from)
     }
 
     fn remove_files(&self, id: &str) {

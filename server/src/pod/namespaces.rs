@@ -277,16 +277,9 @@ fn pin_with_user_namespace(
             ("ipc", set.ipc, &mut pinned.ipc),
             ("uts", set.uts, &mut pinned.uts),
         ] {
-            if !wanted {
-                continue;
+            if wanted {
+                *slot = Some(pin(Path::new(&format!("/proc/{pid}/ns")), kind, dir)?);
             }
-            let target = dir.join(kind);
-            std::fs::File::create(&target)
-                .map_err(io_err(format!("creating {}", target.display())))?;
-            bind_mount(Path::new(&format!("/proc/{pid}/ns/{kind}")), &target).map_err(io_err(
-                format!("pinning the {kind} namespace at {}", target.display()),
-            ))?;
-            *slot = Some(target);
         }
         Ok(())
     })();
@@ -395,19 +388,9 @@ fn pin_on_this_thread(
             ("ipc", set.ipc, &mut pinned.ipc),
             ("uts", set.uts, &mut pinned.uts),
         ] {
-            if !wanted {
-                continue;
+            if wanted {
+                *slot = Some(pin(Path::new("/proc/thread-self/ns"), kind, dir)?);
             }
-            let target = dir.join(kind);
-            std::fs::File::create(&target)
-                .map_err(io_err(format!("creating {}", target.display())))?;
-            bind_mount(Path::new(&format!("/proc/thread-self/ns/{kind}")), &target).map_err(
-                io_err(format!(
-                    "pinning the {kind} namespace at {}",
-                    target.display()
-                )),
-            )?;
-            *slot = Some(target);
         }
         Ok(())
     })();
@@ -493,6 +476,19 @@ fn bring_up_loopback() -> Result<(), NamespaceError> {
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Pins the `kind` namespace listed in `ns_dir` (a `/proc/<task>/ns` directory) at
+/// `dir/<kind>`: a bind mount of it onto a new file there, which keeps the namespace
+/// alive after its last process is gone.
+fn pin(ns_dir: &Path, kind: &str, dir: &Path) -> Result<PathBuf, NamespaceError> {
+    let target = dir.join(kind);
+    std::fs::File::create(&target).map_err(io_err(format!("creating {}", target.display())))?;
+    bind_mount(&ns_dir.join(kind), &target).map_err(io_err(format!(
+        "pinning the {kind} namespace at {}",
+        target.display()
+    )))?;
+    Ok(target)
 }
 
 fn bind_mount(src: &Path, dst: &Path) -> io::Result<()> {

@@ -36,8 +36,11 @@ impl PodManager {
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || native.add(&bridge, &subnet, &id, &path))
             .await
-            .map_err(|e| Error::Internal(format!("pod network task: {e}")))?
-            .map_err(|e| Error::Internal(format!("pod sandbox {}: pod network: {e}", sb.id)))?;
+            .map_err(Error::task("pod network"))?
+            .map_err(|source| Error::NativeNetwork {
+                id: sb.id.clone(),
+                source,
+            })?;
         tracing::debug!(
             pod = %sb.id,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -47,11 +50,9 @@ impl PodManager {
             runner
                 .add_after(&cni::native_portmap(), &att, Some(result.clone()))
                 .await
-                .map_err(|e| {
-                    Error::Internal(format!(
-                        "pod sandbox {}: pod network (hostPort): {e}",
-                        sb.id
-                    ))
+                .map_err(|source| Error::HostPorts {
+                    id: sb.id.clone(),
+                    source,
                 })?;
         }
         Ok(result_ips(&result))
@@ -59,24 +60,20 @@ impl PodManager {
 
     /// Detaches the pod from the native network: portmap DEL (hostPort pods only), then
     /// the host veth and the pod's addresses. Idempotent.
-    pub(super) async fn native_del(
-        &self,
-        sb: &Sandbox,
-        netns: &Path,
-    ) -> std::result::Result<(), String> {
+    pub(super) async fn native_del(&self, sb: &Sandbox, netns: &Path) -> Result<()> {
         let att = self.attachment(sb, netns);
         let mut first_error = None;
         if att.capabilities.contains_key("portMappings")
             && let Err(e) = self.cni_runner().del(&cni::native_portmap(), &att).await
         {
-            first_error = Some(e.to_string());
+            first_error = Some(Error::NetworkTeardown(e));
         }
         let native = Arc::clone(&self.native);
         let id = sb.id.clone();
         let res = tokio::task::spawn_blocking(move || native.del(&id))
             .await
-            .map_err(|e| format!("pod network task: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(Error::task("pod network"))
+            .and_then(|r| r.map_err(Error::NativeTeardown));
         match (first_error, res) {
             (Some(e), _) | (None, Err(e)) => Err(e),
             (None, Ok(())) => Ok(()),

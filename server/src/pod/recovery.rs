@@ -88,23 +88,14 @@ impl PodManager {
     }
 
     pub(super) fn load(&self, dir: &Path) -> std::result::Result<Sandbox, String> {
-        let record: Record = serde_json::from_slice(
-            &std::fs::read(dir.join("record.json")).map_err(|e| format!("record.json: {e}"))?,
-        )
-        .map_err(|e| format!("record.json: {e}"))?;
-        let config = PodSandboxConfig::decode(
-            std::fs::read(dir.join("config.pb"))
-                .map_err(|e| format!("config.pb: {e}"))?
-                .as_slice(),
-        )
-        .map_err(|e| format!("config.pb: {e}"))?;
+        let (record, config): (Record, PodSandboxConfig) = store::read_record(dir)?;
         Ok(Sandbox {
             id: record.id,
             config,
             created_at: record.created_at,
             runtime_handler: record.runtime_handler,
             cgroup_parent: record.cgroup_parent,
-            state: Mutex::new(record.state),
+            state: StateCell::new(record.state),
             op: tokio::sync::Mutex::new(()),
         })
     }

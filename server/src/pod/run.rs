@@ -12,22 +12,18 @@ impl PodManager {
         let cgroup_parent = self.validate_cgroup_parent(&config)?;
         let name = sandbox_name(&meta);
         let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
-        {
-            let mut names = self.pods.names();
-            if let Some(holder) = names.get(&name) {
-                return Err(Error::AlreadyExists(format!(
-                    "pod sandbox name {name:?} is already reserved by sandbox {holder}"
-                )));
-            }
-            names.insert(name.clone(), id.clone());
-        }
+        self.pods.reserve_name(&name, &id).map_err(|holder| {
+            Error::AlreadyExists(format!(
+                "pod sandbox name {name:?} is already reserved by sandbox {holder}"
+            ))
+        })?;
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
             config,
             created_at: now_nanos(),
             runtime_handler,
             cgroup_parent,
-            state: Mutex::new(SandboxState {
+            state: StateCell::new(SandboxState {
                 phase: Phase::Creating,
                 ips: Vec::new(),
                 pins: PinnedNamespaces::default(),
@@ -112,7 +108,7 @@ impl PodManager {
             namespaces::create_and_pin(&pin_dir, set, &hostname, &sysctls, userns.as_ref())
         })
         .await
-        .map_err(|e| Error::Internal(format!("namespace task: {e}")))?
+        .map_err(Error::task("namespace"))?
         .map_err(namespace_error)?;
         self.update_state(sb, |s| s.pins = pins.clone());
 
@@ -144,7 +140,7 @@ impl PodManager {
                 namespaces::pin_pid_namespace(&dir, pid, parent)
             })
             .await
-            .map_err(|e| Error::Internal(format!("namespace task: {e}")))
+            .map_err(Error::task("namespace"))
             .and_then(|r| r.map_err(namespace_error));
             if pinned.is_err() {
                 // SIGKILL to unshare; --kill-child takes the infra with it.
@@ -186,9 +182,14 @@ impl PodManager {
                 ips = self.native_add(sb, netns).await?;
             } else {
                 let att = self.attachment(sb, netns);
-                let result = self.cni_runner().add(&net, &att).await.map_err(|e| {
-                    Error::Internal(format!("pod sandbox {}: pod network: {e}", sb.id))
-                })?;
+                let result =
+                    self.cni_runner()
+                        .add(&net, &att)
+                        .await
+                        .map_err(|source| Error::Network {
+                            id: sb.id.clone(),
+                            source,
+                        })?;
                 ips = result_ips(&result);
             }
         }

@@ -14,9 +14,7 @@ impl PodManager {
         {
             if let Err(e) = self.native_del(sb, netns).await {
                 tracing::warn!(pod = %sb.id, error = %e, "native network teardown failed");
-                first_error = Some(Error::Internal(format!(
-                    "tearing down the pod network: {e}"
-                )));
+                first_error = Some(e);
             }
         } else if let (Some(netns), Some(network)) = (&state.pins.net, &state.network) {
             // Use the network the pod was attached to, even if the config changed.
@@ -33,9 +31,7 @@ impl PodManager {
             let att = self.attachment(sb, netns);
             if let Err(e) = self.cni_runner().del(&net, &att).await {
                 tracing::warn!(pod = %sb.id, error = %e, "CNI DEL failed");
-                first_error = Some(Error::Internal(format!(
-                    "tearing down the pod network: {e}"
-                )));
+                first_error = Some(Error::NetworkTeardown(e));
             }
         }
         if let Some(infra) = infra_of(state) {

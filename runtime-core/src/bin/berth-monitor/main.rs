@@ -56,31 +56,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Create the container and monitor it until it exits.
-    Run {
-        /// runtime-core state root (shared with berth-runtime).
-        #[arg(long, default_value = "/run/berth/containers")]
-        root: PathBuf,
-        /// Bundle with config.json.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// CRI log file.
-        #[arg(long = "log-path")]
-        log_path: PathBuf,
-        /// Where the exit record (JSON) is written.
-        #[arg(long = "exit-file")]
-        exit_file: PathBuf,
-        /// Keep the container's stdin open (attach can write to it).
-        #[arg(long)]
-        stdin: bool,
-        /// Create the container with this OCI runtime binary (runc, crun, ...)
-        /// instead of runtime-core; the attach and control sockets stay under --root.
-        #[arg(long = "oci-runtime")]
-        oci_runtime: Option<PathBuf>,
-        /// The OCI runtime's own `--root`.
-        #[arg(long = "oci-root", requires = "oci_runtime")]
-        oci_root: Option<PathBuf>,
-        id: String,
-    },
+    Run(RunArgs),
     /// Create new namespaces and pin them as bind mounts under DIR (net, ipc, uts).
     PinNs {
         #[arg(long)]
@@ -99,6 +75,47 @@ enum Cmd {
     },
     /// Infra process: sleep, reap children, exit on SIGTERM/SIGINT.
     Pause,
+}
+
+/// What `berth-monitor run` is told.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// runtime-core state root (shared with berth-runtime).
+    #[arg(long, default_value = "/run/berth/containers")]
+    root: PathBuf,
+    /// Bundle with config.json.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// CRI log file.
+    #[arg(long = "log-path")]
+    log_path: PathBuf,
+    /// Where the exit record (JSON) is written.
+    #[arg(long = "exit-file")]
+    exit_file: PathBuf,
+    /// Keep the container's stdin open (attach can write to it).
+    #[arg(long)]
+    stdin: bool,
+    /// Create the container with this OCI runtime binary (runc, crun, ...)
+    /// instead of runtime-core; the attach and control sockets stay under --root.
+    #[arg(long = "oci-runtime")]
+    oci_runtime: Option<PathBuf>,
+    /// The OCI runtime's own `--root`.
+    #[arg(long = "oci-root", requires = "oci_runtime")]
+    oci_root: Option<PathBuf>,
+    id: String,
+}
+
+impl RunArgs {
+    /// The OCI runtime to create the container with, if not runtime-core.
+    fn oci(&self) -> Option<OciRuntime> {
+        self.oci_runtime.clone().map(|path| OciRuntime {
+            root: self
+                .oci_root
+                .clone()
+                .unwrap_or_else(|| self.root.join("oci")),
+            path,
+        })
+    }
 }
 
 /// `println!` that never panics: a closed stdout (e.g. `| head`) is not an error of ours.
@@ -126,7 +143,7 @@ fn main() -> ExitCode {
     // `pause` also serves as the holder of a pod's user namespace, started in that
     // namespace before it has any mapping, where neither an overlay nor a memfd can be
     // executed: that one (seen by no container) carries on unsealed.
-    if matches!(cli.cmd, Cmd::Run { .. } | Cmd::Pause)
+    if matches!(cli.cmd, Cmd::Run(_) | Cmd::Pause)
         && let Err(e) = berth_runtime_core::exeseal::ensure_sealed()
     {
         eprintln!("berth-monitor: protecting the monitor binary: {e}");
@@ -135,30 +152,7 @@ fn main() -> ExitCode {
         }
     }
     let res = match cli.cmd {
-        Cmd::Run {
-            root,
-            bundle,
-            log_path,
-            exit_file,
-            stdin,
-            oci_runtime,
-            oci_root,
-            id,
-        } => {
-            let oci = oci_runtime.map(|path| OciRuntime {
-                root: oci_root.unwrap_or_else(|| root.join("oci")),
-                path,
-            });
-            run(
-                &root,
-                &bundle,
-                &log_path,
-                &exit_file,
-                stdin,
-                oci.as_ref(),
-                &id,
-            )
-        }
+        Cmd::Run(args) => run(&args),
         Cmd::PinNs { dir, net, ipc, uts } => pin_ns(&dir, net, ipc, uts),
         Cmd::UnpinNs { dir } => unpin_ns(&dir),
         Cmd::Pause => pause(),
@@ -173,42 +167,32 @@ fn main() -> ExitCode {
 }
 
 #[allow(unsafe_code)] // takes ownership of a dup of fd 1, the create-report pipe
-fn run(
-    root: &Path,
-    bundle: &Path,
-    log_path: &Path,
-    exit_file: &Path,
-    keep_stdin: bool,
-    oci: Option<&OciRuntime>,
-    id: &str,
-) -> Res<()> {
+fn run(args: &RunArgs) -> Res<()> {
     // Our stdout is how berthd learns the result; afterwards it is closed.
     // SAFETY: fd 1 is ours; dup gives an independent copy we own.
     // CLOEXEC: the container must not inherit it, or berthd would wait for its EOF forever.
     let mut sync = Some(unsafe { fs::File::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3)) });
-    let res = run_inner(
-        root, bundle, log_path, exit_file, keep_stdin, oci, id, &mut sync,
-    );
+    let res = run_inner(args, &mut sync);
     if let Err(e) = &res {
         report(&mut sync, &CreateReport::Failed(error_report(e.as_ref())));
     }
     res
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_inner(
-    root: &Path,
-    bundle: &Path,
-    log_path: &Path,
-    exit_file: &Path,
-    keep_stdin: bool,
-    oci: Option<&OciRuntime>,
-    id: &str,
-    sync: &mut Option<fs::File>,
-) -> Res<()> {
+fn run_inner(args: &RunArgs, sync: &mut Option<fs::File>) -> Res<()> {
+    let RunArgs {
+        root,
+        log_path,
+        exit_file,
+        id,
+        ..
+    } = args;
+    let keep_stdin = args.stdin;
+    let oci = args.oci();
+    let oci = oci.as_ref();
     become_subreaper();
 
-    let bundle = fs::canonicalize(bundle)?;
+    let bundle = fs::canonicalize(&args.bundle)?;
     let spec = Spec::load(bundle.join("config.json"))?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     let log =
