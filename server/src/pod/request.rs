@@ -11,8 +11,7 @@ impl PodManager {
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
         if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
-            systemd::validate_pod_slice(&parent, systemd::systemd_running())?;
-            return Ok(parent);
+            return systemd::pod_slice_unit(&parent, systemd::systemd_running());
         }
         if parent.is_empty() {
             return Ok(parent);
