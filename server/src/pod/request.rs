@@ -11,7 +11,8 @@ impl PodManager {
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
         if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
-            return systemd::pod_slice_unit(&parent, systemd::systemd_running());
+            return systemd::pod_slice_unit(&parent, systemd::systemd_running())
+                .map_err(Error::from);
         }
         if parent.is_empty() {
             return Ok(parent);
