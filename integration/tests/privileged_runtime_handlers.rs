@@ -3,7 +3,8 @@
 //! lists the handler, the container shows in `runc list`, its logs reach the CRI log
 //! file, ExecSync and `crictl exec` run inside it, stats come from the cgroup berthd
 //! put in the spec, it survives a berthd restart, and stop/remove leave no runc state
-//! and no cgroup. An unknown handler is refused with InvalidArgument.
+//! and no cgroup. An unknown handler is refused with InvalidArgument. A runtime slow
+//! to start an exec still has its command killed when ExecSync times out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use berth_integration::client::CriClient;
 use berth_integration::daemon::DaemonOptions;
 use berth_integration::fixtures::{
-    self, BUSYBOX, container_config, create, exec_output, pod_config, pull, run_pod_with, start,
+    self, BUSYBOX, container_config, create, create_started, exec_output, exec_within, pod_config,
+    pull, run_pod_with, start,
 };
 use berth_integration::setup::Node;
 use berth_integration::tools::crictl;
@@ -409,6 +411,80 @@ async fn runc_handler_runs_pods_like_the_native_one() {
         "cgroup left behind: {}",
         memory_cgroup.display()
     );
+
+    fixtures::stop_and_remove_pod(&mut client, &pod_id).await;
+}
+
+/// ExecSync's timeout can fire before the runtime has started the command (measured in
+/// the VM lane: under QEMU TCG, critest's 1 s `sleep 4321` timed out before
+/// berth-runtime wrote its pid file). berthd must still kill that command once the
+/// runtime starts it, not kill only the runtime and leave the command running in the
+/// container — critest's "execSync with timeout" then finds it with `pgrep sleep`.
+/// Here runc is wrapped by a script that waits 3 s before any `exec`, so the 1 s
+/// timeout always fires first.
+#[tokio::test]
+async fn a_timed_out_exec_is_killed_even_when_the_runtime_starts_it_late() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let slow = dir.path().join("slow-exec-runc");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do [ \"$a\" = exec ] && sleep 3 && break; done\n\
+             exec {RUNC} \"$@\"\n"
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod wrapper");
+    let node = Node::start_with(DaemonOptions {
+        extra_config: format!("\n[runtime_handlers.slowexec]\nruntime_path = {slow:?}\n"),
+        ..Default::default()
+    })
+    .await
+    .expect("start node");
+    let runc_root = node.daemon.state_dir.join("oci").join("slowexec");
+    let _cleanup = RuncCleanup(runc_root);
+    let mut client = node.daemon.client().await.expect("client");
+    pull(&mut client, BUSYBOX).await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let pod = pod_config("rh-slowexec", logs.path());
+    let pod_id = run_pod_with(&mut client, &pod, "slowexec")
+        .await
+        .expect("RunPodSandbox with handler slowexec");
+    let ctr_id = create_started(
+        &mut client,
+        &pod_id,
+        &pod,
+        // Not a sleep: the check below is critest's, `pgrep sleep`.
+        container_config("app", BUSYBOX, &["tail", "-f", "/dev/null"]),
+    )
+    .await;
+
+    let err = client
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ctr_id.clone(),
+            cmd: vec!["sleep".into(), "4321".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("ExecSync of sleep 4321 with a 1 s timeout must time out");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    // critest's check: no `sleep` left in the container.
+    let r = exec_within(
+        &mut client,
+        &ctr_id,
+        &["sh", "-c", "pgrep sleep || true"],
+        30,
+    )
+    .await;
+    assert_eq!(
+        r.stdout.trim(),
+        "",
+        "the timed-out command still runs in the container"
+    );
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
 
     fixtures::stop_and_remove_pod(&mut client, &pod_id).await;
 }

@@ -1,8 +1,9 @@
-//! The systemd cgroup driver. kubelet gives a pod's cgroup parent as a slice unit name
+//! The systemd cgroup driver. A pod's cgroup parent is a slice unit
 //! (`kubepods-burstable-pod<uid>.slice`), which lives in the cgroup tree at
 //! `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice` (each
-//! `-` opens a nested slice), and each container is a transient scope unit
-//! `berth-<id>.scope` inside it.
+//! `-` opens a nested slice); kubelet sends that cgroup path, other clients may send the
+//! unit name, and berthd keeps the unit name ([`pod_slice_unit`]). Each container is a
+//! transient scope unit `berth-<id>.scope` inside it.
 //!
 //! systemd is the single writer of the cgroups it manages: what berthd writes behind its
 //! back is reset at the next `systemctl daemon-reload` (the runc/containerd bug). So the
@@ -35,9 +36,9 @@ pub enum SliceError {
     /// No `.slice` suffix.
     #[error("{0:?} is not a systemd slice name (it must end in \".slice\")")]
     NotASlice(String),
-    /// A path was given where a unit name was expected.
+    /// A path that is not a slice's own cgroup path.
     #[error(
-        "{0:?} is a path; the systemd driver takes a slice unit name like kubepods-burstable-pod<uid>.slice"
+        "{0:?} is a path but not a slice's cgroup path; the systemd driver takes a slice unit name like kubepods-burstable-pod<uid>.slice or its cgroup path /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice"
     )]
     Path(String),
     /// A dash at either end, or two in a row: no parent slice could be named.
@@ -104,19 +105,37 @@ pub fn expand_slice(slice: &str) -> Result<String, SliceError> {
     Ok(path)
 }
 
-/// RunPodSandbox's check of a pod's cgroup parent under the systemd driver:
+/// The slice unit a pod's cgroup parent names. kubelet's systemd cgroup manager sends
+/// the slice's cgroup path (`/kubepods.slice/kubepods-pod<uid>.slice`: its `ToSystemd`
+/// expands the unit name), other clients may send the unit name itself; like
+/// containerd and CRI-O, berthd takes the path's last component, but only when the
+/// path is exactly that slice's own cgroup path (anything else would put the pod
+/// somewhere the path does not say).
+pub fn slice_unit(parent: &str) -> Result<String, SliceError> {
+    if !parent.contains('/') {
+        expand_slice(parent)?;
+        return Ok(parent.to_owned());
+    }
+    let path = parent.trim_end_matches('/');
+    let unit = path.rsplit('/').next().unwrap_or_default();
+    match expand_slice(unit) {
+        Ok(expanded) if expanded == path => Ok(unit.to_owned()),
+        _ => Err(SliceError::Path(parent.to_owned())),
+    }
+}
+
+/// RunPodSandbox's check of a pod's cgroup parent under the systemd driver: the slice
+/// unit to keep as the pod's parent ([`slice_unit`]; empty for none);
 /// `FailedPrecondition` when systemd is not running (whatever the parent), else
-/// `InvalidArgument` when the parent is not a valid slice name.
-pub fn validate_pod_slice(parent: &str, systemd_running: bool) -> Result<(), Error> {
+/// `InvalidArgument` when the parent names no slice.
+pub fn pod_slice_unit(parent: &str, systemd_running: bool) -> Result<String, Error> {
     if !systemd_running {
         return Err(Error::FailedPrecondition(needs_systemd_message()));
     }
     if parent.is_empty() {
-        return Ok(());
+        return Ok(String::new());
     }
-    expand_slice(parent)
-        .map(drop)
-        .map_err(|e| Error::InvalidArgument(format!("linux.cgroup_parent: {e}")))
+    slice_unit(parent).map_err(|e| Error::InvalidArgument(format!("linux.cgroup_parent: {e}")))
 }
 
 /// A container's scope unit name.
@@ -984,22 +1003,61 @@ mod tests {
 
     #[test]
     fn pods_need_systemd_then_a_valid_slice() {
-        let e = validate_pod_slice("kubepods-pod1.slice", false).expect_err("no systemd");
+        let e = pod_slice_unit("kubepods-pod1.slice", false).expect_err("no systemd");
         assert!(
             matches!(&e, Error::FailedPrecondition(m) if m.contains("needs systemd")),
             "{e}"
         );
-        let e = validate_pod_slice("", false).expect_err("no systemd, no parent");
+        let e = pod_slice_unit("", false).expect_err("no systemd, no parent");
         assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
-        validate_pod_slice("kubepods-pod1.slice", true).expect("valid");
-        validate_pod_slice("", true).expect("no parent");
-        let e = validate_pod_slice("/kubepods/pod1", true).expect_err("a path");
+        assert_eq!(
+            pod_slice_unit("kubepods-pod1.slice", true).expect("valid"),
+            "kubepods-pod1.slice"
+        );
+        assert_eq!(pod_slice_unit("", true).expect("no parent"), "");
+        let e = pod_slice_unit("/kubepods/pod1", true).expect_err("a path");
         assert!(
             matches!(&e, Error::InvalidArgument(m) if m.contains("linux.cgroup_parent")),
             "{e}"
         );
-        let e = validate_pod_slice("kubepods--pod1.slice", true).expect_err("--");
+        let e = pod_slice_unit("kubepods--pod1.slice", true).expect_err("--");
         assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+
+    /// kubelet 1.37 with `cgroupDriver: systemd` sends the pod slice's cgroup path (seen
+    /// in the VM lane: every RunPodSandbox was refused until this was accepted).
+    #[test]
+    fn kubelets_slice_paths_name_their_slice() {
+        for (parent, unit) in [
+            (
+                "/kubepods.slice/kubepods-pod976209b0.slice",
+                "kubepods-pod976209b0.slice",
+            ),
+            (
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podu1.slice",
+                "kubepods-burstable-podu1.slice",
+            ),
+            ("/kubepods.slice/", "kubepods.slice"),
+            (
+                "kubepods-besteffort-podu2.slice",
+                "kubepods-besteffort-podu2.slice",
+            ),
+        ] {
+            assert_eq!(slice_unit(parent).expect(parent), unit);
+        }
+        // A path that is not the slice's own place in the tree, or names no slice.
+        for bad in [
+            "/kubepods-pod1.slice",
+            "/other.slice/kubepods-pod1.slice",
+            "/kubepods.slice/../kubepods-pod1.slice",
+            "/kubepods/pod1",
+            "/",
+            "/kubepods.slice/kubepods-pod1.slice/berth-x.scope",
+        ] {
+            let e = slice_unit(bad).expect_err(bad);
+            assert!(matches!(e, SliceError::Path(_)), "{bad:?}: {e}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]

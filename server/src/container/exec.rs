@@ -57,16 +57,10 @@ impl ContainerManager {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            // Not kill_on_drop: berth-runtime must live to reap the process it ran
-            // (the guard kills that one); tokio reaps berth-runtime itself.
+            // Not kill_on_drop: the runtime must live to reap the process it ran (the
+            // guard kills that one); tokio reaps the runtime itself.
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", runtime.display()), e))?;
-        // If the client goes away (its deadline usually equals ours), this future is
-        // dropped mid-wait: the guard still kills the process in the container.
-        let mut guard = ExecGuard {
-            pid_file: pid_file.clone(),
-            armed: true,
-        };
         let mut out = child
             .stdout
             .take()
@@ -77,32 +71,22 @@ impl ContainerManager {
             .ok_or_else(|| Error::Internal("exec stderr".into()))?;
         let read_out = tokio::spawn(async move { read_capped(&mut out).await });
         let read_err = tokio::spawn(async move { read_capped(&mut err).await });
-        let waited = if timeout > 0 {
-            tokio::time::timeout(
-                Duration::from_secs(u64::try_from(timeout).unwrap_or(0)),
-                child.wait(),
-            )
-            .await
-        } else {
-            Ok(child.wait().await)
+        // If the client goes away (its deadline usually equals ours), this future is
+        // dropped mid-wait: the guard still kills the process in the container.
+        let mut guard = ExecGuard {
+            pid_file,
+            child: Some(child),
         };
-        let status = match waited {
-            Ok(s) => s.map_err(|e| Error::io("waiting for exec", e))?,
-            Err(_) => {
-                // Kill the command; berth-runtime, its parent, then reaps it and
-                // exits. Killing berth-runtime first would leave a zombie with the
-                // host's init.
-                drop(guard);
-                if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
+        let limit = (timeout > 0).then(|| Duration::from_secs(u64::try_from(timeout).unwrap_or(0)));
+        let status = match guard.wait(limit).await {
+            Some(s) => s.map_err(|e| Error::io("waiting for exec", e))?,
+            None => {
+                guard.kill().await;
                 return Err(Error::DeadlineExceeded(format!(
                     "command {cmd:?} timed out after {timeout}s and was killed"
                 )));
             }
         };
-        guard.armed = false;
-        let _ = std::fs::remove_file(&pid_file);
         let stdout = read_out.await.unwrap_or_default();
         let mut stderr = read_err.await.unwrap_or_default();
         let exit_code = status.code().unwrap_or(255);
@@ -165,23 +149,154 @@ async fn read_capped(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     out
 }
 
-/// Kills an exec'd process tree unless disarmed (the process finished normally).
+/// How often a timed-out exec's pid file is looked for while the runtime is still
+/// starting the command.
+const PID_FILE_POLL: Duration = Duration::from_millis(100);
+
+/// The runtime running an ExecSync command, and the pid file it writes once the
+/// command is started. Dropped while it still holds the runtime (the client went
+/// away), it kills the command in the background.
 struct ExecGuard {
     pid_file: PathBuf,
-    armed: bool,
+    child: Option<tokio::process::Child>,
+}
+
+impl ExecGuard {
+    /// Waits for the runtime to exit, for at most `limit`: `None` when it ran out.
+    /// On an exit the guard is disarmed and the pid file removed.
+    async fn wait(
+        &mut self,
+        limit: Option<Duration>,
+    ) -> Option<std::io::Result<std::process::ExitStatus>> {
+        let child = self.child.as_mut()?;
+        let status = match limit {
+            Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok()?,
+            None => child.wait().await,
+        };
+        self.child = None;
+        let _ = std::fs::remove_file(&self.pid_file);
+        Some(status)
+    }
+
+    /// Kills the command and everything it started, then waits for the runtime (its
+    /// parent, which reaps it) to exit.
+    async fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            kill_exec(&self.pid_file, child).await;
+        }
+        self.child = None;
+    }
 }
 
 impl Drop for ExecGuard {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(mut child) = self.child.take() else {
             return;
+        };
+        let pid_file = std::mem::take(&mut self.pid_file);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { kill_exec(&pid_file, &mut child).await });
+            }
+            Err(_) => {
+                if let Some(pid) = read_pid(&pid_file) {
+                    kill_tree(pid);
+                }
+                let _ = child.start_kill();
+                let _ = std::fs::remove_file(&pid_file);
+            }
         }
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
+    }
+}
+
+/// Kills a timed-out exec: the command's tree once the runtime has written its pid
+/// file, then waits for the runtime to reap it and exit.
+///
+/// The timeout can fire before the runtime has started the command (on a slow or
+/// loaded node starting it can take longer than a 1 s timeout): the pid file is
+/// then not there yet. Killing only the runtime then would orphan the command it is
+/// about to start, still running in the container, so the pid file is watched for
+/// until the runtime exits. Only a runtime that neither starts the command nor exits
+/// within [`KILL_WAIT`] is killed itself, with whatever it has spawned.
+async fn kill_exec(pid_file: &std::path::Path, child: &mut tokio::process::Child) {
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    let mut killed = false;
+    loop {
+        if !killed && let Some(pid) = read_pid(pid_file) {
+            // Once: after the kill the runtime reaps the process and the pid is free
+            // for reuse.
             kill_tree(pid);
+            killed = true;
         }
-        let _ = std::fs::remove_file(&self.pid_file);
+        let poll = tokio::time::Instant::now() + PID_FILE_POLL;
+        if tokio::time::timeout_at(poll.min(deadline), child.wait())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                kill_tree(pid);
+            }
+            let _ = child.kill().await;
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// The pid in an exec's pid file: `None` while the runtime has not written it (or
+/// has written only part of it).
+fn read_pid(pid_file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process's state letter (`/proc/<pid>/stat` field 3), `None` once it is gone.
+    fn state(pid: i32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    /// The timeout fired before the runtime started the command: the pid file appears
+    /// only later, and the command it names must still be killed (a runtime stand-in
+    /// that starts `sleep` 1 s late, writes its pid, and waits for it, as
+    /// `berth-runtime exec` does).
+    #[tokio::test]
+    async fn a_command_the_runtime_starts_after_the_timeout_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("exec.pid");
+        let seen = dir.path().join("seen.pid");
+        let script = format!(
+            "sleep 1; sleep 4321 & echo $! > {seen}; echo $! > {pid}; wait $!",
+            seen = seen.display(),
+            pid = pid_file.display()
+        );
+        let mut runtime = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            // Its shell reports the killed `sleep` ("Killed"): not the test's output.
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        kill_exec(&pid_file, &mut runtime).await;
+        assert!(
+            started.elapsed() < KILL_WAIT,
+            "the runtime was waited out, not ended by the command's kill"
+        );
+        let pid: i32 = std::fs::read_to_string(&seen)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(state(pid), None, "the command outlived the kill");
+        assert!(!pid_file.exists(), "pid file left behind");
     }
 }

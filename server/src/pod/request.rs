@@ -11,8 +11,8 @@ impl PodManager {
             .map(|l| l.cgroup_parent.clone())
             .unwrap_or_default();
         if matches!(self.config.cgroup_driver, CgroupDriver::Systemd) {
-            systemd::validate_pod_slice(&parent, systemd::systemd_running())?;
-            return Ok(parent);
+            return systemd::pod_slice_unit(&parent, systemd::systemd_running())
+                .map_err(Error::from);
         }
         if parent.is_empty() {
             return Ok(parent);
