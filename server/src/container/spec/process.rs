@@ -109,6 +109,15 @@ pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     use std::io::Read;
     let bad = |why: String| Error::InvalidArgument(format!("image file {path}: {why}"));
+    // The node running out of fds or memory is not the image's fault: that stays
+    // ResourceExhausted (kubelet retries), anything else names the file as refused.
+    let unreadable = |why: &str, e: std::io::Error| {
+        if crate::error::Kind::of_io(&e) == crate::error::Kind::ResourceExhausted {
+            Error::io(format!("image file {path}: {why}"), e)
+        } else {
+            bad(format!("{why}: {e}"))
+        }
+    };
     let root = rustix::fs::open(
         rootfs,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -151,7 +160,7 @@ pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
             return Err(bad("resolves through a /proc magic link".into()));
         }
         Err(rustix::io::Errno::NOTDIR) => return Ok(None),
-        Err(e) => return Err(bad(format!("cannot be opened: {e}"))),
+        Err(e) => return Err(unreadable("cannot be opened", e.into())),
     };
     let st = rustix::fs::fstat(&fd)
         .map_err(|e| Error::io(format!("stat of image file {path}"), e.into()))?;
@@ -171,12 +180,12 @@ pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| bad(format!("cannot be opened: {e}")))?;
+    .map_err(|e| unreadable("cannot be opened", e.into()))?;
     let mut text = Vec::new();
     std::fs::File::from(file)
         .take(IMAGE_FILE_MAX + 1)
         .read_to_end(&mut text)
-        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        .map_err(|e| unreadable("cannot be read", e))?;
     if text.len() as u64 > IMAGE_FILE_MAX {
         return Err(bad(format!(
             "is more than the {IMAGE_FILE_MAX} bytes berthd reads"
