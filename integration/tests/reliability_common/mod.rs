@@ -270,9 +270,16 @@ pub fn leases_of(ids: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Pids of live (not zombie) berth-monitor processes, whichever daemon started them.
+/// Pids of live (not zombie) berth-monitor processes of the binaries under test,
+/// whichever of the tests' daemons started them.
 pub fn monitor_pids() -> BTreeSet<i32> {
     let mut out = BTreeSet::new();
+    // Only the monitors of the binaries under test (next to the berthd these tests
+    // start): another checkout's berthd running on the same machine (a developer's
+    // cluster, a second worktree's tests) has monitors too, and they are not ours.
+    let ours = berth_integration::daemon::TestDaemon::binary()
+        .ok()
+        .and_then(|b| b.parent().map(Path::to_path_buf));
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -284,6 +291,7 @@ pub fn monitor_pids() -> BTreeSet<i32> {
         if exe
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("berth-monitor"))
+            && (ours.is_none() || exe.parent() == ours.as_deref())
         {
             out.insert(pid);
         }
