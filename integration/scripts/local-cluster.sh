@@ -537,7 +537,8 @@ resolvConf: $DIR/resolv.conf
 clusterDNS: [$POD_GATEWAY]
 clusterDomain: cluster.local
 serializeImagePulls: false
-evictionHard: {memory.available: "100Mi", nodefs.available: "2%", imagefs.available: "2%"}
+# Absolute: on a large shared disk a percentage means gigabytes (2% of 252 GB is 5 GB).
+evictionHard: {memory.available: "100Mi", nodefs.available: "512Mi", imagefs.available: "512Mi"}
 EOF
   start kubelet "$1" --config="$DIR/kubelet.yaml" --kubeconfig="$DIR/pki/kubelet.kubeconfig" \
     --root-dir="$DIR/kubelet" --hostname-override=$NODE --v=1
