@@ -36,6 +36,7 @@ START_RUNTIME="$(node_runtime)"
 [ -n "$RUNTIMES" ] || RUNTIMES="$START_RUNTIME"
 IFS=, read -r -a RTS <<< "$RUNTIMES"
 [ "${#RTS[@]}" -le 2 ] || die "--runtimes: one or two of berth, containerd"
+[ "${#RTS[@]}" = 1 ] || [ "${RTS[0]}" != "${RTS[1]}" ] || die "--runtimes: two different runtimes"
 for rt in "${RTS[@]}"; do
   case "$rt" in berth|containerd) ;; *) die "--runtimes: berth or containerd, not '$rt'" ;; esac
 done
@@ -119,8 +120,9 @@ for rt in "${ORDER[@]}"; do
   scale_down
 done
 
-stats() { # times... -> "median min max"
-  printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%s %s %s", a[int((NR+1)/2)], a[1], a[NR]}'
+stats() { # times... -> "median min max" (an even count's median: the mean of the middle two)
+  printf '%s\n' "$@" | sort -n |
+    awk '{a[NR]=$1} END {m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%s %s %s", m, a[1], a[NR]}'
 }
 declare -A MEDIAN
 for rt in "${RTS[@]}"; do
@@ -131,8 +133,8 @@ for rt in "${RTS[@]}"; do
     "$rt" "$med" "$min" "$max" "$ROUNDS" "$N"
 done
 if [ "${#RTS[@]}" = 2 ]; then
-  printf 'cluster-scale: ratio of the medians %s/%s: %.2f\n' "${RTS[0]}" "${RTS[1]}" \
-    "$(echo "${MEDIAN[${RTS[0]}]} / ${MEDIAN[${RTS[1]}]}" | bc -l)"
+  printf 'cluster-scale: ratio of the medians berth/containerd: %.2f\n' \
+    "$(echo "${MEDIAN[berth]} / ${MEDIAN[containerd]}" | bc -l)"
 fi
 log "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 use "$START_RUNTIME"
