@@ -109,8 +109,8 @@ leaks() { # what `up` made that must be gone after `down`; prints each leak
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
   iptables-save -t filter | grep -F -- "berth-cluster no egress" | sed 's/^/iptables filter /' || true
-  iptables-save -t nat | grep -E -- "-N KUBE-(SERVICES|NODEPORTS|SVC-|SEP-|EXT-|PROXY-CANARY)|berth native network $BRIDGE" | sed 's/^/iptables nat /' || true
-  iptables-save -t filter | grep -E -- "-N KUBE-(SERVICES|NODEPORTS|EXTERNAL-SERVICES|PROXY-FIREWALL|FORWARD|PROXY-CANARY)" | sed 's/^/iptables filter /' || true
+  iptables-save -t nat | grep -E -- "^:KUBE-(SERVICES|NODEPORTS|SVC-|SEP-|EXT-|PROXY-CANARY)|berth native network $BRIDGE\"" | sed 's/^/iptables nat /' || true
+  iptables-save -t filter | grep -E -- "^:KUBE-(SERVICES|NODEPORTS|EXTERNAL-SERVICES|PROXY-FIREWALL|FORWARD|PROXY-CANARY)" | sed 's/^/iptables filter /' || true
   [ ! -e "$DIR" ] || echo "directory $DIR"
   [ ! -e "$RUN" ] || echo "directory $RUN"
   # netns: berthd pins them below $RUN (checked above); a named one would be here.

@@ -4,7 +4,8 @@
 //!
 //!   berth-cluster-images [--busybox-only] http://127.0.0.1:PORT [COREDNS_BINARY COREDNS_TAG]
 //!
-//! `--busybox-only` pushes only `busybox` (and CoreDNS when named): the kubectl end-to-end
+//! `--busybox-only` pushes only `busybox`, the sandbox image `registry.k8s.io/pause`
+//! containerd needs (and CoreDNS when named): the kubectl end-to-end
 //! test (integration/scripts/cluster-e2e.sh) runs nothing else, and building critest's,
 //! nginx's and httpd's images takes minutes with a debug build.
 
@@ -13,8 +14,12 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use berth_integration::forge::Pusher;
 use berth_integration::forge::{
-    ImageBuilder, LayerBuilder, Published, critest_images, critest_server_images,
+    ImageBuilder, LayerBuilder, Published, busybox_layer, critest_images, critest_server_images,
 };
+
+/// Tag of `registry.k8s.io/pause` that local-cluster.sh configures as containerd's
+/// sandbox image.
+const PAUSE_TAG: &str = "3.10.1";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,6 +50,16 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("pushing busybox:{tag}"))?;
     }
+    // containerd's sandbox image (`local-cluster.sh up --runtime containerd`; berthd
+    // needs none): busybox's sleep, which a SIGKILL ends, as containerd stops it.
+    let pause = ImageBuilder::new()
+        .layer(busybox_layer(&[], &[])?)
+        .entrypoint(["/bin/sleep", "2147483647"])
+        .build()?;
+    pusher
+        .push("pause", PAUSE_TAG, &pause)
+        .await
+        .context("pushing pause")?;
     for p in &images {
         for tag in &p.tags {
             pusher

@@ -245,6 +245,20 @@ impl LayerBuilder {
         self
     }
 
+    /// Mode, uid and gid of the regular file at `path` among this layer's entries.
+    fn file_meta(&self, path: &str) -> Option<(u32, u64, u64)> {
+        self.entries.iter().find_map(|e| match e {
+            Entry::File {
+                path: p,
+                mode,
+                uid,
+                gid,
+                ..
+            } if p == path => Some((*mode, *uid, *gid)),
+            _ => None,
+        })
+    }
+
     /// The uncompressed tar.
     pub fn tar(&self) -> anyhow::Result<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
@@ -282,8 +296,14 @@ impl LayerBuilder {
                     b.append_link(&mut h, path, target)?;
                 }
                 Entry::HardLink { path, target } => {
+                    // The header carries the linked file's mode and owner, as GNU tar
+                    // writes it: containerd applies a link header's mode to the shared
+                    // inode, so a fixed 0644 took busybox's exec bit there.
+                    let (mode, uid, gid) = self.file_meta(target).unwrap_or((0o644, 0, 0));
                     h.set_entry_type(tar::EntryType::Link);
-                    h.set_mode(0o644);
+                    h.set_mode(mode);
+                    h.set_uid(uid);
+                    h.set_gid(gid);
                     h.set_size(0);
                     b.append_link(&mut h, path, target)?;
                 }

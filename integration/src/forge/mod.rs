@@ -94,6 +94,33 @@ mod tests {
     }
 
     #[test]
+    fn a_hard_link_header_carries_the_linked_files_mode() {
+        // containerd applies a link header's mode to the shared inode: busybox's
+        // applets must not take its exec bit away.
+        let tar = LayerBuilder::new()
+            .file("/bin/busybox", "x", 0o755)
+            .hardlink("/bin/sleep", "/bin/busybox")
+            .tar()
+            .unwrap();
+        let mut modes = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let e = e.unwrap();
+            modes.push((
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+                e.header().mode().unwrap(),
+            ));
+        }
+        assert_eq!(
+            modes,
+            [
+                ("bin/busybox".to_owned(), tar::EntryType::Regular, 0o755),
+                ("bin/sleep".to_owned(), tar::EntryType::Link, 0o755),
+            ]
+        );
+    }
+
+    #[test]
     fn config_carries_runtime_settings_and_the_id_is_its_digest() {
         let img = ImageBuilder::new()
             .files(&[("/x", b"1", 0o644)])
