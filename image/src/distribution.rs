@@ -191,6 +191,20 @@ impl RegistryError {
     }
 }
 
+/// A reqwest error as it may be shown. Its Display names the URL it failed on, and
+/// after a redirect that is the final one: a pre-signed blob URL whose query string
+/// is a credential (X-Amz-Signature and the like). The query, fragment and user info
+/// are cut; scheme, host and path stay (which host a redirect led to helps).
+fn redacted(mut e: reqwest::Error) -> reqwest::Error {
+    if let Some(url) = e.url_mut() {
+        url.set_query(None);
+        url.set_fragment(None);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    e
+}
+
 /// Builds and caches one HTTP client per TLS configuration.
 #[derive(Debug)]
 pub struct HttpClients {
@@ -366,7 +380,7 @@ impl Session {
             Ok(Err(source)) if source.is_timeout() => Err(deadline()),
             Ok(Err(source)) => Err(RegistryError::Unreachable {
                 endpoint: url.to_string(),
-                source,
+                source: redacted(source),
             }),
             Ok(Ok(r)) => Ok(r),
         }
@@ -712,7 +726,7 @@ impl BlobStream {
                 return Err(RegistryError::Body {
                     endpoint: self.endpoint.clone(),
                     what: self.what.clone(),
-                    source,
+                    source: redacted(source),
                 });
             }
             Ok(Ok(c)) => c,
@@ -776,5 +790,86 @@ mod tests {
             s.url("manifests", "3.9").as_str(),
             "http://127.0.0.1:5000/v2/pause/manifests/3.9?ns=registry.k8s.io"
         );
+    }
+
+    /// A reqwest error names the URL it failed on; a signed URL's query string (and
+    /// any user info) is cut before it reaches a message, the host and path kept.
+    #[tokio::test]
+    async fn signed_urls_are_cut_from_reqwest_errors() {
+        // A port nothing listens on: connecting to it is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let e = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!(
+                "http://user:pw@{dead}/blobs/ab?X-Amz-Signature=s3cr3t&X-Amz-Credential=k3y#f"
+            ))
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        assert!(e.to_string().contains("s3cr3t"), "{e}");
+        let text = RegistryError::Unreachable {
+            endpoint: "example.test".into(),
+            source: redacted(e),
+        }
+        .to_string();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("k3y") && !text.contains("pw@"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("http://{dead}/blobs/ab)")), "{text}");
+    }
+
+    /// A registry that redirects a blob to a pre-signed URL on a host that cannot be
+    /// reached: the signature stays out of the error. (reqwest 0.13 names the request's
+    /// URL, not the redirect's, in this error; this guards that, with [`redacted`],
+    /// across reqwest upgrades.)
+    #[tokio::test]
+    async fn a_redirect_targets_signature_stays_out_of_the_message() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registry.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = registry.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: \
+                 http://{dead}/blobs/ab?X-Amz-Signature=s3cr3t\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let clients = HttpClients::new(Timeouts::default(), BodyLimits::default());
+        let ep = Endpoint {
+            api: Url::parse(&format!("http://{addr}/v2")).unwrap(),
+            capabilities: crate::hosts::Capabilities {
+                pull: true,
+                resolve: true,
+                push: false,
+            },
+            skip_verify: false,
+            ca: vec![],
+            headers: vec![],
+            mirror: false,
+        };
+        let s = Session::new(&clients, ep, "example.test", "app", Auth::default()).unwrap();
+        let Err(e) = s.blob("sha256:ab").await else {
+            panic!("a refused redirect target fetched a blob");
+        };
+        server.await.unwrap();
+        assert!(matches!(e, RegistryError::Unreachable { .. }), "{e}");
+        let text: Vec<String> =
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        assert!(!text.concat().contains("s3cr3t"), "{text:?}");
     }
 }

@@ -59,6 +59,17 @@ impl Kind {
     }
 }
 
+/// The kind of an error from the first host error in its cause chain: out of fds,
+/// memory or disk anywhere below is ResourceExhausted (the node is exhausted, and
+/// docs/troubleshooting.md promises that code for it on every RPC); anything else,
+/// or no host error at all, is `otherwise`. For errors of other crates whose variants
+/// carry an `io::Error` but do not know Berth's kinds (netlink, runtime-core).
+pub fn io_kind_in_chain(e: &(dyn std::error::Error + 'static), otherwise: Kind) -> Kind {
+    std::iter::successors(Some(e), |e| e.source())
+        .find_map(|e| e.downcast_ref::<io::Error>())
+        .map_or(otherwise, |io| Kind::of_io_or(io, otherwise))
+}
+
 /// An error that knows its [`Kind`].
 pub trait HasKind: std::error::Error {
     /// What sort of failure this is.

@@ -51,6 +51,34 @@ pub enum SliceError {
         "{0:?} is not a valid slice name: only ASCII letters, digits and \":_.\\-\" are allowed"
     )]
     BadChar(String),
+    /// Longer than systemd allows a unit name (its cgroup path, which repeats every
+    /// parent's name, would grow with the square of the length).
+    #[error(
+        "{name:?} is not a valid slice name: it is {len} bytes long, and systemd unit names are at most {UNIT_NAME_MAX} bytes"
+    )]
+    TooLong {
+        /// The name, cut short ([`shown`]).
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// The longest unit name systemd accepts, in bytes (`UNIT_NAME_MAX` less its NUL).
+pub const UNIT_NAME_MAX: usize = 255;
+
+/// A caller's value as an error message quotes it: whole when it could be a unit
+/// name, else its first 64 bytes and "…" (a hostile value can be megabytes long, and
+/// the message goes back to the client and into the log).
+fn shown(value: &str) -> String {
+    if value.len() <= UNIT_NAME_MAX {
+        return value.to_owned();
+    }
+    let mut end = 64;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
 }
 
 /// Whether systemd runs as the init system here.
@@ -71,7 +99,15 @@ pub fn needs_systemd_message() -> String {
 /// the root slice `-.slice` is `/`.
 pub fn expand_slice(slice: &str) -> Result<String, SliceError> {
     if slice.contains('/') {
-        return Err(SliceError::Path(slice.to_owned()));
+        return Err(SliceError::Path(shown(slice)));
+    }
+    // Before expanding: the path holds every prefix of the name, so its length grows
+    // with the square of the name's (a 16 MiB `a-a-…` would need terabytes).
+    if slice.len() > UNIT_NAME_MAX {
+        return Err(SliceError::TooLong {
+            name: shown(slice),
+            len: slice.len(),
+        });
     }
     let Some(stem) = slice.strip_suffix(".slice") else {
         return Err(SliceError::NotASlice(slice.to_owned()));
@@ -120,7 +156,8 @@ pub fn slice_unit(parent: &str) -> Result<String, SliceError> {
     let unit = path.rsplit('/').next().unwrap_or_default();
     match expand_slice(unit) {
         Ok(expanded) if expanded == path => Ok(unit.to_owned()),
-        _ => Err(SliceError::Path(parent.to_owned())),
+        Err(e @ SliceError::TooLong { .. }) => Err(e),
+        _ => Err(SliceError::Path(shown(parent))),
     }
 }
 
@@ -1022,6 +1059,41 @@ mod tests {
         );
         let e = pod_slice_unit("kubepods--pod1.slice", true).expect_err("--");
         assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+
+    /// A slice name's cgroup path repeats every parent's name: `a-a-…` within gRPC's
+    /// 16 MiB would expand to terabytes. Names past systemd's limit are refused first,
+    /// and the message names the field and the length without echoing the value.
+    #[test]
+    fn overlong_slice_names_are_refused_unexpanded() {
+        let at_limit = format!("{}.slice", "a-".repeat(124) + "a");
+        assert_eq!(at_limit.len(), UNIT_NAME_MAX);
+        expand_slice(&at_limit).expect("a name at the limit");
+        let over = format!("{}.slice", "a-".repeat(150) + "a");
+        let e = expand_slice(&over).expect_err("over the limit");
+        assert!(
+            matches!(&e, SliceError::TooLong { len, .. } if *len == over.len()),
+            "{e}"
+        );
+        // Megabytes, as a unit name and as the last part of a path.
+        let huge = format!("{}a.slice", "a-".repeat(1 << 19));
+        for parent in [huge.clone(), format!("/kubepods.slice/{huge}")] {
+            let e = pod_slice_unit(&parent, true).expect_err("huge");
+            let Error::InvalidArgument(m) = &e else {
+                panic!("{e}");
+            };
+            assert!(m.starts_with("linux.cgroup_parent: "), "{m}");
+            assert!(m.contains(&huge.len().to_string()), "{m}");
+            assert!(
+                m.len() < 300,
+                "the value was echoed back: {} bytes",
+                m.len()
+            );
+        }
+        // A long path that is not a slice's is refused without echoing it either.
+        let path = format!("/{}/kubepods.slice", "x".repeat(1 << 20));
+        let e = pod_slice_unit(&path, true).expect_err("a path");
+        assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
     }
 
     /// kubelet 1.37 with `cgroupDriver: systemd` sends the pod slice's cgroup path (seen

@@ -53,9 +53,18 @@ pub enum NativeError {
         #[source]
         source: std::io::Error,
     },
-    /// Host set-up outside netlink (sysctl, iptables) failed.
+    /// Host set-up outside netlink (iptables) refused.
     #[error("{0}")]
     Host(String),
+    /// Host set-up outside netlink (sysctl, running iptables) failed with a host error.
+    #[error("{what}: {source}")]
+    HostIo {
+        /// What Berth was doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl HasKind for NativeError {
@@ -65,7 +74,9 @@ impl HasKind for NativeError {
             NativeError::Ipam { source, .. } | NativeError::Netns { source, .. } => {
                 Kind::of_io_or(source, Kind::Internal)
             }
-            NativeError::Netlink(_) | NativeError::Host(_) => Kind::Internal,
+            NativeError::Netlink(e) => crate::error::io_kind_in_chain(e, Kind::Internal),
+            NativeError::HostIo { source, .. } => Kind::of_io_or(source, Kind::Internal),
+            NativeError::Host(_) => Kind::Internal,
         }
     }
 }
@@ -325,8 +336,10 @@ impl NativeNetwork {
         sock.call(&netlink::link_up(bridge))?;
         let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
         if std::fs::read_to_string(forward).map_or(true, |s| s.trim() != "1") {
-            std::fs::write(forward, "1")
-                .map_err(|e| NativeError::Host(format!("setting net.ipv4.ip_forward=1: {e}")))?;
+            std::fs::write(forward, "1").map_err(|source| NativeError::HostIo {
+                what: "setting net.ipv4.ip_forward=1",
+                source,
+            })?;
         }
         ensure_masquerade(bridge, subnet)?;
         ensured.insert(key);
@@ -361,7 +374,10 @@ fn iptables(command: &str, rule: &[String]) -> Result<bool, NativeError> {
         .args(["-w", "10", "-t", "nat", command])
         .args(rule)
         .output()
-        .map_err(|e| NativeError::Host(format!("running iptables: {e}")))?;
+        .map_err(|source| NativeError::HostIo {
+            what: "running iptables",
+            source,
+        })?;
     if out.status.success() {
         return Ok(true);
     }

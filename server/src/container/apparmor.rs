@@ -402,6 +402,16 @@ fn load_profile(parser: &Path, text: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
+            // A parser that vanished after it was found is the host's set-up, not a
+            // missing object of the request: NotFound would tell kubelet the
+            // container is gone.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Error::FailedPrecondition(format!(
+                    "AppArmor profile {DEFAULT_PROFILE} is not loaded and apparmor_parser ({}) \
+                     cannot be run: {e}; install the apparmor package (Debian/Ubuntu: apt-get install apparmor)",
+                    parser.display()
+                ));
+            }
             Error::io(
                 format!(
                     "loading AppArmor profile {DEFAULT_PROFILE} with {}",
@@ -449,6 +459,26 @@ fn load_profile(parser: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser found at start-up is gone when the profile is loaded: the host's
+    /// set-up is at fault (FailedPrecondition, naming apparmor_parser), not a missing
+    /// object of the request (NotFound, which kubelet reads as "no such container").
+    #[test]
+    fn a_missing_parser_is_a_failed_precondition() {
+        let dir = tempfile::tempdir().unwrap();
+        let parser = dir.path().join("apparmor_parser");
+        let e = load_profile(&parser, "profile x {}").expect_err("no parser");
+        assert_eq!(
+            crate::error::HasKind::kind(&e),
+            crate::error::Kind::FailedPrecondition,
+            "{e}"
+        );
+        let m = e.to_string();
+        assert!(
+            m.contains("apparmor_parser") && m.contains(&parser.display().to_string()),
+            "{m}"
+        );
+    }
 
     fn sp(ty: ProfileType, r: &str) -> SecurityProfile {
         SecurityProfile {

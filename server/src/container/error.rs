@@ -181,8 +181,12 @@ impl HasKind for Error {
                 | RuntimeError::Failed { .. } => Kind::Internal,
             },
             Error::Host(e) => e.kind(),
-            Error::RuntimeCore { .. }
-            | Error::Task { .. }
+            // runtime-core does not know Berth's kinds; a host error it carries (its
+            // `Io` variant, a process step's) still says whether the node ran out.
+            Error::RuntimeCore { source, .. } => {
+                crate::error::io_kind_in_chain(source, Kind::Internal)
+            }
+            Error::Task { .. }
             | Error::Json { .. }
             | Error::Protocol(_)
             | Error::MonitorExited { .. }

@@ -163,7 +163,9 @@ struct ExecGuard {
 
 impl ExecGuard {
     /// Waits for the runtime to exit, for at most `limit`: `None` when it ran out.
-    /// On an exit the guard is disarmed and the pid file removed.
+    /// On an exit the guard is disarmed and the pid file removed; when the wait
+    /// itself fails the guard stays armed (nothing says the command ended, so
+    /// dropping the guard still kills it).
     async fn wait(
         &mut self,
         limit: Option<Duration>,
@@ -173,18 +175,26 @@ impl ExecGuard {
             Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok()?,
             None => child.wait().await,
         };
-        self.child = None;
-        let _ = std::fs::remove_file(&self.pid_file);
+        if status.is_ok() {
+            self.child = None;
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
         Some(status)
     }
 
     /// Kills the command and everything it started, then waits for the runtime (its
     /// parent, which reaps it) to exit.
+    ///
+    /// The kill runs as a task of its own that the guard no longer holds: if this
+    /// future is dropped mid-kill (the client went away), the task goes on, and the
+    /// guard's drop does not start a second kill that would read the pid file again
+    /// after the first kill freed its pid for reuse.
     async fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            kill_exec(&self.pid_file, child).await;
-        }
-        self.child = None;
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid_file = self.pid_file.clone();
+        let _ = tokio::spawn(async move { kill_exec(&pid_file, &mut child).await }).await;
     }
 }
 
@@ -298,5 +308,90 @@ mod tests {
             .unwrap();
         assert_eq!(state(pid), None, "the command outlived the kill");
         assert!(!pid_file.exists(), "pid file left behind");
+    }
+
+    /// The handler dropped while the guard kills (the client went away during the
+    /// kill): the pid file is not read a second time. A runtime stand-in starts the
+    /// command, writes its pid, and lingers after the command is killed; once the
+    /// kill is cancelled, the pid file names another process, as a reused pid would.
+    #[tokio::test]
+    async fn a_cancelled_kill_does_not_read_the_pid_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("exec.pid");
+        let script = format!(
+            "sleep 4321 & echo $! > {pid}.tmp; mv {pid}.tmp {pid}; wait $!; exec sleep 4321",
+            pid = pid_file.display()
+        );
+        let runtime = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let runtime_pid = runtime.id().unwrap() as i32;
+        while read_pid(&pid_file).is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut guard = ExecGuard {
+            pid_file: pid_file.clone(),
+            child: Some(runtime),
+        };
+        // The command is killed at once; the runtime lingers, so the kill is still
+        // waiting for it when it is cancelled.
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), guard.kill()).await;
+        assert!(cancelled.is_err(), "the lingering runtime ended the kill");
+        let mut other = std::process::Command::new("sleep")
+            .arg("4321")
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, other.id().to_string()).unwrap();
+        drop(guard);
+        tokio::time::sleep(3 * PID_FILE_POLL).await;
+        let survived = other.try_wait().unwrap().is_none();
+        let _ = other.kill();
+        let _ = other.wait();
+        kill_tree(runtime_pid);
+        assert!(survived, "the process now named by the pid file was killed");
+    }
+
+    /// Waiting for the runtime failed (here: it was reaped behind tokio's back, so
+    /// waitpid answers ECHILD): nothing says the command ended, so dropping the
+    /// guard still kills it.
+    #[tokio::test]
+    async fn a_failed_wait_leaves_the_guard_armed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("exec.pid");
+        let mut command = std::process::Command::new("sleep")
+            .arg("4321")
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, command.id().to_string()).unwrap();
+        let runtime = tokio::process::Command::new("true").spawn().unwrap();
+        let runtime_pid = runtime.id().unwrap() as i32;
+        let reaped = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(runtime_pid),
+            rustix::process::WaitOptions::empty(),
+        )
+        .unwrap();
+        assert!(reaped.is_some(), "the runtime stand-in was not reaped");
+        let mut guard = ExecGuard {
+            pid_file: pid_file.clone(),
+            child: Some(runtime),
+        };
+        let waited = guard.wait(None).await;
+        assert!(matches!(waited, Some(Err(_))), "{waited:?}");
+        drop(guard);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut killed = false;
+        while std::time::Instant::now() < deadline {
+            if command.try_wait().unwrap().is_some() {
+                killed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = command.kill();
+        let _ = command.wait();
+        assert!(killed, "the command outlived a guard whose wait failed");
     }
 }

@@ -65,6 +65,8 @@ impl From<crate::pod::Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::native::NativeError;
+    use crate::cni::netlink::NetlinkError;
     use crate::container::Error as ContainerError;
     use crate::error::Error;
     use crate::pod::Error as PodError;
@@ -134,6 +136,65 @@ mod tests {
                 PodError::from(ContainerError::NotRunning { id: "c1".into() }).into(),
                 Code::FailedPrecondition,
             ),
+            // The native network and the native runtime: out of fds below them is the
+            // node exhausted (docs/troubleshooting.md promises it on every RPC), any
+            // other host error still Berth's.
+            (
+                native_network(NativeError::Netlink(NetlinkError::Io(errno(libc::EMFILE)))),
+                Code::ResourceExhausted,
+            ),
+            (
+                native_network(NativeError::Netlink(NetlinkError::Kernel {
+                    what: "creating bridge berth0".into(),
+                    source: errno(libc::ENOBUFS),
+                })),
+                Code::Internal,
+            ),
+            (
+                native_network(NativeError::Netlink(NetlinkError::Kernel {
+                    what: "creating bridge berth0".into(),
+                    source: errno(libc::ENOMEM),
+                })),
+                Code::ResourceExhausted,
+            ),
+            (
+                native_network(NativeError::Netlink(NetlinkError::Malformed("x".into()))),
+                Code::Internal,
+            ),
+            (
+                native_network(NativeError::HostIo {
+                    what: "running iptables",
+                    source: errno(libc::ENFILE),
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                native_network(NativeError::HostIo {
+                    what: "running iptables",
+                    source: errno(libc::ENOENT),
+                }),
+                Code::Internal,
+            ),
+            (
+                runtime_core(berth_runtime_core::ContainerError::Io {
+                    what: "create state dir",
+                    path: "/run/berth/c1".into(),
+                    source: errno(libc::EMFILE),
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                runtime_core(berth_runtime_core::ContainerError::Io {
+                    what: "create state dir",
+                    path: "/run/berth/c1".into(),
+                    source: errno(libc::EIO),
+                }),
+                Code::Internal,
+            ),
+            (
+                runtime_core(berth_runtime_core::ContainerError::InvalidSpec("x".into())),
+                Code::Internal,
+            ),
         ];
         for (i, (s, c)) in cases.into_iter().enumerate() {
             assert_eq!(s.code(), c, "case {i}: {}", s.message());
@@ -141,6 +202,22 @@ mod tests {
         // The message is not looked at: a text that reads like an errno is not one.
         let s = Status::from(Error::Internal("running x: (os error 24)".into()));
         assert_eq!(s.code(), Code::Internal);
+    }
+
+    fn native_network(source: NativeError) -> Status {
+        PodError::NativeNetwork {
+            id: "p1".into(),
+            source,
+        }
+        .into()
+    }
+
+    fn runtime_core(source: berth_runtime_core::ContainerError) -> Status {
+        ContainerError::RuntimeCore {
+            context: "creating container c1".into(),
+            source,
+        }
+        .into()
     }
 
     fn cgroup_write(errno: i32) -> berth_runtime_core::cgroups::CgroupError {

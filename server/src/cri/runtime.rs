@@ -75,9 +75,11 @@ impl RuntimeService for CriService {
         if let Some(pod) = self.shared.pods.find(&id)? {
             // A pod's containers are killed when it stops (kubelet has already
             // stopped them gracefully when it wanted to).
-            for cid in self.shared.containers.in_pod(&pod.id) {
-                self.shared.containers.stop(&cid, 0).await?;
-            }
+            let containers = &self.shared.containers;
+            each_container(containers.in_pod(&pod.id), |cid| async move {
+                containers.stop(&cid, 0).await
+            })
+            .await?;
         }
         self.shared.pods.stop(&id).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
@@ -89,9 +91,11 @@ impl RuntimeService for CriService {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         if let Some(pod) = self.shared.pods.find(&id)? {
-            for cid in self.shared.containers.in_pod(&pod.id) {
-                self.shared.containers.remove(&cid).await?;
-            }
+            let containers = &self.shared.containers;
+            each_container(containers.in_pod(&pod.id), |cid| async move {
+                containers.remove(&cid).await
+            })
+            .await?;
         }
         self.shared.pods.remove(&id).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
@@ -790,5 +794,66 @@ impl CriService {
                 "resolving the AppArmor profile",
             ))??;
         Ok(())
+    }
+}
+
+/// Runs `op` on each of a pod's containers, in order, for StopPodSandbox and
+/// RemovePodSandbox. A container that is found gone (NotFound: removed concurrently)
+/// is skipped: answering NotFound would make kubelet take the pod's stop as done, and
+/// the pod's network would never be torn down. Any other failure ends the walk.
+async fn each_container<F, Fut>(ids: Vec<String>, op: F) -> Result<(), crate::container::Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::container::Error>>,
+{
+    use crate::error::{HasKind, Kind};
+    for cid in ids {
+        match op(cid).await {
+            Err(e) if e.kind() == Kind::NotFound => {
+                tracing::debug!(error = %e, "pod container gone while the pod was stopped");
+            }
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::Error as ContainerError;
+
+    /// One of the pod's containers is removed concurrently: the others are still
+    /// handled and the pod's stop goes on; any other failure still stops it.
+    #[tokio::test]
+    async fn a_container_gone_midway_does_not_abort_the_pods_stop() {
+        let ids = || vec!["c1".to_owned(), "c2".to_owned(), "c3".to_owned()];
+        let seen = std::sync::Mutex::new(Vec::new());
+        let r = each_container(ids(), |cid| {
+            seen.lock().unwrap().push(cid.clone());
+            async move {
+                if cid == "c2" {
+                    Err(ContainerError::io(
+                        "stopping c2",
+                        std::io::Error::from_raw_os_error(libc::ENOENT),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(*seen.lock().unwrap(), ids());
+
+        let r = each_container(ids(), |cid| async move {
+            if cid == "c2" {
+                Err(ContainerError::Internal("boom".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(matches!(r, Err(ContainerError::Internal(_))), "{r:?}");
     }
 }
