@@ -806,10 +806,11 @@ where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::container::Error>>,
 {
-    use crate::error::{HasKind, Kind};
     for cid in ids {
         match op(cid).await {
-            Err(e) if e.kind() == Kind::NotFound => {
+            // Only the record lookup's own "container … not found": a host file that
+            // is missing (ENOENT, also NotFound by kind) is a real failure of the stop.
+            Err(e @ crate::container::Error::Host(crate::error::Error::NotFound(_))) => {
                 tracing::debug!(error = %e, "pod container gone while the pod was stopped");
             }
             r => r?,
@@ -833,10 +834,9 @@ mod tests {
             seen.lock().unwrap().push(cid.clone());
             async move {
                 if cid == "c2" {
-                    Err(ContainerError::io(
-                        "stopping c2",
-                        std::io::Error::from_raw_os_error(libc::ENOENT),
-                    ))
+                    Err(ContainerError::Host(crate::error::Error::NotFound(
+                        "container \"c2\" not found".into(),
+                    )))
                 } else {
                     Ok(())
                 }
@@ -855,5 +855,19 @@ mod tests {
         })
         .await;
         assert!(matches!(r, Err(ContainerError::Internal(_))), "{r:?}");
+
+        // A host file missing during the stop is not the container being gone.
+        let r = each_container(ids(), |cid| async move {
+            if cid == "c2" {
+                Err(ContainerError::io(
+                    "stopping c2",
+                    std::io::Error::from_raw_os_error(libc::ENOENT),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_err(), "a missing host file was skipped: {r:?}");
     }
 }
