@@ -33,10 +33,10 @@ const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONTAINERD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A busybox image both berthd and containerd can run: the static busybox with
-/// `applets` as symlinks. critest's forged images link their applets as hard links
-/// whose tar headers carry mode 0644; containerd applies a link header's mode to the
-/// shared inode, so busybox loses its exec bit there ("exec: /bin/sleep: permission
-/// denied"), while berthd ignores it. This image avoids that.
+/// `applets` as symlinks. (It was written when forge's hard-link headers carried mode
+/// 0644, which containerd applies to the shared inode — busybox lost its exec bit
+/// there; forge now writes the linked file's mode, and this image keeps its symlinks
+/// so the benchmarks' numbers stay comparable.)
 pub fn peer_busybox_image(
     applets: &[&str],
     entrypoint: &[&str],
