@@ -12,7 +12,8 @@
 //!   plus Debian's curl, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
 //!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
-//!   `/bin` as upstream's, `CMD ["sh"]`;
+//!   `/bin` as upstream's, plus `/bin/nmeter` (`berth-nmeter`: Debian's busybox has no
+//!   nmeter applet), `CMD ["sh"]`;
 //! - nginx 1.27.0-2 and 1.28.0-2: Debian's nginx on port 80;
 //! - nonewprivs 1.4: critest's set-uid `nnp` probe;
 //! - nonroot 1.5: busybox with `USER 1234`, as its Dockerfile;
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let busybox = ImageBuilder::new()
         .layer(plain.clone())
         .layer(all_applets_in_bin()?)
+        .layer(nmeter_layer()?)
         .cmd(["sh"])
         .build()?;
     let agnhost_image = agnhost_image(agnhost)?;
@@ -118,6 +120,21 @@ fn all_applets_in_bin() -> anyhow::Result<LayerBuilder> {
         }
     }
     Ok(layer)
+}
+
+/// `/bin/nmeter`: Debian's busybox lacks that applet, and the container-lifecycle
+/// specs time-stamp their logs with it; `berth-nmeter` (built next to this program)
+/// does what they ask of it.
+fn nmeter_layer() -> anyhow::Result<LayerBuilder> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let nmeter = exe.with_file_name("berth-nmeter");
+    if !nmeter.is_file() {
+        bail!(
+            "{} missing: cargo build -p berth-integration --bins",
+            nmeter.display()
+        );
+    }
+    LayerBuilder::new().host_binary_at("bin/nmeter", &nmeter)
 }
 
 /// agnhost as its Dockerfile lays it out, on the busybox base instead of alpine.
