@@ -17,11 +17,13 @@
 //! - nginx 1.27.0-2 and 1.28.0-2: Debian's nginx on port 80;
 //! - nonewprivs 1.4: critest's set-uid `nnp` probe;
 //! - nonroot 1.5: busybox with `USER 1234`, as its Dockerfile;
+//! - glibc-dns-testing 2.1.1: the busybox base with Debian's `hostname` (glibc's
+//!   resolver answers `hostname -f`) and `hosts: files dns`;
 //! - pause 3.10.2 (registry.k8s.io/pause): agnhost's `pause` subcommand as `/pause`,
 //!   which exits on SIGTERM as the real pause does.
 //!
 //! Not built (the specs that need them are skipped, with this reason): perl, the
-//! node-perf workloads, kitten/nautilus, ipc-utils, glibc-dns-testing, nfs, etcd,
+//! node-perf workloads, kitten/nautilus, ipc-utils, nfs, etcd,
 //! cadvisor, the sample device plugin and node-problem-detector, and any image pinned by
 //! upstream digest (a local build cannot reproduce the digest).
 
@@ -66,9 +68,10 @@ async fn main() -> anyhow::Result<()> {
         .user("1234")
         .build()?;
     let nginx = nginx_image(&plain, 80)?;
+    let glibc_dns = glibc_dns_testing_image(&plain)?;
     let nonewprivs = nonewprivs_image(&plain)?;
 
-    let images: [(String, &[&str], &BuiltImage); 7] = [
+    let images: [(String, &[&str], &BuiltImage); 8] = [
         (
             format!("{E2E}/agnhost"),
             &["2.66.1", "2.55"],
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         (format!("{E2E}/nginx"), &["1.27.0-2", "1.28.0-2"], &nginx),
         (format!("{E2E}/nonewprivs"), &["1.4"], &nonewprivs),
         (format!("{E2E}/nonroot"), &["1.5"], &nonroot),
+        (format!("{E2E}/glibc-dns-testing"), &["2.1.1"], &glibc_dns),
         ("pause".to_owned(), &["3.10.2"], &pause),
         // Specs that say just `busybox` (docker.io/library/busybox).
         ("library/busybox".to_owned(), &["latest", "1.36"], &busybox),
@@ -135,6 +139,22 @@ fn nmeter_layer() -> anyhow::Result<LayerBuilder> {
         );
     }
     LayerBuilder::new().host_binary_at("bin/nmeter", &nmeter)
+}
+
+/// glibc-dns-testing: upstream's is Debian with dnsutils; the hostname specs run
+/// `hostname` and `hostname -f` in it, which must resolve through glibc (the pod's
+/// `/etc/hosts`). Debian's `hostname` with its glibc, and Debian's `hosts: files dns`,
+/// over the busybox base (whose `sh` runs the specs' command lines).
+fn glibc_dns_testing_image(base: &LayerBuilder) -> anyhow::Result<BuiltImage> {
+    ImageBuilder::new()
+        .layer(base.clone())
+        .layer(
+            LayerBuilder::new()
+                .host_binary_at("bin/hostname", Path::new("/bin/hostname"))?
+                .file("etc/nsswitch.conf", "hosts: files dns\n", 0o644),
+        )
+        .cmd(["sh"])
+        .build()
 }
 
 /// agnhost as its Dockerfile lays it out, on the busybox base instead of alpine.
