@@ -11,7 +11,7 @@
 #   integration/scripts/node-e2e.sh                # the conformance run (docs/conformance.md)
 #   integration/scripts/node-e2e.sh --focus 'should have their auto-restart back-off timer' --nodes 1
 #   integration/scripts/node-e2e.sh --runtime containerd   # the same specs on containerd 2.x
-#     (containerd cannot yet run the forged busybox images: docs/conformance.md)
+#     (the same locally built images, pulled by containerd through the same mirrors)
 #
 # Options: --focus RE (default '\[NodeConformance\]'), --skip RE (added to the default
 # skips below), --nodes N (ginkgo processes, default 4), --runtime berth|containerd,

@@ -9,7 +9,8 @@
 //! What is built here (test/utils/image/manifest.go of Kubernetes v1.37):
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
-//!   plus Debian's curl, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
+//!   plus Debian's curl and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
+//!   `nc` lacks), with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
 //!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
 //!   `/bin` as upstream's, plus `/bin/nmeter` (`berth-nmeter`: Debian's busybox has no
@@ -130,15 +131,20 @@ fn all_applets_in_bin() -> anyhow::Result<LayerBuilder> {
 /// specs time-stamp their logs with it; `berth-nmeter` (built next to this program)
 /// does what they ask of it.
 fn nmeter_layer() -> anyhow::Result<LayerBuilder> {
+    LayerBuilder::new().host_binary_at("bin/nmeter", &sibling("berth-nmeter")?)
+}
+
+/// A program cargo built next to this one.
+fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
-    let nmeter = exe.with_file_name("berth-nmeter");
-    if !nmeter.is_file() {
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
         bail!(
             "{} missing: cargo build -p berth-integration --bins",
-            nmeter.display()
+            path.display()
         );
     }
-    LayerBuilder::new().host_binary_at("bin/nmeter", &nmeter)
+    Ok(path)
 }
 
 /// glibc-dns-testing: upstream's is Debian with dnsutils; the hostname specs run
@@ -186,6 +192,8 @@ fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
                 // Upstream's alpine base has curl; exec hooks and the networking
                 // specs run it. Debian's, with the libraries it links.
                 .host_binary(CURL)?
+                // Upstream's netcat does UDP (`nc -u`); busybox's does not.
+                .host_binary_at("usr/local/bin/nc", &sibling("berth-nc")?)?
                 .symlink("agnhost-2", "agnhost")
                 .dir("uploads", 0o755),
         )
