@@ -10,7 +10,7 @@
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
 //!   plus Debian's curl and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
-//!   `nc` lacks), with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
+//!   `nc` lacks) and `/bin/nmeter` as busybox's below, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
 //!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
 //!   `/bin` as upstream's, plus `/bin/nmeter` (`berth-nmeter`: Debian's busybox has no
@@ -194,6 +194,9 @@ fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
                 .host_binary(CURL)?
                 // Upstream's netcat does UDP (`nc -u`); busybox's does not.
                 .host_binary_at("usr/local/bin/nc", &sibling("berth-nc")?)?
+                // The container-lifecycle specs that change a container's image run
+                // their time-stamped command in agnhost too.
+                .host_binary_at("bin/nmeter", &sibling("berth-nmeter")?)?
                 .symlink("agnhost-2", "agnhost")
                 .dir("uploads", 0o755),
         )
