@@ -9,7 +9,7 @@
 //! What is built here (test/utils/image/manifest.go of Kubernetes v1.37):
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
-//!   plus Debian's curl and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
+//!   plus Debian's curl and bash and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
 //!   `nc` lacks) and `/bin/nmeter` as busybox's below, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
 //!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
@@ -192,6 +192,8 @@ fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
                 // Upstream's alpine base has curl; exec hooks and the networking
                 // specs run it. Debian's, with the libraries it links.
                 .host_binary(CURL)?
+                // Upstream's installs bash too; the probe specs' pods run `/bin/bash`.
+                .host_binary("/bin/bash")?
                 // Upstream's netcat does UDP (`nc -u`); busybox's does not.
                 .host_binary_at("usr/local/bin/nc", &sibling("berth-nc")?)?
                 // The container-lifecycle specs that change a container's image run
