@@ -44,9 +44,15 @@ BRIDGE=berthe2e0
 FOCUS='\[NodeConformance\]'
 # Skipped by Kubernetes' own node conformance job too (and far too long for 2 cores).
 SKIP='\[Flaky\]|\[Slow\]|\[Serial\]|\[Disruptive\]'
-# Skipped here, each for the reason docs/conformance.md gives (empty: every spec of the
-# focus runs, and a failure is explained there rather than hidden here).
-SKIP_HOST=()
+# Skipped here, each for the reason given beside it and in docs/conformance.md (a
+# spec that merely fails is not skipped: it is explained there instead).
+SKIP_HOST=(
+  # kubelet serves device plugins at the fixed /var/lib/kubelet/device-plugins/kubelet.sock
+  # whatever its --root-dir, and the network namespace does not hide unix sockets:
+  # with other kubelets on this machine (local-cluster.sh, privileged_kubelet.rs) the
+  # specs' fake plugins reach whichever kubelet bound that path last.
+  'Device Plugin Failures'
+)
 NODES=4
 TIMEOUT=3h
 RUNTIME=berth
