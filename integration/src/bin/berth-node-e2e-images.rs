@@ -4,14 +4,15 @@
 //! `integration/scripts/node-e2e.sh`; the list and what each stands in for is in
 //! docs/conformance.md.
 //!
-//!   berth-node-e2e-images http://127.0.0.1:PORT AGNHOST_BINARY
+//!   berth-node-e2e-images http://127.0.0.1:PORT AGNHOST_BINARY [AGNHOST_PORTER_DIR]
 //!
 //! What is built here (test/utils/image/manifest.go of Kubernetes v1.37):
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
 //!   plus Debian's curl and bash and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
 //!   `nc` lacks) and `/bin/nmeter` as busybox's below, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
-//!   `CMD ["pause"]`, `/agnhost-2` and `/uploads` as upstream;
+//!   `CMD ["pause"]`, `/agnhost-2`, `/uploads` and (from AGNHOST_PORTER_DIR, the
+//!   module's test/images/agnhost/porter) `/localhost.crt` and `/localhost.key` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
 //!   `/bin` as upstream's, plus `/bin/nmeter` (`berth-nmeter`: Debian's busybox has no
 //!   nmeter applet), `CMD ["sh"]`;
@@ -45,8 +46,12 @@ const E2E: &str = "e2e-test-images";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, agnhost] = args.as_slice() else {
-        bail!("usage: berth-node-e2e-images http://127.0.0.1:PORT AGNHOST_BINARY");
+    let (url, agnhost, porter) = match args.as_slice() {
+        [url, agnhost] => (url, agnhost, None),
+        [url, agnhost, porter] => (url, agnhost, Some(Path::new(porter))),
+        _ => bail!(
+            "usage: berth-node-e2e-images http://127.0.0.1:PORT AGNHOST_BINARY [AGNHOST_PORTER_DIR]"
+        ),
     };
     let agnhost = Path::new(agnhost);
     let pusher = Pusher::new(url, None)?;
@@ -58,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
         .layer(nmeter_layer()?)
         .cmd(["sh"])
         .build()?;
-    let agnhost_image = agnhost_image(agnhost)?;
+    let agnhost_image = agnhost_image(agnhost, porter)?;
     let pause = ImageBuilder::new()
         .layer(LayerBuilder::new().host_binary_at("/pause", agnhost)?)
         .entrypoint(["/pause", "pause"])
@@ -164,7 +169,7 @@ fn glibc_dns_testing_image(base: &LayerBuilder) -> anyhow::Result<BuiltImage> {
 }
 
 /// agnhost as its Dockerfile lays it out, on the busybox base instead of alpine.
-fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
+fn agnhost_image(agnhost: &Path, porter: Option<&Path>) -> anyhow::Result<BuiltImage> {
     let base = busybox_layer(
         &[User {
             name: "user-defined-in-image".into(),
@@ -184,8 +189,17 @@ fn agnhost_image(agnhost: &Path) -> anyhow::Result<BuiltImage> {
             },
         ],
     )?;
+    // `/localhost.crt` and `/localhost.key` (agnhost's porter directory in the
+    // kubernetes module): netexec serves HTTPS with them in the https hook specs.
+    let mut tls = LayerBuilder::new();
+    if let Some(dir) = porter {
+        for f in ["localhost.crt", "localhost.key"] {
+            tls = tls.host_file(f, &dir.join(f), 0o644)?;
+        }
+    }
     ImageBuilder::new()
         .layer(base)
+        .layer(tls)
         .layer(
             LayerBuilder::new()
                 .host_binary_at("/agnhost", agnhost)?
