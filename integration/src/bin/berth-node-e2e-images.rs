@@ -9,9 +9,8 @@
 //! What is built here (test/utils/image/manifest.go of Kubernetes v1.37):
 //! - agnhost 2.66.1 and 2.55 (the suite's `Agnhost` and `AgnhostPrev`): the agnhost
 //!   binary built from the kubernetes module by build-node-e2e.sh, on the busybox base
-//!   plus Debian's curl and bash and `berth-nc` as `/usr/local/bin/nc` (UDP, which busybox's
-//!   `nc` lacks) and `/bin/nmeter` as busybox's below, with the user and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`,
-//!   `CMD ["pause"]`, `/agnhost-2`, `/uploads` and (from AGNHOST_PORTER_DIR, the
+//!   plus Debian's curl and bash and `/bin/nmeter` as busybox's below, with the user
+//!   and group agnhost's Dockerfile adds, `ENTRYPOINT ["/agnhost"]`, `CMD ["pause"]`, `/agnhost-2`, `/uploads` and (from AGNHOST_PORTER_DIR, the
 //!   module's test/images/agnhost/porter) `/localhost.crt` and `/localhost.key` as upstream;
 //! - busybox 1.37.0-2, 1.36.1-1 and 1.29-2: the busybox base with every applet also in
 //!   `/bin` as upstream's, plus `/bin/nmeter` (`berth-nmeter`: Debian's busybox has no
@@ -208,8 +207,6 @@ fn agnhost_image(agnhost: &Path, porter: Option<&Path>) -> anyhow::Result<BuiltI
                 .host_binary(CURL)?
                 // Upstream's installs bash too; the probe specs' pods run `/bin/bash`.
                 .host_binary("/bin/bash")?
-                // Upstream's netcat does UDP (`nc -u`); busybox's does not.
-                .host_binary_at("usr/local/bin/nc", &sibling("berth-nc")?)?
                 // The container-lifecycle specs that change a container's image run
                 // their time-stamped command in agnhost too.
                 .host_binary_at("bin/nmeter", &sibling("berth-nmeter")?)?
