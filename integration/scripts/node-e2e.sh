@@ -83,6 +83,10 @@ KUBELET="$TOOLS/kubelet-$KUBE_VERSION"
 GINKGO="$(ls "$TOOLS"/ginkgo-v* 2>/dev/null | sort -V | tail -1)"
 AGNHOST="$(ls "$TOOLS"/agnhost-[0-9]* 2>/dev/null | sort -V | tail -1)"
 [ -x "$GINKGO" ] && [ -x "$AGNHOST" ] || die "ginkgo/agnhost missing: integration/scripts/build-node-e2e.sh"
+# agnhost's TLS key pair (the image's /localhost.crt and /localhost.key), from the
+# kubernetes module build-node-e2e.sh downloaded.
+PORTER="$(go env GOMODCACHE 2>/dev/null)/k8s.io/kubernetes@$KUBE_VERSION/test/images/agnhost/porter"
+[ -f "$PORTER/localhost.key" ] || die "$PORTER missing: integration/scripts/build-node-e2e.sh"
 case "$RUNTIME" in
   berth) for b in berthd berth-monitor berth-runtime berth-node-e2e-images; do
            [ -x "$BERTH_BIN/$b" ] || die "$BERTH_BIN/$b missing: cargo build --workspace --bins"
@@ -196,7 +200,7 @@ for i in $(seq 100); do curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/nul
 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null || die "registry did not start"
 if [ -z "$DRY_RUN" ]; then
   log "building and pushing the suite's images"
-  "$BERTH_BIN/berth-node-e2e-images" "http://127.0.0.1:$REGISTRY_PORT" "$AGNHOST" > "$DIR/logs/images.log" 2>&1 \
+  "$BERTH_BIN/berth-node-e2e-images" "http://127.0.0.1:$REGISTRY_PORT" "$AGNHOST" "$PORTER" > "$DIR/logs/images.log" 2>&1 \
     || { cat "$DIR/logs/images.log"; die "pushing images failed"; }
 fi
 for h in docker.io registry.k8s.io gcr.io k8s.gcr.io; do
@@ -226,6 +230,12 @@ config_path = "$DIR/certs.d"
 
 [stream]
 address = "127.0.0.1"
+
+# The RuntimeClass handler the suite's PodOverhead spec expects preconfigured
+# (e2eruntimeclass.PreconfiguredRuntimeClassHandler), as Kubernetes' job configures
+# containerd: runc.
+[runtime_handlers.test-handler]
+runtime_path = "/usr/sbin/runc"
 EOF
   "$BERTH_BIN/berthd" --config "$DIR/berth/config.toml" > "$DIR/logs/berthd.log" 2>&1 < /dev/null &
   echo $! > "$DIR/runtime.pid"
@@ -272,6 +282,11 @@ state = "$RUN/containerd"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.test-handler]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.test-handler.options]
         SystemdCgroup = false
         BinaryName = "runc"
   [plugins."io.containerd.cri.v1.runtime".cni]
@@ -321,6 +336,13 @@ evictionPressureTransitionPeriod: 30s
 evictionHard: {memory.available: "250Mi", nodefs.available: "512Mi", imagefs.available: "512Mi", nodefs.inodesFree: "2%"}
 evictionMinimumReclaim: {nodefs.available: "100Mi", nodefs.inodesFree: "1%"}
 EOF
+if [ -n "${BERTH_NODE_E2E_CRI_STATS:-}" ]; then
+  # kubelet's built-in cAdvisor tells a cgroup's pod and container only for runtimes it
+  # has a handler for (containerd, CRI-O): on berthd its /metrics/cadvisor has no
+  # container series. With this gate kubelet takes container stats and metrics from the
+  # runtime over CRI instead (docs/metrics.md). Off by default, as in Kubernetes' job.
+  printf 'featureGates: {PodAndContainerStatsFromCRI: true}\n' >> "$DIR/kubelet-base.yaml"
+fi
 # Flags win over the config file and over what the suite sets: kubelet's own root, and no
 # kubelet/system/runtime cgroups (the suite would move every process of the host's root
 # cgroup into /system, and kubelet itself into /kubelet).
