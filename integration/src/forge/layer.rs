@@ -245,25 +245,26 @@ impl LayerBuilder {
         self
     }
 
-    /// Mode, uid and gid of the regular file at `path` among this layer's entries.
-    fn file_meta(&self, path: &str) -> Option<(u32, u64, u64)> {
-        self.entries.iter().find_map(|e| match e {
-            Entry::File {
-                path: p,
-                mode,
-                uid,
-                gid,
-                ..
-            } if p == path => Some((*mode, *uid, *gid)),
-            _ => None,
-        })
+    /// Mode, uid and gid of the file the hard link at `index` names: the last
+    /// entry before it with that path (through other hard links).
+    fn link_target_attrs(&self, index: usize, target: &str) -> anyhow::Result<(u32, u64, u64)> {
+        let found = self.entries[..index].iter().enumerate().rev().find(|(_, e)| {
+            matches!(e, Entry::File { path, .. } | Entry::HardLink { path, .. } if path == target)
+        });
+        match found {
+            Some((_, Entry::File { mode, uid, gid, .. })) => Ok((*mode, *uid, *gid)),
+            Some((j, Entry::HardLink { target: next, .. })) => self.link_target_attrs(j, next),
+            _ => {
+                bail!("hard link to {target:?}: no regular file of that name earlier in the layer")
+            }
+        }
     }
 
     /// The uncompressed tar.
     pub fn tar(&self) -> anyhow::Result<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
         b.mode(tar::HeaderMode::Deterministic);
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             let mut h = tar::Header::new_gnu();
             h.set_mtime(0);
             h.set_uid(0);
@@ -296,10 +297,11 @@ impl LayerBuilder {
                     b.append_link(&mut h, path, target)?;
                 }
                 Entry::HardLink { path, target } => {
-                    // The header carries the linked file's mode and owner, as GNU tar
-                    // writes it: containerd applies a link header's mode to the shared
-                    // inode, so a fixed 0644 took busybox's exec bit there.
-                    let (mode, uid, gid) = self.file_meta(target).unwrap_or((0o644, 0, 0));
+                    // The header carries the linked file's mode and owner, as docker
+                    // and buildkit write it: containerd (and docker) apply a link
+                    // header's mode and owner to the shared inode, so anything else
+                    // would change the target's.
+                    let (mode, uid, gid) = self.link_target_attrs(i, target)?;
                     h.set_entry_type(tar::EntryType::Link);
                     h.set_mode(mode);
                     h.set_uid(uid);
