@@ -199,6 +199,18 @@ pub struct ResolvedUser {
     pub home: Option<String>,
 }
 
+/// berthd's own oom_score_adj: a container's is never set below it. Lowering it needs
+/// CAP_SYS_RESOURCE, which not every host grants even to root (this CI host does not);
+/// runtime-core's init raises to the spec's value the same way, and an OCI runtime
+/// handler (runc) would fail the whole create with EACCES instead — containerd's
+/// `restrict_oom_score_adj` makes the same choice.
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Builds the OCI runtime spec (`config.json` contents) of a container.
 ///
 /// Every section is set field by field from an empty value: the `Default` of
@@ -248,9 +260,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     process.set_apparmor_profile(input.apparmor_profile.map(str::to_owned));
     process.set_oom_score_adj(match resources.oom_score_adj {
         0 => None,
-        adj => Some(i32::try_from(adj).map_err(|_| {
-            Error::InvalidArgument(format!("resources: oom_score_adj {adj} is out of range"))
-        })?),
+        adj => Some(
+            i32::try_from(adj)
+                .map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "resources: oom_score_adj {adj} is out of range"
+                    ))
+                })?
+                .max(own_oom_score_adj()),
+        ),
     });
 
     let mounts = mounts(input, privileged, sc.readonly_rootfs)?;
@@ -879,9 +897,56 @@ mod tests {
         );
         assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
 
-        c.mounts[0].host_path = "/nonexistent/berth".into();
-        let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err("missing host path");
-        assert!(e.to_string().contains("/nonexistent/berth"), "{e}");
+        // A missing host path is created as a directory (as containerd and CRI-O do).
+        let missing = real.join("made/by/berthd");
+        c.mounts[0].host_path = missing.display().to_string();
+        build_with(&c, &ImageConfig::default(), r.path()).expect("a missing host path is made");
+        let made = std::fs::metadata(&missing).expect("created");
+        assert!(made.is_dir());
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&made.permissions()) & 0o777,
+            0o755
+        );
+        // One that cannot be a directory (below a regular file) is refused, named.
+        let file = real.join("a-file");
+        std::fs::write(&file, b"x").expect("file");
+        let below = file.join("below").display().to_string();
+        c.mounts[0].host_path = below.clone();
+        let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err("cannot be made");
+        assert!(e.to_string().contains(&below), "{e}");
+        assert!(!file.join("below").exists());
+    }
+
+    #[test]
+    fn oom_score_adj_is_never_below_berthds_own() {
+        // kubelet asks -997 for a Guaranteed pod; lowering below berthd's own needs
+        // CAP_SYS_RESOURCE, and runc (a runtime handler) fails the create without it.
+        let r = rootfs();
+        let own = own_oom_score_adj();
+        let mut c = ctr(&["sh"]);
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                oom_score_adj: -997,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        assert_eq!(v["process"]["oomScoreAdj"], own.max(-997));
+        assert!(
+            own > -997,
+            "the test needs a process above -997 (it has {own})"
+        );
+        // Above berthd's own, the pod's value stands.
+        c.linux
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .oom_score_adj = 1000;
+        let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
+        assert_eq!(v["process"]["oomScoreAdj"], 1000);
     }
 
     #[test]
