@@ -282,6 +282,20 @@ impl ContainerManager {
             degraded_device_filter: self.config.allow_degraded_device_filter,
         })?;
         cdi.apply(&mut spec);
+        // kubelet sends a huge page limit for every page size the machine has. An OCI
+        // runtime (runc) refuses the whole create when the host has no hugetlb
+        // controller it can use (hybrid hosts keep hugetlb on the v2 tree only), so
+        // the limits are dropped there — nothing could enforce them — as containerd
+        // (tolerate_missing_hugetlb_controller) and runtime-core's own cgroup code do.
+        if matches!(self.handler(ctr)?, Handler::Oci(_))
+            && !hugetlb_usable()
+            && let Some(r) = spec
+                .linux_mut()
+                .as_mut()
+                .and_then(|l| l.resources_mut().as_mut())
+        {
+            r.set_hugepage_limits(None);
+        }
         if let Some(process) = spec.process() {
             let user = process.user();
             let groups = user.additional_gids().clone().unwrap_or_default();
@@ -546,6 +560,16 @@ fn test_hook_die_after_monitor_spawn(monitor_pid: i32) {
     }
     // berthd kills itself, as a crash would.
     let _ = kill_process(getpid(), Signal::KILL);
+}
+
+/// Whether the host's hugetlb cgroup controller is where an OCI runtime can use it: in
+/// the v2 tree on a pure v2 host, as its own v1 hierarchy otherwise.
+fn hugetlb_usable() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    match std::fs::read_to_string(root.join("cgroup.controllers")) {
+        Ok(controllers) => controllers.split_whitespace().any(|c| c == "hugetlb"),
+        Err(_) => root.join("hugetlb").is_dir(),
+    }
 }
 
 #[cfg(test)]

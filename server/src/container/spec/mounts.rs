@@ -136,19 +136,19 @@ pub(super) fn mounts(
         // the target inside the container is resolved in the rootfs by runtime-core.
         // A missing host path is made a directory (0755), as containerd and CRI-O do:
         // kubelet sends a hostPath volume of type "" as is, and pods rely on it.
-        if let Err(e) = std::fs::symlink_metadata(&m.host_path) {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&m.host_path)
-                    .map_err(|e| {
-                        Error::InvalidArgument(format!(
-                            "mounts: host_path {:?} is missing and cannot be created: {e}",
-                            m.host_path
-                        ))
-                    })?;
-            }
+        if let Err(e) = std::fs::symlink_metadata(&m.host_path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&m.host_path)
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "mounts: host_path {:?} is missing and cannot be created: {e}",
+                        m.host_path
+                    ))
+                })?;
         }
         let source = std::fs::canonicalize(&m.host_path).map_err(|e| {
             Error::InvalidArgument(format!("mounts: host_path {:?}: {e}", m.host_path))
