@@ -277,8 +277,11 @@ pub fn monitor_pids() -> BTreeSet<i32> {
     // Only the monitors of the binaries under test (next to the berthd these tests
     // start): another checkout's berthd running on the same machine (a developer's
     // cluster, a second worktree's tests) has monitors too, and they are not ours.
+    // Canonical, as /proc/<pid>/exe is: a relative or symlinked BERTHD_BIN would
+    // otherwise match nothing, and every leak check would pass unchecked.
     let ours = berth_integration::daemon::TestDaemon::binary()
         .ok()
+        .and_then(|b| std::fs::canonicalize(b).ok())
         .and_then(|b| b.parent().map(Path::to_path_buf));
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;

@@ -199,16 +199,33 @@ pub struct ResolvedUser {
     pub home: Option<String>,
 }
 
-/// berthd's own oom_score_adj: a container's is never set below it. Lowering it needs
-/// CAP_SYS_RESOURCE, which not every host grants even to root (this CI host does not);
+/// The lowest oom_score_adj a container is given: berthd's own where berthd lacks
+/// CAP_SYS_RESOURCE, which lowering needs and not every host grants even to root (this
+/// CI host does not);
 /// runtime-core's init raises to the spec's value the same way, and an OCI runtime
 /// handler (runc) would fail the whole create with EACCES instead — containerd's
 /// `restrict_oom_score_adj` makes the same choice.
-fn own_oom_score_adj() -> i32 {
+/// With CAP_SYS_RESOURCE (a normal root host) any value can be set: no floor.
+fn oom_score_adj_floor() -> i32 {
+    if has_sys_resource() {
+        return i32::MIN;
+    }
     std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether berthd's effective capabilities hold CAP_SYS_RESOURCE (bit 24 of CapEff).
+fn has_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
 /// Builds the OCI runtime spec (`config.json` contents) of a container.
@@ -267,7 +284,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
                         "resources: oom_score_adj {adj} is out of range"
                     ))
                 })?
-                .max(own_oom_score_adj()),
+                .max(oom_score_adj_floor()),
         ),
     });
 
@@ -903,10 +920,23 @@ mod tests {
         build_with(&c, &ImageConfig::default(), r.path()).expect("a missing host path is made");
         let made = std::fs::metadata(&missing).expect("created");
         assert!(made.is_dir());
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&made.permissions()) & 0o777,
-            0o755
+        let mode = std::os::unix::fs::PermissionsExt::mode(&made.permissions()) & 0o777;
+        assert_eq!(mode & 0o700, 0o700, "{mode:o}");
+        assert_eq!(mode & 0o022, 0, "0755 less the umask: {mode:o}");
+        // A mount refused for its options creates nothing on the host.
+        let refused = real.join("not/made");
+        c.mounts[0].host_path = refused.display().to_string();
+        c.mounts[0].mount_options = vec!["exec".into()];
+        build_with(&c, &ImageConfig::default(), r.path()).expect_err("bad option");
+        assert!(
+            !real.join("not").exists(),
+            "a refused mount created its host path"
         );
+        c.mounts[0].mount_options.clear();
+        // A relative host path is refused (it would be berthd's working directory's).
+        c.mounts[0].host_path = "relative/dir".into();
+        let e = build_with(&c, &ImageConfig::default(), r.path()).expect_err("relative");
+        assert!(e.to_string().contains("must be absolute"), "{e}");
         // One that cannot be a directory (below a regular file) is refused, named.
         let file = real.join("a-file");
         std::fs::write(&file, b"x").expect("file");
@@ -922,7 +952,7 @@ mod tests {
         // kubelet asks -997 for a Guaranteed pod; lowering below berthd's own needs
         // CAP_SYS_RESOURCE, and runc (a runtime handler) fails the create without it.
         let r = rootfs();
-        let own = own_oom_score_adj();
+        let floor = oom_score_adj_floor();
         let mut c = ctr(&["sh"]);
         c.linux = Some(LinuxContainerConfig {
             resources: Some(LinuxContainerResources {
@@ -932,11 +962,7 @@ mod tests {
             ..Default::default()
         });
         let v = build_with(&c, &ImageConfig::default(), r.path()).expect("spec");
-        assert_eq!(v["process"]["oomScoreAdj"], own.max(-997));
-        assert!(
-            own > -997,
-            "the test needs a process above -997 (it has {own})"
-        );
+        assert_eq!(v["process"]["oomScoreAdj"], floor.max(-997));
         // Above berthd's own, the pod's value stands.
         c.linux
             .as_mut()

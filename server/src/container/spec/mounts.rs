@@ -124,6 +124,14 @@ pub(super) fn mounts(
                 m.container_path
             )));
         }
+        // Relative to what? berthd's working directory is no answer a pod should get
+        // (and a missing path would be created there).
+        if !m.host_path.starts_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "mounts: host_path {:?} of {:?} must be absolute",
+                m.host_path, m.container_path
+            )));
+        }
         // Nothing may be mounted over the kernel's files in /proc (runc's
         // checkProcMount); runtime-core checks again after resolving symlinks.
         berth_runtime_core::rootfs::check_proc_mount(
@@ -132,27 +140,6 @@ pub(super) fn mounts(
             Some(Path::new(&m.host_path)),
         )
         .map_err(|e| Error::InvalidArgument(format!("mounts: {e}")))?;
-        // Symlinks in the host path are resolved here, on the host, where they belong;
-        // the target inside the container is resolved in the rootfs by runtime-core.
-        // A missing host path is made a directory (0755), as containerd and CRI-O do:
-        // kubelet sends a hostPath volume of type "" as is, and pods rely on it.
-        if let Err(e) = std::fs::symlink_metadata(&m.host_path)
-            && e.kind() == std::io::ErrorKind::NotFound
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&m.host_path)
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "mounts: host_path {:?} is missing and cannot be created: {e}",
-                        m.host_path
-                    ))
-                })?;
-        }
-        let source = std::fs::canonicalize(&m.host_path).map_err(|e| {
-            Error::InvalidArgument(format!("mounts: host_path {:?}: {e}", m.host_path))
-        })?;
         let propagation = match MountPropagation::try_from(m.propagation) {
             Ok(MountPropagation::PropagationHostToContainer) => "rslave",
             Ok(MountPropagation::PropagationBidirectional) => "rshared",
@@ -195,6 +182,29 @@ pub(super) fn mounts(
                 }
             }
         }
+        // Symlinks in the host path are resolved here, on the host, where they belong;
+        // the target inside the container is resolved in the rootfs by runtime-core.
+        // A missing host path is made a directory (mode 0755 less the umask), as
+        // containerd and CRI-O do: kubelet sends a hostPath volume of type "" as is,
+        // and pods rely on it. Done after this mount's own checks, so a mount refused
+        // for its options creates nothing on the host.
+        let host_error = |what: &str, e: std::io::Error| {
+            if crate::error::Kind::of_io(&e) == crate::error::Kind::ResourceExhausted {
+                Error::io(format!("mounts: host_path {:?}: {what}", m.host_path), e)
+            } else {
+                Error::InvalidArgument(format!("mounts: host_path {:?}: {what}{e}", m.host_path))
+            }
+        };
+        if let Err(e) = std::fs::symlink_metadata(&m.host_path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&m.host_path)
+                .map_err(|e| host_error("is missing and cannot be created: ", e))?;
+        }
+        let source = std::fs::canonicalize(&m.host_path).map_err(|e| host_error("", e))?;
         let mut bind = mount(
             &clean_container_path(&m.container_path),
             "bind",
