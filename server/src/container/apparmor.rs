@@ -406,10 +406,11 @@ fn load_profile(parser: &Path, text: &str) -> Result<()> {
             // missing object of the request: NotFound would tell kubelet the
             // container is gone.
             if e.kind() == std::io::ErrorKind::NotFound {
+                let parser = parser.display();
                 return Error::FailedPrecondition(format!(
-                    "AppArmor profile {DEFAULT_PROFILE} is not loaded and apparmor_parser ({}) \
-                     cannot be run: {e}; install the apparmor package (Debian/Ubuntu: apt-get install apparmor)",
-                    parser.display()
+                    "AppArmor profile {DEFAULT_PROFILE} is not loaded and apparmor_parser (\
+                     {parser}) cannot be run: {e}; install the apparmor package \
+                     (Debian/Ubuntu: apt-get install apparmor)"
                 ));
             }
             Error::io(
