@@ -770,11 +770,10 @@ fn content_type(headers: &HeaderMap) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn mirror_urls_carry_the_upstream_namespace() {
-        let clients = HttpClients::new(Timeouts::default(), BodyLimits::default());
-        let ep = Endpoint {
-            api: Url::parse("http://127.0.0.1:5000/v2").unwrap(),
+    /// A plain-HTTP endpoint that may pull and resolve, with no headers or CAs.
+    fn pull_endpoint(api: &str, mirror: bool) -> Endpoint {
+        Endpoint {
+            api: Url::parse(api).unwrap(),
             capabilities: crate::hosts::Capabilities {
                 pull: true,
                 resolve: true,
@@ -783,8 +782,14 @@ mod tests {
             skip_verify: false,
             ca: vec![],
             headers: vec![],
-            mirror: true,
-        };
+            mirror,
+        }
+    }
+
+    #[test]
+    fn mirror_urls_carry_the_upstream_namespace() {
+        let clients = HttpClients::new(Timeouts::default(), BodyLimits::default());
+        let ep = pull_endpoint("http://127.0.0.1:5000/v2", true);
         let s = Session::new(&clients, ep, "registry.k8s.io", "pause", Auth::default()).unwrap();
         assert_eq!(
             s.url("manifests", "3.9").as_str(),
@@ -848,18 +853,7 @@ mod tests {
             conn.write_all(answer.as_bytes()).await.unwrap();
         });
         let clients = HttpClients::new(Timeouts::default(), BodyLimits::default());
-        let ep = Endpoint {
-            api: Url::parse(&format!("http://{addr}/v2")).unwrap(),
-            capabilities: crate::hosts::Capabilities {
-                pull: true,
-                resolve: true,
-                push: false,
-            },
-            skip_verify: false,
-            ca: vec![],
-            headers: vec![],
-            mirror: false,
-        };
+        let ep = pull_endpoint(&format!("http://{addr}/v2"), false);
         let s = Session::new(&clients, ep, "example.test", "app", Auth::default()).unwrap();
         let Err(e) = s.blob("sha256:ab").await else {
             panic!("a refused redirect target fetched a blob");
