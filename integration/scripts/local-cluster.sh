@@ -467,38 +467,11 @@ start_containerd() {
             "ranges": [[{"subnet": "$NODE_CIDR", "gateway": "$POD_GATEWAY"}]]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
-  cat > "$d/config.toml" <<EOF
-version = 3
-root = "$d/root"
-state = "$RUN/containerd"
-
-[grpc]
-  address = "$DIR/containerd.sock"
-
-[plugins."io.containerd.nri.v1.nri"]
-  disable = true
-
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "$PAUSE_IMAGE"
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = "$d/certs.d"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "runc"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = "$d/net.d"
-EOF
+  # The same containerd 2 configuration as peer.rs and node-e2e.sh (one template).
+  sed -e "s|@ROOT@|$d/root|" -e "s|@STATE@|$RUN/containerd|" \
+    -e "s|@SOCKET@|$DIR/containerd.sock|" -e "s|@PAUSE@|$PAUSE_IMAGE|" \
+    -e "s|@CERTS@|$d/certs.d|" -e "s|@OCI@|runc|" -e "s|@CNI@|$d/net.d|" \
+    "$REPO/integration/peer/containerd2.toml" > "$d/config.toml"
   # containerd finds its shim on PATH: this build's shim, not Debian's.
   start containerd env "PATH=$CONTAINERD_DIR:$PATH" "$CONTAINERD_DIR/containerd" --config "$d/config.toml"
   wait_for containerd 30 "$(bin crictl)" --runtime-endpoint "unix://$DIR/containerd.sock" --timeout 2s version
