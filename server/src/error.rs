@@ -148,6 +148,18 @@ impl Error {
         }
     }
 
+    /// A file the request (or its image) names could not be used: the request's fault,
+    /// InvalidArgument `<context>: <error>` — unless the node ran out of fds, memory or
+    /// space, which stays an I/O error of kind ResourceExhausted (kubelet retries).
+    pub fn refused_io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        if Kind::of_io(&source) == Kind::ResourceExhausted {
+            Self::io(context, source)
+        } else {
+            Self::InvalidArgument(format!("{context}: {source}"))
+        }
+    }
+
     /// A background task that ended without its result.
     pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
         move |source| Self::Task { what, source }

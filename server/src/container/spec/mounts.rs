@@ -188,13 +188,7 @@ pub(super) fn mounts(
         // containerd and CRI-O do: kubelet sends a hostPath volume of type "" as is,
         // and pods rely on it. Done after this mount's own checks, so a mount refused
         // for its options creates nothing on the host.
-        let host_error = |what: &str, e: std::io::Error| {
-            if crate::error::Kind::of_io(&e) == crate::error::Kind::ResourceExhausted {
-                Error::io(format!("mounts: host_path {:?}: {what}", m.host_path), e)
-            } else {
-                Error::InvalidArgument(format!("mounts: host_path {:?}: {what}{e}", m.host_path))
-            }
-        };
+        let named = format!("mounts: host_path {:?}", m.host_path);
         if let Err(e) = std::fs::symlink_metadata(&m.host_path)
             && e.kind() == std::io::ErrorKind::NotFound
         {
@@ -202,9 +196,12 @@ pub(super) fn mounts(
                 .recursive(true)
                 .mode(0o755)
                 .create(&m.host_path)
-                .map_err(|e| host_error("is missing and cannot be created: ", e))?;
+                .map_err(|e| {
+                    Error::refused_io(format!("{named}: is missing and cannot be created"), e)
+                })?;
         }
-        let source = std::fs::canonicalize(&m.host_path).map_err(|e| host_error("", e))?;
+        let source =
+            std::fs::canonicalize(&m.host_path).map_err(|e| Error::refused_io(named, e))?;
         let mut bind = mount(
             &clean_container_path(&m.container_path),
             "bind",

@@ -109,15 +109,8 @@ pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     use std::io::Read;
     let bad = |why: String| Error::InvalidArgument(format!("image file {path}: {why}"));
-    // The node running out of fds or memory is not the image's fault: that stays
-    // ResourceExhausted (kubelet retries), anything else names the file as refused.
-    let unreadable = |why: &str, e: std::io::Error| {
-        if crate::error::Kind::of_io(&e) == crate::error::Kind::ResourceExhausted {
-            Error::io(format!("image file {path}: {why}"), e)
-        } else {
-            bad(format!("{why}: {e}"))
-        }
-    };
+    // The node running out of fds or memory is not the image's fault (refused_io).
+    let unreadable = |why: &str, e| Error::refused_io(format!("image file {path}: {why}"), e);
     let root = rustix::fs::open(
         rootfs,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
