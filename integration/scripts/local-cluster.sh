@@ -460,13 +460,10 @@ start_containerd() {
     printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve"]\n' \
       "$REGISTRY_PORT" "$REGISTRY_PORT" > "$d/certs.d/$h/hosts.toml"
   done
-  cat > "$d/net.d/10-$NAME.conflist" <<EOF
-{"cniVersion": "1.0.0", "name": "$NAME", "plugins": [
-  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-   "ipam": {"type": "host-local", "dataDir": "$d/ipam", "routes": [{"dst": "0.0.0.0/0"}],
-            "ranges": [[{"subnet": "$NODE_CIDR", "gateway": "$POD_GATEWAY"}]]}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}
-EOF
+  # The CNI network containerd's pods join: the bridge template node-e2e.sh uses too.
+  sed -e "s|@NAME@|$NAME|" -e "s|@BRIDGE@|$BRIDGE|" -e "s|@IPAM@|$d/ipam|" \
+    -e "s|@SUBNET@|$NODE_CIDR|" -e "s|@GATEWAY@|$POD_GATEWAY|" \
+    "$REPO/integration/peer/bridge.conflist" > "$d/net.d/10-$NAME.conflist"
   # The same containerd 2 configuration as peer.rs and node-e2e.sh (one template).
   sed -e "s|@ROOT@|$d/root|" -e "s|@STATE@|$RUN/containerd|" \
     -e "s|@SOCKET@|$DIR/containerd.sock|" -e "s|@PAUSE@|$PAUSE_IMAGE|" \
