@@ -103,8 +103,19 @@ const V1_CONTROLLERS: &[&str] = &[
     "net_cls",
     "net_prio",
     "perf_event",
-    "systemd",
 ];
+
+/// Named v1 hierarchies we create directories in too, after the controllers'.
+const V1_NAMED: &[&str] = &["systemd"];
+
+/// v1 controllers the kernel may mount that we do not use.
+const V1_UNUSED: &[&str] = &["rdma", "misc"];
+
+/// Whether a cgroup v1 mount option names a controller (others are options such as
+/// `rw`, `xattr` or `name=systemd`).
+pub fn is_v1_controller(option: &str) -> bool {
+    V1_CONTROLLERS.contains(&option) || V1_UNUSED.contains(&option)
+}
 
 /// Turn `linux.cgroupsPath` into a path relative to the hierarchy root. Cgroupfs paths
 /// are used as given (relative ones under `/`); systemd-style `slice:prefix:name` is
@@ -290,6 +301,7 @@ impl Cgroup {
             Version::V2 => vec![self.root.join(self.rel())],
             Version::V1 => V1_CONTROLLERS
                 .iter()
+                .chain(V1_NAMED)
                 .map(|c| self.root.join(c))
                 .filter(|d| d.is_dir() && !d.is_symlink())
                 .map(|d| d.join(self.rel()))

@@ -442,12 +442,7 @@ impl Container {
             }
             self.refresh();
             if self.state.status == Status::Stopped {
-                return Err(ContainerError::WrongState {
-                    id: self.state.id.clone(),
-                    status: Status::Stopped,
-                    action: "start",
-                    wanted: "created",
-                });
+                return Err(self.wrong_state("start", "created"));
             }
             if Instant::now() > deadline {
                 return Err(ContainerError::StartTimeout(timeout));
@@ -469,6 +464,16 @@ impl Container {
         Ok(())
     }
 
+    /// The error for `action` refused in the container's current state.
+    fn wrong_state(&self, action: &'static str, wanted: &'static str) -> ContainerError {
+        ContainerError::WrongState {
+            id: self.state.id.clone(),
+            status: self.state.status,
+            action,
+            wanted,
+        }
+    }
+
     fn require(
         &self,
         status: Status,
@@ -478,12 +483,7 @@ impl Container {
         if self.state.status == status {
             Ok(())
         } else {
-            Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                status: self.state.status,
-                action,
-                wanted,
-            })
+            Err(self.wrong_state(action, wanted))
         }
     }
 
@@ -493,12 +493,7 @@ impl Container {
             return Ok(cg.kill_all(signal)?);
         }
         if self.state.status == Status::Stopped {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                status: Status::Stopped,
-                action: "kill",
-                wanted: "created or running",
-            });
+            return Err(self.wrong_state("kill", "created or running"));
         }
         let sig = Signal::try_from(signal).map_err(|errno| ContainerError::Sys {
             what: "signal number",
@@ -507,12 +502,10 @@ impl Container {
         // A container whose creation was cut short has no init pid (0) recorded:
         // kill(2) with 0 or -1 would signal the caller's process group or every process.
         let Some(init) = self.init_pid() else {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                status: self.state.status,
-                action: "kill",
-                wanted: "an init process (its creation did not get that far)",
-            });
+            return Err(self.wrong_state(
+                "kill",
+                "an init process (its creation did not get that far)",
+            ));
         };
         init.kill(sig).map_err(|errno| ContainerError::Sys {
             what: "kill",
@@ -563,12 +556,7 @@ impl Container {
         self.refresh();
         if self.state.status != Status::Stopped {
             if !force {
-                return Err(ContainerError::WrongState {
-                    id: self.state.id.clone(),
-                    status: self.state.status,
-                    action: "delete",
-                    wanted: "stopped (or --force)",
-                });
+                return Err(self.wrong_state("delete", "stopped (or --force)"));
             }
             // A pidfd tells us exactly when the init is gone, child of ours or not.
             let pidfd = rustix::process::Pid::from_raw(self.state.pid).and_then(|p| {
@@ -634,12 +622,7 @@ impl Container {
         stdio: Stdio,
     ) -> Result<Spawned, ContainerError> {
         if self.state.status != Status::Running && self.state.status != Status::Created {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                status: self.state.status,
-                action: "exec",
-                wanted: "running",
-            });
+            return Err(self.wrong_state("exec", "running"));
         }
         let mut spec = spec.clone();
         spec.set_process(Some(process));

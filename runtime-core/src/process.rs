@@ -39,7 +39,7 @@ mod stdio;
 
 use namespaces::plan_namespaces;
 use stage1::stage1;
-pub use stdio::recv_pty_master;
+pub use stdio::{console_socketpair, recv_pty_master};
 
 /// How long the caller waits for any single message from the children.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);

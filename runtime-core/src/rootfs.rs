@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::sys::{Errno, MntFlags, MsFlags, Syscall};
+use crate::sys::{Errno, MntFlags, MountArgs, MsFlags, Syscall};
 
 mod cgroupfs;
 mod devices;
@@ -228,7 +228,7 @@ pub struct RootfsPlan<'a> {
 pub fn prepare_rootfs(sys: &dyn Syscall, plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
     let (first, _) = root_propagation(plan.spec)?;
     let slash = Path::new("/");
-    sys.mount(None, slash, None, first, None)
+    sys.mount(MountArgs::change(slash, first))
         .map_err(sys_err("set propagation of /", slash))?;
     let rootfs = plan.rootfs;
     if first.contains(MsFlags::MS_SHARED) {
@@ -237,16 +237,16 @@ pub fn prepare_rootfs(sys: &dyn Syscall, plan: &RootfsPlan<'_>) -> Result<(), Ro
         let info = fs::read_to_string("/proc/self/mountinfo")
             .map_err(io_err("read mountinfo", Path::new("/proc/self/mountinfo")))?;
         let parent = containing_mount(&info, rootfs).unwrap_or_else(|| PathBuf::from("/"));
-        sys.mount(None, &parent, None, MsFlags::MS_PRIVATE, None)
+        sys.mount(MountArgs::change(&parent, MsFlags::MS_PRIVATE))
             .map_err(sys_err("make rootfs parent mount private", &parent))?;
     }
-    sys.mount(
-        Some(rootfs),
-        rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
+    sys.mount(MountArgs {
+        source: Some(rootfs),
+        target: rootfs,
+        fstype: None,
+        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+        data: None,
+    })
     .map_err(sys_err("bind rootfs onto itself", rootfs))?;
 
     let mut dev_is_mounted = false;
@@ -286,20 +286,17 @@ pub fn pivot_into(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(), R
     // (making the container's bidirectional volumes slaves of the host, so their
     // mounts never reach it); ".." crosses onto the old root stacked on top.
     let dotdot = Path::new("..");
-    sys.mount(
-        None,
+    sys.mount(MountArgs::change(
         dotdot,
-        None,
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None,
-    )
+    ))
     .map_err(sys_err("make old root slave", dotdot))?;
     sys.umount2(dot, MntFlags::MNT_DETACH)
         .map_err(sys_err("detach old root", dot))?;
     sys.chdir(slash)
         .map_err(sys_err("chdir to new root", slash))?;
     if let (_, Some(prop)) = root_propagation(spec)? {
-        sys.mount(None, slash, None, prop, None)
+        sys.mount(MountArgs::change(slash, prop))
             .map_err(sys_err("set rootfs propagation", slash))?;
     }
     Ok(())
@@ -331,7 +328,7 @@ pub fn finish_rootfs(sys: &dyn Syscall, spec: &Spec, root: &Path) -> Result<(), 
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         let flags =
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | statfs_flags(root);
-        sys.mount(None, root, None, flags, None)
+        sys.mount(MountArgs::change(root, flags))
             .map_err(sys_err("remount root read-only", root))?;
     }
     Ok(())

@@ -14,6 +14,8 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use berth_runtime_core::cgroups::is_v1_controller;
+
 use crate::config::{CgroupDriver, Config};
 
 /// How a check came out.
@@ -365,7 +367,7 @@ pub fn cgroup_layout(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) ->
             "cgroup" => v1.extend(
                 options
                     .split(',')
-                    .filter(|o| V1_CONTROLLER_NAMES.contains(o))
+                    .filter(|o| is_v1_controller(o))
                     .map(str::to_owned),
             ),
             _ => {}
@@ -380,25 +382,6 @@ pub fn cgroup_layout(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) ->
         }
     }
 }
-
-/// Names of v1 controllers as they appear in mount options (others are options such
-/// as `rw`, `xattr` or `name=systemd`).
-const V1_CONTROLLER_NAMES: &[&str] = &[
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "memory",
-    "pids",
-    "blkio",
-    "devices",
-    "freezer",
-    "hugetlb",
-    "net_cls",
-    "net_prio",
-    "perf_event",
-    "rdma",
-    "misc",
-];
 
 /// Controllers without which resource limits or stats break, per version.
 const V1_REQUIRED: &[&str] = &["cpu", "cpuacct", "memory", "pids"];

@@ -17,17 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use berth_runtime_core::container::{CGROUP_ROOT, wait_exit_code};
-use berth_runtime_core::process::recv_pty_master;
+use berth_runtime_core::process::{console_socketpair, recv_pty_master};
 use berth_runtime_core::{Container, CreateOptions, Stdio};
 use clap::{Parser, Subcommand};
 use oci_spec::runtime::{Process, Spec};
 
+/// OCI runtime (runc-compatible verbs)
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth-runtime",
-    version,
-    about = "OCI runtime (runc-compatible verbs)"
-)]
+#[command(name = "berth-runtime", version)]
 struct Cli {
     /// Directory for container state.
     #[arg(long, global = true, default_value = "/run/berth-runtime")]
@@ -343,12 +340,7 @@ impl PtyPlan {
                 theirs: None,
             });
         }
-        let (mine, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (mine, theirs) = console_socketpair()?;
         Ok(PtyPlan {
             mine: Some(mine),
             theirs: Some(theirs),

@@ -91,6 +91,18 @@ pub(super) fn close_fds_except(from: u32, keep: &[RawFd]) {
     }
 }
 
+/// A connected pair of close-on-exec stream sockets for a console: keep the first end
+/// (the pty master arrives on it, see [`recv_pty_master`]) and pass the second as
+/// [`Stdio::console_socket`].
+pub fn console_socketpair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+}
+
 /// Receive the pty master a container's init sends over a console socket (the other
 /// end of the socket passed as [`Stdio::console_socket`]).
 pub fn recv_pty_master(sock: &OwnedFd, timeout: Duration) -> Result<OwnedFd, ProcessError> {

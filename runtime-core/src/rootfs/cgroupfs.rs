@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::mounts::{MountOptions, bind_host_read_only, remount_locked_read_only};
 use super::{RootfsError, RootfsPlan, sys_err};
-use crate::sys::{InRootPath, MountPointKind, MsFlags, Syscall};
+use crate::sys::{InRootPath, MountPointKind, MsFlags, NewFs, Syscall};
 
 /// A v1 or v2 cgroup hierarchy to show inside the container at a `cgroup` mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +54,26 @@ pub(super) fn mount_cgroups(
             return bind_host_read_only(sys, Path::new("/sys/fs/cgroup"), target, false, dest)
                 .map(drop);
         }
-        sys.mount_fs_at("cgroup2", Path::new("cgroup2"), flags, "", target)
-            .map_err(sys_err("mount cgroup2", dest))?;
+        sys.mount_fs_at(
+            NewFs {
+                fstype: "cgroup2",
+                source: Path::new("cgroup2"),
+                flags,
+                data: "",
+            },
+            target,
+        )
+        .map_err(sys_err("mount cgroup2", dest))?;
         return Ok(());
     }
     let tmpfs = sys
         .mount_fs_at(
-            "tmpfs",
-            Path::new("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            "mode=755",
+            NewFs {
+                fstype: "tmpfs",
+                source: Path::new("tmpfs"),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                data: "mode=755",
+            },
             target,
         )
         .map_err(sys_err("mount tmpfs for cgroups", dest))?;
@@ -84,8 +94,16 @@ pub(super) fn mount_cgroups(
             let host = Path::new("/sys/fs/cgroup").join(dir_name);
             bind_host_read_only(sys, &host, &point, false, &dir)?;
         } else {
-            sys.mount_fs_at("cgroup", Path::new("cgroup"), flags, &data, &point)
-                .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
+            sys.mount_fs_at(
+                NewFs {
+                    fstype: "cgroup",
+                    source: Path::new("cgroup"),
+                    flags,
+                    data: &data,
+                },
+                &point,
+            )
+            .map_err(sys_err("mount cgroup v1 hierarchy", &dir))?;
         }
         if h.controllers.contains(',') {
             for single in h.controllers.split(',') {

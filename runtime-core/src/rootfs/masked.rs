@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use super::{RootfsError, io_err, join_abs, statfs_flags, sys_err};
-use crate::sys::{Errno, InRootPath, MsFlags, Syscall};
+use crate::sys::{Errno, InRootPath, MountArgs, MsFlags, Syscall};
 
 /// Open `p` (a path in the container, after pivot_root) inside `root` through a
 /// handle; `None` if it does not exist.
@@ -33,22 +33,22 @@ pub(super) fn mask_path(sys: &dyn Syscall, root: &Path, p: &str) -> Result<(), R
         Err(e) => return Err(io_err("stat masked path", &path)(e)),
     };
     if meta.is_dir() {
-        sys.mount(
-            Some(Path::new("tmpfs")),
-            handle.path(),
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None,
-        )
+        sys.mount(MountArgs {
+            source: Some(Path::new("tmpfs")),
+            target: handle.path(),
+            fstype: Some("tmpfs"),
+            flags: MsFlags::MS_RDONLY,
+            data: None,
+        })
         .map_err(sys_err("mask directory", &path))
     } else {
-        sys.mount(
-            Some(Path::new("/dev/null")),
-            handle.path(),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
+        sys.mount(MountArgs {
+            source: Some(Path::new("/dev/null")),
+            target: handle.path(),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+        })
         .map_err(sys_err("mask file", &path))
     }
 }
@@ -67,6 +67,6 @@ pub(super) fn readonly_path(sys: &dyn Syscall, root: &Path, p: &str) -> Result<(
         | MsFlags::MS_RDONLY
         | MsFlags::MS_REC
         | statfs_flags(mount.path());
-    sys.mount(None, mount.path(), None, flags, None)
+    sys.mount(MountArgs::change(mount.path(), flags))
         .map_err(sys_err("remount read-only path", &path))
 }

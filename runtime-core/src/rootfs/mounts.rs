@@ -8,7 +8,7 @@ use oci_spec::runtime::{Mount, Spec};
 
 use super::cgroupfs::mount_cgroups;
 use super::{RootfsError, RootfsPlan, io_err, resolve_in_root, statfs_flags, sys_err};
-use crate::sys::{Errno, InRootPath, MountPointKind, MsFlags, Syscall};
+use crate::sys::{Errno, InRootPath, MountArgs, MountPointKind, MsFlags, NewFs, Syscall};
 
 /// Mount options of one spec mount, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +265,7 @@ pub(super) fn finish_mount(
     let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
     if is_bind && !extra.is_empty() {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked;
-        sys.mount(None, mount.path(), None, flags, None)
+        sys.mount(MountArgs::change(mount.path(), flags))
             .map_err(sys_err("remount bind mount with flags", dest))?;
     }
     if opts.recursive_readonly {
@@ -273,7 +273,7 @@ pub(super) fn finish_mount(
             .map_err(sys_err("make mount read-only recursively", dest))?;
     }
     if !opts.propagation.is_empty() {
-        sys.mount(None, mount.path(), None, opts.propagation, None)
+        sys.mount(MountArgs::change(mount.path(), opts.propagation))
             .map_err(sys_err("set mount propagation", dest))?;
     }
     Ok(())
@@ -309,7 +309,15 @@ pub(super) fn mount_entry(
     let target = open_mount_point(sys, plan.rootfs, dest, &rel, MountPointKind::Dir)?;
     let source = m.source().as_deref().unwrap_or(Path::new(typ));
     let flags = opts.flags & !MsFlags::MS_REMOUNT;
-    let mount = match sys.mount_fs_at(typ, source, flags, &opts.data, &target) {
+    let mount = match sys.mount_fs_at(
+        NewFs {
+            fstype: typ,
+            source,
+            flags,
+            data: &opts.data,
+        },
+        &target,
+    ) {
         Ok(mount) => mount,
         // Without its own network namespace a container may not mount sysfs (the
         // kernel ties sysfs to the netns owner): bind the host's read-only, as runc does.
@@ -325,18 +333,13 @@ pub(super) fn mount_entry(
 /// container is shown but must neither change nor run from (its cgroup tmpfs, a host
 /// file system bound in for it) is locked.
 pub(super) fn remount_locked_read_only(sys: &dyn Syscall, path: &Path) -> Result<(), Errno> {
-    sys.mount(
-        None,
-        path,
-        None,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None,
-    )
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    sys.mount(MountArgs::change(path, flags))
 }
 
 /// Binds the host's `host` at `target` (`dest` in the container) and locks the bind

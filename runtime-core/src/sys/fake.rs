@@ -6,7 +6,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use super::{
-    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountPointKind, MsFlags, Rlimit, Syscall,
+    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags, NewFs,
+    Rlimit, Syscall,
 };
 
 /// One recorded call.
@@ -138,20 +139,13 @@ impl RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno> {
+    fn mount(&self, args: MountArgs<'_>) -> Result<(), Errno> {
         self.record(Call::Mount {
-            source: source.map(Path::to_path_buf),
-            target: target.to_path_buf(),
-            fstype: fstype.map(str::to_string),
-            flags,
-            data: data.map(str::to_string),
+            source: args.source.map(Path::to_path_buf),
+            target: args.target.to_path_buf(),
+            fstype: args.fstype.map(str::to_string),
+            flags: args.flags,
+            data: args.data.map(str::to_string),
         })
     }
 
@@ -300,20 +294,24 @@ impl Syscall for RecordingSyscall {
         if recursive {
             flags |= MsFlags::MS_REC;
         }
-        self.mount(Some(source), target.path(), None, flags, None)?;
+        self.mount(MountArgs {
+            source: Some(source),
+            target: target.path(),
+            fstype: None,
+            flags,
+            data: None,
+        })?;
         Ok(InRootPath::plain(target.path()))
     }
 
-    fn mount_fs_at(
-        &self,
-        fstype: &str,
-        source: &Path,
-        flags: MsFlags,
-        data: &str,
-        target: &InRootPath,
-    ) -> Result<InRootPath, Errno> {
-        let data = (!data.is_empty()).then_some(data);
-        self.mount(Some(source), target.path(), Some(fstype), flags, data)?;
+    fn mount_fs_at(&self, fs: NewFs<'_>, target: &InRootPath) -> Result<InRootPath, Errno> {
+        self.mount(MountArgs {
+            source: Some(fs.source),
+            target: target.path(),
+            fstype: Some(fs.fstype),
+            flags: fs.flags,
+            data: (!fs.data.is_empty()).then_some(fs.data),
+        })?;
         Ok(InRootPath::plain(target.path()))
     }
 

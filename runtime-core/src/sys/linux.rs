@@ -6,7 +6,8 @@ use std::path::Path;
 use nix::sys::stat::{Mode, SFlag};
 
 use super::{
-    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountPointKind, MsFlags, Rlimit, Syscall,
+    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags, NewFs,
+    Rlimit, Syscall,
 };
 
 /// Calls the Linux kernel.
@@ -61,14 +62,14 @@ pub(crate) fn mount_setattr(
 }
 
 impl Syscall for LinuxSyscall {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno> {
+    fn mount(&self, args: MountArgs<'_>) -> Result<(), Errno> {
+        let MountArgs {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } = args;
         nix::mount::mount(source, target, fstype, flags, data)
     }
 
@@ -300,14 +301,13 @@ impl Syscall for LinuxSyscall {
         Ok(InRootPath::from_fd(tree))
     }
 
-    fn mount_fs_at(
-        &self,
-        fstype: &str,
-        source: &Path,
-        flags: MsFlags,
-        data: &str,
-        target: &InRootPath,
-    ) -> Result<InRootPath, Errno> {
+    fn mount_fs_at(&self, fs: NewFs<'_>, target: &InRootPath) -> Result<InRootPath, Errno> {
+        let NewFs {
+            fstype,
+            source,
+            flags,
+            data,
+        } = fs;
         use rustix::mount::{
             FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
             fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,

@@ -83,19 +83,54 @@ pub enum MountPointKind {
     File,
 }
 
+/// The arguments of mount(2).
+#[derive(Debug, Clone, Copy)]
+pub struct MountArgs<'a> {
+    /// What to mount: a device, a directory to bind, or a name for a new file system.
+    pub source: Option<&'a Path>,
+    /// Where to mount it, or the mount to change.
+    pub target: &'a Path,
+    /// The type of a new file system.
+    pub fstype: Option<&'a str>,
+    /// `MS_*` flags.
+    pub flags: MsFlags,
+    /// File-system-specific options.
+    pub data: Option<&'a str>,
+}
+
+impl<'a> MountArgs<'a> {
+    /// A change of the mount at `target` alone (a remount, or a propagation change):
+    /// no source, type or options.
+    pub fn change(target: &'a Path, flags: MsFlags) -> Self {
+        MountArgs {
+            source: None,
+            target,
+            fstype: None,
+            flags,
+            data: None,
+        }
+    }
+}
+
+/// A new file system for [`Syscall::mount_fs_at`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewFs<'a> {
+    /// Its type.
+    pub fstype: &'a str,
+    /// Its source (a device, or a name for a pseudo file system).
+    pub source: &'a Path,
+    /// `MS_*` flags, as mount(2) takes them.
+    pub flags: MsFlags,
+    /// Comma-separated options (empty: none).
+    pub data: &'a str,
+}
+
 /// The system calls used to set up a container process.
 ///
 /// Every method returns the raw errno on failure; callers attach the step name.
 pub trait Syscall {
     /// mount(2).
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno>;
+    fn mount(&self, args: MountArgs<'_>) -> Result<(), Errno>;
     /// umount2(2).
     fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
     /// pivot_root(2).
@@ -161,14 +196,7 @@ pub trait Syscall {
     ) -> Result<InRootPath, Errno>;
     /// Mount a new `fstype` file system onto the handle `target` (fsopen, fsconfig,
     /// fsmount, move_mount); the returned handle is the new mount.
-    fn mount_fs_at(
-        &self,
-        fstype: &str,
-        source: &Path,
-        flags: MsFlags,
-        data: &str,
-        target: &InRootPath,
-    ) -> Result<InRootPath, Errno>;
+    fn mount_fs_at(&self, fs: NewFs<'_>, target: &InRootPath) -> Result<InRootPath, Errno>;
     /// Attach a detached mount tree (an idmapped copy) onto the handle `target`.
     fn attach_tree(&self, tree: BorrowedFd<'_>, target: &InRootPath) -> Result<(), Errno>;
     /// Whether what the handle names is on procfs (fstatfs of its fd).

@@ -468,18 +468,14 @@ impl FrameDecoder {
         let frame = match frame_type {
             TYPE_SYN_STREAM => {
                 need(10, false, "at least 10 bytes", p.len())?;
-                let stream_id = nonzero(p.get_u32() & 0x7fff_ffff)?;
-                let associated_to = p.get_u32() & 0x7fff_ffff;
-                let priority = p.get_u8() >> 5;
-                let slot = p.get_u8();
-                let headers = self.headers(name, &p)?;
+                // Fields are evaluated in the order written: the order on the wire.
                 Frame::SynStream {
-                    stream_id,
-                    associated_to,
-                    priority,
-                    slot,
+                    stream_id: nonzero(p.get_u32() & 0x7fff_ffff)?,
+                    associated_to: p.get_u32() & 0x7fff_ffff,
+                    priority: p.get_u8() >> 5,
+                    slot: p.get_u8(),
                     flags,
-                    headers,
+                    headers: self.headers(name, &p)?,
                 }
             }
             TYPE_SYN_REPLY | TYPE_HEADERS => {

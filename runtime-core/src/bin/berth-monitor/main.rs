@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime};
 use berth_runtime_core::cgroups::Cgroup;
 use berth_runtime_core::container::CGROUP_ROOT;
 use berth_runtime_core::monitor_protocol::{self as protocol, CreateReport, ExitRecord};
+use berth_runtime_core::process::console_socketpair;
 use berth_runtime_core::{Container, CreateOptions, Stdio};
 use clap::{Parser, Subcommand};
 use oci_spec::runtime::Spec;
@@ -42,12 +43,9 @@ use crate::oci::OciRuntime;
 use crate::podns::{pause, pin_ns, unpin_ns};
 use crate::report::{error_report, report};
 
+/// Per-container monitor for berthd
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth-monitor",
-    version,
-    about = "Per-container monitor for berthd"
-)]
+#[command(name = "berth-monitor", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -285,12 +283,7 @@ fn container_io(terminal: bool, keep_stdin: bool) -> Res<ContainerIo> {
     let mut stdin_w = None;
     let mut console_mine = None;
     let stdio = if terminal {
-        let (mine, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (mine, theirs) = console_socketpair()?;
         console_mine = Some(mine);
         Stdio {
             fds: None,

@@ -23,6 +23,9 @@ pub(super) enum Source {
     Interface(fn(&InterfaceCounters) -> u64),
 }
 
+/// Label names.
+type Labels = &'static [&'static str];
+
 /// One metric family: its descriptor and its source.
 pub(super) struct Family {
     pub name: &'static str,
@@ -33,34 +36,37 @@ pub(super) struct Family {
     pub source: Source,
 }
 
-const fn counter(
+const fn family(
+    kind: MetricType,
     name: &'static str,
     help: &'static str,
-    extra: &'static [&'static str],
+    extra: Labels,
     source: Source,
 ) -> Family {
     Family {
         name,
         help,
-        kind: MetricType::Counter,
+        kind,
         extra,
         source,
     }
 }
 
-const fn gauge(
+const fn counter(name: &'static str, help: &'static str, extra: Labels, source: Source) -> Family {
+    family(MetricType::Counter, name, help, extra, source)
+}
+
+const fn gauge(name: &'static str, help: &'static str, extra: Labels, source: Source) -> Family {
+    family(MetricType::Gauge, name, help, extra, source)
+}
+
+/// A counter of the pod's network interfaces, one series per interface.
+const fn net(
     name: &'static str,
     help: &'static str,
-    extra: &'static [&'static str],
-    source: Source,
+    value: fn(&InterfaceCounters) -> u64,
 ) -> Family {
-    Family {
-        name,
-        help,
-        kind: MetricType::Gauge,
-        extra,
-        source,
-    }
+    counter(name, help, IFACE, Source::Interface(value))
 }
 
 const NONE: &[&str] = &[];
@@ -68,7 +74,7 @@ const DEVICE: &[&str] = &["device"];
 const IFACE: &[&str] = &["interface"];
 const PAGESIZE: &[&str] = &["pagesize"];
 
-use Source::{Container, Interface, Labelled};
+use Source::{Container, Labelled};
 
 fn cg(r: &ContainerReading) -> Option<&CgroupStats> {
     r.cgroup.as_ref()
@@ -330,53 +336,45 @@ pub(super) const FAMILIES: &[Family] = &[
         NONE,
         Container(|r| cg(r)?.memory.working_set()),
     ),
-    counter(
+    net(
         "container_network_receive_bytes_total",
         "Cumulative count of bytes received.",
-        IFACE,
-        Interface(|i| i.rx_bytes),
+        |i| i.rx_bytes,
     ),
-    counter(
+    net(
         "container_network_receive_errors_total",
         "Cumulative count of errors encountered while receiving.",
-        IFACE,
-        Interface(|i| i.rx_errors),
+        |i| i.rx_errors,
     ),
-    counter(
+    net(
         "container_network_receive_packets_dropped_total",
         "Cumulative count of packets dropped while receiving.",
-        IFACE,
-        Interface(|i| i.rx_dropped),
+        |i| i.rx_dropped,
     ),
-    counter(
+    net(
         "container_network_receive_packets_total",
         "Cumulative count of packets received.",
-        IFACE,
-        Interface(|i| i.rx_packets),
+        |i| i.rx_packets,
     ),
-    counter(
+    net(
         "container_network_transmit_bytes_total",
         "Cumulative count of bytes transmitted.",
-        IFACE,
-        Interface(|i| i.tx_bytes),
+        |i| i.tx_bytes,
     ),
-    counter(
+    net(
         "container_network_transmit_errors_total",
         "Cumulative count of errors encountered while transmitting.",
-        IFACE,
-        Interface(|i| i.tx_errors),
+        |i| i.tx_errors,
     ),
-    counter(
+    net(
         "container_network_transmit_packets_dropped_total",
         "Cumulative count of packets dropped while transmitting.",
-        IFACE,
-        Interface(|i| i.tx_dropped),
+        |i| i.tx_dropped,
     ),
-    counter(
+    net(
         "container_network_transmit_packets_total",
         "Cumulative count of packets transmitted.",
-        IFACE,
-        Interface(|i| i.tx_packets),
+        |i| i.tx_packets,
     ),
     counter(
         "container_oom_events_total",
