@@ -56,7 +56,11 @@ pub enum ContainerError {
     #[error("start: container init did not take the start signal within {0:?}")]
     StartTimeout(Duration),
     #[error("{what}: {errno}")]
-    Sys { what: &'static str, errno: Errno },
+    Sys {
+        what: &'static str,
+        #[source]
+        errno: Errno,
+    },
 }
 
 fn io_err<'a>(
@@ -673,6 +677,19 @@ pub fn wait_exit_code(pid: i32) -> Result<i32, ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed kernel call keeps its errno as the cause, for the chain walkers (the
+    /// monitor's report reads errnos from it); its text already names it.
+    #[test]
+    fn a_failed_kernel_call_has_its_errno_as_source() {
+        let e = ContainerError::Sys {
+            what: "mkfifo exec.fifo",
+            errno: Errno::ENOSPC,
+        };
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Errno>());
+        assert_eq!(source, Some(&Errno::ENOSPC));
+        assert!(e.to_string().starts_with("mkfifo exec.fifo: ENOSPC"), "{e}");
+    }
 
     #[test]
     fn ids_that_could_escape_the_state_root_are_rejected() {

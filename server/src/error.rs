@@ -5,9 +5,11 @@
 //!
 //! Each larger module has its own typed error (`container::Error`, `pod::Error`,
 //! `cni::exec::CniError`) whose variants carry their cause as a `#[source]` and answer
-//! [`HasKind::kind`]. None of them knows about gRPC: `cri/error.rs` is the one place
-//! that turns any of them into a `tonic::Status`, its code chosen from the kind and
-//! its message the whole cause chain.
+//! [`HasKind::kind`]. The failures they share (the plain-message kinds, a host I/O
+//! error, a dead task) are declared once, here: `container::Error` and `pod::Error`
+//! carry an [`Error`] and build one with the constructors of [`Plain`]. None of them
+//! knows about gRPC: `cri/error.rs` is the one place that turns any of them into a
+//! `tonic::Status`, its code chosen from the kind and its message the whole cause chain.
 
 use std::io;
 
@@ -190,6 +192,54 @@ impl HasKind for Error {
             Error::Classified { kind, .. } => *kind,
             Error::Task { .. } | Error::Internal(_) => Kind::Internal,
         }
+    }
+}
+
+/// The constructors every module error gets for the failures it shares with [`Error`]:
+/// the plain-message kinds (the request's mistake, a missing object, ...), a host I/O
+/// error, a background task's death. A module error (`container::Error`, `pod::Error`)
+/// carries an [`Error`] in one variant (`Host`) instead of declaring these again, and
+/// opts in with `impl Plain for Error {}`; `container::Error::invalid_argument(m)` is
+/// `Error::InvalidArgument(m)` inside it, with the same message and kind.
+pub trait Plain: From<Error> {
+    /// The request is malformed; the message names the field.
+    fn invalid_argument(message: String) -> Self {
+        Error::InvalidArgument(message).into()
+    }
+
+    /// The named object does not exist.
+    fn not_found(message: String) -> Self {
+        Error::NotFound(message).into()
+    }
+
+    /// The request conflicts with an existing object.
+    fn already_exists(message: String) -> Self {
+        Error::AlreadyExists(message).into()
+    }
+
+    /// The object (or the node) is not in a state where the request can run.
+    fn failed_precondition(message: String) -> Self {
+        Error::FailedPrecondition(message).into()
+    }
+
+    /// The operation ran out of time.
+    fn deadline_exceeded(message: String) -> Self {
+        Error::DeadlineExceeded(message).into()
+    }
+
+    /// A bug or an unexpected state.
+    fn internal(message: String) -> Self {
+        Error::Internal(message).into()
+    }
+
+    /// An I/O error with what Berth was doing when it happened ([`Error::io`]).
+    fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::io(context, source).into()
+    }
+
+    /// A background task that ended without its result ([`Error::task`]).
+    fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| Error::Task { what, source }.into()
     }
 }
 

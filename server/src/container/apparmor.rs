@@ -21,6 +21,7 @@ use berth_proto::v1::SecurityProfile;
 use berth_proto::v1::security_profile::ProfileType;
 
 use super::error::{Error, Result};
+use crate::error::Plain;
 
 /// The name of Berth's RuntimeDefault profile.
 pub const DEFAULT_PROFILE: &str = "berth-default";
@@ -66,20 +67,20 @@ impl Request {
                         validate_name(&format!("{field}.apparmor_profile"), name)?;
                         Ok(Self::Localhost(name.to_owned()))
                     }
-                    None => Err(Error::InvalidArgument(format!(
+                    None => Err(Error::invalid_argument(format!(
                         "{field}.apparmor_profile {other:?}: expected runtime/default, unconfined or localhost/<profile name>"
                     ))),
                 },
             };
         };
         let ty = ProfileType::try_from(p.profile_type).map_err(|_| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "{field}.apparmor.profile_type {} is unknown",
                 p.profile_type
             ))
         })?;
         if ty != ProfileType::Localhost && !p.localhost_ref.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{field}.apparmor.localhost_ref {:?} is set but profile_type is {}: it must be Localhost",
                 p.localhost_ref,
                 ty.as_str_name()
@@ -108,7 +109,7 @@ impl Request {
 /// other than the profile the list shows as loaded.
 pub fn validate_name(field: &str, name: &str) -> Result<()> {
     let bad = |why: &str| {
-        Err(Error::InvalidArgument(format!(
+        Err(Error::invalid_argument(format!(
             "{field} {name:?}: {why}; give the name of a profile loaded on the node"
         )))
     };
@@ -209,7 +210,7 @@ pub fn decide(req: &Request, privileged: bool, host: &Host, what: &str) -> Resul
         return match req {
             Request::Unset | Request::Unconfined => Ok(Decision::None),
             Request::RuntimeDefault | Request::Localhost(_) => {
-                Err(Error::FailedPrecondition(format!(
+                Err(Error::failed_precondition(format!(
                     "{what} asks for AppArmor profile {} but AppArmor is not enabled on this node ({why}); ask for Unconfined, or run the pod on a node with AppArmor",
                     req_name(req)
                 )))
@@ -341,7 +342,7 @@ impl AppArmor {
                 if is_listed(&read_profiles()?, &name) {
                     Ok(Some(name))
                 } else {
-                    Err(Error::FailedPrecondition(format!(
+                    Err(Error::failed_precondition(format!(
                         "{what}: AppArmor profile {name:?} is not loaded on this node; load it first (apparmor_parser -r /etc/apparmor.d/<its file>) or ask for RuntimeDefault"
                     )))
                 }
@@ -367,7 +368,7 @@ impl AppArmor {
             parser: Some(parser),
         } = &self.host
         else {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "AppArmor profile {DEFAULT_PROFILE} is not loaded and apparmor_parser is not installed to load it; install the apparmor package (Debian/Ubuntu: apt-get install apparmor)"
             )));
         };
@@ -390,7 +391,7 @@ fn read_profiles() -> Result<String> {
 /// time and in the error text kept.
 fn load_profile(parser: &Path, text: &str) -> Result<()> {
     let fail = |why: String| {
-        Error::Internal(format!(
+        Error::internal(format!(
             "loading AppArmor profile {DEFAULT_PROFILE} with {}: {why}",
             parser.display()
         ))
@@ -407,7 +408,7 @@ fn load_profile(parser: &Path, text: &str) -> Result<()> {
             // container is gone.
             if e.kind() == std::io::ErrorKind::NotFound {
                 let parser = parser.display();
-                return Error::FailedPrecondition(format!(
+                return Error::failed_precondition(format!(
                     "AppArmor profile {DEFAULT_PROFILE} is not loaded and apparmor_parser (\
                      {parser}) cannot be run: {e}; install the apparmor package \
                      (Debian/Ubuntu: apt-get install apparmor)"
@@ -512,7 +513,7 @@ mod tests {
         );
         let e = p(None, "docker-default").unwrap_err();
         assert!(
-            matches!(e, Error::InvalidArgument(_))
+            matches!(e, Error::Host(crate::error::Error::InvalidArgument(_)))
                 && e.to_string().contains("ctx.apparmor_profile"),
             "{e}"
         );
@@ -524,7 +525,7 @@ mod tests {
         };
         assert!(matches!(
             p(Some(bad_type), ""),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Host(crate::error::Error::InvalidArgument(_)))
         ));
     }
 
@@ -552,7 +553,7 @@ mod tests {
         ] {
             let e = validate_name("ctx.apparmor.localhost_ref", bad).unwrap_err();
             assert!(
-                matches!(e, Error::InvalidArgument(_))
+                matches!(e, Error::Host(crate::error::Error::InvalidArgument(_)))
                     && e.to_string().contains("ctx.apparmor.localhost_ref"),
                 "{bad:?}: {e}"
             );
@@ -588,7 +589,10 @@ mod tests {
             // Without AppArmor: nothing to apply, and a request for confinement fails.
             match (&req, decide(&req, privileged, &off, "container x")) {
                 (R::Unset | R::Unconfined, Ok(d)) => assert_eq!(d, D::None),
-                (R::RuntimeDefault | R::Localhost(_), Err(Error::FailedPrecondition(m))) => {
+                (
+                    R::RuntimeDefault | R::Localhost(_),
+                    Err(Error::Host(crate::error::Error::FailedPrecondition(m))),
+                ) => {
                     assert!(
                         m.contains("container x") && m.contains("not enabled"),
                         "{m}"

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::error::{Error, Result};
+use crate::error::Plain;
 
 /// Annotations whose value lists CDI devices (comma-separated qualified names).
 pub const ANNOTATION_PREFIX: &str = "cdi.k8s.io/";
@@ -188,7 +189,7 @@ pub fn requested_devices(
     let mut out: Vec<String> = Vec::new();
     let mut add = |name: &str, from: &str| -> Result<()> {
         check_qualified_name(name).map_err(|why| {
-            Error::InvalidArgument(format!("{from}: {name:?} is not a CDI device name: {why}"))
+            Error::invalid_argument(format!("{from}: {name:?} is not a CDI device name: {why}"))
         })?;
         if !out.iter().any(|n| n == name) {
             out.push(name.to_owned());
@@ -307,7 +308,7 @@ pub fn resolve(dirs: &[PathBuf], names: &[String]) -> Result<Injection> {
     let mut specs_used: Vec<usize> = Vec::new();
     for name in names {
         if let Some((a, b)) = conflicts.get(name) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "CDI device {name:?} is defined by both {} and {}; remove one",
                 a.display(),
                 b.display()
@@ -325,7 +326,7 @@ pub fn resolve(dirs: &[PathBuf], names: &[String]) -> Result<Injection> {
                 msg.push_str("; these spec files could not be used: ");
                 msg.push_str(&broken.join("; "));
             }
-            return Err(Error::InvalidArgument(msg));
+            return Err(Error::invalid_argument(msg));
         };
         let l = &loaded[i];
         if let Some(edits) = &l.spec.devices[j].container_edits {
@@ -454,7 +455,7 @@ impl Injection {
     /// Checks `edits` (of `device`, from `file`) and adds them.
     fn add(&mut self, edits: &Edits, device: &str, file: &Path) -> Result<()> {
         let bad = |what: String| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "CDI device {device:?} (spec file {}): {what}",
                 file.display()
             ))
@@ -861,7 +862,10 @@ containerEdits:
         )
         .expect("write");
         let e = resolve(&d, &["vendor.example/gpu=0".into()]).expect_err("conflict");
-        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(
+            matches!(e, Error::Host(crate::error::Error::InvalidArgument(_))),
+            "{e}"
+        );
         let msg = e.to_string();
         assert!(
             msg.contains("vendor.example/gpu=0")

@@ -19,6 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::error::{Error, Result};
 use super::{ContainerManager, Phase};
+use crate::error::Plain;
 
 /// How long `criu check` may take.
 const CRIU_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -140,13 +141,13 @@ fn kernel_release() -> String {
 /// `location` must be an absolute path to a file whose directory exists.
 pub fn validate_location(location: &str) -> Result<PathBuf> {
     if location.is_empty() {
-        return Err(Error::InvalidArgument(
+        return Err(Error::invalid_argument(
             "location is empty: name the checkpoint archive to write (an absolute path)".into(),
         ));
     }
     let path = PathBuf::from(location);
     if !path.is_absolute() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "location {location:?} is not an absolute path"
         )));
     }
@@ -154,22 +155,22 @@ pub fn validate_location(location: &str) -> Result<PathBuf> {
         .components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "location {location:?} must not contain \"..\""
         )));
     }
     if path.is_dir() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "location {location:?} is a directory; name the archive file to write"
         )));
     }
     match path.parent() {
         Some(dir) if dir.is_dir() => Ok(path),
-        Some(dir) => Err(Error::InvalidArgument(format!(
+        Some(dir) => Err(Error::invalid_argument(format!(
             "location {location:?}: directory {} does not exist",
             dir.display()
         ))),
-        None => Err(Error::InvalidArgument(format!(
+        None => Err(Error::invalid_argument(format!(
             "location {location:?} names no file"
         ))),
     }
@@ -186,17 +187,17 @@ pub async fn checkpoint(
     let phase = ctr.state().phase;
     if phase != Phase::Running {
         let phase = format!("{phase:?}").to_lowercase();
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::failed_precondition(format!(
             "container {} is not running ({phase}); only a running container can be checkpointed",
             ctr.id
         )));
     }
     match support().await {
-        CriuSupport::Unusable(why) => Err(Error::FailedPrecondition(format!(
+        CriuSupport::Unusable(why) => Err(Error::failed_precondition(format!(
             "cannot checkpoint container {}: CRIU is unusable on this host: {why}",
             ctr.id
         ))),
-        CriuSupport::Usable { criu } => Err(Error::FailedPrecondition(format!(
+        CriuSupport::Usable { criu } => Err(Error::failed_precondition(format!(
             "cannot checkpoint container {}: {} passes `criu check`, but Berth does not drive criu dump yet \
              (it was built on a kernel where CRIU cannot run); see docs/checkpoint.md",
             ctr.id,
@@ -263,13 +264,16 @@ mod tests {
             "/tmp/../c.tar",
         ] {
             assert!(
-                matches!(validate_location(bad), Err(Error::InvalidArgument(_))),
+                matches!(
+                    validate_location(bad),
+                    Err(Error::Host(crate::error::Error::InvalidArgument(_)))
+                ),
                 "{bad:?}"
             );
         }
         assert!(matches!(
             validate_location(dir.path().to_str().expect("utf-8")),
-            Err(Error::InvalidArgument(m)) if m.contains("is a directory")
+            Err(Error::Host(crate::error::Error::InvalidArgument(m))) if m.contains("is a directory")
         ));
     }
 }

@@ -17,6 +17,7 @@ use super::monitor::Monitor;
 use super::spec::{self, ImageConfig, PodContext, SpecInput};
 use super::{Container, ContainerManager, CtrState, KILL_WAIT, Phase};
 use crate::config::CgroupDriver;
+use crate::error::Plain;
 use crate::host::clock::now_nanos;
 use crate::host::mounts::mount_overlay;
 use crate::store::{self, StateCell};
@@ -35,9 +36,9 @@ impl ContainerManager {
         let meta = config
             .metadata
             .clone()
-            .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+            .ok_or_else(|| Error::invalid_argument("config.metadata is required".into()))?;
         if meta.name.is_empty() || meta.name.contains('/') {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config.metadata.name {:?} must be a non-empty name without '/'",
                 meta.name
             )));
@@ -49,7 +50,7 @@ impl ContainerManager {
             image_spec.image.clone()
         };
         if wanted.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::invalid_argument(
                 "config.image.image is required".into(),
             ));
         }
@@ -58,7 +59,7 @@ impl ContainerManager {
             .status(&wanted)
             .map_err(Error::from)?
             .ok_or_else(|| {
-                Error::NotFound(format!("image {wanted:?} is not present; pull it first"))
+                Error::not_found(format!("image {wanted:?} is not present; pull it first"))
             })?;
         // CDI devices are resolved before anything is created: an unknown one fails
         // the request with nothing to roll back.
@@ -98,7 +99,7 @@ impl ContainerManager {
         if pod_ctx.userns.is_some()
             && let Some((path, host)) = cdi.remapped_device_node()
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "CDI device node {path} comes from host path {host}: a pod with its own user namespace can only get device nodes whose host path is their container path"
             )));
         }
@@ -110,7 +111,7 @@ impl ContainerManager {
         );
         let id = store::new_id().map_err(|e| Error::io("generating a container id", e))?;
         self.containers.reserve_name(&name, &id).map_err(|holder| {
-            Error::AlreadyExists(format!(
+            Error::already_exists(format!(
                 "container name {name:?} is already reserved by container {holder}"
             ))
         })?;
@@ -361,7 +362,7 @@ impl ContainerManager {
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Internal("monitor stdout".into()))?;
+            .ok_or_else(|| Error::internal("monitor stdout".into()))?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let first = tokio::time::timeout(CREATE_TIMEOUT, lines.next_line()).await;
         let report = match first {
@@ -434,9 +435,9 @@ impl ContainerManager {
             .linux()
             .as_ref()
             .and_then(|l| l.resources().as_ref())
-            .ok_or_else(|| Error::Internal("the spec has no linux.resources".into()))?;
+            .ok_or_else(|| Error::internal("the spec has no linux.resources".into()))?;
         let pid = u32::try_from(pid)
-            .map_err(|_| Error::Internal(format!("init pid {pid} out of range")))?;
+            .map_err(|_| Error::internal(format!("init pid {pid} out of range")))?;
         let unit = systemd::scope_name(&ctr.id);
         let props = systemd::scope_properties(
             systemd::pod_slice(cgroup_parent),
@@ -493,13 +494,13 @@ fn create_container_dir(
 /// opens the file itself with O_NOFOLLOW).
 fn container_log_path(log_directory: &str, log_path: &str) -> Result<PathBuf> {
     let escape = || {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "log_path {log_path:?} must stay inside the pod's log_directory {log_directory:?}"
         ))
     };
     let dir = Path::new(log_directory);
     if !dir.is_absolute() || log_directory.split('/').any(|c| c == "..") {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "log_directory {log_directory:?} must be an absolute path without '..'"
         )));
     }
@@ -520,7 +521,7 @@ fn container_log_path(log_directory: &str, log_path: &str) -> Result<PathBuf> {
     for part in rel.components() {
         at.push(part);
         if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "log_path {log_path:?}: {} is a symbolic link",
                 at.display()
             )));
@@ -592,7 +593,10 @@ mod tests {
         );
         for bad in ["/etc/cron.d/x", "../x.log", "app/../../x.log", "/", ""] {
             let e = container_log_path(&dir, bad).expect_err(bad);
-            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
+            assert!(
+                matches!(e, Error::Host(crate::error::Error::InvalidArgument(_))),
+                "{bad}: {e:?}"
+            );
         }
         let e = container_log_path(&dir, &format!("{dir}-evil/x.log")).expect_err("sibling");
         assert!(e.to_string().contains("log_directory"), "{e}");

@@ -1,58 +1,24 @@
 //! What can go wrong with a container, each failure with its cause and its [`Kind`].
 //! The request's own mistakes carry only their message (there is nothing below
-//! them); every failure of something Berth called keeps that error as its `#[source]`,
-//! so `cri/error.rs` can show the whole chain and choose the code from the kind.
+//! them) and, like host I/O errors and task deaths, are the crate-level error inside
+//! [`Error::Host`], built with [`Plain`]'s constructors; every failure of something
+//! Berth called keeps that error as its `#[source]`, so `cri/error.rs` can show the
+//! whole chain and choose the code from the kind.
 
 use berth_runtime_core::cgroups::CgroupError;
 use berth_runtime_core::monitor_protocol as protocol;
 
 use super::handler::RuntimeError;
-use crate::error::{HasKind, Kind};
+use crate::error::{HasKind, Kind, Plain};
 
 /// A container operation's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The request is malformed; the message names the field.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// An object the request names does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request conflicts with an existing object.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The container (or the node) is not in a state where the request can run.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The operation ran out of time.
-    #[error("{0}")]
-    DeadlineExceeded(String),
     /// The container has exited, or was never started.
     #[error("container {id} is not running")]
     NotRunning {
         /// The container.
         id: String,
-    },
-    /// The host failed us; `context` says what Berth was doing.
-    #[error("{context}: {source}")]
-    Io {
-        /// What Berth was doing.
-        context: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The image store failed (its own kind says whose fault).
-    #[error(transparent)]
-    Image(#[from] berth_image::StoreError),
-    /// A background task died while doing `what`.
-    #[error("{what} task: {source}")]
-    Task {
-        /// What it was doing.
-        what: &'static str,
-        /// Why it ended.
-        #[source]
-        source: tokio::task::JoinError,
     },
     /// A record or spec could not be encoded or decoded.
     #[error("{what}: {source}")]
@@ -116,28 +82,17 @@ pub enum Error {
         /// How long it was given.
         timeout: std::time::Duration,
     },
-    /// A leaf module (store, systemd, host, the OCI spec) failed; its kind stands.
+    /// Every failure that is not the container's own: the plain-message kinds (the
+    /// request's mistake, a missing object, a bug), a host I/O error, the image store,
+    /// a background task, a leaf module (store, systemd, host, the OCI spec). Built
+    /// with the constructors of [`Plain`]; its kind stands.
     #[error(transparent)]
     Host(#[from] crate::error::Error),
-    /// A bug or an unexpected state.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
+impl Plain for Error {}
+
 impl Error {
-    /// An I/O error with what Berth was doing when it happened.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
-    }
-
-    /// A background task that ended without its result.
-    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
-        move |source| Self::Task { what, source }
-    }
-
     /// The cgroup of container `id` refused new resources.
     pub fn update(id: impl Into<String>, source: CgroupError) -> Self {
         Self::Update {
@@ -156,13 +111,7 @@ impl Error {
 impl HasKind for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::InvalidArgument(_) => Kind::InvalidArgument,
-            Error::NotFound(_) => Kind::NotFound,
-            Error::AlreadyExists(_) => Kind::AlreadyExists,
-            Error::FailedPrecondition(_) | Error::NotRunning { .. } => Kind::FailedPrecondition,
-            Error::DeadlineExceeded(_) => Kind::DeadlineExceeded,
-            Error::Io { source, .. } => Kind::of_io(source),
-            Error::Image(e) => crate::error::image_kind(e),
+            Error::NotRunning { .. } => Kind::FailedPrecondition,
             Error::Update { source, .. } => cgroup_kind(source),
             // The monitor classifies from its typed errors: a bad executable or working
             // dir is the caller's mistake, out of fds the node's state, the rest ours.
@@ -186,12 +135,10 @@ impl HasKind for Error {
             Error::RuntimeCore { source, .. } => {
                 crate::error::io_kind_in_chain(source, Kind::Internal)
             }
-            Error::Task { .. }
-            | Error::Json { .. }
+            Error::Json { .. }
             | Error::Protocol(_)
             | Error::MonitorExited { .. }
-            | Error::MonitorTimeout { .. }
-            | Error::Internal(_) => Kind::Internal,
+            | Error::MonitorTimeout { .. } => Kind::Internal,
         }
     }
 }
@@ -219,6 +166,12 @@ pub fn cgroup_kind(e: &CgroupError) -> Kind {
             Kind::ResourceExhausted => Kind::ResourceExhausted,
             _ => Kind::Internal,
         },
+    }
+}
+
+impl From<berth_image::StoreError> for Error {
+    fn from(e: berth_image::StoreError) -> Self {
+        Error::Host(e.into())
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::error::{Error, Result};
 use super::handler::{self, Handler};
 use super::{ContainerManager, ExecOutput, KILL_WAIT, Phase};
+use crate::error::Plain;
 use crate::host::procs::kill_tree;
 use crate::store;
 
@@ -23,7 +24,7 @@ impl ContainerManager {
             return Err(Error::NotRunning { id: ctr.id.clone() });
         }
         if cmd.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "exec in container {}: cmd is required (give the command to run)",
                 ctr.id
             )));
@@ -64,11 +65,11 @@ impl ContainerManager {
         let mut out = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Internal("exec stdout".into()))?;
+            .ok_or_else(|| Error::internal("exec stdout".into()))?;
         let mut err = child
             .stderr
             .take()
-            .ok_or_else(|| Error::Internal("exec stderr".into()))?;
+            .ok_or_else(|| Error::internal("exec stderr".into()))?;
         let read_out = tokio::spawn(async move { read_capped(&mut out).await });
         let read_err = tokio::spawn(async move { read_capped(&mut err).await });
         // If the client goes away (its deadline usually equals ours), this future is
@@ -82,7 +83,7 @@ impl ContainerManager {
             Some(s) => s.map_err(|e| Error::io("waiting for exec", e))?,
             None => {
                 guard.kill().await;
-                return Err(Error::DeadlineExceeded(format!(
+                return Err(Error::deadline_exceeded(format!(
                     "command {cmd:?} timed out after {timeout}s and was killed"
                 )));
             }
@@ -104,7 +105,7 @@ impl ContainerManager {
                     exit_code: 126,
                 });
             }
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "exec in container {}: {msg}",
                 ctr.id
             )));
@@ -120,7 +121,7 @@ impl ContainerManager {
                     exit_code: 126,
                 });
             }
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "exec in container {}: {msg}",
                 ctr.id
             )));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{Error, Result};
 use crate::config::{Config, NATIVE_HANDLER_NAMES};
+use crate::error::Plain;
 
 /// What a handler can do, as `Status` reports it (`RuntimeHandlerFeatures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,7 +76,7 @@ pub fn resolve(config: &Config, name: &str) -> Result<Handler> {
         _ => {
             let mut known: Vec<String> = vec!["\"\" (native)".into(), "\"berth\" (native)".into()];
             known.extend(config.runtime_handlers.keys().map(|k| format!("{k:?}")));
-            Err(Error::InvalidArgument(format!(
+            Err(Error::invalid_argument(format!(
                 "unknown runtime handler {name:?}: configured handlers are {}",
                 known.join(", ")
             )))
@@ -374,7 +375,10 @@ mod tests {
             Handler::Native => panic!("runc resolved to native"),
         }
         let e = resolve(&c, "kata").expect_err("unknown");
-        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(
+            matches!(e, Error::Host(crate::error::Error::InvalidArgument(_))),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("\"kata\""), "{e}");
         assert!(e.to_string().contains("\"runc\""), "{e}");
     }

@@ -15,6 +15,7 @@ use berth_image::{Image, ImageStore};
 use berth_proto::v1::{ContainerConfig, Mount as CriMount};
 
 use super::error::{Error, Result};
+use crate::error::Plain;
 use crate::host::mounts::sys_mount;
 
 /// Where the container's image volumes are mounted, below its state dir.
@@ -50,7 +51,7 @@ pub fn resolve(images: &ImageStore, config: &mut ContainerConfig) -> Result<Vec<
             spec.image.clone()
         };
         if wanted.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "image volume at {:?}: mount.image.image is required",
                 m.container_path
             )));
@@ -59,13 +60,13 @@ pub fn resolve(images: &ImageStore, config: &mut ContainerConfig) -> Result<Vec<
             .status(&wanted)
             .map_err(Error::from)?
             .ok_or_else(|| {
-                Error::NotFound(format!(
+                Error::not_found(format!(
                     "image volume at {:?}: image {wanted:?} is not present; pull it first",
                     m.container_path
                 ))
             })?;
         if image.layers.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "image volume at {:?}: image {wanted:?} has no layers to mount",
                 m.container_path
             )));
@@ -79,12 +80,12 @@ pub fn resolve(images: &ImageStore, config: &mut ContainerConfig) -> Result<Vec<
 /// Image volumes are read-only and take their content from the image only.
 fn check_mount(container_path: &str, host_path: &str, readonly: bool) -> Result<()> {
     if !host_path.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "image volume at {container_path:?}: host_path must be empty (got {host_path:?})"
         )));
     }
     if !readonly {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "image volume at {container_path:?}: image volumes are read-only; set readonly"
         )));
     }
@@ -114,7 +115,7 @@ pub async fn mount_all(
         let mount = config
             .mounts
             .get(v.index)
-            .ok_or_else(|| Error::Internal(format!("image volume {} has no mount", v.index)))?;
+            .ok_or_else(|| Error::internal(format!("image volume {} has no mount", v.index)))?;
         let target = base.join(v.index.to_string());
         // The directory first: unmount_all finds leases by their directories.
         std::fs::create_dir_all(&target)
@@ -140,7 +141,7 @@ pub async fn mount_all(
             target
         } else {
             resolve_sub_path(&target, &mount.image_sub_path).map_err(|e| {
-                Error::InvalidArgument(format!(
+                Error::invalid_argument(format!(
                     "image volume at {:?}: image_sub_path {:?} in image {}: {e}",
                     mount.container_path, mount.image_sub_path, v.image.id
                 ))
@@ -295,7 +296,10 @@ mod tests {
     fn image_volumes_must_be_read_only_without_host_path() {
         assert!(check_mount("/v", "", true).is_ok());
         let rw = check_mount("/v", "", false).unwrap_err();
-        assert!(matches!(rw, Error::InvalidArgument(_)), "{rw}");
+        assert!(
+            matches!(rw, Error::Host(crate::error::Error::InvalidArgument(_))),
+            "{rw}"
+        );
         assert!(rw.to_string().contains("read-only"), "{rw}");
         let host = check_mount("/v", "/tmp", true).unwrap_err();
         assert!(host.to_string().contains("host_path"), "{host}");

@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 pub use self::error::{Error, Result};
 use self::handler::Handler;
 use crate::config::Config;
+use crate::error::Plain;
 use crate::host::clock::now_nanos;
 use crate::store::{self, StateCell};
 
@@ -283,7 +284,7 @@ impl ContainerManager {
         let candidate = exe.parent().map(|d| d.join(name));
         match candidate {
             Some(p) if p.exists() => Ok(p),
-            _ => Err(Error::FailedPrecondition(format!(
+            _ => Err(Error::failed_precondition(format!(
                 "{name} not found next to berthd ({}); install it beside berthd",
                 exe.display()
             ))),

@@ -11,6 +11,7 @@ use berth_proto::v1::ContainerConfig;
 use super::error::{Error, Result};
 use super::monitor::Monitor;
 use super::{Container, ContainerManager, CtrState, Phase, Record};
+use crate::error::Plain;
 use crate::host::clock::now_nanos;
 use crate::host::procs::wait_pidfd_exit;
 use crate::store::{self, StateCell};

@@ -3,6 +3,7 @@
 use super::error::{Error, Result};
 use super::handler::Handler;
 use super::{ContainerManager, Phase};
+use crate::error::Plain;
 use crate::host::clock::now_nanos;
 
 impl ContainerManager {
@@ -13,13 +14,13 @@ impl ContainerManager {
         match ctr.state().phase {
             Phase::Created => {}
             Phase::Running => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "container {} is already running",
                     ctr.id
                 )));
             }
             _ => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "container {} is not in the created state",
                     ctr.id
                 )));

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::error::{Error, Result};
 use super::{Container, ContainerManager, KILL_WAIT, Phase};
+use crate::error::Plain;
 
 impl ContainerManager {
     /// `StopContainer`: the stop signal, then SIGKILL after `timeout`. Idempotent.
@@ -31,7 +32,7 @@ impl ContainerManager {
         }
         self.kill(ctr, libc::SIGKILL, true);
         if !Self::wait_exited(ctr, KILL_WAIT).await {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "container {} did not exit {KILL_WAIT:?} after SIGKILL",
                 ctr.id
             )));

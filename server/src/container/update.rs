@@ -9,6 +9,7 @@ use berth_runtime_core::monitor_protocol as protocol;
 use super::error::{Error, Result};
 use super::{ContainerManager, Phase, spec};
 use crate::config::CgroupDriver;
+use crate::error::Plain;
 use crate::systemd;
 
 impl ContainerManager {
@@ -16,7 +17,7 @@ impl ContainerManager {
     pub async fn update_resources(&self, id: &str, r: &LinuxContainerResources) -> Result<()> {
         let ctr = self.get(id)?;
         if ctr.state().phase == Phase::Exited {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "container {} has exited",
                 ctr.id
             )));
@@ -79,7 +80,7 @@ impl ContainerManager {
         let reply = tokio::time::timeout(Duration::from_secs(10), talk)
             .await
             .map_err(|_| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "reopening the log of container {}: its monitor did not answer within 10s",
                     ctr.id
                 ))
@@ -87,7 +88,7 @@ impl ContainerManager {
             .map_err(|e| Error::io(format!("talking to the monitor at {}", sock.display()), e))?;
         match protocol::ControlReply::decode(&reply) {
             protocol::ControlReply::Ok => Ok(()),
-            protocol::ControlReply::Error(e) => Err(Error::Internal(format!(
+            protocol::ControlReply::Error(e) => Err(Error::internal(format!(
                 "reopening the log of container {}: {e}",
                 ctr.id
             ))),

@@ -68,7 +68,7 @@ mod tests {
     use crate::cni::native::NativeError;
     use crate::cni::netlink::NetlinkError;
     use crate::container::Error as ContainerError;
-    use crate::error::Error;
+    use crate::error::{Error, Plain};
     use crate::pod::Error as PodError;
 
     #[test]
@@ -202,6 +202,100 @@ mod tests {
         // The message is not looked at: a text that reads like an errno is not one.
         let s = Status::from(Error::Internal("running x: (os error 24)".into()));
         assert_eq!(s.code(), Code::Internal);
+    }
+
+    /// A module error reaches the plain kinds, the host errors and the task deaths
+    /// through the crate-level error it carries (`Plain`): each gives the code and the
+    /// message the crate-level error gives, also a container error inside a pod error.
+    #[tokio::test]
+    async fn module_errors_answer_plain_failures_like_the_crate_error() {
+        type Make<E> = fn(String) -> E;
+        type Case = (Make<Error>, Make<ContainerError>, Make<PodError>, Code);
+        let kinds: [Case; 6] = [
+            (
+                Error::InvalidArgument,
+                ContainerError::invalid_argument,
+                PodError::invalid_argument,
+                Code::InvalidArgument,
+            ),
+            (
+                Error::NotFound,
+                ContainerError::not_found,
+                PodError::not_found,
+                Code::NotFound,
+            ),
+            (
+                Error::AlreadyExists,
+                ContainerError::already_exists,
+                PodError::already_exists,
+                Code::AlreadyExists,
+            ),
+            (
+                Error::FailedPrecondition,
+                ContainerError::failed_precondition,
+                PodError::failed_precondition,
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::DeadlineExceeded,
+                ContainerError::deadline_exceeded,
+                PodError::deadline_exceeded,
+                Code::DeadlineExceeded,
+            ),
+            (
+                Error::Internal,
+                ContainerError::internal,
+                PodError::internal,
+                Code::Internal,
+            ),
+        ];
+        for (plain, container, pod, code) in kinds {
+            let want = Status::from(plain("container \"c1\": x".into()));
+            assert_eq!(want.code(), code);
+            for s in [
+                Status::from(container("container \"c1\": x".into())),
+                Status::from(pod("container \"c1\": x".into())),
+                Status::from(PodError::from(container("container \"c1\": x".into()))),
+            ] {
+                assert_eq!((s.code(), s.message()), (code, want.message()));
+            }
+        }
+        assert_eq!(
+            Status::from(Error::Internal("x".into())).message(),
+            "internal error: x"
+        );
+
+        let errno = std::io::Error::from_raw_os_error;
+        for (e, code) in [
+            (libc::ENOSPC, Code::ResourceExhausted),
+            (libc::ENOENT, Code::NotFound),
+        ] {
+            let want = Status::from(Error::io("writing /x", errno(e)));
+            for s in [
+                Status::from(ContainerError::io("writing /x", errno(e))),
+                Status::from(PodError::io("writing /x", errno(e))),
+            ] {
+                assert_eq!((s.code(), s.message()), (code, want.message()));
+            }
+        }
+
+        let cancelled = || async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.unwrap_err()
+        };
+        for s in [
+            Status::from(Error::task("unpacking")(cancelled().await)),
+            Status::from(ContainerError::task("unpacking")(cancelled().await)),
+            Status::from(PodError::task("unpacking")(cancelled().await)),
+        ] {
+            assert_eq!(s.code(), Code::Internal);
+            assert!(
+                s.message().starts_with("unpacking task: ") && s.message().ends_with("cancelled"),
+                "{}",
+                s.message()
+            );
+        }
     }
 
     fn native_network(source: NativeError) -> Status {

@@ -32,7 +32,7 @@ use super::status::{condition, parse_pod_cidrs, state_dirs_problem, verbose_conf
 use super::{CriService, KUBELET_API_VERSION, RUNTIME_API_VERSION, RUNTIME_NAME};
 use crate::cni;
 use crate::config::CgroupDriver;
-use crate::error::Error;
+use crate::error::{Error, Plain};
 use crate::host::clock::now_nanos;
 
 /// Condition type kubelet requires to be true before it syncs any pod.
@@ -848,13 +848,19 @@ mod tests {
 
         let r = each_container(ids(), |cid| async move {
             if cid == "c2" {
-                Err(ContainerError::Internal("boom".into()))
+                Err(ContainerError::internal("boom".into()))
             } else {
                 Ok(())
             }
         })
         .await;
-        assert!(matches!(r, Err(ContainerError::Internal(_))), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(ContainerError::Host(crate::error::Error::Internal(_)))
+            ),
+            "{r:?}"
+        );
 
         // A host file missing during the stop is not the container being gone.
         let r = each_container(ids(), |cid| async move {

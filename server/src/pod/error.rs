@@ -4,32 +4,11 @@
 
 use crate::cni::exec::CniError;
 use crate::cni::native::NativeError;
-use crate::error::{HasKind, Kind};
+use crate::error::{HasKind, Kind, Plain};
 
 /// A pod sandbox operation's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The request is malformed; the message names the field.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// An object the request names does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request conflicts with an existing object.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The pod (or the node) is not in a state where the request can run.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The host failed us; `context` says what Berth was doing.
-    #[error("{context}: {source}")]
-    Io {
-        /// What Berth was doing.
-        context: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// A CNI plugin failed to attach the pod.
     #[error("pod sandbox {id}: pod network: {source}")]
     Network {
@@ -72,58 +51,22 @@ pub enum Error {
         #[source]
         source: berth_runtime_core::cgroups::CgroupError,
     },
-    /// A background task died while doing `what`.
-    #[error("{what} task: {source}")]
-    Task {
-        /// What it was doing.
-        what: &'static str,
-        /// Why it ended.
-        #[source]
-        source: tokio::task::JoinError,
-    },
-    /// A record could not be encoded.
-    #[error("{what}: {source}")]
-    Json {
-        /// What.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
     /// A container of the pod failed; its kind stands.
     #[error(transparent)]
     Container(#[from] crate::container::Error),
-    /// A leaf module (store, systemd, host) failed; its kind stands.
+    /// Every failure that is not the pod's own: the plain-message kinds (the request's
+    /// mistake, a missing object, a bug), a host I/O error, a background task, a leaf
+    /// module (store, systemd, host). Built with the constructors of [`Plain`]; its
+    /// kind stands.
     #[error(transparent)]
     Host(#[from] crate::error::Error),
-    /// A bug or an unexpected state.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
-impl Error {
-    /// An I/O error with what Berth was doing when it happened.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
-    }
-
-    /// A background task that ended without its result.
-    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
-        move |source| Self::Task { what, source }
-    }
-}
+impl Plain for Error {}
 
 impl HasKind for Error {
     fn kind(&self) -> Kind {
         match self {
-            Error::InvalidArgument(_) => Kind::InvalidArgument,
-            Error::NotFound(_) => Kind::NotFound,
-            Error::AlreadyExists(_) => Kind::AlreadyExists,
-            Error::FailedPrecondition(_) => Kind::FailedPrecondition,
-            Error::Io { source, .. } => Kind::of_io(source),
             Error::Network { source, .. }
             | Error::HostPorts { source, .. }
             | Error::NetworkTeardown(source) => source.kind(),
@@ -131,7 +74,6 @@ impl HasKind for Error {
             Error::Resize { source, .. } => crate::container::error::cgroup_kind(source),
             Error::Container(e) => e.kind(),
             Error::Host(e) => e.kind(),
-            Error::Task { .. } | Error::Json { .. } | Error::Internal(_) => Kind::Internal,
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::cni::exec::{Attachment, CniRunner, result_ips};
 use crate::cni::native::{NATIVE_NETWORK_NAME, NativeNetwork};
 use crate::cni::{self, NetworkConfig};
 use crate::config::{CgroupDriver, Config};
+use crate::error::Plain;
 use crate::host::clock::now_nanos;
 use crate::store::{self, StateCell};
 use crate::systemd;
@@ -252,7 +253,7 @@ impl PodManager {
         // Either way a dead infra is a clear FailedPrecondition (its pinned namespace
         // takes no new process: clone would fail with ENOMEM).
         let infra_gone = || {
-            Error::FailedPrecondition(format!(
+            Error::failed_precondition(format!(
                 "pod sandbox {}: its infra process (pid 1 of the pod's shared pid namespace) is gone; stop and recreate the pod",
                 sb.id
             ))
@@ -405,7 +406,7 @@ impl PodManager {
 
 fn namespace_error(e: NamespaceError) -> Error {
     match e {
-        NamespaceError::Sysctl(m) => Error::InvalidArgument(format!("linux.sysctls: {m}")),
+        NamespaceError::Sysctl(m) => Error::invalid_argument(format!("linux.sysctls: {m}")),
         NamespaceError::Io { step, source } => {
             Error::io(format!("setting up pod namespaces: {step}"), source)
         }

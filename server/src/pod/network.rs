@@ -12,7 +12,7 @@ impl PodManager {
         let runner = self.cni_runner();
         let has_ports = att.capabilities.contains_key("portMappings");
         if has_ports && cni::find_plugin(&runner.plugin_dirs, "portmap").is_none() {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "the pod has hostPort mappings, which need CNI plugin \"portmap\", but it is not in {} (install containernetworking-plugins)",
                 runner
                     .plugin_dirs
@@ -28,7 +28,7 @@ impl PodManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let subnet = cni::native::pod_subnet(&self.config.cni.builtin_subnet, &cidrs)
-            .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
+            .map_err(|e| Error::failed_precondition(format!("pod network: {e}")))?;
         let native = Arc::clone(&self.native);
         let bridge = self.config.cni.builtin_bridge.clone();
         let id = sb.id.clone();
@@ -87,7 +87,7 @@ impl PodManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         cni::check_ready(&self.cni_config(), &cidrs)
-            .map_err(|e| Error::FailedPrecondition(format!("pod network is not ready: {e}")))
+            .map_err(|e| Error::failed_precondition(format!("pod network is not ready: {e}")))
     }
 
     pub(super) fn attachment(&self, sb: &Sandbox, netns: &Path) -> Attachment {

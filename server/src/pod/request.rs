@@ -18,13 +18,13 @@ impl PodManager {
             return Ok(parent);
         }
         if parent.contains("..") || parent.contains('\0') {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "linux.cgroup_parent {parent:?} must not contain \"..\""
             )));
         }
         match self.config.cgroup_driver {
             CgroupDriver::Cgroupfs if parent.ends_with(".slice") => {
-                Err(Error::InvalidArgument(format!(
+                Err(Error::invalid_argument(format!(
                     "linux.cgroup_parent {parent:?} is a systemd slice, but berthd uses the cgroupfs driver (set cgroup_driver = \"systemd\" or give a path like /kubepods/pod<uid>)"
                 )))
             }
@@ -51,7 +51,7 @@ pub fn pod_user_mappings(
         Ok(NamespaceMode::Node) => return Ok(None),
         Ok(NamespaceMode::Pod) => {}
         _ => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "namespace_options.userns_options.mode: mode {} is not valid, only POD and NODE are",
                 userns.mode
             )));
@@ -63,7 +63,7 @@ pub fn pod_user_mappings(
         ("ipc", opts.ipc),
     ] {
         if mode == i32::from(NamespaceMode::Node) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "namespace_options.{field}: the host's {field} namespace cannot be used with userns_options mode POD"
             )));
         }
@@ -83,7 +83,7 @@ pub fn pod_user_mappings(
         ("namespace_options.userns_options.uids", &uids),
         ("namespace_options.userns_options.gids", &gids),
     ] {
-        namespaces::validate_mappings(field, maps).map_err(Error::InvalidArgument)?;
+        namespaces::validate_mappings(field, maps).map_err(Error::invalid_argument)?;
     }
     Ok(Some((uids, gids)))
 }
@@ -100,19 +100,19 @@ pub(super) fn validate(config: &PodSandboxConfig) -> Result<PodSandboxMetadata> 
     let meta = config
         .metadata
         .clone()
-        .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+        .ok_or_else(|| Error::invalid_argument("config.metadata is required".into()))?;
     for (field, value) in [
         ("name", &meta.name),
         ("namespace", &meta.namespace),
         ("uid", &meta.uid),
     ] {
         if value.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config.metadata.{field} is required"
             )));
         }
         if value.contains('/') || value.contains('\0') {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config.metadata.{field} {value:?} must not contain '/'"
             )));
         }
@@ -127,7 +127,7 @@ pub(super) fn validate(config: &PodSandboxConfig) -> Result<PodSandboxMetadata> 
             Ok(NamespaceMode::Pod | NamespaceMode::Node) => {}
             Ok(NamespaceMode::Container) if field == "pid" => {}
             _ => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "namespace_options.{field}: mode {mode} is not valid for a pod sandbox"
                 )));
             }
@@ -135,7 +135,7 @@ pub(super) fn validate(config: &PodSandboxConfig) -> Result<PodSandboxMetadata> 
     }
     pod_user_mappings(&opts)?;
     if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "config.log_directory {:?} must be an absolute path",
             config.log_directory
         )));

@@ -13,7 +13,7 @@ impl PodManager {
         let name = sandbox_name(&meta);
         let id = store::new_id().map_err(|e| Error::io("generating a sandbox id", e))?;
         self.pods.reserve_name(&name, &id).map_err(|holder| {
-            Error::AlreadyExists(format!(
+            Error::already_exists(format!(
                 "pod sandbox name {name:?} is already reserved by sandbox {holder}"
             ))
         })?;
@@ -163,7 +163,7 @@ impl PodManager {
                 // would take it along.
                 let unit = systemd::scope_name(&sb.id);
                 let pid = u32::try_from(pid)
-                    .map_err(|_| Error::Internal(format!("infra pid {pid} out of range")))?;
+                    .map_err(|_| Error::internal(format!("infra pid {pid} out of range")))?;
                 let props = systemd::scope_properties(
                     systemd::pod_slice(&sb.cgroup_parent),
                     pid,
@@ -284,7 +284,7 @@ pub(super) async fn start_infra(
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    Err(Error::Internal(format!(
+    Err(Error::internal(format!(
         "pod sandbox {sandbox_id}: the pod infra process did not start within 1s (is the node overloaded?); retry"
     )))
 }
@@ -308,7 +308,7 @@ pub(super) fn monitor_path() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locating berthd", e))?;
     let monitor = exe.with_file_name("berth-monitor");
     if !monitor.exists() {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::failed_precondition(format!(
             "berth-monitor not found next to berthd ({})",
             monitor.display()
         )));

@@ -70,3 +70,33 @@ fn errnos<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = 
             })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_runtime_core::ContainerError;
+    use nix::errno::Errno;
+
+    use super::*;
+
+    /// A kernel call of the container's creation that failed for want of space, fds
+    /// or memory is the node's state (docs/troubleshooting.md: ResourceExhausted); any
+    /// other errno stays Berth's.
+    #[test]
+    fn a_failed_kernel_call_is_classified_by_its_errno() {
+        let kind = |errno| {
+            error_report(&ContainerError::Sys {
+                what: "mkfifo exec.fifo",
+                errno,
+            })
+            .kind
+        };
+        assert_eq!(kind(Errno::ENOSPC), ErrorKind::ResourceExhausted);
+        assert_eq!(kind(Errno::EMFILE), ErrorKind::ResourceExhausted);
+        assert_eq!(kind(Errno::EIO), ErrorKind::Internal);
+        let e = ContainerError::Sys {
+            what: "mkfifo exec.fifo",
+            errno: Errno::ENOSPC,
+        };
+        assert_eq!(error_report(&e).message, e.to_string());
+    }
+}
