@@ -5,6 +5,10 @@
 //! `super::` path that climbs to the crate root, builds the graph of top-level modules
 //! and fails naming each import cycle, and each leaf module that imports a module
 //! above it. Comments, strings and char literals are skipped.
+//!
+//! It also keeps the CRI's reply messages at the edge: outside `cri/` (and `daemon.rs`
+//! and `main.rs`, which register the services and print the API version) a
+//! `berth_proto::` path may name only the request-side types of [`REQUEST_SIDE`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -317,6 +321,186 @@ fn render(graph: &Graph) -> String {
             format!("  {m} -> {}\n", deps.join(", "))
         })
         .collect()
+}
+
+/// The `berth_proto` types the modules below `cri/` may name: the CRI request
+/// messages they take as input (container/ and pod/ persist ContainerConfig and
+/// PodSandboxConfig verbatim), their parts and enums, and the filters List RPCs pass
+/// down. A reply message is built by cri/ (cri/convert.rs), never below it: add a
+/// reply type here only with a reason.
+const REQUEST_SIDE: &[&str] = &[
+    // ContainerConfig and its parts.
+    "ContainerConfig",
+    "ContainerMetadata",
+    "CdiDevice",
+    "Device",
+    "HugepageLimit",
+    "IdMapping",
+    "Int64Value",
+    "KeyValue",
+    "LinuxContainerConfig",
+    "LinuxContainerResources",
+    "LinuxContainerSecurityContext",
+    "Capability",
+    "Mount",
+    "MountPropagation",
+    "NamespaceMode",
+    "NamespaceOption",
+    "SecurityProfile",
+    "security_profile::ProfileType",
+    "Signal",
+    "SupplementalGroupsPolicy",
+    // PodSandboxConfig and its parts.
+    "PodSandboxConfig",
+    "PodSandboxMetadata",
+    "DnsConfig",
+    "LinuxPodSandboxConfig",
+    "LinuxSandboxSecurityContext",
+    "Protocol",
+    // The filters of the List RPCs, and the states they select by.
+    "ContainerFilter",
+    "ContainerStatsFilter",
+    "ContainerState",
+    "PodSandboxFilter",
+    "PodSandboxState",
+];
+
+/// Every `berth_proto::` path in `src`, each cut after the item it names: the first
+/// segment that is not a module (`v1::Protocol::Udp` names `v1::Protocol`). A path
+/// that names no item (`berth_proto::v1`, a glob, `self`) is kept whole.
+fn proto_paths(src: &str) -> BTreeSet<String> {
+    /// The paths of the path or `{...}` group at `toks[j]`, each after `prefix`;
+    /// returns the index past it.
+    fn walk(
+        toks: &[Tok],
+        mut j: usize,
+        mut prefix: Vec<String>,
+        out: &mut Vec<Vec<String>>,
+    ) -> usize {
+        loop {
+            match toks.get(j) {
+                Some(Tok::Ident(name)) => {
+                    prefix.push(name.clone());
+                    j += 1;
+                    if toks.get(j) == Some(&Tok::PathSep) {
+                        j += 1;
+                        continue;
+                    }
+                    out.push(prefix);
+                    return j;
+                }
+                Some(Tok::Open) => {
+                    j += 1;
+                    loop {
+                        match toks.get(j) {
+                            None => return j,
+                            Some(Tok::Close) => return j + 1,
+                            Some(Tok::Comma) => j += 1,
+                            _ => {
+                                j = walk(toks, j, prefix.clone(), out);
+                                // Past a rename (`A as B`) to the next item.
+                                while !matches!(toks.get(j), None | Some(Tok::Comma | Tok::Close)) {
+                                    j += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    prefix.push("*".to_owned());
+                    out.push(prefix);
+                    return j + 1;
+                }
+            }
+        }
+    }
+    let toks = tokens(src);
+    let mut paths = Vec::new();
+    for i in 0..toks.len() {
+        if toks[i] == Tok::Ident("berth_proto".into())
+            && toks.get(i + 1) == Some(&Tok::PathSep)
+            && (i == 0 || toks[i - 1] != Tok::PathSep)
+        {
+            walk(&toks, i + 2, Vec::new(), &mut paths);
+        }
+    }
+    paths
+        .into_iter()
+        .map(|segments| {
+            let item = segments
+                .iter()
+                .position(|s| s.starts_with(|c: char| c.is_uppercase()))
+                .map_or(segments.len(), |at| at + 1);
+            segments[..item].join("::")
+        })
+        .collect()
+}
+
+/// `file: berth_proto::path` for each path outside the edge that names a type
+/// [`REQUEST_SIDE`] does not list.
+fn replies_below_cri(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    let edge = |rel: &Path| {
+        rel.starts_with("cri") || rel == Path::new("daemon.rs") || rel == Path::new("main.rs")
+    };
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(src).expect("below src");
+        if edge(rel) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("reading a source file");
+        for path in proto_paths(&text) {
+            let allowed = path
+                .strip_prefix("v1::")
+                .is_some_and(|name| REQUEST_SIDE.contains(&name));
+            if !allowed {
+                found.push(format!("{}: berth_proto::{path}", rel.display()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn outside_cri_berth_proto_names_only_request_side_types() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = replies_below_cri(&src);
+    assert!(
+        found.is_empty(),
+        "berth_proto types outside cri/ that are not request-side (a CRI reply is built \
+         in cri/, from cri/convert.rs; or, for a request message, add it to REQUEST_SIDE \
+         in server/tests/module_graph.rs):\n  {}",
+        found.join("\n  ")
+    );
+}
+
+#[test]
+fn proto_paths_are_cut_after_the_item_and_groups_renames_and_globs_are_seen() {
+    let src = r#"
+        use berth_proto::v1::{ContainerConfig, Mount as CriMount, security_profile::ProfileType};
+        use berth_proto::v1::*;
+        // berth_proto::v1::Commented
+        fn f() -> berth_proto::v1::PodSandboxStatus { berth_proto::v1::Protocol::Udp; }
+        const V: &str = berth_proto::CRI_API_VERSION;
+        use berth_proto::v1;
+    "#;
+    let found: Vec<String> = proto_paths(src).into_iter().collect();
+    assert_eq!(
+        found,
+        [
+            "CRI_API_VERSION",
+            "v1",
+            "v1::*",
+            "v1::ContainerConfig",
+            "v1::Mount",
+            "v1::PodSandboxStatus",
+            "v1::Protocol",
+            "v1::security_profile::ProfileType",
+        ]
+    );
 }
 
 #[test]

@@ -189,10 +189,7 @@ impl ContainerManager {
         {
             Ok(()) => {
                 self.containers.write().insert(id.clone(), Arc::clone(&ctr));
-                self.emit(
-                    &ctr,
-                    berth_proto::v1::ContainerEventType::ContainerCreatedEvent,
-                );
+                self.emit(&ctr, super::EventKind::Created);
                 tracing::info!(container = %id, pod = %ctr.pod_id, name = %meta.name, "container created");
                 Ok(id)
             }

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use berth_image::{Image, ImageStore};
-use berth_proto::v1::{ContainerConfig, Mount as CriMount};
+use berth_proto::v1::ContainerConfig;
 
 use super::error::{Error, Result};
 use crate::error::Plain;
@@ -270,22 +270,6 @@ fn resolve_sub_path(root: &Path, sub: &str) -> std::io::Result<PathBuf> {
         ));
     }
     Ok(path)
-}
-
-/// The `ContainerStatus` view of a configured mount: image mounts keep their image
-/// (with the resolved `image_ref`) and sub path.
-pub fn status_mount(m: &CriMount) -> CriMount {
-    CriMount {
-        container_path: m.container_path.clone(),
-        host_path: m.host_path.clone(),
-        readonly: m.readonly,
-        selinux_relabel: m.selinux_relabel,
-        propagation: m.propagation,
-        recursive_read_only: m.recursive_read_only,
-        image: m.image.clone(),
-        image_sub_path: m.image_sub_path.clone(),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

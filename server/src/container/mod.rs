@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::error::{Error, Result};
 use self::handler::Handler;
+pub use self::status::Usage;
 use crate::config::Config;
 use crate::error::Plain;
 use crate::host::clock::now_nanos;
@@ -176,7 +177,8 @@ impl Container {
         self.changed.send_replace(phase);
     }
 
-    fn metadata(&self) -> ContainerMetadata {
+    /// The metadata kubelet created it with.
+    pub fn metadata(&self) -> ContainerMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
 }
@@ -192,6 +194,19 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// What happened to a container (cri/ names it as a CRI `ContainerEventType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created (CreateContainer succeeded).
+    Created,
+    /// Its process started.
+    Started,
+    /// Its process exited.
+    Stopped,
+    /// Removed.
+    Deleted,
+}
+
 /// A container life-cycle event, for `GetContainerEvents` (kubelet's evented PLEG).
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -200,7 +215,7 @@ pub struct Event {
     /// Its pod.
     pub pod_id: String,
     /// What happened.
-    pub kind: berth_proto::v1::ContainerEventType,
+    pub kind: EventKind,
     /// When, ns.
     pub at: i64,
 }
@@ -258,7 +273,7 @@ impl ContainerManager {
         self.events.subscribe()
     }
 
-    fn emit(&self, ctr: &Container, kind: berth_proto::v1::ContainerEventType) {
+    fn emit(&self, ctr: &Container, kind: EventKind) {
         // No subscriber is not an error.
         let _ = self.events.send(Event {
             container_id: ctr.id.clone(),

@@ -68,10 +68,7 @@ impl ContainerManager {
         if let Err(e) = self.persist(ctr) {
             tracing::warn!(container = %ctr.id, error = %e, "could not persist exit");
         }
-        self.emit(
-            ctr,
-            berth_proto::v1::ContainerEventType::ContainerStoppedEvent,
-        );
+        self.emit(ctr, super::EventKind::Stopped);
         tracing::info!(container = %ctr.id, exit_code = ctr.state().exit_code, "container exited");
     }
 }

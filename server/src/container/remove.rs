@@ -19,10 +19,7 @@ impl ContainerManager {
         self.containers.write().remove(&ctr.id);
         let mut names = self.containers.names();
         names.retain(|_, v| v != &ctr.id);
-        self.emit(
-            &ctr,
-            berth_proto::v1::ContainerEventType::ContainerDeletedEvent,
-        );
+        self.emit(&ctr, super::EventKind::Deleted);
         tracing::info!(container = %ctr.id, "container removed");
         Ok(())
     }

@@ -50,10 +50,7 @@ impl ContainerManager {
             }
         });
         self.persist(&ctr)?;
-        self.emit(
-            &ctr,
-            berth_proto::v1::ContainerEventType::ContainerStartedEvent,
-        );
+        self.emit(&ctr, super::EventKind::Started);
         tracing::info!(container = %ctr.id, "container started");
         Ok(())
     }

@@ -1,110 +1,44 @@
-//! What `ListContainers`, `ContainerStatus` and the container stats RPCs show.
+//! Which containers `ListContainers` and the stats RPCs show, and their usage
+//! (cri/convert.rs builds the replies from them).
 
 use std::sync::Arc;
 
-use berth_proto::v1::{
-    Container as CriContainer, ContainerAttributes, ContainerFilter, ContainerState,
-    ContainerStats, ContainerStatsFilter, ContainerStatus as CriContainerStatus, CpuUsage,
-    FilesystemIdentifier, FilesystemUsage, ImageSpec, MemoryUsage, UInt64Value,
-};
-use serde_json::json;
+use berth_proto::v1::{ContainerFilter, ContainerState, ContainerStatsFilter};
 
 use super::{Container, ContainerManager, Phase};
 use crate::host::clock::now_nanos;
 
+/// One reading of a container's usage, for the stats RPCs (cri/convert.rs makes it a
+/// `ContainerStats`).
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// When the cgroup was read, ns.
+    pub at: i64,
+    /// CPU time used since the container started, ns.
+    pub cpu_usage_ns: u64,
+    /// CPU rate since the previous reading, nanocores (none at the first).
+    pub nano_cores: Option<u64>,
+    /// Memory working set, bytes.
+    pub memory_working_set: u64,
+    /// Memory usage, bytes.
+    pub memory_usage: u64,
+    /// The writable layer's usage.
+    pub layer: crate::host::fsinfo::Usage,
+    /// When the writable layer was measured, ns.
+    pub layer_at: i64,
+    /// Mount point of the filesystem holding the writable layer.
+    pub mountpoint: String,
+}
+
 impl Container {
-    fn cri_state(&self) -> ContainerState {
+    /// The CRI state: what `ListContainers` and `ContainerStatus` show, and what a
+    /// `ContainerFilter`'s state is matched against.
+    pub fn cri_state(&self) -> ContainerState {
         match self.phase() {
             Phase::Creating | Phase::Created => ContainerState::ContainerCreated,
             Phase::Running => ContainerState::ContainerRunning,
             Phase::Exited => ContainerState::ContainerExited,
         }
-    }
-
-    /// `ListContainers` entry.
-    pub fn to_cri(&self) -> CriContainer {
-        CriContainer {
-            id: self.id.clone(),
-            pod_sandbox_id: self.pod_id.clone(),
-            metadata: Some(self.metadata()),
-            image: Some(ImageSpec {
-                image: self.image_name.clone(),
-                ..Default::default()
-            }),
-            image_ref: self.image_ref.clone(),
-            state: self.cri_state().into(),
-            created_at: self.created_at,
-            labels: self.config.labels.clone(),
-            annotations: self.config.annotations.clone(),
-            image_id: self.image_id.clone(),
-        }
-    }
-
-    /// `ContainerStatus` body.
-    pub fn status(&self) -> CriContainerStatus {
-        let s = self.state();
-        CriContainerStatus {
-            id: self.id.clone(),
-            metadata: Some(self.metadata()),
-            state: self.cri_state().into(),
-            created_at: self.created_at,
-            started_at: s.started_at,
-            finished_at: s.finished_at,
-            exit_code: s.exit_code,
-            image: Some(ImageSpec {
-                image: self.image_name.clone(),
-                ..Default::default()
-            }),
-            image_ref: self.image_ref.clone(),
-            reason: s.reason.clone(),
-            message: s.message.clone(),
-            labels: self.config.labels.clone(),
-            annotations: self.config.annotations.clone(),
-            mounts: self
-                .config
-                .mounts
-                .iter()
-                .map(super::image_volume::status_mount)
-                .collect(),
-            log_path: self.log_path.display().to_string(),
-            resources: self
-                .config
-                .linux
-                .as_ref()
-                .and_then(|l| l.resources.clone())
-                .map(|r| berth_proto::v1::ContainerResources {
-                    linux: Some(r),
-                    windows: None,
-                }),
-            image_id: self.image_id.clone(),
-            user: s
-                .user
-                .as_ref()
-                .map(|(uid, gid, groups)| berth_proto::v1::ContainerUser {
-                    linux: Some(berth_proto::v1::LinuxContainerUser {
-                        uid: i64::from(*uid),
-                        gid: i64::from(*gid),
-                        supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
-                    }),
-                }),
-            // kubelet shows it as the container's `stopSignal` (ContainerStopSignals).
-            stop_signal: self.config.stop_signal,
-        }
-    }
-
-    /// `ContainerStatus(verbose).info["info"]`.
-    pub fn verbose_info(&self) -> serde_json::Value {
-        let s = self.state();
-        json!({
-            "id": self.id,
-            "sandboxID": self.pod_id,
-            "pid": s.pid,
-            "monitorPid": s.monitor_pid,
-            "phase": s.phase,
-            "imageId": self.image_id,
-            "logPath": self.log_path,
-            "runtimeHandler": s.runtime_handler,
-        })
     }
 
     fn matches(&self, f: &ContainerFilter) -> bool {
@@ -127,7 +61,7 @@ impl Container {
 
 impl ContainerManager {
     /// Containers matching `filter`, newest first.
-    pub fn list(&self, filter: Option<&ContainerFilter>) -> Vec<CriContainer> {
+    pub fn list(&self, filter: Option<&ContainerFilter>) -> Vec<Arc<Container>> {
         let all = self.containers.read();
         let mut v: Vec<&Arc<Container>> = all
             .values()
@@ -135,7 +69,7 @@ impl ContainerManager {
             .filter(|c| filter.is_none_or(|f| c.matches(f)))
             .collect();
         v.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-        v.into_iter().map(|c| c.to_cri()).collect()
+        v.into_iter().cloned().collect()
     }
 
     /// Ids of the containers of a pod.
@@ -148,10 +82,10 @@ impl ContainerManager {
             .collect()
     }
 
-    /// `ContainerStats` of one container: cgroup cpu/memory, read now, and the
-    /// writable layer's usage, measured at most `fsinfo::USAGE_MAX_AGE` ago (its
-    /// `timestamp` says when).
-    pub fn stats(&self, ctr: &Container) -> ContainerStats {
+    /// The usage of one container: cgroup cpu/memory, read now, and the writable
+    /// layer's usage, measured at most `fsinfo::USAGE_MAX_AGE` ago (`layer_at` says
+    /// when).
+    pub fn stats(&self, ctr: &Container) -> Usage {
         let now = now_nanos();
         let cg = match ctr.state().phase {
             Phase::Created | Phase::Running => self.cgroup_stats(ctr).unwrap_or_default(),
@@ -184,34 +118,15 @@ impl ContainerManager {
             .mountpoint(&self.config.root_dir)
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let v = |value: u64| Some(UInt64Value { value });
-        ContainerStats {
-            attributes: Some(ContainerAttributes {
-                id: ctr.id.clone(),
-                metadata: Some(ctr.metadata()),
-                labels: ctr.config.labels.clone(),
-                annotations: ctr.config.annotations.clone(),
-            }),
-            cpu: Some(CpuUsage {
-                timestamp: now,
-                usage_core_nano_seconds: v(cg.cpu_usage_ns),
-                usage_nano_cores: nano_cores.and_then(v),
-                psi: None,
-            }),
-            memory: Some(MemoryUsage {
-                timestamp: now,
-                working_set_bytes: v(cg.memory_working_set),
-                usage_bytes: v(cg.memory_usage),
-                ..Default::default()
-            }),
-            writable_layer: Some(FilesystemUsage {
-                timestamp: layer_at,
-                fs_id: Some(FilesystemIdentifier { mountpoint }),
-                used_bytes: v(layer.used_bytes),
-                inodes_used: v(layer.inodes_used),
-            }),
-            swap: None,
-            io: None,
+        Usage {
+            at: now,
+            cpu_usage_ns: cg.cpu_usage_ns,
+            nano_cores,
+            memory_working_set: cg.memory_working_set,
+            memory_usage: cg.memory_usage,
+            layer,
+            layer_at,
+            mountpoint,
         }
     }
 
@@ -233,8 +148,11 @@ impl ContainerManager {
             .collect()
     }
 
-    /// `ListContainerStats`.
-    pub fn list_stats(&self, filter: Option<&ContainerStatsFilter>) -> Vec<ContainerStats> {
+    /// `ListContainerStats`: the containers matching `filter`, each with its usage.
+    pub fn list_stats(
+        &self,
+        filter: Option<&ContainerStatsFilter>,
+    ) -> Vec<(Arc<Container>, Usage)> {
         let all: Vec<Arc<Container>> = self.containers.read().values().cloned().collect();
         all.into_iter()
             .filter(|c| c.phase() != Phase::Creating)
@@ -247,7 +165,10 @@ impl ContainerManager {
                             .all(|(k, v)| c.config.labels.get(k) == Some(v))
                 })
             })
-            .map(|c| self.stats(&c))
+            .map(|c| {
+                let usage = self.stats(&c);
+                (c, usage)
+            })
             .collect()
     }
 }

@@ -1,6 +1,7 @@
 //! The CRI edge: RuntimeService and ImageService handlers. They validate and translate
 //! requests, call into the daemon's subsystems, and map errors to gRPC codes.
 
+mod convert;
 pub mod error;
 mod image;
 #[allow(unsafe_code)] // sysconf(_SC_CLK_TCK)
@@ -115,17 +116,17 @@ impl CriService {
                 counts.containers.insert(state, 0);
             }
             for pod in shared.pods.list(None) {
-                let state = match PodSandboxState::try_from(pod.state) {
-                    Ok(PodSandboxState::SandboxReady) => "ready",
+                let state = match pod.cri_state() {
+                    PodSandboxState::SandboxReady => "ready",
                     _ => "notready",
                 };
                 *counts.pods.entry(state).or_insert(0) += 1;
             }
             for ctr in shared.containers.list(None) {
-                let state = match ContainerState::try_from(ctr.state) {
-                    Ok(ContainerState::ContainerCreated) => "created",
-                    Ok(ContainerState::ContainerRunning) => "running",
-                    Ok(ContainerState::ContainerExited) => "exited",
+                let state = match ctr.cri_state() {
+                    ContainerState::ContainerCreated => "created",
+                    ContainerState::ContainerRunning => "running",
+                    ContainerState::ContainerExited => "exited",
                     _ => "unknown",
                 };
                 *counts.containers.entry(state).or_insert(0) += 1;

@@ -24,7 +24,7 @@ pub fn pod_stats(shared: &Shared, sb: &Sandbox) -> PodSandboxStats {
     let containers = shared.containers.of_pod(&sb.id);
     let stats: Vec<_> = containers
         .iter()
-        .map(|c| shared.containers.stats(c))
+        .map(|c| super::convert::container_stats(c, &shared.containers.stats(c)))
         .collect();
     let sum = |f: &dyn Fn(&berth_proto::v1::ContainerStats) -> Option<u64>| -> u64 {
         stats.iter().filter_map(f).sum()

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use berth_proto::v1::{
-    NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
-    PodSandboxMetadata, PodSandboxState, PodSandboxStatus,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    PodSandboxState,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -127,11 +127,14 @@ impl Sandbox {
         self.phase() == Phase::Ready
     }
 
-    fn metadata(&self) -> PodSandboxMetadata {
+    /// The metadata kubelet created it with.
+    pub fn metadata(&self) -> PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
 
-    fn cri_state(&self) -> PodSandboxState {
+    /// The CRI state: what `ListPodSandbox` and `PodSandboxStatus` show, and what a
+    /// `PodSandboxFilter`'s state is matched against.
+    pub fn cri_state(&self) -> PodSandboxState {
         match self.phase() {
             Phase::Ready => PodSandboxState::SandboxReady,
             Phase::Creating | Phase::NotReady => PodSandboxState::SandboxNotready,
@@ -141,62 +144,6 @@ impl Sandbox {
     /// The namespace options the pod was created with (defaults: all POD).
     pub fn namespace_options(&self) -> NamespaceOption {
         namespace_options(&self.config)
-    }
-
-    /// `ListPodSandbox` entry.
-    pub fn to_cri(&self) -> PodSandbox {
-        PodSandbox {
-            id: self.id.clone(),
-            metadata: Some(self.metadata()),
-            state: self.cri_state().into(),
-            created_at: self.created_at,
-            labels: self.config.labels.clone(),
-            annotations: self.config.annotations.clone(),
-            runtime_handler: self.runtime_handler.clone(),
-        }
-    }
-
-    /// `PodSandboxStatus` body.
-    pub fn status(&self) -> PodSandboxStatus {
-        let state = self.state();
-        let mut ips = state.ips.iter();
-        PodSandboxStatus {
-            id: self.id.clone(),
-            metadata: Some(self.metadata()),
-            state: self.cri_state().into(),
-            created_at: self.created_at,
-            network: Some(berth_proto::v1::PodSandboxNetworkStatus {
-                ip: ips.next().cloned().unwrap_or_default(),
-                additional_ips: ips
-                    .map(|ip| berth_proto::v1::PodIp { ip: ip.clone() })
-                    .collect(),
-            }),
-            linux: Some(berth_proto::v1::LinuxPodSandboxStatus {
-                namespaces: Some(berth_proto::v1::Namespace {
-                    options: Some(self.namespace_options()),
-                }),
-            }),
-            labels: self.config.labels.clone(),
-            annotations: self.config.annotations.clone(),
-            runtime_handler: self.runtime_handler.clone(),
-        }
-    }
-
-    /// `PodSandboxStatus(verbose).info["info"]`.
-    pub fn verbose_info(&self) -> Value {
-        let state = self.state();
-        json!({
-            "id": self.id,
-            "phase": state.phase,
-            "runtimeHandler": self.runtime_handler,
-            "cgroupParent": self.cgroup_parent,
-            "network": state.network,
-            "hostInterface": (state.network.as_deref() == Some(NATIVE_NETWORK_NAME))
-                .then(|| cni::native::host_veth_name(&self.id)),
-            "ips": state.ips,
-            "namespaces": state.pins,
-            "shm": state.shm,
-        })
     }
 
     fn matches(&self, filter: &PodSandboxFilter) -> bool {
@@ -370,7 +317,7 @@ impl PodManager {
     }
 
     /// Sandboxes matching `filter`, newest first.
-    pub fn list(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodSandbox> {
+    pub fn list(&self, filter: Option<&PodSandboxFilter>) -> Vec<Arc<Sandbox>> {
         let pods = self.pods.read();
         let mut out: Vec<&Arc<Sandbox>> = pods
             .values()
@@ -378,7 +325,7 @@ impl PodManager {
             .filter(|p| filter.is_none_or(|f| p.matches(f)))
             .collect();
         out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
-        out.into_iter().map(|p| p.to_cri()).collect()
+        out.into_iter().cloned().collect()
     }
 
     fn update_state(&self, sb: &Sandbox, f: impl FnOnce(&mut SandboxState)) {
