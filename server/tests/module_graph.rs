@@ -417,11 +417,21 @@ fn proto_paths(src: &str) -> BTreeSet<String> {
     let toks = tokens(src);
     let mut paths = Vec::new();
     for i in 0..toks.len() {
-        if toks[i] == Tok::Ident("berth_proto".into())
-            && toks.get(i + 1) == Some(&Tok::PathSep)
-            && (i == 0 || toks[i - 1] != Tok::PathSep)
-        {
-            walk(&toks, i + 2, Vec::new(), &mut paths);
+        if toks[i] != Tok::Ident("berth_proto".into()) {
+            continue;
+        }
+        // `berth_proto` itself, or `::berth_proto`; not `some_module::berth_proto`.
+        let at_root = i < 2 || toks[i - 1] != Tok::PathSep || !matches!(toks[i - 2], Tok::Ident(_));
+        if !at_root {
+            continue;
+        }
+        match toks.get(i + 1) {
+            Some(Tok::PathSep) => {
+                walk(&toks, i + 2, Vec::new(), &mut paths);
+            }
+            // `use berth_proto as p;` would hide every later path from this scan.
+            Some(Tok::Ident(kw)) if kw == "as" => paths.push(vec!["<renamed crate>".to_owned()]),
+            _ => {}
         }
     }
     paths
@@ -486,15 +496,20 @@ fn proto_paths_are_cut_after_the_item_and_groups_renames_and_globs_are_seen() {
         fn f() -> berth_proto::v1::PodSandboxStatus { berth_proto::v1::Protocol::Udp; }
         const V: &str = berth_proto::CRI_API_VERSION;
         use berth_proto::v1;
+        fn g() -> ::berth_proto::v1::ContainerStats { todo!() }
+        use berth_proto as p;
+        fn h() -> other::berth_proto::Ignored { todo!() }
     "#;
     let found: Vec<String> = proto_paths(src).into_iter().collect();
     assert_eq!(
         found,
         [
+            "<renamed crate>",
             "CRI_API_VERSION",
             "v1",
             "v1::*",
             "v1::ContainerConfig",
+            "v1::ContainerStats",
             "v1::Mount",
             "v1::PodSandboxStatus",
             "v1::Protocol",

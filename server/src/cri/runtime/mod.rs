@@ -18,6 +18,9 @@ use super::CriService;
 
 /// `impl RuntimeService for CriService`, one line an RPC:
 /// `family::rpc(Request) -> Reply;` answers `rpc` with `family::rpc(service, request)`.
+/// A handler sees only the request's body: one that needs the call's metadata, peer
+/// address or deadline gets its own method in a plain `impl` block instead of a line here.
+/// Spans, timing and logging of every RPC live in the tower layer (`cri/trace.rs`).
 macro_rules! runtime_service {
     ($($family:ident::$rpc:ident($req:ident) -> $reply:ty;)*) => {
         #[tonic::async_trait]
