@@ -379,8 +379,8 @@ mod tests {
     use super::cgroupfs::parse_proc_cgroup;
     use super::mounts::open_mount_point;
     use super::*;
-    use crate::sys::MountPointKind;
     use crate::sys::fake::{Call, RecordingSyscall};
+    use crate::sys::{DevNode, MountPointKind};
     use oci_spec::runtime::Mount;
     use std::os::unix::fs::symlink;
 
@@ -583,10 +583,12 @@ mod tests {
         let calls = sys.calls();
         assert!(calls.contains(&Call::Mknod {
             path: rootfs.join("dev/null"),
-            kind: libc::S_IFCHR,
-            perm: 0o666,
-            major: 1,
-            minor: 3
+            node: DevNode {
+                kind: libc::S_IFCHR,
+                perm: 0o666,
+                major: 1,
+                minor: 3
+            }
         }));
         assert!(calls.contains(&Call::Symlink {
             original: "pts/ptmx".into(),

@@ -9,7 +9,7 @@ use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
 use super::mounts::lexical_clean;
 use super::{RootfsError, RootfsPlan, io_err, resolve_in_root, sys_err};
-use crate::sys::{Errno, InRootPath, MountPointKind, Syscall};
+use crate::sys::{DevNode, Errno, InRootPath, MountPointKind, Syscall};
 
 /// The devices every container gets (runc's list), in addition to the spec's.
 pub(super) fn default_devices() -> Vec<(&'static str, u64, u64)> {
@@ -132,8 +132,13 @@ pub(super) fn create_device(
         let _ = fs::remove_file(&node);
     }
     let perm = d.file_mode().unwrap_or(0o666) & 0o7777;
-    sys.mknod(&node, kind, perm, major, minor)
-        .map_err(sys_err("mknod", dest))?;
+    let dev = DevNode {
+        kind,
+        perm,
+        major,
+        minor,
+    };
+    sys.mknod(&node, dev).map_err(sys_err("mknod", dest))?;
     // mknod honours the umask; the spec's mode is exact. Opened O_NOFOLLOW and checked
     // to be the node, so a symlink swapped in cannot pass the chmod elsewhere.
     match nix::fcntl::open(

@@ -6,8 +6,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use super::{
-    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags, NewFs,
-    Rlimit, Syscall,
+    CapSet, CloneFlags, DevNode, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags,
+    NewFs, Rlimit, Syscall,
 };
 
 /// One recorded call.
@@ -51,10 +51,7 @@ pub enum Call {
     SetRlimit(Rlimit),
     Mknod {
         path: PathBuf,
-        kind: u32,
-        perm: u32,
-        major: u64,
-        minor: u64,
+        node: DevNode,
     },
     Lchown {
         path: PathBuf,
@@ -216,20 +213,10 @@ impl Syscall for RecordingSyscall {
         self.record(Call::SetRlimit(rlimit))
     }
 
-    fn mknod(
-        &self,
-        path: &Path,
-        kind: u32,
-        perm: u32,
-        major: u64,
-        minor: u64,
-    ) -> Result<(), Errno> {
+    fn mknod(&self, path: &Path, node: DevNode) -> Result<(), Errno> {
         self.record(Call::Mknod {
             path: path.to_path_buf(),
-            kind,
-            perm,
-            major,
-            minor,
+            node,
         })
     }
 

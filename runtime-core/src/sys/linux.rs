@@ -6,8 +6,8 @@ use std::path::Path;
 use nix::sys::stat::{Mode, SFlag};
 
 use super::{
-    CapSet, CloneFlags, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags, NewFs,
-    Rlimit, Syscall,
+    CapSet, CloneFlags, DevNode, Errno, InRootPath, MntFlags, MountArgs, MountPointKind, MsFlags,
+    NewFs, Rlimit, Syscall,
 };
 
 /// Calls the Linux kernel.
@@ -180,17 +180,11 @@ impl Syscall for LinuxSyscall {
         Errno::result(rc).map(drop)
     }
 
-    fn mknod(
-        &self,
-        path: &Path,
-        kind: u32,
-        perm: u32,
-        major: u64,
-        minor: u64,
-    ) -> Result<(), Errno> {
-        let kind = SFlag::from_bits_truncate(kind);
-        let perm = Mode::from_bits_truncate(perm);
-        nix::sys::stat::mknod(path, kind, perm, nix::sys::stat::makedev(major, minor))
+    fn mknod(&self, path: &Path, node: DevNode) -> Result<(), Errno> {
+        let kind = SFlag::from_bits_truncate(node.kind);
+        let perm = Mode::from_bits_truncate(node.perm);
+        let dev = nix::sys::stat::makedev(node.major, node.minor);
+        nix::sys::stat::mknod(path, kind, perm, dev)
     }
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> Result<(), Errno> {

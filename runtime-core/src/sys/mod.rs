@@ -125,6 +125,20 @@ pub struct NewFs<'a> {
     pub data: &'a str,
 }
 
+/// What [`Syscall::mknod`] makes: the node's type (`S_IFCHR`, `S_IFBLK` or `S_IFIFO`),
+/// its permission bits (before the umask) and its device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevNode {
+    /// `S_IFCHR`, `S_IFBLK` or `S_IFIFO`.
+    pub kind: u32,
+    /// Permission bits.
+    pub perm: u32,
+    /// Major device number.
+    pub major: u64,
+    /// Minor device number.
+    pub minor: u64,
+}
+
 /// The system calls used to set up a container process.
 ///
 /// Every method returns the raw errno on failure; callers attach the step name.
@@ -159,9 +173,8 @@ pub trait Syscall {
     fn set_pdeathsig(&self, signal: i32) -> Result<(), Errno>;
     /// setrlimit(2).
     fn set_rlimit(&self, rlimit: Rlimit) -> Result<(), Errno>;
-    /// mknod(2) of a device node (`kind` is `S_IFCHR`, `S_IFBLK` or `S_IFIFO`).
-    fn mknod(&self, path: &Path, kind: u32, perm: u32, major: u64, minor: u64)
-    -> Result<(), Errno>;
+    /// mknod(2) of a device node.
+    fn mknod(&self, path: &Path, node: DevNode) -> Result<(), Errno>;
     /// chown(2) without following symlinks.
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> Result<(), Errno>;
     /// symlink(2).
