@@ -18,7 +18,8 @@
 # --timeout D (ginkgo's, default 3h), --dry-run (list the specs only).
 #
 # Isolation: the whole run happens in a network namespace of its own (unshare --net) with
-# only loopback, so the suite's fixed ports (6443, 10248, 10250, 10255) cannot clash with
+# only loopback, and a mount namespace of its own (slave to the host's; /var/lib/kubelet is
+# a directory below $DIR there), so the suite's fixed ports (6443, 10248, 10250, 10255) cannot clash with
 # anything else on the machine (privileged_kubelet.rs, local-cluster.sh), and nothing it
 # starts, pods included, can reach any address outside it. Images come from a local
 # registry in that namespace (berth-node-e2e-images pushes them under their upstream names;
@@ -46,13 +47,9 @@ FOCUS='\[NodeConformance\]'
 SKIP='\[Flaky\]|\[Slow\]|\[Serial\]|\[Disruptive\]'
 # Skipped here, each for the reason given beside it and in docs/conformance.md (a
 # spec that merely fails is not skipped: it is explained there instead).
-SKIP_HOST=(
-  # kubelet serves device plugins at the fixed /var/lib/kubelet/device-plugins/kubelet.sock
-  # whatever its --root-dir, and the network namespace does not hide unix sockets:
-  # with other kubelets on this machine (local-cluster.sh, privileged_kubelet.rs) the
-  # specs' fake plugins reach whichever kubelet bound that path last.
-  'Device Plugin Failures'
-)
+# Nothing is skipped for this host today: the 7 `Device Plugin Failures` specs, skipped
+# until kubelet's fixed device-plugin directory was made private to the run (below), run.
+SKIP_HOST=()
 NODES=4
 TIMEOUT=3h
 RUNTIME=berth
@@ -88,11 +85,11 @@ AGNHOST="$(ls "$TOOLS"/agnhost-[0-9]* 2>/dev/null | sort -V | tail -1)"
 PORTER="$(go env GOMODCACHE 2>/dev/null)/k8s.io/kubernetes@$KUBE_VERSION/test/images/agnhost/porter"
 [ -f "$PORTER/localhost.key" ] || die "$PORTER missing: integration/scripts/build-node-e2e.sh"
 case "$RUNTIME" in
-  berth) for b in berthd berth-monitor berth-runtime berth-node-e2e-images; do
+  berth) for b in berthd berth-monitor berth-runtime berth-node-e2e-images berth-nmeter berth-nnp; do
            [ -x "$BERTH_BIN/$b" ] || die "$BERTH_BIN/$b missing: cargo build --workspace --bins"
          done ;;
   containerd) [ -x "$TOOLS/containerd2/containerd" ] || die "$TOOLS/containerd2 missing: integration/scripts/build-containerd2.sh"
-              [ -x "$BERTH_BIN/berth-node-e2e-images" ] || die "cargo build --workspace --bins" ;;
+              for b in berth-node-e2e-images berth-nmeter berth-nnp; do [ -x "$BERTH_BIN/$b" ] || die "$BERTH_BIN/$b missing: cargo build --workspace --bins"; done ;;
   *) die "--runtime berth|containerd" ;;
 esac
 
@@ -100,9 +97,24 @@ esac
 if [ -z "${BERTH_NODE_E2E_NETNS:-}" ]; then
   [ -e "$DIR" ] && die "$DIR exists: another run, or a crashed one (unmount below it, then remove it)"
   export BERTH_NODE_E2E_NETNS=1 BERTH_NODE_E2E_REPORT="$REPORT"
-  exec unshare --net --fork -- "$0" "${ORIG_ARGS[@]}"
+  # /var/lib/kubelet is replaced by a directory of ours inside the run (below); remember whether the
+  # host had that directory, so that a directory made only as the mount point goes again.
+  [ -e /var/lib/kubelet ] || export BERTH_NODE_E2E_MADE_VLK=1
+  # A mount namespace of our own as well, slave to the host's: host mounts still reach
+  # the run, and nothing the run mounts (kubelet's volumes, berthd's rootfs) reaches the
+  # host — it all goes when the namespace's last process exits.
+  exec unshare --net --mount --propagation slave --fork -- "$0" "${ORIG_ARGS[@]}"
 fi
 ip link set lo up
+# The suite runs kubelet with --root-dir /var/lib/kubelet (its pods, volumes, serving
+# certificate), and kubelet serves device plugins at the fixed
+# /var/lib/kubelet/device-plugins/kubelet.sock whatever its root: with the host's
+# directory the run would write there, and the `Device Plugin Failures` specs' fake plugins
+# would reach whichever kubelet on the machine (local-cluster.sh, privileged_kubelet.rs)
+# bound that socket last. In our mount namespace /var/lib/kubelet is a directory below
+# $DIR instead (on the same disk, so kubelet's nodefs figures stay real).
+mkdir -p /var/lib/kubelet "$DIR/var-lib-kubelet"
+mount --bind "$DIR/var-lib-kubelet" /var/lib/kubelet
 # The in-process API server picks its advertise address from the default route, and it
 # refuses to proxy to a node on a loopback address (/configz, logs): give the namespace a
 # node address and a default route that lead nowhere — a bridge without ports (packets
@@ -158,7 +170,7 @@ cleanup() {
   for p in $(ours); do stop_pid "$p"; done
   [ -d "$DIR/logs" ] && cp -r "$DIR/logs" "$REPORT/" 2>/dev/null
   # Anything still mounted below our directories (the runtime's teardown should leave none).
-  for d in "$DIR" "$RUN"; do
+  for d in /var/lib/kubelet "$DIR" "$RUN"; do
     findmnt -R -n -l -o TARGET --target "$d" 2>/dev/null | grep -F -- "$d" | sort -r | while read -r m; do
       umount -l "$m" && log "unmounted $m"  # kubelet's root is a bind of itself
     done
@@ -166,6 +178,8 @@ cleanup() {
   for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     [ -d "$h${CGROUP_ROOT#/}" ] && find "$h${CGROUP_ROOT#/}" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
+  umount -l /var/lib/kubelet 2>/dev/null
+  [ -n "${BERTH_NODE_E2E_MADE_VLK:-}" ] && rmdir /var/lib/kubelet 2>/dev/null
   if findmnt -R -n -l -o TARGET | grep -q -e "^$DIR" -e "^$RUN"; then
     log "mounts remain below $DIR or $RUN: not deleting them"
   else
@@ -250,12 +264,10 @@ containerd)
     printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve"]\n' \
       "$REGISTRY_PORT" "$REGISTRY_PORT" > "$DIR/certs.d/$h/hosts.toml"
   done
-  cat > "$DIR/containerd/net.d/10-node-e2e.conflist" <<EOF
-{"cniVersion": "1.0.0", "name": "node-e2e", "plugins": [
-  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-   "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "$POD_CIDR"}]]}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}
-EOF
+  # Host-local's leases below $DIR (its default, /var/lib/cni/networks, is the host's).
+  sed -e "s|@NAME@|node-e2e|" -e "s|@BRIDGE@|$BRIDGE|" -e "s|@IPAM@|$DIR/containerd/ipam|" \
+    -e "s|@SUBNET@|$POD_CIDR|" -e "s|@GATEWAY@|${POD_CIDR%.0/24}.1|" \
+    "$REPO/integration/peer/bridge.conflist" > "$DIR/containerd/net.d/10-node-e2e.conflist"
   # The same containerd 2 configuration as integration/src/peer.rs's (one template).
   sed -e "s|@ROOT@|$DIR/containerd/root|" -e "s|@STATE@|$RUN/containerd|" \
     -e "s|@SOCKET@|$DIR/runtime.sock|" -e "s|@PAUSE@|registry.k8s.io/pause:3.10.2|" \
