@@ -344,8 +344,11 @@ impl PodManager {
         store::write_record(&self.pod_dir(&sb.id), &record, "sandbox").map_err(Error::from)
     }
 
+    /// The record goes last: it is what recovery finds, so a berthd killed between
+    /// these removals finds the pod again and removes the rest (the crash storm found a
+    /// volatile dir left when the record went first), as containers' removal does.
     fn remove_files(&self, id: &str) {
-        for dir in [self.pod_dir(id), self.volatile_dir(id), self.pin_dir(id)] {
+        for dir in [self.volatile_dir(id), self.pin_dir(id), self.pod_dir(id)] {
             crate::store::remove_dir_all_eventually(dir, format!("sandbox files of pod {id}"));
         }
     }
