@@ -106,13 +106,13 @@ if [ -z "${BERTH_NODE_E2E_NETNS:-}" ]; then
   exec unshare --net --mount --propagation slave --fork -- "$0" "${ORIG_ARGS[@]}"
 fi
 ip link set lo up
-# The suite runs kubelet with --root-dir /var/lib/kubelet (its pods, volumes, serving
-# certificate), and kubelet serves device plugins at the fixed
-# /var/lib/kubelet/device-plugins/kubelet.sock whatever its root: with the host's
-# directory the run would write there, and the `Device Plugin Failures` specs' fake plugins
-# would reach whichever kubelet on the machine (local-cluster.sh, privileged_kubelet.rs)
-# bound that socket last. In our mount namespace /var/lib/kubelet is a directory below
-# $DIR instead (on the same disk, so kubelet's nodefs figures stay real).
+# kubelet keeps two things in /var/lib/kubelet whatever its --root-dir (ours is below
+# $DIR): the serving certificate the suite's --cert-dir puts in /var/lib/kubelet/pki, and
+# the device-plugin socket, fixed at /var/lib/kubelet/device-plugins/kubelet.sock. With the
+# host's directory the run would write there, and the `Device Plugin Failures` specs' fake
+# plugins would reach whichever kubelet on the machine (local-cluster.sh,
+# privileged_kubelet.rs) bound that socket last. In our mount namespace /var/lib/kubelet
+# is a directory below $DIR instead.
 mkdir -p /var/lib/kubelet "$DIR/var-lib-kubelet"
 mount --bind "$DIR/var-lib-kubelet" /var/lib/kubelet
 # The in-process API server picks its advertise address from the default route, and it
@@ -344,15 +344,20 @@ ginkgo_args=(--nodes="$NODES" --focus="$FOCUS" --skip="$SKIP" --timeout="$TIMEOU
   --junit-report=junit.xml --output-dir="$REPORT" --poll-progress-after=10m)
 [ -n "$DRY_RUN" ] && ginkgo_args+=(--dry-run)
 set +e
-"$GINKGO" "${ginkgo_args[@]}" "$DIR/bin/e2e_node.test" -- \
+# In the background with `wait`: bash runs the INT/TERM trap (and so the cleanup) only once
+# a foreground pipeline ends, and processes the suite started (kubelet) would keep this
+# one's pipe open after ginkgo is gone. ginkgo's own exit code goes through a file.
+{ "$GINKGO" "${ginkgo_args[@]}" "$DIR/bin/e2e_node.test" -- \
   --container-runtime-endpoint="unix://$DIR/runtime.sock" \
   --image-service-endpoint="unix://$DIR/runtime.sock" \
   --container-runtime-process-name="$RUNTIME_PROCESS" --container-runtime-pid-file="$DIR/runtime.pid" \
   --node-name="$NODE" \
   --kubelet-config-file="$DIR/kubelet-base.yaml" --kubelet-flags="$KUBELET_FLAGS" \
-  --prepull-images=false --report-dir="$REPORT" --v=2 \
-  2>&1 | tee "$REPORT/ginkgo.log" | grep --line-buffered -E '^(•|Ran |PASS|FAIL|SUCCESS|\[FAIL\]|  \[FAILED\]|Summarizing)|^\S.*\[(FAILED|PANICKED)\]'
-rc=${PIPESTATUS[0]}
+  --prepull-images=false --report-dir="$REPORT" --v=2
+  echo $? > "$DIR/ginkgo.rc"
+} 2>&1 | tee "$REPORT/ginkgo.log" | grep --line-buffered -E '^(•|Ran |PASS|FAIL|SUCCESS|\[FAIL\]|  \[FAILED\]|Summarizing)|^\S.*\[(FAILED|PANICKED)\]' &
+wait $!
+rc=$(cat "$DIR/ginkgo.rc" 2>/dev/null || echo 1)
 set -e
 grep -E '^Ran [0-9]+ of|^(SUCCESS|FAIL)!' "$REPORT/ginkgo.log" | tail -2
 exit "$rc"
